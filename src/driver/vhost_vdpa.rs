@@ -1,0 +1,1 @@
+//! `/dev/vhost-vdpa-N` as a [`super::DriverTransport`].

@@ -1,0 +1,1 @@
+//! The real kernel: `/dev/vduse/control` and `/dev/vduse/$NAME`.
