@@ -547,3 +547,303 @@ impl CtrlState {
 pub fn mac_u64(m: &Mac) -> u64 {
     u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: u64 = f::OFFERED;
+    const MAC0: Mac = [0x52, 0x54, 0, 0, 0, 1];
+
+    fn samples() -> Vec<CtrlCommand> {
+        let mut v: Vec<CtrlCommand> = RxMode::ALL
+            .into_iter()
+            .flat_map(|mode| [CtrlCommand::Rx { mode, on: true }, CtrlCommand::Rx { mode, on: false }])
+            .collect();
+        v.extend([
+            CtrlCommand::MacTableSet { unicast: vec![], multicast: vec![] },
+            CtrlCommand::MacTableSet { unicast: vec![[2, 0, 0, 0, 0, 9]], multicast: vec![] },
+            CtrlCommand::MacTableSet {
+                unicast: vec![[2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 10]],
+                multicast: vec![[0x01, 0, 0x5e, 0, 0, 1]],
+            },
+            CtrlCommand::MacAddrSet(MAC0),
+            CtrlCommand::VlanAdd(0),
+            CtrlCommand::VlanAdd(4095),
+            CtrlCommand::VlanDel(100),
+            CtrlCommand::AnnounceAck,
+            CtrlCommand::MqPairsSet(1),
+            CtrlCommand::MqPairsSet(0x8000),
+            CtrlCommand::GuestOffloadsSet(0),
+            CtrlCommand::GuestOffloadsSet(u64::MAX),
+        ]);
+        v
+    }
+
+    #[test]
+    fn every_command_round_trips() {
+        for c in samples() {
+            let (class, cmd, data) = c.encode();
+            assert_eq!(CtrlCommand::parse(class, cmd, &data), Ok(c.clone()), "{c:?}");
+            assert_eq!(CtrlCommand::parse_message(&c.encode_message()), Ok(c.clone()), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn wire_bytes_match_spec() {
+        assert_eq!(CtrlCommand::Rx { mode: RxMode::Promisc, on: true }.encode_message(), [0, 0, 1]);
+        assert_eq!(CtrlCommand::Rx { mode: RxMode::NoBcast, on: false }.encode_message(), [0, 5, 0]);
+        assert_eq!(CtrlCommand::VlanAdd(0x0123).encode_message(), [2, 0, 0x23, 0x01]);
+        assert_eq!(CtrlCommand::VlanDel(7).encode_message(), [2, 1, 7, 0]);
+        assert_eq!(CtrlCommand::AnnounceAck.encode_message(), [3, 0]);
+        assert_eq!(CtrlCommand::MqPairsSet(0x0102).encode_message(), [4, 0, 2, 1]);
+        assert_eq!(CtrlCommand::GuestOffloadsSet(0x80).encode_message(), [5, 0, 0x80, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(CtrlCommand::MacAddrSet(MAC0).encode_message(), [1, 1, 0x52, 0x54, 0, 0, 0, 1]);
+        let t = CtrlCommand::MacTableSet { unicast: vec![[2, 3, 4, 5, 6, 7]], multicast: vec![] };
+        assert_eq!(t.encode_message(), [1, 0, 1, 0, 0, 0, 2, 3, 4, 5, 6, 7, 0, 0, 0, 0]);
+        assert_eq!(VIRTIO_NET_OK, 0);
+        assert_eq!(VIRTIO_NET_ERR, 1);
+    }
+
+    fn is_bad_length(r: Result<CtrlCommand, CtrlError>) -> bool {
+        matches!(r, Err(CtrlError::BadLength { .. }))
+    }
+
+    #[test]
+    fn short_and_long_data_are_errors() {
+        for c in samples() {
+            let (class, cmd, data) = c.encode();
+            let mut long = data.clone();
+            long.push(0);
+            assert!(is_bad_length(CtrlCommand::parse(class, cmd, &long)), "{c:?} + 1 byte");
+            if !data.is_empty() {
+                assert!(is_bad_length(CtrlCommand::parse(class, cmd, &data[..data.len() - 1])), "{c:?} - 1 byte");
+                assert!(is_bad_length(CtrlCommand::parse(class, cmd, &[])), "{c:?} empty");
+            }
+        }
+        assert!(is_bad_length(CtrlCommand::parse_message(&[])));
+        assert!(is_bad_length(CtrlCommand::parse_message(&[0])));
+    }
+
+    #[test]
+    fn mac_table_counts_are_bounded_by_data() {
+        // Huge counts must be refused without allocating or overflowing.
+        let mut d = u32::MAX.to_le_bytes().to_vec();
+        d.extend_from_slice(&[0; 4]);
+        assert!(is_bad_length(CtrlCommand::parse(CLASS_MAC, CMD_MAC_TABLE_SET, &d)));
+        let mut d = 0u32.to_le_bytes().to_vec();
+        d.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(is_bad_length(CtrlCommand::parse(CLASS_MAC, CMD_MAC_TABLE_SET, &d)));
+        // Unicast count claims two entries, only one present (the 4 bytes of
+        // the multicast count would be eaten as the second MAC).
+        let mut d = 2u32.to_le_bytes().to_vec();
+        d.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
+        d.extend_from_slice(&0u32.to_le_bytes());
+        assert!(is_bad_length(CtrlCommand::parse(CLASS_MAC, CMD_MAC_TABLE_SET, &d)));
+        // Multicast count missing entirely.
+        let d = 0u32.to_le_bytes();
+        assert!(is_bad_length(CtrlCommand::parse(CLASS_MAC, CMD_MAC_TABLE_SET, &d)));
+        // Half a MAC of trailing garbage.
+        let mut d = [0u8; 8].to_vec();
+        d.extend_from_slice(&[1, 2, 3]);
+        assert!(is_bad_length(CtrlCommand::parse(CLASS_MAC, CMD_MAC_TABLE_SET, &d)));
+    }
+
+    #[test]
+    fn out_of_range_values_are_errors() {
+        let oor = |class, cmd, d: &[u8]| matches!(CtrlCommand::parse(class, cmd, d), Err(CtrlError::OutOfRange { .. }));
+        assert!(oor(CLASS_VLAN, CMD_VLAN_ADD, &4096u16.to_le_bytes()));
+        assert!(oor(CLASS_VLAN, CMD_VLAN_DEL, &u16::MAX.to_le_bytes()));
+        assert!(oor(CLASS_MQ, CMD_MQ_VQ_PAIRS_SET, &0u16.to_le_bytes()));
+        assert!(oor(CLASS_MQ, CMD_MQ_VQ_PAIRS_SET, &0x8001u16.to_le_bytes()));
+        assert!(oor(CLASS_RX, 0, &[2]));
+        assert!(oor(CLASS_RX, 5, &[0xff]));
+    }
+
+    #[test]
+    fn unknown_and_unsupported_commands() {
+        assert_eq!(CtrlCommand::parse(9, 0, &[]), Err(CtrlError::UnknownClass { class: 9 }));
+        assert_eq!(CtrlCommand::parse(7, 0, &[]), Err(CtrlError::UnknownClass { class: 7 }));
+        assert_eq!(CtrlCommand::parse(255, 255, &[]), Err(CtrlError::UnknownClass { class: 255 }));
+        for (class, cmd) in [(CLASS_RX, 6), (CLASS_MAC, 2), (CLASS_VLAN, 2), (CLASS_ANNOUNCE, 1), (CLASS_MQ, 3)] {
+            assert_eq!(CtrlCommand::parse(class, cmd, &[0]), Err(CtrlError::UnknownCommand { class, cmd }));
+        }
+        assert_eq!(
+            CtrlCommand::parse(CLASS_GUEST_OFFLOADS, 1, &[0; 8]),
+            Err(CtrlError::UnknownCommand { class: CLASS_GUEST_OFFLOADS, cmd: 1 })
+        );
+        for (class, cmd) in [(CLASS_MQ, CMD_MQ_RSS_CONFIG), (CLASS_MQ, CMD_MQ_HASH_CONFIG), (6, 0), (8, 1)] {
+            assert_eq!(CtrlCommand::parse(class, cmd, &[]), Err(CtrlError::Unsupported { class, cmd }));
+        }
+    }
+
+    #[test]
+    fn every_command_needs_its_feature() {
+        let cases = [
+            (CtrlCommand::Rx { mode: RxMode::Promisc, on: false }, f::CTRL_RX),
+            (CtrlCommand::Rx { mode: RxMode::AllMulti, on: true }, f::CTRL_RX),
+            (CtrlCommand::Rx { mode: RxMode::AllUni, on: true }, f::CTRL_RX_EXTRA),
+            (CtrlCommand::Rx { mode: RxMode::NoMulti, on: true }, f::CTRL_RX_EXTRA),
+            (CtrlCommand::Rx { mode: RxMode::NoUni, on: true }, f::CTRL_RX_EXTRA),
+            (CtrlCommand::Rx { mode: RxMode::NoBcast, on: true }, f::CTRL_RX_EXTRA),
+            (CtrlCommand::MacTableSet { unicast: vec![], multicast: vec![] }, f::CTRL_RX),
+            (CtrlCommand::MacAddrSet(MAC0), f::CTRL_MAC_ADDR),
+            (CtrlCommand::VlanAdd(1), f::CTRL_VLAN),
+            (CtrlCommand::VlanDel(1), f::CTRL_VLAN),
+            (CtrlCommand::AnnounceAck, f::GUEST_ANNOUNCE),
+            (CtrlCommand::MqPairsSet(1), f::MQ),
+            (CtrlCommand::GuestOffloadsSet(0), f::CTRL_GUEST_OFFLOADS),
+        ];
+        for (c, feat) in cases {
+            let mut s = CtrlState::new(MAC0, ALL);
+            let before = s.clone();
+            let without = ALL & !feat;
+            assert!(
+                matches!(s.apply(c.clone(), without, 4), Err(CtrlError::NotNegotiated { .. })),
+                "{c:?} accepted without {:?}",
+                f::name(feat)
+            );
+            assert_eq!(s, before, "{c:?}: refused command changed state");
+            let minimal = f::VERSION_1 | f::CTRL_VQ | feat;
+            assert!(s.apply(c.clone(), minimal, 4).is_ok(), "{c:?} refused with only {:?}", f::name(feat));
+        }
+    }
+
+    #[test]
+    fn reset_state() {
+        let s = CtrlState::new(MAC0, ALL | f::GUEST_CSUM | f::GUEST_TSO4);
+        assert_eq!(s.rx_flags(), RxFlags { promisc: true, ..RxFlags::default() });
+        assert_eq!(s.mac(), MAC0);
+        assert!(s.unicast().is_empty() && s.multicast().is_empty());
+        assert!(!s.uni_overflow() && !s.multi_overflow());
+        assert!((0..4096).all(|v| !s.vlan_added(v)));
+        assert_eq!(s.queue_pairs(), 1);
+        assert_eq!(s.guest_offloads(), f::GUEST_CSUM | f::GUEST_TSO4);
+        assert!(!s.announce_pending());
+    }
+
+    #[test]
+    fn rx_commands_set_flags() {
+        let mut s = CtrlState::new(MAC0, ALL);
+        for mode in RxMode::ALL {
+            assert_eq!(s.apply(CtrlCommand::Rx { mode, on: true }, ALL, 1), Ok(CtrlEffect::FilterChanged));
+        }
+        let all_on = RxFlags { promisc: true, allmulti: true, alluni: true, nomulti: true, nouni: true, nobcast: true };
+        assert_eq!(s.rx_flags(), all_on);
+        s.apply(CtrlCommand::Rx { mode: RxMode::NoUni, on: false }, ALL, 1).unwrap();
+        assert_eq!(s.rx_flags(), RxFlags { nouni: false, ..all_on });
+        s.apply(CtrlCommand::Rx { mode: RxMode::Promisc, on: false }, ALL, 1).unwrap();
+        assert!(!s.rx_flags().promisc);
+    }
+
+    #[test]
+    fn mac_table_and_overflow() {
+        let mut s = CtrlState::new(MAC0, ALL);
+        let uni = vec![[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]];
+        let multi = vec![[1, 0, 0x5e, 0, 0, 1]];
+        let c = CtrlCommand::MacTableSet { unicast: uni.clone(), multicast: multi.clone() };
+        assert_eq!(s.apply(c, ALL, 1), Ok(CtrlEffect::FilterChanged));
+        assert_eq!(s.unicast(), &uni[..]);
+        assert_eq!(s.multicast(), &multi[..]);
+
+        // Exactly the cap fits; one more overflows that table only.
+        let cap: Vec<Mac> = (0..MAC_TABLE_CAP as u8).map(|i| [2, 0, 0, 0, 1, i]).collect();
+        let mut over = cap.clone();
+        over.push([2, 0, 0, 0, 2, 0]);
+        s.apply(CtrlCommand::MacTableSet { unicast: cap.clone(), multicast: over }, ALL, 1).unwrap();
+        assert_eq!(s.unicast().len(), MAC_TABLE_CAP);
+        assert!(!s.uni_overflow() && s.multi_overflow());
+        assert!(s.multicast().is_empty());
+
+        // A later, smaller table clears the overflow.
+        s.apply(CtrlCommand::MacTableSet { unicast: vec![], multicast: multi.clone() }, ALL, 1).unwrap();
+        assert!(!s.multi_overflow());
+        assert!(s.unicast().is_empty());
+        assert_eq!(s.multicast(), &multi[..]);
+    }
+
+    #[test]
+    fn mac_addr_set() {
+        let mut s = CtrlState::new(MAC0, ALL);
+        let m = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
+        assert_eq!(s.apply(CtrlCommand::MacAddrSet(m), ALL, 1), Ok(CtrlEffect::MacChanged(m)));
+        assert_eq!(s.mac(), m);
+        // A group address is refused and the old MAC kept.
+        let r = s.apply(CtrlCommand::MacAddrSet([0x01, 0, 0x5e, 0, 0, 1]), ALL, 1);
+        assert!(matches!(r, Err(CtrlError::OutOfRange { .. })));
+        assert_eq!(s.mac(), m);
+    }
+
+    #[test]
+    fn vlan_add_del() {
+        let mut s = CtrlState::new(MAC0, ALL);
+        for v in [0, 1, 63, 64, 4095] {
+            assert_eq!(s.apply(CtrlCommand::VlanAdd(v), ALL, 1), Ok(CtrlEffect::FilterChanged));
+        }
+        let added: Vec<u16> = (0..4096).filter(|&v| s.vlan_added(v)).collect();
+        assert_eq!(added, [0, 1, 63, 64, 4095]);
+        s.apply(CtrlCommand::VlanDel(64), ALL, 1).unwrap();
+        s.apply(CtrlCommand::VlanDel(2), ALL, 1).unwrap(); // deleting an absent vid is fine
+        let added: Vec<u16> = (0..4096).filter(|&v| s.vlan_added(v)).collect();
+        assert_eq!(added, [0, 1, 63, 4095]);
+        // Hand-built commands bypass parse(): still no panic.
+        assert!(s.apply(CtrlCommand::VlanAdd(4096), ALL, 1).is_err());
+        assert!(s.apply(CtrlCommand::VlanDel(u16::MAX), ALL, 1).is_err());
+        assert!(!s.vlan_added(4096));
+    }
+
+    #[test]
+    fn queue_pairs() {
+        let mut s = CtrlState::new(MAC0, ALL);
+        assert_eq!(s.apply(CtrlCommand::MqPairsSet(4), ALL, 4), Ok(CtrlEffect::PairsChanged(4)));
+        assert_eq!(s.queue_pairs(), 4);
+        let r = s.apply(CtrlCommand::MqPairsSet(5), ALL, 4);
+        assert_eq!(r, Err(CtrlError::OutOfRange { command: "MQ_VQ_PAIRS_SET", value: 5 }));
+        assert!(s.apply(CtrlCommand::MqPairsSet(0), ALL, 4).is_err());
+        assert_eq!(s.queue_pairs(), 4);
+        assert_eq!(s.apply(CtrlCommand::MqPairsSet(1), ALL, 4), Ok(CtrlEffect::PairsChanged(1)));
+    }
+
+    #[test]
+    fn guest_offloads_only_negotiated_ones() {
+        let neg = ALL | f::GUEST_CSUM | f::GUEST_TSO4;
+        let mut s = CtrlState::new(MAC0, neg);
+        assert_eq!(s.apply(CtrlCommand::GuestOffloadsSet(0), neg, 1), Ok(CtrlEffect::OffloadsChanged(0)));
+        assert_eq!(s.guest_offloads(), 0);
+        s.apply(CtrlCommand::GuestOffloadsSet(f::GUEST_CSUM), neg, 1).unwrap();
+        assert_eq!(s.guest_offloads(), f::GUEST_CSUM);
+        // Known offload, not negotiated.
+        assert!(s.apply(CtrlCommand::GuestOffloadsSet(f::GUEST_TSO6), neg, 1).is_err());
+        // Not an offload at all, even though negotiated.
+        assert!(s.apply(CtrlCommand::GuestOffloadsSet(f::MAC), neg, 1).is_err());
+        assert_eq!(s.guest_offloads(), f::GUEST_CSUM);
+    }
+
+    #[test]
+    fn announce_cycle() {
+        let mut s = CtrlState::new(MAC0, ALL);
+        assert!(!s.request_announce(ALL & !f::GUEST_ANNOUNCE));
+        assert!(!s.announce_pending());
+        assert_eq!(s.apply(CtrlCommand::AnnounceAck, ALL, 1), Ok(CtrlEffect::None));
+        assert!(s.request_announce(ALL));
+        assert_eq!(s.config_status(true), 3);
+        assert_eq!(s.apply(CtrlCommand::AnnounceAck, ALL, 1), Ok(CtrlEffect::AnnounceAcked));
+        assert!(!s.announce_pending());
+        assert_eq!(s.config_status(true), 1);
+        assert_eq!(s.config_status(false), 0);
+    }
+
+    #[test]
+    fn handle_message_and_ack() {
+        let mut s = CtrlState::new(MAC0, ALL);
+        let r = s.handle_message(&[CLASS_RX, 0, 0], ALL, 1);
+        assert_eq!(ack(&r), VIRTIO_NET_OK);
+        assert!(!s.rx_flags().promisc);
+        for bad in [&[][..], &[CLASS_RX], &[CLASS_RX, 0], &[CLASS_RX, 0, 1, 1], &[42, 0], &[CLASS_MQ, 0, 9, 0]] {
+            let before = s.clone();
+            let r = s.handle_message(bad, ALL, 8);
+            assert_eq!(ack(&r), VIRTIO_NET_ERR, "{bad:?}");
+            assert_eq!(s, before, "{bad:?}");
+        }
+    }
+}
