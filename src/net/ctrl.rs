@@ -138,7 +138,7 @@ fn exact<const N: usize>(command: &'static str, data: &[u8]) -> Result<[u8; N], 
 /// Parses one `le32 entries; u8 macs[entries][6]` table from the front of
 /// `data`, returning it and the rest. The count is checked against the bytes
 /// present before anything is allocated.
-fn parse_mac_table<'a>(data: &'a [u8], min_after: u64) -> Result<(Vec<Mac>, &'a [u8]), CtrlError> {
+fn parse_mac_table(data: &[u8], min_after: u64) -> Result<(Vec<Mac>, &[u8]), CtrlError> {
     const CMD: &str = "MAC_TABLE_SET";
     let Some((count, rest)) = data.split_first_chunk::<4>() else {
         return Err(CtrlError::BadLength { command: CMD, expected: 4 + min_after, got: data.len() });

@@ -199,3 +199,237 @@ impl FilterReader {
         self.filter = filter;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::ctrl::{CtrlCommand, Mac, RxMode, MAC_TABLE_CAP};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    const OWN: Mac = [0x02, 0, 0, 0, 0, 1];
+    const OTHER: Mac = [0x02, 0, 0, 0, 0, 2];
+    const BCAST: Mac = [0xff; 6];
+    const MCAST: Mac = [0x01, 0, 0x5e, 0, 0, 1];
+    const MCAST2: Mac = [0x33, 0x33, 0, 0, 0, 1];
+    const NEG: u64 = features::OFFERED;
+
+    fn frame(dst: Mac) -> Vec<u8> {
+        let mut f = dst.to_vec();
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99, 0x08, 0x00]);
+        f.extend_from_slice(&[0u8; 46]);
+        f
+    }
+
+    fn tagged(dst: Mac, vid: u16) -> Vec<u8> {
+        let mut f = dst.to_vec();
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99, 0x81, 0x00]);
+        // PCP 5 set too, to check that only the low 12 bits are the vid.
+        f.extend_from_slice(&((5 << 13) | vid).to_be_bytes());
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&[0u8; 46]);
+        f
+    }
+
+    fn state(cmds: &[CtrlCommand]) -> CtrlState {
+        let mut s = CtrlState::new(OWN, NEG);
+        for c in cmds {
+            s.apply(c.clone(), NEG, 1).unwrap();
+        }
+        s
+    }
+
+    fn rx(mode: RxMode, on: bool) -> CtrlCommand {
+        CtrlCommand::Rx { mode, on }
+    }
+
+    fn filter(cmds: &[CtrlCommand]) -> RxFilter {
+        RxFilter::from_state(&state(cmds), NEG)
+    }
+
+    #[test]
+    fn reset_state_accepts_everything() {
+        let f = filter(&[]);
+        assert!(f.promisc());
+        for dst in [OWN, OTHER, BCAST, MCAST] {
+            assert!(f.accepts(&frame(dst)));
+            assert!(f.accepts(&tagged(dst, 7)), "promisc overrides VLAN filtering");
+        }
+        assert!(RxFilter::accept_all().accepts(&frame(OTHER)));
+    }
+
+    #[test]
+    fn runts_are_dropped_even_when_promiscuous() {
+        for f in [filter(&[]), RxFilter::accept_all(), filter(&[rx(RxMode::Promisc, false)])] {
+            assert!(!f.accepts(&[]));
+            assert!(!f.accepts(&frame(OWN)[..13]));
+            assert!(f.accepts(&frame(OWN)[..14]));
+        }
+    }
+
+    #[test]
+    fn default_non_promiscuous_mode() {
+        let f = filter(&[rx(RxMode::Promisc, false)]);
+        assert!(f.accepts(&frame(OWN)));
+        assert!(!f.accepts(&frame(OTHER)));
+        assert!(f.accepts(&frame(BCAST)));
+        assert!(!f.accepts(&frame(MCAST)));
+    }
+
+    #[test]
+    fn allmulti_and_nomulti() {
+        let f = filter(&[rx(RxMode::Promisc, false), rx(RxMode::AllMulti, true)]);
+        assert!(f.accepts(&frame(MCAST)) && f.accepts(&frame(MCAST2)));
+        assert!(!f.accepts(&frame(OTHER)));
+        // NOMULTI wins over ALLMULTI and over a table hit, but not broadcast.
+        let table = CtrlCommand::MacTableSet { unicast: vec![], multicast: vec![MCAST] };
+        let f = filter(&[rx(RxMode::Promisc, false), rx(RxMode::AllMulti, true), table, rx(RxMode::NoMulti, true)]);
+        assert!(!f.accepts(&frame(MCAST)));
+        assert!(f.accepts(&frame(BCAST)));
+        assert!(f.accepts(&frame(OWN)));
+    }
+
+    #[test]
+    fn alluni_and_nouni() {
+        let f = filter(&[rx(RxMode::Promisc, false), rx(RxMode::AllUni, true)]);
+        assert!(f.accepts(&frame(OTHER)));
+        assert!(!f.accepts(&frame(MCAST)), "ALLUNI must not open multicast");
+        let f = filter(&[rx(RxMode::Promisc, false), rx(RxMode::AllUni, true), rx(RxMode::NoUni, true)]);
+        assert!(!f.accepts(&frame(OTHER)));
+        assert!(!f.accepts(&frame(OWN)), "NOUNI drops even the device's own address");
+        assert!(f.accepts(&frame(BCAST)));
+    }
+
+    #[test]
+    fn nobcast() {
+        let f = filter(&[rx(RxMode::Promisc, false), rx(RxMode::NoBcast, true), rx(RxMode::AllMulti, true)]);
+        assert!(!f.accepts(&frame(BCAST)), "ALLMULTI does not bring broadcast back");
+        assert!(f.accepts(&frame(MCAST)));
+        assert!(f.accepts(&frame(OWN)));
+    }
+
+    #[test]
+    fn mac_table_hits_and_misses() {
+        let table = CtrlCommand::MacTableSet { unicast: vec![OTHER], multicast: vec![MCAST] };
+        let f = filter(&[rx(RxMode::Promisc, false), table]);
+        assert!(f.accepts(&frame(OWN)));
+        assert!(f.accepts(&frame(OTHER)));
+        assert!(!f.accepts(&frame([0x02, 0, 0, 0, 0, 3])));
+        assert!(f.accepts(&frame(MCAST)));
+        assert!(!f.accepts(&frame(MCAST2)));
+        // A multicast address in the unicast table never opens multicast.
+        let odd = CtrlCommand::MacTableSet { unicast: vec![MCAST2], multicast: vec![] };
+        assert!(!filter(&[rx(RxMode::Promisc, false), odd]).accepts(&frame(MCAST2)));
+    }
+
+    #[test]
+    fn overflowing_table_accepts_its_kind() {
+        let many: Vec<Mac> = (0..=MAC_TABLE_CAP as u8).map(|i| [0x02, 1, 0, 0, 0, i]).collect();
+        let table = CtrlCommand::MacTableSet { unicast: many, multicast: vec![MCAST] };
+        let f = filter(&[rx(RxMode::Promisc, false), table]);
+        assert!(f.accepts(&frame([0x02, 9, 9, 9, 9, 9])));
+        assert!(f.accepts(&frame(MCAST)));
+        assert!(!f.accepts(&frame(MCAST2)), "only the overflowing table opens up");
+    }
+
+    #[test]
+    fn mac_change_moves_the_own_address() {
+        let f = filter(&[rx(RxMode::Promisc, false), CtrlCommand::MacAddrSet(OTHER)]);
+        assert!(f.accepts(&frame(OTHER)));
+        assert!(!f.accepts(&frame(OWN)));
+    }
+
+    #[test]
+    fn vlan_filtering_with_ctrl_vlan() {
+        let off = rx(RxMode::Promisc, false);
+        let f = filter(std::slice::from_ref(&off));
+        assert!(!f.accepts(&tagged(OWN, 5)), "empty VLAN table drops tagged frames");
+        assert!(f.accepts(&frame(OWN)), "untagged frames always pass");
+        let f = filter(&[off.clone(), CtrlCommand::VlanAdd(5)]);
+        assert!(f.accepts(&tagged(OWN, 5)));
+        assert!(f.accepts(&tagged(BCAST, 5)));
+        assert!(!f.accepts(&tagged(OWN, 6)));
+        assert!(!f.accepts(&tagged(OTHER, 5)), "a VLAN hit does not bypass the MAC check");
+        let f = filter(&[off.clone(), CtrlCommand::VlanAdd(5), CtrlCommand::VlanDel(5)]);
+        assert!(!f.accepts(&tagged(OWN, 5)));
+        let f = filter(&[off, CtrlCommand::VlanAdd(4095)]);
+        assert!(f.accepts(&tagged(OWN, 4095)));
+        // Tagged but cut before the TCI.
+        assert!(!f.accepts(&tagged(OWN, 4095)[..15]));
+    }
+
+    #[test]
+    fn no_vlan_filtering_without_ctrl_vlan() {
+        let neg = NEG & !features::CTRL_VLAN;
+        let mut s = CtrlState::new(OWN, neg);
+        s.apply(rx(RxMode::Promisc, false), neg, 1).unwrap();
+        let f = RxFilter::from_state(&s, neg);
+        assert!(f.accepts(&tagged(OWN, 5)));
+        assert!(f.accepts(&tagged(OWN, 5)[..15]), "no TCI needed when VLANs are not filtered");
+        assert!(!f.accepts(&tagged(OTHER, 5)));
+    }
+
+    #[test]
+    fn reader_sees_publish() {
+        let cell = FilterCell::new(RxFilter::accept_all());
+        let mut r = cell.reader();
+        assert!(r.current().accepts(&frame(OTHER)));
+        cell.publish(filter(&[rx(RxMode::Promisc, false)]));
+        assert_eq!(cell.generation(), 1);
+        assert!(!r.current().accepts(&frame(OTHER)));
+        assert!(r.current().accepts(&frame(OWN)));
+        // A reader created after the publish starts with the new filter.
+        assert!(!cell.reader().current().accepts(&frame(OTHER)));
+        assert_eq!(*cell.load(), filter(&[rx(RxMode::Promisc, false)]));
+    }
+
+    #[test]
+    fn reader_takes_no_lock_without_a_publish() {
+        let cell = FilterCell::new(RxFilter::accept_all());
+        let mut r = cell.reader();
+        let (tx, rx_) = mpsc::channel();
+        let guard = cell.current.lock().unwrap();
+        let t = std::thread::spawn(move || {
+            let ok = r.current().promisc();
+            tx.send(ok).unwrap();
+            r
+        });
+        // Blocks (and times out) if current() tries the held mutex.
+        let got = rx_.recv_timeout(Duration::from_secs(5));
+        drop(guard);
+        let mut r = t.join().unwrap();
+        assert_eq!(got, Ok(true));
+        cell.publish(filter(&[rx(RxMode::Promisc, false)]));
+        assert!(!r.current().promisc());
+    }
+
+    #[test]
+    fn concurrent_publish_is_seen_in_order() {
+        // Each published filter accepts exactly one own address [2,0,0,0,0,i];
+        // the reader must only move forward and end on the last one.
+        const N: u8 = 50;
+        let mk = |i: u8| {
+            let mut s = CtrlState::new([2, 0, 0, 0, 0, i], NEG);
+            s.apply(rx(RxMode::Promisc, false), NEG, 1).unwrap();
+            RxFilter::from_state(&s, NEG)
+        };
+        let cell = FilterCell::new(mk(0));
+        let mut r = cell.reader();
+        let w = {
+            let cell = Arc::clone(&cell);
+            std::thread::spawn(move || (1..=N).for_each(|i| cell.publish(mk(i))))
+        };
+        let which = |f: &RxFilter| (0..=N).find(|&i| f.accepts(&frame([2, 0, 0, 0, 0, i])));
+        let mut last = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while last != N {
+            assert!(std::time::Instant::now() < deadline, "reader stuck at {last}");
+            let now = which(r.current()).expect("every snapshot accepts one address");
+            assert!(now >= last, "went back from {last} to {now}");
+            last = now;
+            std::thread::yield_now();
+        }
+        w.join().unwrap();
+        assert_eq!(cell.generation(), N as u64);
+    }
+}
