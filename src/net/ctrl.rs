@@ -8,7 +8,7 @@
 //!
 //! Classes handled (each gated by its feature, checked in [`CtrlState::apply`]):
 //! - RX (§5.1.6.5.1): PROMISC, ALLMULTI need CTRL_RX; ALLUNI, NOMULTI, NOUNI,
-//!   NOBCAST need CTRL_RX_EXTRA. Data: one byte, 0 = off, 1 = on.
+//!   NOBCAST need CTRL_RX_EXTRA. Data: one byte, 0 = off, non-zero = on.
 //! - MAC (§5.1.6.5.2): TABLE_SET (needs CTRL_RX; two `le32 entries` +
 //!   `entries * 6` byte tables, unicast then multicast), ADDR_SET (needs
 //!   CTRL_MAC_ADDR; 6 bytes).
@@ -150,7 +150,7 @@ fn parse_mac_table(data: &[u8], min_after: u64) -> Result<(Vec<Mac>, &[u8]), Ctr
         return Err(CtrlError::BadLength { command: CMD, expected: 4 + need + min_after, got: data.len() });
     }
     let (macs, rest) = rest.split_at(need as usize);
-    let table = macs.chunks_exact(6).map(|c| <Mac>::try_from(c).expect("chunks_exact(6)")).collect();
+    let table = macs.chunks_exact(6).map(|c| [c[0], c[1], c[2], c[3], c[4], c[5]]).collect();
     Ok((table, rest))
 }
 
@@ -162,10 +162,9 @@ impl CtrlCommand {
             CLASS_RX => {
                 let mode = RxMode::from_cmd(cmd).ok_or(unknown)?;
                 let [v] = exact::<1>(mode.name(), data)?;
-                if v > 1 {
-                    return Err(CtrlError::OutOfRange { command: mode.name(), value: v.into() });
-                }
-                Ok(CtrlCommand::Rx { mode, on: v == 1 })
+                // The spec's drivers send 0 or 1; the Linux uAPI header documents
+                // any non-zero value as "on", so accept that too.
+                Ok(CtrlCommand::Rx { mode, on: v != 0 })
             }
             CLASS_MAC => match cmd {
                 CMD_MAC_TABLE_SET => {
@@ -656,8 +655,9 @@ mod tests {
         assert!(oor(CLASS_VLAN, CMD_VLAN_DEL, &u16::MAX.to_le_bytes()));
         assert!(oor(CLASS_MQ, CMD_MQ_VQ_PAIRS_SET, &0u16.to_le_bytes()));
         assert!(oor(CLASS_MQ, CMD_MQ_VQ_PAIRS_SET, &0x8001u16.to_le_bytes()));
-        assert!(oor(CLASS_RX, 0, &[2]));
-        assert!(oor(CLASS_RX, 5, &[0xff]));
+        // Any non-zero on/off byte means on.
+        assert_eq!(CtrlCommand::parse(CLASS_RX, 5, &[0xff]), Ok(CtrlCommand::Rx { mode: RxMode::NoBcast, on: true }));
+        assert_eq!(CtrlCommand::parse(CLASS_RX, 0, &[0]), Ok(CtrlCommand::Rx { mode: RxMode::Promisc, on: false }));
     }
 
     #[test]
