@@ -17,6 +17,7 @@ vt_fail() {
 	shift
 	# one line: newlines in the reason become " | "
 	echo "VDUSE-TEST: FAIL $_vt_n $(echo "$*" | tr '\n' '|' | sed 's/|$//; s/|/ | /g')"
+	# shellcheck disable=SC2034 # for scenarios: set once anything failed
 	VT_FAILED=1
 }
 

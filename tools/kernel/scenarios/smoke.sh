@@ -5,6 +5,7 @@
 #
 # Smoke test of the harness itself: the VDUSE control node exists, the vdpa tool sees
 # the vduse management device, and the kernel says who it is.
+# shellcheck source=tools/kernel/guest/vduse-test.sh
 . /lib/vduse-test.sh
 
 vt_info "uname: $(uname -a)"
