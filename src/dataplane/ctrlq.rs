@@ -70,9 +70,9 @@ pub fn next_command(
         return Err((Some(head), CvqError::Short));
     }
     let command = if too_long {
-        Err(CtrlError::BadLength { class: buf[0], cmd: buf[1], len: MAX_COMMAND + 1 })
+        Err(CtrlError::BadLength { command: "control command", expected: MAX_COMMAND as u64, got: MAX_COMMAND + 1 })
     } else {
-        CtrlCommand::parse(buf[0], buf[1], &buf[2..], features)
+        CtrlCommand::parse(buf[0], buf[1], &buf[2..]).and_then(|c| c.check_negotiated(features).map(|_| c))
     };
     Ok(Some(PendingCommand { head, command, ack }))
 }

@@ -22,7 +22,7 @@ use crate::mem::{AddressSpace, ReadGuard, Reader};
 use crate::net::filter::FilterReader;
 use crate::net::hdr::HDR_LEN;
 use crate::vduse::VduseDevice;
-use crate::virtq::{Direction, QueueConfig, QueueError, SplitQueue};
+use crate::virtq::{Direction, QueueError, SplitQueue};
 
 /// The header the device puts in front of every received frame: no
 /// offloads, one buffer (num_buffers = 1 at byte 10).

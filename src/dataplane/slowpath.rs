@@ -61,6 +61,7 @@ pub struct SlowPath {
     kicks: Vec<Arc<EventFd>>,
     cvq: Option<Cvq>,
     ctrl: CtrlState,
+    mac: [u8; 6],
     filter: Arc<FilterCell>,
     config: NetConfig,
     suspended: bool,
@@ -89,8 +90,8 @@ impl SlowPath {
         let source: Arc<dyn RegionSource> = Arc::new(dev.clone());
         let iotlb = Arc::new(Iotlb::new(layout.nas, source));
         let kicks = (0..layout.vq_num()).map(|_| eventfd()).collect::<Result<Vec<_>, _>>()?;
-        let ctrl = CtrlState::new(opts.mac);
-        let filter = Arc::new(FilterCell::new(RxFilter::from_state(&ctrl, 0)));
+        let ctrl = CtrlState::new(opts.mac, 0);
+        let filter = FilterCell::new(RxFilter::from_state(&ctrl, 0));
         let mut threads = Vec::new();
         for (pair, port) in ports.into_iter().enumerate() {
             let pair = pair as u16;
@@ -140,6 +141,7 @@ impl SlowPath {
             kicks,
             cvq,
             ctrl,
+            mac: opts.mac,
             filter,
             config,
             suspended: false,
@@ -368,7 +370,7 @@ impl SlowPath {
                 t.mailbox.send(Command::SetPairActive(false)).map_err(|e| e.to_string())?;
             }
         }
-        self.ctrl.set_active_pairs(1);
+        self.ctrl = CtrlState::new(self.mac, self.features);
         let cvq_negotiated = self.features & features::CTRL_VQ != 0;
         let cfg = match &self.cvq {
             Some(c) if cvq_negotiated => self.queue_config(c.vq)?,
@@ -397,7 +399,7 @@ impl SlowPath {
         if let Err(e) = self.iotlb.clear() {
             log::error!("reset: {e}");
         }
-        self.ctrl = CtrlState::new(self.ctrl.default_mac());
+        self.ctrl = CtrlState::new(self.mac, 0);
         self.publish_filter();
         self.status = 0;
         self.features = 0;
@@ -514,7 +516,7 @@ impl SlowPath {
     /// Apply one validated command; `true` = OK.
     fn apply_ctrl(&mut self, cmd: &crate::net::ctrl::CtrlCommand) -> bool {
         let max_pairs = if self.features & features::MQ != 0 { self.layout.pairs } else { 1 };
-        let effect = match self.ctrl.apply(cmd, self.features, max_pairs) {
+        let effect = match self.ctrl.apply(cmd.clone(), self.features, max_pairs) {
             Ok(e) => e,
             Err(e) => {
                 log::warn!("control command {cmd:?} refused: {e}");
