@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "vduse-net", version, about = "Userspace virtio-net device for Linux VDUSE, with a poll-mode dataplane")]
+#[command(
+    name = "vduse-net",
+    version,
+    about = "Userspace virtio-net device for Linux VDUSE, with a poll-mode dataplane"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -27,11 +27,7 @@ pub fn run(a: ProbeArgs) -> CliResult {
     } else {
         println!("VDUSE API version: {api}");
         match vduse_features {
-            Some(f) => println!(
-                "VDUSE features: {f:#x} (QUEUE_READY: {}, SUSPEND: {})",
-                f & 1 != 0,
-                f & 2 != 0
-            ),
+            Some(f) => println!("VDUSE features: {f:#x} (QUEUE_READY: {}, SUSPEND: {})", f & 1 != 0, f & 2 != 0),
             None => println!("VDUSE features: none (VDUSE_GET_FEATURES not supported)"),
         }
     }

@@ -168,7 +168,9 @@ impl NetDevice {
                 control.set_vduse_features(want)?;
                 want
             }
-            Err(e) if e.errno() == Errno::ENOTTY => 0,
+            // Kernels before 7.3 have no VDUSE_GET_FEATURES; the control fd
+            // answers unknown ioctls with EINVAL (ENOTTY elsewhere).
+            Err(e) if e.errno() == Errno::ENOTTY || e.errno() == Errno::EINVAL => 0,
             Err(e) => return Err(e.into()),
         };
         let mut features = opts.features | features::VERSION_1 | features::ACCESS_PLATFORM;
@@ -176,11 +178,7 @@ impl NetDevice {
         let config = |has_cvq: bool, features: u64| {
             let pairs = opts.queue_pairs;
             let vq_num = 2 * pairs as u32 + has_cvq as u32;
-            let (ngroups, nas) = if api >= VDUSE_API_VERSION_1 {
-                ((vq_num + 1) / 2, opts.nas)
-            } else {
-                (0, 0)
-            };
+            let (ngroups, nas) = if api >= VDUSE_API_VERSION_1 { ((vq_num + 1) / 2, opts.nas) } else { (0, 0) };
             let cfg_pairs = if features & features::MQ != 0 { pairs } else { 1 };
             DeviceConfig {
                 name: opts.name.clone(),
@@ -263,13 +261,11 @@ impl NetDevice {
     /// `ports[i]` serves pair i.
     pub fn start(self, ports: Vec<Box<dyn Port>>) -> Result<RunningDevice, DeviceError> {
         if ports.len() != self.layout.pairs as usize {
-            return Err(DeviceError::Options(format!(
-                "{} ports for {} queue pairs",
-                ports.len(),
-                self.layout.pairs
-            )));
+            return Err(DeviceError::Options(format!("{} ports for {} queue pairs", ports.len(), self.layout.pairs)));
         }
-        let stop = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).map_err(DeviceError::EventFd)?);
+        let stop = Arc::new(
+            EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).map_err(DeviceError::EventFd)?,
+        );
         let stopping = Arc::new(AtomicBool::new(false));
         let pair_stats: Vec<Arc<PairCell>> = (0..self.layout.pairs).map(|_| Arc::new(PairCell::default())).collect();
         let slow_stats = Arc::new(SlowPathCounters::default());

@@ -21,7 +21,10 @@ pub struct QueuePosition {
 
 pub enum Command {
     /// DRIVER_OK: begin serving these queues (`None` = not ready).
-    Start { rx: Option<QueueConfig>, tx: Option<QueueConfig> },
+    Start {
+        rx: Option<QueueConfig>,
+        tx: Option<QueueConfig>,
+    },
     /// Reset: forget the queues.
     Stop,
     /// Stop at a chain boundary, keep state.
@@ -30,7 +33,10 @@ pub enum Command {
     /// The group moved to another address space.
     SetAddressSpace(Arc<AddressSpace>),
     /// Queue enable/disable (SET_VQ_READY).
-    SetQueueEnabled { vq: u32, enabled: bool },
+    SetQueueEnabled {
+        vq: u32,
+        enabled: bool,
+    },
     /// Pair enable/disable (MQ VQ_PAIRS_SET).
     SetPairActive(bool),
     /// Report positions only.

@@ -177,6 +177,7 @@ impl PollThread {
                 self.tx.q = tx.map(SplitQueue::new);
                 self.suspended = false;
                 self.pair_active = true;
+                log::debug!("pair {}: started (rx {}, tx {})", self.pair, self.rx.enabled, self.tx.enabled);
                 // Poll mode: tell the driver not to kick while we spin.
                 let g = reader.read();
                 self.with_queues(&g, |q| q.disable_notifications());
@@ -347,8 +348,7 @@ impl PollThread {
                 let info = q.walk_chain(head, Direction::DeviceWrites, space, g, |p, n, _| {
                     let mut done_here = 0;
                     while done_here < n && off < total {
-                        let (src, at) =
-                            if off < HDR_LEN { (&RX_HDR[..], off) } else { (frame, off - HDR_LEN) };
+                        let (src, at) = if off < HDR_LEN { (&RX_HDR[..], off) } else { (frame, off - HDR_LEN) };
                         let k = (src.len() - at).min(n - done_here);
                         // SAFETY: p is valid for n device-writable bytes and
                         // done_here + k <= n; src[at..at + k] is in bounds.

@@ -235,9 +235,9 @@ impl SlowPath {
             Err(e) => {
                 bump(&self.stats.failed_replies, 1);
                 // A truncated message still has an id if 8 bytes arrived.
-                let id = e.request_id().or_else(|| {
-                    (bytes.len() >= 8).then(|| u32::from_le_bytes(bytes[4..8].try_into().unwrap()))
-                });
+                let id = e
+                    .request_id()
+                    .or_else(|| (bytes.len() >= 8).then(|| u32::from_le_bytes(bytes[4..8].try_into().unwrap())));
                 log::warn!("control message refused: {e}{}", if id.is_some() { "; replying FAILED" } else { "" });
                 return id.map(Response::failed);
             }

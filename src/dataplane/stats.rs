@@ -23,16 +23,41 @@ macro_rules! counters {
     };
 }
 
-counters!(PairCounters, PairStats {
-    tx_frames, tx_bytes, tx_dropped, tx_backpressure,
-    rx_frames, rx_bytes, rx_filtered, rx_no_buffer, rx_dropped_small,
-    irqs, queue_errors, sleeps, wakeups,
-});
+counters!(
+    PairCounters,
+    PairStats {
+        tx_frames,
+        tx_bytes,
+        tx_dropped,
+        tx_backpressure,
+        rx_frames,
+        rx_bytes,
+        rx_filtered,
+        rx_no_buffer,
+        rx_dropped_small,
+        irqs,
+        queue_errors,
+        sleeps,
+        wakeups,
+    }
+);
 
-counters!(SlowPathCounters, SlowPathStats {
-    requests, failed_replies, get_vq_state, set_status, update_iotlb, set_group_asid, set_vq_ready, suspend,
-    ctrl_ok, ctrl_err, needs_reset,
-});
+counters!(
+    SlowPathCounters,
+    SlowPathStats {
+        requests,
+        failed_replies,
+        get_vq_state,
+        set_status,
+        update_iotlb,
+        set_group_asid,
+        set_vq_ready,
+        suspend,
+        ctrl_ok,
+        ctrl_err,
+        needs_reset,
+    }
+);
 
 /// Per-pair counters, padded to their own cache lines.
 pub type PairCell = CachePadded<PairCounters>;

@@ -89,7 +89,8 @@ pub const NEEDS_CTRL_VQ: u64 = CTRL_RX
     | DEVICE_STATS;
 
 /// The offloads VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET may toggle (§5.1.6.5.6.1).
-pub const GUEST_OFFLOAD_MASK: u64 = GUEST_CSUM | GUEST_TSO4 | GUEST_TSO6 | GUEST_ECN | GUEST_UFO | GUEST_USO4 | GUEST_USO6;
+pub const GUEST_OFFLOAD_MASK: u64 =
+    GUEST_CSUM | GUEST_TSO4 | GUEST_TSO6 | GUEST_ECN | GUEST_UFO | GUEST_USO4 | GUEST_USO6;
 
 /// `features` without the control queue and everything that depends on it.
 /// Used when the kernel refuses a device with a control queue (VDUSE on
@@ -155,7 +156,10 @@ pub fn validate_driver_features(offered: u64, accepted: u64) -> Result<(), Featu
     }
     for d in DEPS {
         if accepted & d.feature != 0 && accepted & d.any_of == 0 {
-            return Err(FeatureError::MissingDependency { feature: name(d.feature).unwrap_or("?"), requires: d.requires });
+            return Err(FeatureError::MissingDependency {
+                feature: name(d.feature).unwrap_or("?"),
+                requires: d.requires,
+            });
         }
     }
     Ok(())

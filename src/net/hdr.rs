@@ -45,15 +45,7 @@ impl NetHdr {
     /// The header the device writes on RX when it offers no offloads: no
     /// flags, no GSO, and `num_buffers` buffers (1 without MRG_RXBUF).
     pub const fn rx(num_buffers: u16) -> Self {
-        NetHdr {
-            flags: 0,
-            gso_type: GSO_NONE,
-            hdr_len: 0,
-            gso_size: 0,
-            csum_start: 0,
-            csum_offset: 0,
-            num_buffers,
-        }
+        NetHdr { flags: 0, gso_type: GSO_NONE, hdr_len: 0, gso_size: 0, csum_start: 0, csum_offset: 0, num_buffers }
     }
 
     /// Reads the header from the start of `b` (which may hold the frame too).
