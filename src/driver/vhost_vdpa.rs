@@ -705,6 +705,18 @@ mod tests {
         ctl.set_api_version(api).unwrap();
         let v1 = api == 1;
         let _ = ctl.destroy_device(name);
+        // VDUSE features exist from 7.3 on; older kernels answer ENOTTY.
+        let vduse_suspend = match ctl.vduse_features() {
+            Ok(f) => {
+                assert_eq!(f & 0x3, 0x3, "7.3 offers QUEUE_READY and SUSPEND");
+                ctl.set_vduse_features(1 << crate::uapi::vduse::VDUSE_F_SUSPEND).unwrap();
+                true
+            }
+            Err(e) => {
+                assert_eq!(e.errno(), Errno::ENOTTY, "{e}");
+                false
+            }
+        };
         let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
         let mut config = vec![0u8; 12];
         config[..6].copy_from_slice(&mac);
@@ -830,6 +842,31 @@ mod tests {
         t.read_config(0, &mut m).unwrap();
         assert_eq!(m[5], 0x99);
         assert_eq!(t.vring_base(0).unwrap(), 7, "GET_VRING_BASE asks the device");
+
+        if vduse_suspend {
+            assert_ne!(offered & (1 << VHOST_BACKEND_F_SUSPEND), 0);
+            t.suspend().unwrap();
+            assert!(saw(&|r| *r == Request::Suspend));
+            assert_eq!(t.resume().unwrap_err().errno(), Some(Errno::EOPNOTSUPP), "vduse has no resume");
+        }
+
+        // A reset drops the call callbacks in VDUSE: interrupts must still
+        // arrive after the next start.
+        t.set_status(0).unwrap();
+        assert_eq!(t.status().unwrap(), 0);
+        t.set_status(0x3).unwrap();
+        t.set_features(features).unwrap();
+        t.set_status(0xb).unwrap();
+        t.set_vring_num(0, 256).unwrap();
+        t.set_vring_addr(0, 0x10_0000, 0x10_1000, 0x10_2000).unwrap();
+        t.set_vring_enable(0, true).unwrap();
+        dev.set_vq_kickfd(0, Some(devkick.as_fd())).unwrap();
+        t.set_status(0xf).unwrap();
+        while t.wait_interrupt(0, Duration::ZERO).unwrap() {}
+        dev.inject_vq_irq(0).unwrap();
+        assert!(t.wait_interrupt(0, Duration::from_secs(5)).unwrap(), "vq interrupt after a reset");
+        dev.inject_config_irq().unwrap();
+        assert!(t.wait_config_interrupt(Duration::from_secs(5)).unwrap(), "config interrupt after a reset");
 
         t.iotlb_unmap(asid, 0x10_0000, 4096).unwrap();
         assert!(dev.iotlb_get_fd(asid, 0x10_0000, 0x10_0000).is_err(), "gone after invalidate");
