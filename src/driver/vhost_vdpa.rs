@@ -680,4 +680,206 @@ mod tests {
         // DESC_ASID, IOTLB_PERSIST and ENABLE_AFTER_DRIVER_OK stay off.
         assert_eq!(0x1ff & WANTED_BACKEND_FEATURES, 0x3e);
     }
+
+    fn sh(cmd: &str, args: &[&str]) {
+        let out = std::process::Command::new(cmd).args(args).output().expect("run helper command");
+        assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Both real-kernel implementations against each other: a VDUSE device
+    /// answered by a thread here, bound to vhost_vdpa, driven through
+    /// /dev/vhost-vdpa-N. Needs root, the vduse and vhost_vdpa modules, the
+    /// `vdpa` tool and vdpa autoprobe off; run it inside the kernel harness
+    /// with `--ignored real_kernel_end_to_end`.
+    #[test]
+    #[ignore = "needs a kernel with vduse and vhost_vdpa (run in the qemu harness)"]
+    fn real_kernel_end_to_end() {
+        use crate::vduse::kernel::KernelControl;
+        use crate::vduse::request::VqState;
+        use crate::vduse::{DeviceConfig, Request, Response, VduseControl};
+        use std::sync::{Arc, Mutex};
+
+        let name = "kio0";
+        let ctl = KernelControl::open().expect("open /dev/vduse/control");
+        let api = ctl.api_version().unwrap().min(1);
+        ctl.set_api_version(api).unwrap();
+        let v1 = api == 1;
+        let _ = ctl.destroy_device(name);
+        // VDUSE features exist from 7.3 on; older kernels answer ENOTTY.
+        let vduse_suspend = match ctl.vduse_features() {
+            Ok(f) => {
+                assert_eq!(f & 0x3, 0x3, "7.3 offers QUEUE_READY and SUSPEND");
+                ctl.set_vduse_features(1 << crate::uapi::vduse::VDUSE_F_SUSPEND).unwrap();
+                true
+            }
+            Err(e) => {
+                assert_eq!(e.errno(), Errno::ENOTTY, "{e}");
+                false
+            }
+        };
+        let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+        let mut config = vec![0u8; 12];
+        config[..6].copy_from_slice(&mac);
+        let features = (1u64 << 32) | (1 << 33) | (1 << 5);
+        let (ngroups, nas) = if v1 { (2, 2) } else { (0, 0) };
+        let cfg = DeviceConfig {
+            name: name.into(),
+            vendor_id: 0,
+            device_id: 1,
+            features,
+            vq_num: 3,
+            vq_align: 4096,
+            ngroups,
+            nas,
+            config,
+        };
+        ctl.create_device(&cfg).unwrap();
+        assert!(matches!(ctl.create_device(&cfg), Err(crate::vduse::VduseError::NameInUse(_))));
+        let dev = ctl.open_device(name).unwrap();
+        assert_eq!(dev.api_version(), api);
+        for vq in 0..3 {
+            dev.setup_vq(vq, 256, u32::from(v1 && vq == 2)).unwrap();
+        }
+
+        // The device's slow path: answer everything OK, GET_VQ_STATE with 7.
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let daemon = {
+            let (dev, stop, seen) = (dev.clone(), stop.clone(), seen.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 256];
+                while !stop.load(Ordering::Relaxed) {
+                    let mut fds = [PollFd::new(dev.request_fd(), PollFlags::POLLIN)];
+                    if poll(&mut fds, PollTimeout::from(50u16)).unwrap_or(0) == 0 {
+                        continue;
+                    }
+                    let Some(n) = dev.read_request(&mut buf).unwrap() else { continue };
+                    let (id, req) = Request::parse(&buf[..n], dev.api_version()).unwrap();
+                    let resp = match req {
+                        Request::GetVqState { index } => {
+                            Response::vq_state(id, VqState::Split { index, avail_index: 7 })
+                        }
+                        _ => Response::ok(id),
+                    };
+                    dev.write_response(&resp.encode()).unwrap();
+                    seen.lock().unwrap().push(req);
+                }
+            })
+        };
+        let saw = |want: &dyn Fn(&Request) -> bool| seen.lock().unwrap().iter().any(want);
+
+        sh("vdpa", &["dev", "add", "name", name, "mgmtdev", "vduse"]);
+        std::fs::write("/sys/bus/vdpa/drivers/vhost_vdpa/bind", name).unwrap();
+        let node = std::fs::read_dir(format!("/sys/bus/vdpa/devices/{name}"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .find(|n| n.starts_with("vhost-vdpa-"))
+            .expect("a vhost-vdpa node");
+        let t = VhostVdpa::open(&format!("/dev/{node}")).unwrap();
+
+        assert_eq!(t.device_id().unwrap(), 1);
+        assert_eq!(t.vq_count().unwrap(), 3);
+        assert_eq!(t.max_vring_num().unwrap(), 256);
+        assert_eq!(t.device_features().unwrap(), features);
+        let mut m = [0u8; 6];
+        t.read_config(0, &mut m).unwrap();
+        assert_eq!(m, mac);
+        if v1 {
+            assert_eq!((t.group_num().unwrap(), t.as_num().unwrap()), (2, 2));
+            assert_eq!((t.vring_group(0).unwrap(), t.vring_group(2).unwrap()), (0, 1));
+        }
+        t.set_status(0x3).unwrap();
+        t.set_features(features).unwrap();
+        assert_eq!(dev.negotiated_features().unwrap(), features);
+        let offered = t.backend_features().unwrap();
+        assert_eq!(t.acked_backend_features(), offered & WANTED_BACKEND_FEATURES);
+        t.set_status(0xb).unwrap();
+        assert_eq!(t.status().unwrap(), 0xb);
+        assert!(saw(&|r| *r == Request::SetStatus { status: 0xb }));
+
+        let asid = u32::from(v1);
+        if v1 {
+            t.set_group_asid(1, 1).unwrap();
+            assert!(saw(&|r| *r == Request::SetVqGroupAsid { group: 1, asid: 1 }));
+        }
+        let mem = DmaMemory::new("kio", 3 * 4096).unwrap();
+        mem.write(4096, b"hello vduse");
+        t.iotlb_map(asid, 0x10_0000, &mem, 4096, 4096, VHOST_ACCESS_RW).unwrap();
+        assert!(saw(&|r| matches!(r, Request::UpdateIotlb { asid: a, .. } if *a == asid)));
+        let region = dev.iotlb_get_fd(asid, 0x10_0000, 0x10_0000).unwrap();
+        assert_eq!((region.start, region.last, region.perm), (0x10_0000, 0x10_0fff, 3));
+        // SAFETY: a read-only view of one page of the memfd the kernel handed
+        // out; it is dropped before the memory goes away.
+        let view = unsafe { memmap2::MmapOptions::new().offset(region.offset).len(4096).map(&region.fd) }.unwrap();
+        assert_eq!(&view[..11], b"hello vduse");
+        drop(view);
+        if v1 {
+            assert!(dev.iotlb_get_fd(0, 0x10_0000, 0x10_0000).is_err(), "mapped in asid 1 only");
+        }
+
+        t.set_vring_num(0, 256).unwrap();
+        t.set_vring_addr(0, 0x10_0000, 0x10_1000, 0x10_2000).unwrap();
+        t.set_vring_base(0, 0).unwrap();
+        t.set_vring_enable(0, true).unwrap();
+        let devkick = new_eventfd().unwrap();
+        dev.set_vq_kickfd(0, Some(devkick.as_fd())).unwrap();
+        t.set_status(0xf).unwrap();
+        assert_eq!(t.status().unwrap(), 0xf);
+        let info = dev.vq_info(0).unwrap();
+        assert_eq!(
+            (info.num, info.desc_addr, info.driver_addr, info.device_addr),
+            (256, 0x10_0000, 0x10_1000, 0x10_2000)
+        );
+        assert!(info.ready);
+
+        t.kick(0).unwrap();
+        assert!(wait_eventfd(&devkick, Duration::from_secs(5), "device kick").unwrap(), "kick reached the device");
+        dev.inject_vq_irq(0).unwrap();
+        assert!(t.wait_interrupt(0, Duration::from_secs(5)).unwrap(), "vq interrupt reached the driver");
+        dev.set_config(5, &[0x99]).unwrap();
+        dev.inject_config_irq().unwrap();
+        assert!(t.wait_config_interrupt(Duration::from_secs(5)).unwrap(), "config interrupt reached the driver");
+        t.read_config(0, &mut m).unwrap();
+        assert_eq!(m[5], 0x99);
+        assert_eq!(t.vring_base(0).unwrap(), 7, "GET_VRING_BASE asks the device");
+
+        if vduse_suspend {
+            assert_ne!(offered & (1 << VHOST_BACKEND_F_SUSPEND), 0);
+            t.suspend().unwrap();
+            assert!(saw(&|r| *r == Request::Suspend));
+            assert_eq!(t.resume().unwrap_err().errno(), Some(Errno::EOPNOTSUPP), "vduse has no resume");
+        }
+
+        // A reset drops the call callbacks in VDUSE: interrupts must still
+        // arrive after the next start.
+        t.set_status(0).unwrap();
+        assert_eq!(t.status().unwrap(), 0);
+        t.set_status(0x3).unwrap();
+        t.set_features(features).unwrap();
+        t.set_status(0xb).unwrap();
+        t.set_vring_num(0, 256).unwrap();
+        t.set_vring_addr(0, 0x10_0000, 0x10_1000, 0x10_2000).unwrap();
+        t.set_vring_enable(0, true).unwrap();
+        dev.set_vq_kickfd(0, Some(devkick.as_fd())).unwrap();
+        t.set_status(0xf).unwrap();
+        while t.wait_interrupt(0, Duration::ZERO).unwrap() {}
+        dev.inject_vq_irq(0).unwrap();
+        assert!(t.wait_interrupt(0, Duration::from_secs(5)).unwrap(), "vq interrupt after a reset");
+        dev.inject_config_irq().unwrap();
+        assert!(t.wait_config_interrupt(Duration::from_secs(5)).unwrap(), "config interrupt after a reset");
+
+        t.iotlb_unmap(asid, 0x10_0000, 4096).unwrap();
+        assert!(dev.iotlb_get_fd(asid, 0x10_0000, 0x10_0000).is_err(), "gone after invalidate");
+        t.set_status(0).unwrap();
+        assert_eq!(t.status().unwrap(), 0);
+
+        drop(t);
+        std::fs::write("/sys/bus/vdpa/drivers/vhost_vdpa/unbind", name).unwrap();
+        sh("vdpa", &["dev", "del", name]);
+        stop.store(true, Ordering::Relaxed);
+        daemon.join().unwrap();
+        drop(dev);
+        ctl.destroy_device(name).unwrap();
+        eprintln!("real_kernel_end_to_end: api {api}, backend features offered {offered:#x}");
+    }
 }

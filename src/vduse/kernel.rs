@@ -216,6 +216,16 @@ fn io_errno(e: &std::io::Error) -> Errno {
     e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO)
 }
 
+/// An ioctl error on the device fd. Once the kernel marks the device broken
+/// (a message timed out) every ioctl there fails with EPERM, and nothing else
+/// on the device fd gives EPERM.
+fn dev_err(op: &'static str, errno: Errno) -> VduseError {
+    match errno {
+        Errno::EPERM => VduseError::Broken,
+        e => VduseError::os(op, e),
+    }
+}
+
 /// Retry a syscall that a signal interrupted.
 fn retry_eintr<T>(mut f: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
     loop {
@@ -254,7 +264,7 @@ impl KernelControl {
             OpenOptions::new().read(true).write(true).open(path).map_err(|e| control_open_error(io_errno(&e), path))?;
         if let Some(why) = not_chrdev_of(&file, "vduse") {
             log::error!("{} is not the VDUSE control device: {why}", path.display());
-            return Err(VduseError::os("check that the path is the VDUSE control device", Errno::ENODEV));
+            return Err(VduseError::os("opening the VDUSE control device (the path is another file)", Errno::ENODEV));
         }
         let dev_dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         Ok(KernelControl {
@@ -314,7 +324,7 @@ fn open_device_file(path: &Path, name: &str, wait: Duration) -> Result<File> {
     };
     if let Some(why) = not_chrdev_of(&file, "vduse") {
         log::error!("{} is not a VDUSE device: {why}", path.display());
-        return Err(VduseError::os("check that the path is a VDUSE device", Errno::ENODEV));
+        return Err(VduseError::os("opening a VDUSE device (the path is another file)", Errno::ENODEV));
     }
     Ok(file)
 }
@@ -471,8 +481,7 @@ impl VduseDevice for KernelDevice {
     fn negotiated_features(&self) -> Result<u64> {
         let mut f = 0u64;
         // SAFETY: the fd is open; `f` is a live u64, the size the request encodes.
-        unsafe { ioctl::dev_get_features(self.raw(), &mut f) }
-            .map_err(|e| VduseError::os("VDUSE_DEV_GET_FEATURES", e))?;
+        unsafe { ioctl::dev_get_features(self.raw(), &mut f) }.map_err(|e| dev_err("VDUSE_DEV_GET_FEATURES", e))?;
         Ok(f)
     }
 
@@ -480,15 +489,13 @@ impl VduseDevice for KernelDevice {
         let arg = set_config_arg(offset, data)?;
         // SAFETY: the fd is open; `arg` holds vduse_config_data followed by
         // exactly `length` bytes, aligned, and is only read during the call.
-        unsafe { ioctl::dev_set_config(self.raw(), arg.as_ptr()) }
-            .map_err(|e| VduseError::os("VDUSE_DEV_SET_CONFIG", e))?;
+        unsafe { ioctl::dev_set_config(self.raw(), arg.as_ptr()) }.map_err(|e| dev_err("VDUSE_DEV_SET_CONFIG", e))?;
         Ok(())
     }
 
     fn inject_config_irq(&self) -> Result<()> {
         // SAFETY: the fd is open and the request takes no argument.
-        unsafe { ioctl::dev_inject_config_irq(self.raw()) }
-            .map_err(|e| VduseError::os("VDUSE_DEV_INJECT_CONFIG_IRQ", e))?;
+        unsafe { ioctl::dev_inject_config_irq(self.raw()) }.map_err(|e| dev_err("VDUSE_DEV_INJECT_CONFIG_IRQ", e))?;
         Ok(())
     }
 
@@ -496,7 +503,7 @@ impl VduseDevice for KernelDevice {
         let cfg = vduse_vq_config { index, max_size, group, ..Default::default() };
         // SAFETY: the fd is open; `cfg` is a live vduse_vq_config (reserved
         // fields zero), the size the request encodes, only read by the kernel.
-        unsafe { ioctl::vq_setup(self.raw(), &cfg) }.map_err(|e| VduseError::os("VDUSE_VQ_SETUP", e))?;
+        unsafe { ioctl::vq_setup(self.raw(), &cfg) }.map_err(|e| dev_err("VDUSE_VQ_SETUP", e))?;
         Ok(())
     }
 
@@ -504,7 +511,7 @@ impl VduseDevice for KernelDevice {
         let mut info = vduse_vq_info { index, ..Default::default() };
         // SAFETY: the fd is open; `info` is a live vduse_vq_info, the size the
         // request encodes, and the kernel writes only within it.
-        unsafe { ioctl::vq_get_info(self.raw(), &mut info) }.map_err(|e| VduseError::os("VDUSE_VQ_GET_INFO", e))?;
+        unsafe { ioctl::vq_get_info(self.raw(), &mut info) }.map_err(|e| dev_err("VDUSE_VQ_GET_INFO", e))?;
         // The kernel fills the packed view when RING_PACKED was negotiated and
         // the split view otherwise.
         let packed = self.negotiated_features()? & F_RING_PACKED != 0;
@@ -532,13 +539,13 @@ impl VduseDevice for KernelDevice {
         let ev = vduse_vq_eventfd { index, fd: fd.map_or(VDUSE_EVENTFD_DEASSIGN, |f| f.as_raw_fd()) };
         // SAFETY: the fd is open; `ev` is a live vduse_vq_eventfd, only read by
         // the kernel; the eventfd it names is borrowed for the call.
-        unsafe { ioctl::vq_setup_kickfd(self.raw(), &ev) }.map_err(|e| VduseError::os("VDUSE_VQ_SETUP_KICKFD", e))?;
+        unsafe { ioctl::vq_setup_kickfd(self.raw(), &ev) }.map_err(|e| dev_err("VDUSE_VQ_SETUP_KICKFD", e))?;
         Ok(())
     }
 
     fn inject_vq_irq(&self, index: u32) -> Result<()> {
         // SAFETY: the fd is open; `index` is a live u32 the kernel only reads.
-        unsafe { ioctl::vq_inject_irq(self.raw(), &index) }.map_err(|e| VduseError::os("VDUSE_VQ_INJECT_IRQ", e))?;
+        unsafe { ioctl::vq_inject_irq(self.raw(), &index) }.map_err(|e| dev_err("VDUSE_VQ_INJECT_IRQ", e))?;
         Ok(())
     }
 
@@ -548,7 +555,7 @@ impl VduseDevice for KernelDevice {
             // SAFETY: the fd is open; `e` is a live vduse_iotlb_entry_v2 with
             // zero reserved fields, the size the request encodes.
             let raw = unsafe { ioctl::iotlb_get_fd2(self.raw(), &mut e) }
-                .map_err(|err| VduseError::os("VDUSE_IOTLB_GET_FD2", err))?;
+                .map_err(|err| dev_err("VDUSE_IOTLB_GET_FD2", err))?;
             let fd = self.adopt_fd("VDUSE_IOTLB_GET_FD2", raw)?;
             Ok(IotlbRegion { fd, offset: e.offset, start: e.start, last: e.last, perm: e.perm })
         } else {
@@ -559,8 +566,8 @@ impl VduseDevice for KernelDevice {
             let mut e = vduse_iotlb_entry { start, last, ..Default::default() };
             // SAFETY: the fd is open; `e` is a live vduse_iotlb_entry, the size
             // the request encodes.
-            let raw = unsafe { ioctl::iotlb_get_fd(self.raw(), &mut e) }
-                .map_err(|err| VduseError::os("VDUSE_IOTLB_GET_FD", err))?;
+            let raw =
+                unsafe { ioctl::iotlb_get_fd(self.raw(), &mut e) }.map_err(|err| dev_err("VDUSE_IOTLB_GET_FD", err))?;
             let fd = self.adopt_fd("VDUSE_IOTLB_GET_FD", raw)?;
             Ok(IotlbRegion { fd, offset: e.offset, start: e.start, last: e.last, perm: e.perm })
         }
@@ -578,7 +585,7 @@ impl VduseDevice for KernelDevice {
             // Our buffer is valid, so EFAULT is the kernel's answer to a bad
             // asid on this ioctl: report it as the other IOTLB calls do.
             Err(Errno::EFAULT) => Err(VduseError::os("VDUSE_IOTLB_GET_INFO", Errno::EINVAL)),
-            Err(e) => Err(VduseError::os("VDUSE_IOTLB_GET_INFO", e)),
+            Err(e) => Err(dev_err("VDUSE_IOTLB_GET_INFO", e)),
         }
     }
 
@@ -668,6 +675,12 @@ mod tests {
         assert!(matches!(device_open_error(Errno::ENOENT, d, "vnet0"), VduseError::NoDevice(n) if n == "vnet0"));
         assert!(matches!(device_open_error(Errno::EACCES, d, "vnet0"), VduseError::PermissionDenied(_)));
         assert!(matches!(device_open_error(Errno::EBUSY, d, "vnet0"), VduseError::Os { errno: Errno::EBUSY, .. }));
+    }
+
+    #[test]
+    fn eperm_on_a_device_ioctl_means_broken() {
+        assert!(matches!(dev_err("VDUSE_VQ_SETUP", Errno::EPERM), VduseError::Broken));
+        assert!(matches!(dev_err("VDUSE_VQ_SETUP", Errno::EINVAL), VduseError::Os { op: "VDUSE_VQ_SETUP", .. }));
     }
 
     #[test]
