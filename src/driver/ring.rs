@@ -38,6 +38,9 @@ pub enum RingError {
     UsedIdxJump { used: u16, last: u16, ahead: u16, size: u16 },
 }
 
+/// One buffer of a chain: `(iova, len, device_writable)`.
+pub type Segment = (u64, u32, bool);
+
 /// Byte layout of one split ring, relative to the descriptor table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingLayout {
@@ -205,7 +208,7 @@ impl DriverQueue {
 
     /// Queue a chain; visible to the device only after [`Self::publish`].
     /// `segments` are `(iova, len, device_writable)`. Returns the head.
-    pub fn add_chain(&mut self, segments: &[(u64, u32, bool)], token: u64) -> Result<u16, RingError> {
+    pub fn add_chain(&mut self, segments: &[Segment], token: u64) -> Result<u16, RingError> {
         if segments.is_empty() {
             return Err(RingError::EmptyChain);
         }
