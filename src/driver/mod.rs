@@ -6,3 +6,5 @@ pub mod vhost_vdpa;
 
 pub use dma::DmaMemory;
 pub use transport::{DriverTransport, TransportError};
+pub mod net;
+pub mod ring;
