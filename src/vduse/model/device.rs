@@ -14,13 +14,11 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::{lock, LoggedMessage};
 use crate::uapi::vduse::{
-    VDUSE_API_VERSION_1, VDUSE_F_QUEUE_READY, VDUSE_F_SUSPEND, VDUSE_REQ_RESULT_FAILED, VDUSE_REQ_RESULT_OK,
-    REQUEST_SIZE, RESPONSE_SIZE,
+    REQUEST_SIZE, RESPONSE_SIZE, VDUSE_API_VERSION_1, VDUSE_F_QUEUE_READY, VDUSE_F_SUSPEND, VDUSE_REQ_RESULT_FAILED,
+    VDUSE_REQ_RESULT_OK,
 };
 use crate::uapi::virtio::{feature, status};
-use crate::vduse::{
-    DeviceConfig, IotlbRegion, IovaInfo, Request, Result, VduseDevice, VduseError, VqInfo,
-};
+use crate::vduse::{DeviceConfig, IotlbRegion, IovaInfo, Request, Result, VduseDevice, VduseError, VqInfo};
 
 /// One IOVA range of an address space: `[start, last]` is `file` from
 /// `offset` on. The file is shared by the vhost IOTLB and the VDUSE domain,
@@ -503,12 +501,11 @@ impl Dev {
     /// `vduse_vdpa_set_vq_ready`: with VDUSE_F_QUEUE_READY a message, and a
     /// refusal breaks the device (the kernel can do nothing better).
     pub fn set_vq_ready(&self, i: usize, ready: bool) {
-        if self.vduse_features & 1 << VDUSE_F_QUEUE_READY != 0 {
-            if self.msg_sync(Request::SetVqReady { index: i as u32, ready }).is_err() {
-                let mut st = lock(&self.st);
-                self.mark_broken(&mut st);
-                return;
-            }
+        let gated = self.vduse_features & 1 << VDUSE_F_QUEUE_READY != 0;
+        if gated && self.msg_sync(Request::SetVqReady { index: i as u32, ready }).is_err() {
+            let mut st = lock(&self.st);
+            self.mark_broken(&mut st);
+            return;
         }
         lock(&self.st).vqs[i].ready = ready;
     }
@@ -704,7 +701,10 @@ impl VduseDevice for DeviceHandle {
         let new = match fd {
             Some(fd) => {
                 check_eventfd(fd).map_err(|e| VduseError::os(op, e))?;
-                Some(fd.try_clone_to_owned().map_err(|e| VduseError::os(op, Errno::from_raw(e.raw_os_error().unwrap_or(0))))?)
+                Some(
+                    fd.try_clone_to_owned()
+                        .map_err(|e| VduseError::os(op, Errno::from_raw(e.raw_os_error().unwrap_or(0))))?,
+                )
             }
             None => None,
         };
@@ -746,7 +746,8 @@ impl VduseDevice for DeviceHandle {
             return Err(einval(op));
         }
         let domain = st.domains.as_ref().and_then(|d| d.get(asid as usize)).ok_or(einval(op))?;
-        let m = domain.iter().filter(|m| m.start <= last && m.last >= start).min_by_key(|m| m.start).ok_or(einval(op))?;
+        let m =
+            domain.iter().filter(|m| m.start <= last && m.last >= start).min_by_key(|m| m.start).ok_or(einval(op))?;
         let fd = m.file.try_clone().map_err(|e| VduseError::os(op, Errno::from_raw(e.raw_os_error().unwrap_or(0))))?;
         Ok(IotlbRegion { fd, offset: m.offset, start: m.start, last: m.last, perm: m.perm })
     }
@@ -763,7 +764,8 @@ impl VduseDevice for DeviceHandle {
             return Err(einval(op));
         }
         let domain = st.domains.as_ref().and_then(|d| d.get(asid as usize)).ok_or(einval(op))?;
-        let m = domain.iter().filter(|m| m.start <= last && m.last >= start).min_by_key(|m| m.start).ok_or(einval(op))?;
+        let m =
+            domain.iter().filter(|m| m.start <= last && m.last >= start).min_by_key(|m| m.start).ok_or(einval(op))?;
         // No bounce map in vhost-vdpa mode, so never VDUSE_IOVA_CAP_UMEM.
         Ok(IovaInfo { start: m.start, last: m.last, capability: 0, asid })
     }

@@ -48,6 +48,12 @@ pub struct ModelDriver {
     open_id: u64,
 }
 
+impl std::fmt::Debug for ModelDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelDriver").field("device", &self.dev.name()).field("open_id", &self.open_id).finish()
+    }
+}
+
 fn err(op: &'static str, errno: Errno) -> TransportError {
     TransportError::os(op, errno)
 }

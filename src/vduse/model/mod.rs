@@ -70,10 +70,7 @@ impl ModelConfig {
         ModelConfig { max_api_version: 1, ..Self::kernel_6_12() }
     }
     pub fn kernel_7_3() -> Self {
-        ModelConfig {
-            vduse_features: Some(1 << VDUSE_F_QUEUE_READY | 1 << VDUSE_F_SUSPEND),
-            ..Self::kernel_7_2()
-        }
+        ModelConfig { vduse_features: Some(1 << VDUSE_F_QUEUE_READY | 1 << VDUSE_F_SUSPEND), ..Self::kernel_7_2() }
     }
     /// 7.3 with the vduse.ko that has the CTRL_VQ check removed.
     pub fn patched_7_3() -> Self {
@@ -300,7 +297,8 @@ impl VduseControl for ControlHandle {
 
     fn destroy_device(&self, name: &str) -> Result<()> {
         let mut reg = lock(&self.model.registry);
-        let dev = reg.devices.get(&kernel_name(name)).cloned().ok_or(VduseError::os("VDUSE_DESTROY_DEV", Errno::EINVAL))?;
+        let dev =
+            reg.devices.get(&kernel_name(name)).cloned().ok_or(VduseError::os("VDUSE_DESTROY_DEV", Errno::EINVAL))?;
         if dev.busy() {
             return Err(VduseError::os("VDUSE_DESTROY_DEV", Errno::EBUSY));
         }
