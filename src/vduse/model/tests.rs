@@ -863,3 +863,43 @@ fn attach_fails_when_nobody_answers_the_reset() {
     assert_eq!(log[0].result, None);
     assert_eq!(errno(model.attach_vhost_vdpa("n0")), Errno::EIO, "broken: the reset fails at once");
 }
+
+#[test]
+fn a_refused_iotlb_update_empties_the_whole_domain_until_the_next_one() {
+    let r = rig();
+    let mem = DmaMemory::new("t", 8192).unwrap();
+    r.drv.iotlb_map(0, 0x1000, &mem, 0, 4096, 3).unwrap();
+    r.resp.set(|_, _| Answer::Failed);
+    assert_eq!(terrno(r.drv.iotlb_map(0, 0x8000, &mem, 4096, 4096, 3)), Errno::EFAULT);
+    // vduse_domain_clear_map drops every entry of the new map, old ones too.
+    assert_eq!(errno(r.dev.iotlb_get_fd(0, 0x1000, 0x1000)), Errno::EINVAL);
+    r.resp.set(|_, _| Answer::Ok);
+    r.drv.iotlb_map(0, 0x20000, &mem, 0, 4096, 1).unwrap();
+    // The next update carries vhost's whole IOTLB again (without the refused range).
+    assert_eq!(r.dev.iotlb_get_fd(0, 0x1000, 0x1000).unwrap().perm, 3);
+    assert_eq!(r.dev.iotlb_get_fd(0, 0x20000, 0x20000).unwrap().perm, 1);
+    assert_eq!(errno(r.dev.iotlb_get_fd(0, 0x8000, 0x8000)), Errno::EINVAL);
+}
+
+#[test]
+fn packed_rings_use_the_packed_vq_state() {
+    let r = rig();
+    r.drv.set_features(FEAT | 1 << 34).unwrap();
+    r.drv.set_vring_base(0, 0x8005).unwrap();
+    // The union's first u16 is last_avail_counter for packed rings.
+    assert_eq!(r.dev.vq_info(0).unwrap().avail_index, 1);
+    // Answer GET_VQ_STATE by hand with packed fields.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    r.resp.set(move |_, _| {
+        let _ = tx.lock().unwrap().send(());
+        Answer::Silent
+    });
+    let drv = r.drv.clone();
+    let t = std::thread::spawn(move || drv.vring_base(0));
+    rx.recv_timeout(Duration::from_secs(1)).unwrap();
+    let id = r.resp.seen.lock().unwrap()[0].0;
+    let resp = Response::vq_state(id, VqState::Packed { index: 0, state: [1, 0x7ff3, 0, 9] });
+    r.dev.write_response(&resp.encode()).unwrap();
+    assert_eq!(t.join().unwrap().unwrap(), 0x8000 | 0x7ff3);
+}
