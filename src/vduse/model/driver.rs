@@ -184,9 +184,7 @@ fn wait_eventfd(fd: BorrowedFd<'_>, timeout: Duration, op: &'static str) -> Resu
     let t = PollTimeout::try_from(ms).map_err(|_| err(op, Errno::EINVAL))?;
     let n = loop {
         match nix::poll::poll(&mut fds, t) {
-            // A signal cuts the wait short; the caller sees "no interrupt"
-            // only when the full timeout passed, so retry with the same
-            // bound (rare, and bounded by the caller's loop).
+            // A signal cut the wait short: wait again (signals are rare).
             Err(Errno::EINTR) => continue,
             r => break r.map_err(|e| err(op, e))?,
         }
