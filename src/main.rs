@@ -1,3 +1,46 @@
-fn main() {
-    println!("vduse-net");
+//! `vduse-net`: run a VDUSE virtio-net device, or drive one with the
+//! bundled generator and latency meter.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(
+    name = "vduse-net",
+    version,
+    about = "Userspace virtio-net device for Linux VDUSE, with a poll-mode dataplane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create device(s) on the real kernel (/dev/vduse) and serve them until SIGINT/SIGTERM.
+    Run(cli::run::RunArgs),
+    /// Report what the VDUSE kernel side offers (API version, VDUSE features).
+    Probe(cli::probe::ProbeArgs),
+    /// Traffic generator: drive a device as a virtio driver would (embedded kernel model by default).
+    Pktgen(cli::pktgen::PktgenArgs),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Run(a) => cli::run::run(a),
+        Command::Probe(a) => cli::probe::run(a),
+        Command::Pktgen(a) => cli::pktgen::run(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vduse-net: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,1 +1,10 @@
-//! mem
+//! Per-ASID IOTLB: IOVA -> host translation and mapping lifetime.
+//!
+//! - [`qsbr`]: quiescent-state reclamation between poll threads and writers.
+//! - [`iotlb`]: address spaces, translation tables, miss resolution.
+
+pub mod iotlb;
+pub mod qsbr;
+
+pub use iotlb::{Access, AddressSpace, Iotlb, Mapping, RegionSource, Table, XlateError};
+pub use qsbr::{Qsbr, ReadGuard, Reader};

@@ -1,1 +1,55 @@
-//! virtq
+//! Device-side virtqueues over untrusted ring memory.
+//!
+//! - [`split`]: the split ring (avail/used access, notification suppression).
+//! - [`chain`]: descriptor-chain walking and validation.
+//!
+//! Every field the driver wrote is read once into a local, validated, and
+//! only then used. Anything malformed is a [`QueueError`]; the caller stops
+//! that queue and reports NEEDS_RESET, the rest of the device goes on.
+
+pub mod chain;
+pub mod split;
+
+pub use chain::{ChainInfo, Direction, MAX_INDIRECT_LEN};
+pub use split::{QueueConfig, SplitQueue};
+
+use crate::mem::XlateError;
+
+/// Ways a driver can break a queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("head index {0} out of range")]
+    HeadOutOfRange(u16),
+    #[error("next index {0} out of range")]
+    NextOutOfRange(u16),
+    #[error("chain longer than the queue size (loop?)")]
+    ChainTooLong,
+    #[error("indirect descriptor inside an indirect table")]
+    NestedIndirect,
+    #[error("indirect descriptor with NEXT set")]
+    IndirectWithNext,
+    #[error("indirect table length {0} is not a non-zero multiple of 16 within the queue size")]
+    BadIndirectLen(u32),
+    #[error("indirect descriptors were not negotiated")]
+    IndirectNotNegotiated,
+    #[error("avail index jumped by {0} (more than the queue size)")]
+    AvailJump(u16),
+    #[error("device-readable descriptor after a device-writable one")]
+    ReadableAfterWritable,
+    #[error("a device-writable descriptor where only readable ones belong")]
+    UnexpectedWritable,
+    #[error("a device-readable descriptor where only writable ones belong")]
+    UnexpectedReadable,
+    #[error("ring address {0:#x} misaligned")]
+    MisalignedRing(u64),
+    #[error("chain total length overflows")]
+    LengthOverflow,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    #[error("malformed ring: {0}")]
+    Malformed(#[from] Malformed),
+    #[error("translation failed: {0}")]
+    Xlate(#[from] XlateError),
+}

@@ -1,0 +1,374 @@
+//! Creating a VDUSE virtio-net device and running it.
+//!
+//! Layout: pair i is vqs (2i, 2i+1) in vq group i; the control queue is the
+//! last vq, alone in the last group, so a VMM can move it to its own ASID.
+//! With API version 0 there are no groups and one address space.
+
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use nix::errno::Errno;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use super::slowpath::SlowPath;
+use super::stats::{PairCell, PairStats, SlowPathCounters, SlowPathStats};
+use super::IdlePolicy;
+use crate::backend::Port;
+use crate::net::config::NetConfig;
+use crate::net::features;
+use crate::uapi::vduse::{VDUSE_API_VERSION_0, VDUSE_API_VERSION_1, VDUSE_F_QUEUE_READY, VDUSE_F_SUSPEND};
+use crate::uapi::virtio::VIRTIO_ID_NET;
+use crate::vduse::{DeviceConfig, VduseControl, VduseDevice, VduseError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(transparent)]
+    Vduse(#[from] VduseError),
+    #[error("invalid option: {0}")]
+    Options(String),
+    #[error("cannot create eventfd: {0}")]
+    EventFd(Errno),
+    #[error("cannot start thread: {0}")]
+    Thread(std::io::Error),
+    #[error("slow-path thread panicked")]
+    Panicked,
+}
+
+/// What the user asked for.
+#[derive(Clone, Debug)]
+pub struct DeviceOptions {
+    pub name: String,
+    pub queue_pairs: u16,
+    /// Largest queue size the device accepts (VQ_SETUP max_size).
+    pub ring_size: u16,
+    pub mac: [u8; 6],
+    pub mtu: u16,
+    /// Virtio features offered (before any refusal by the kernel).
+    pub features: u64,
+    /// Address spaces requested with API v1.
+    pub nas: u32,
+    /// Force an API version (default: 1 when the kernel offers it).
+    pub api: Option<u64>,
+    /// VDUSE features wanted (QUEUE_READY, SUSPEND), where offered.
+    pub vduse_features: u64,
+    pub burst: usize,
+    pub idle: IdlePolicy,
+    /// Cores for the poll threads, one per pair, reused round-robin.
+    pub cores: Vec<usize>,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        DeviceOptions {
+            name: "vduse-net0".into(),
+            queue_pairs: 1,
+            ring_size: 256,
+            mac: [0x02, 0x00, 0x00, 0x00, 0x00, 0x01],
+            mtu: 1500,
+            features: features::OFFERED,
+            nas: 2,
+            api: None,
+            vduse_features: (1 << VDUSE_F_QUEUE_READY) | (1 << VDUSE_F_SUSPEND),
+            burst: 32,
+            idle: IdlePolicy::default(),
+            cores: Vec::new(),
+        }
+    }
+}
+
+impl DeviceOptions {
+    pub fn validate(&self) -> Result<(), DeviceError> {
+        let bad = |m: String| Err(DeviceError::Options(m));
+        if self.name.is_empty() || self.name.len() >= 256 || self.name.contains('/') {
+            return bad(format!("device name {:?} must be 1..255 bytes without '/'", self.name));
+        }
+        if self.queue_pairs == 0 || self.queue_pairs > 256 {
+            return bad(format!("--queues {} must be in 1..=256", self.queue_pairs));
+        }
+        if !self.ring_size.is_power_of_two() || self.ring_size < 2 || self.ring_size > 32768 {
+            return bad(format!("--ring-size {} must be a power of two in 2..=32768", self.ring_size));
+        }
+        if self.burst == 0 || self.burst > 1024 {
+            return bad(format!("--burst {} must be in 1..=1024", self.burst));
+        }
+        if self.nas == 0 || self.nas > 0xffff {
+            return bad(format!("address spaces {} must be in 1..=65535", self.nas));
+        }
+        if self.mtu < 68 {
+            return bad(format!("--mtu {} is below 68", self.mtu));
+        }
+        Ok(())
+    }
+}
+
+/// What was actually set up, after negotiation with the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub name: String,
+    pub api: u64,
+    pub pairs: u16,
+    pub has_cvq: bool,
+    pub ngroups: u32,
+    pub nas: u32,
+    /// Features offered to the driver.
+    pub features: u64,
+    /// VDUSE features in effect (QUEUE_READY, SUSPEND).
+    pub vduse_features: u64,
+    /// Offered features the kernel refused, for the log.
+    pub dropped_features: u64,
+}
+
+impl Layout {
+    pub fn vq_num(&self) -> u32 {
+        2 * self.pairs as u32 + self.has_cvq as u32
+    }
+    pub fn cvq(&self) -> Option<u32> {
+        self.has_cvq.then(|| 2 * self.pairs as u32)
+    }
+    /// The vq group of `vq` (0 for everything on API v0).
+    pub fn group_of(&self, vq: u32) -> u32 {
+        if self.api < VDUSE_API_VERSION_1 {
+            0
+        } else {
+            vq / 2
+        }
+    }
+    pub fn cvq_group(&self) -> Option<u32> {
+        self.cvq().map(|v| self.group_of(v))
+    }
+}
+
+/// A created, not yet running device.
+pub struct NetDevice {
+    control: Arc<dyn VduseControl>,
+    device: Arc<dyn VduseDevice>,
+    layout: Layout,
+    opts: DeviceOptions,
+}
+
+impl NetDevice {
+    /// Negotiate the API version, create the device (dropping the control
+    /// queue if the kernel refuses it) and set up its vqs and groups.
+    pub fn create(control: Arc<dyn VduseControl>, opts: DeviceOptions) -> Result<NetDevice, DeviceError> {
+        opts.validate()?;
+        let offered_api = control.api_version()?;
+        let api = match opts.api {
+            Some(v) if v > offered_api => {
+                return Err(DeviceError::Options(format!("--api {v}: this kernel supports up to {offered_api}")))
+            }
+            Some(v) => v,
+            None => offered_api.min(VDUSE_API_VERSION_1),
+        };
+        control.set_api_version(api)?;
+        let vduse_features = match control.vduse_features() {
+            Ok(offered) => {
+                let want = offered & opts.vduse_features;
+                control.set_vduse_features(want)?;
+                want
+            }
+            // Kernels before 7.3 have no VDUSE_GET_FEATURES; the control fd
+            // answers unknown ioctls with EINVAL (ENOTTY elsewhere).
+            Err(e) if e.errno() == Errno::ENOTTY || e.errno() == Errno::EINVAL => 0,
+            Err(e) => return Err(e.into()),
+        };
+        let mut features = opts.features | features::VERSION_1 | features::ACCESS_PLATFORM;
+        let mut dropped = 0;
+        let config = |has_cvq: bool, features: u64| {
+            let pairs = opts.queue_pairs;
+            let vq_num = 2 * pairs as u32 + has_cvq as u32;
+            let (ngroups, nas) = if api >= VDUSE_API_VERSION_1 { ((vq_num + 1) / 2, opts.nas) } else { (0, 0) };
+            let cfg_pairs = if features & features::MQ != 0 { pairs } else { 1 };
+            DeviceConfig {
+                name: opts.name.clone(),
+                vendor_id: 0,
+                device_id: VIRTIO_ID_NET,
+                features,
+                vq_num,
+                vq_align: 4096,
+                ngroups,
+                nas,
+                config: NetConfig::new(opts.mac, cfg_pairs, opts.mtu).to_bytes().to_vec(),
+            }
+        };
+        let mut has_cvq = features & features::CTRL_VQ != 0;
+        let mut cfg = config(has_cvq, features);
+        if let Err(e) = control.create_device(&cfg) {
+            if e.errno() == Errno::EINVAL && has_cvq {
+                let without = features::without_ctrl_vq(features);
+                dropped = features & !without;
+                log::warn!(
+                    "kernel refused the control queue at CREATE_DEV ({e}); retrying without it, dropped: {}",
+                    features::describe(dropped)
+                );
+                features = without;
+                has_cvq = false;
+                cfg = config(has_cvq, features);
+                control.create_device(&cfg)?;
+            } else {
+                return Err(e.into());
+            }
+        }
+        let pairs = opts.queue_pairs;
+        let layout = Layout {
+            name: opts.name.clone(),
+            api,
+            pairs,
+            has_cvq,
+            ngroups: cfg.ngroups,
+            nas: cfg.nas.max(1),
+            features,
+            vduse_features,
+            dropped_features: dropped,
+        };
+        let device = match control.open_device(&opts.name) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = control.destroy_device(&opts.name);
+                return Err(e.into());
+            }
+        };
+        for vq in 0..layout.vq_num() {
+            if let Err(e) = device.setup_vq(vq, opts.ring_size, layout.group_of(vq)) {
+                drop(device);
+                let _ = control.destroy_device(&opts.name);
+                return Err(e.into());
+            }
+        }
+        log::info!(
+            "device {}: API v{}, {} queue pair(s){}, {} vq groups, {} address spaces, features {}",
+            layout.name,
+            layout.api,
+            layout.pairs,
+            if layout.has_cvq { " + control queue" } else { ", no control queue" },
+            layout.ngroups,
+            layout.nas,
+            features::describe(layout.features)
+        );
+        Ok(NetDevice { control, device, layout, opts })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn device(&self) -> &Arc<dyn VduseDevice> {
+        &self.device
+    }
+
+    /// Start the slow-path thread (which starts one poll thread per pair).
+    /// `ports[i]` serves pair i.
+    pub fn start(self, ports: Vec<Box<dyn Port>>) -> Result<RunningDevice, DeviceError> {
+        if ports.len() != self.layout.pairs as usize {
+            return Err(DeviceError::Options(format!("{} ports for {} queue pairs", ports.len(), self.layout.pairs)));
+        }
+        let stop = Arc::new(
+            EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).map_err(DeviceError::EventFd)?,
+        );
+        let stopping = Arc::new(AtomicBool::new(false));
+        let pair_stats: Vec<Arc<PairCell>> = (0..self.layout.pairs).map(|_| Arc::new(PairCell::default())).collect();
+        let slow_stats = Arc::new(SlowPathCounters::default());
+        let slow = SlowPath::new(
+            self.device.clone(),
+            self.layout.clone(),
+            &self.opts,
+            ports,
+            pair_stats.clone(),
+            slow_stats.clone(),
+            stop.clone(),
+            stopping.clone(),
+        )?;
+        let thread = std::thread::Builder::new()
+            .name(format!("vduse-slow-{}", self.layout.name))
+            .spawn(move || slow.run())
+            .map_err(DeviceError::Thread)?;
+        Ok(RunningDevice {
+            control: self.control,
+            device: Some(self.device),
+            layout: self.layout,
+            stop,
+            stopping,
+            thread: Some(thread),
+            pair_stats,
+            slow_stats,
+        })
+    }
+}
+
+/// A device whose threads are running.
+pub struct RunningDevice {
+    control: Arc<dyn VduseControl>,
+    device: Option<Arc<dyn VduseDevice>>,
+    layout: Layout,
+    stop: Arc<EventFd>,
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pair_stats: Vec<Arc<PairCell>>,
+    slow_stats: Arc<SlowPathCounters>,
+}
+
+/// Counters of a running device.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceStats {
+    pub pairs: Vec<PairStats>,
+    pub slow_path: SlowPathStats,
+}
+
+impl RunningDevice {
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn stats(&self) -> DeviceStats {
+        DeviceStats {
+            pairs: self.pair_stats.iter().map(|p| p.snapshot()).collect(),
+            slow_path: self.slow_stats.snapshot(),
+        }
+    }
+
+    /// Stop the threads, close and destroy the device.
+    pub fn stop(mut self) -> Result<DeviceStats, DeviceError> {
+        self.shutdown_threads()?;
+        let stats = self.stats();
+        self.device = None;
+        self.control.destroy_device(&self.layout.name)?;
+        Ok(stats)
+    }
+
+    fn shutdown_threads(&mut self) -> Result<(), DeviceError> {
+        self.stopping.store(true, Ordering::Release);
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            t.join().map_err(|_| DeviceError::Panicked)?;
+        }
+        Ok(())
+    }
+
+    /// The fd a caller may poll to learn that the device stopped by itself.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    pub fn stop_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stop.as_fd()
+    }
+}
+
+impl Drop for RunningDevice {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.shutdown_threads();
+            self.device = None;
+            let _ = self.control.destroy_device(&self.layout.name);
+        }
+    }
+}
+
+pub fn api_name(api: u64) -> &'static str {
+    if api == VDUSE_API_VERSION_0 {
+        "0 (single address space)"
+    } else {
+        "1 (vq groups + ASIDs)"
+    }
+}

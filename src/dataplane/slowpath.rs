@@ -1,0 +1,552 @@
+//! The slow-path thread: VDUSE control messages, the control virtqueue,
+//! IOTLB upkeep, and the poll threads' lifecycle.
+//!
+//! It never blocks on the fast path for long: poll threads acknowledge
+//! mailbox commands at their next chain boundary (microseconds), and QSBR
+//! grace periods are bounded, so messages are answered within milliseconds
+//! even under full load.
+
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use super::ctrlq;
+use super::device::{DeviceError, DeviceOptions, Layout};
+use super::mailbox::{mailbox, Command, MailboxTx};
+use super::poll::{PollSetup, PollThread};
+use super::stats::{bump, PairCell, SlowPathCounters};
+use super::{rx_vq, tx_vq};
+use crate::backend::Port;
+use crate::mem::{Iotlb, Reader, RegionSource};
+use crate::net::config::{NetConfig, MAC_OFFSET, STATUS_OFFSET, VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP};
+use crate::net::ctrl::{CtrlEffect, CtrlState};
+use crate::net::features;
+use crate::net::filter::{FilterCell, RxFilter};
+use crate::uapi::vduse::REQUEST_SIZE;
+use crate::uapi::virtio::status;
+use crate::vduse::request::VqState;
+use crate::vduse::{Request, Response, VduseDevice};
+use crate::virtq::{QueueConfig, SplitQueue};
+
+struct PollHandle {
+    mailbox: MailboxTx,
+    join: JoinHandle<()>,
+}
+
+/// The control queue's state on the slow path.
+struct Cvq {
+    vq: u32,
+    group: u32,
+    q: Option<SplitQueue>,
+    failed: bool,
+    reader: Option<Reader>,
+    kick: Arc<EventFd>,
+}
+
+pub struct SlowPath {
+    dev: Arc<dyn VduseDevice>,
+    layout: Layout,
+    iotlb: Arc<Iotlb>,
+    status: u8,
+    features: u64,
+    /// Current ASID of each vq group. The kernel keeps these across reset.
+    group_asid: Vec<u32>,
+    threads: Vec<PollHandle>,
+    /// Kick eventfd per vq, registered with VQ_SETUP_KICKFD.
+    kicks: Vec<Arc<EventFd>>,
+    cvq: Option<Cvq>,
+    ctrl: CtrlState,
+    mac: [u8; 6],
+    filter: Arc<FilterCell>,
+    config: NetConfig,
+    suspended: bool,
+    stats: Arc<SlowPathCounters>,
+    stop: Arc<EventFd>,
+    stopping: Arc<AtomicBool>,
+    cmd_buf: Vec<u8>,
+}
+
+fn eventfd() -> Result<Arc<EventFd>, DeviceError> {
+    EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).map(Arc::new).map_err(DeviceError::EventFd)
+}
+
+impl SlowPath {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        dev: Arc<dyn VduseDevice>,
+        layout: Layout,
+        opts: &DeviceOptions,
+        ports: Vec<Box<dyn Port>>,
+        pair_stats: Vec<Arc<PairCell>>,
+        stats: Arc<SlowPathCounters>,
+        stop: Arc<EventFd>,
+        stopping: Arc<AtomicBool>,
+    ) -> Result<SlowPath, DeviceError> {
+        let source: Arc<dyn RegionSource> = Arc::new(dev.clone());
+        let iotlb = Arc::new(Iotlb::new(layout.nas, source));
+        let kicks = (0..layout.vq_num()).map(|_| eventfd()).collect::<Result<Vec<_>, _>>()?;
+        let ctrl = CtrlState::new(opts.mac, 0);
+        let filter = FilterCell::new(RxFilter::from_state(&ctrl, 0));
+        let mut threads = Vec::new();
+        for (pair, port) in ports.into_iter().enumerate() {
+            let pair = pair as u16;
+            let wake = eventfd()?;
+            let (tx, rx) = mailbox(wake.clone());
+            let setup = PollSetup {
+                pair,
+                device: dev.clone(),
+                space: iotlb.space(0).expect("asid 0 exists").clone(),
+                reader: iotlb.qsbr().register(),
+                mailbox: rx,
+                wake,
+                kick_rx: kicks[rx_vq(pair) as usize].clone(),
+                kick_tx: kicks[tx_vq(pair) as usize].clone(),
+                port,
+                filter: filter.reader(),
+                stats: pair_stats[pair as usize].clone(),
+                burst: opts.burst,
+                idle: opts.idle,
+                core: (!opts.cores.is_empty()).then(|| opts.cores[pair as usize % opts.cores.len()]),
+            };
+            let join = PollThread::spawn(setup).map_err(DeviceError::Thread)?;
+            threads.push(PollHandle { mailbox: tx, join });
+        }
+        let cvq = match layout.cvq() {
+            Some(vq) => Some(Cvq {
+                vq,
+                group: layout.group_of(vq),
+                q: None,
+                failed: false,
+                reader: Some(iotlb.qsbr().register()),
+                kick: kicks[vq as usize].clone(),
+            }),
+            None => None,
+        };
+        let cfg_pairs = if layout.features & features::MQ != 0 { layout.pairs } else { 1 };
+        let mut config = NetConfig::new(opts.mac, cfg_pairs, opts.mtu);
+        config.status = VIRTIO_NET_S_LINK_UP;
+        let sp = SlowPath {
+            group_asid: vec![0; layout.ngroups.max(1) as usize],
+            dev,
+            layout,
+            iotlb,
+            status: 0,
+            features: 0,
+            threads,
+            kicks,
+            cvq,
+            ctrl,
+            mac: opts.mac,
+            filter,
+            config,
+            suspended: false,
+            stats,
+            stop,
+            stopping,
+            cmd_buf: Vec::with_capacity(ctrlq::MAX_COMMAND),
+        };
+        sp.register_kickfds();
+        Ok(sp)
+    }
+
+    /// The kernel drops kick eventfds on every reset; (re)register them.
+    fn register_kickfds(&self) {
+        for (vq, k) in self.kicks.iter().enumerate() {
+            if let Err(e) = self.dev.set_vq_kickfd(vq as u32, Some(k.as_fd())) {
+                log::warn!("vq {vq}: VQ_SETUP_KICKFD failed: {e}");
+            }
+        }
+    }
+
+    pub fn run(mut self) {
+        let mut buf = [0u8; REQUEST_SIZE];
+        let mut last_reclaim = Instant::now();
+        let mut read_error_logged = false;
+        while !self.stopping.load(Ordering::Acquire) {
+            let mut err = false;
+            {
+                let mut fds = vec![
+                    PollFd::new(self.dev.request_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
+                ];
+                if let Some(c) = &self.cvq {
+                    fds.push(PollFd::new(c.kick.as_fd(), PollFlags::POLLIN));
+                }
+                if nix::poll::poll(&mut fds, PollTimeout::from(100u16)).is_ok() {
+                    let rev = fds[0].revents().unwrap_or(PollFlags::empty());
+                    err = rev.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL);
+                }
+            }
+            let _ = self.stop.read();
+            loop {
+                match self.dev.read_request(&mut buf) {
+                    Ok(Some(n)) => {
+                        read_error_logged = false;
+                        if let Some(resp) = self.handle_message(&buf[..n]) {
+                            if let Err(e) = self.dev.write_response(&resp.encode()) {
+                                log::error!("writing reply to request {}: {e}", resp.request_id);
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        if !read_error_logged {
+                            log::error!("reading control messages: {e}");
+                            read_error_logged = true;
+                        }
+                        err = true;
+                        break;
+                    }
+                }
+            }
+            if let Some(c) = &self.cvq {
+                let _ = c.kick.read();
+            }
+            self.serve_cvq();
+            if last_reclaim.elapsed() > Duration::from_millis(200) {
+                last_reclaim = Instant::now();
+                for s in self.iotlb.spaces() {
+                    let _ = s.reclaim();
+                }
+            }
+            if err {
+                // A broken device reports POLLERR forever; don't spin on it.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        for t in &self.threads {
+            let _ = t.mailbox.send(Command::Exit);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join.join();
+        }
+    }
+
+    /// Decode, apply and build the reply for one message.
+    fn handle_message(&mut self, bytes: &[u8]) -> Option<Response> {
+        bump(&self.stats.requests, 1);
+        let (id, req) = match Request::parse(bytes, self.dev.api_version()) {
+            Ok(x) => x,
+            Err(e) => {
+                bump(&self.stats.failed_replies, 1);
+                // A truncated message still has an id if 8 bytes arrived.
+                let id = e
+                    .request_id()
+                    .or_else(|| (bytes.len() >= 8).then(|| u32::from_le_bytes(bytes[4..8].try_into().unwrap())));
+                log::warn!("control message refused: {e}{}", if id.is_some() { "; replying FAILED" } else { "" });
+                return id.map(Response::failed);
+            }
+        };
+        log::debug!("request {id}: {req:?}");
+        let resp = match self.apply(req) {
+            Ok(Some(state)) => Response::vq_state(id, state),
+            Ok(None) => Response::ok(id),
+            Err(why) => {
+                bump(&self.stats.failed_replies, 1);
+                log::warn!("request {id} {req:?} failed: {why}");
+                Response::failed(id)
+            }
+        };
+        Some(resp)
+    }
+
+    fn apply(&mut self, req: Request) -> Result<Option<VqState>, String> {
+        match req {
+            Request::GetVqState { index } => {
+                bump(&self.stats.get_vq_state, 1);
+                self.vq_state(index).map(Some)
+            }
+            Request::SetStatus { status } => {
+                bump(&self.stats.set_status, 1);
+                self.set_status(status).map(|_| None)
+            }
+            Request::UpdateIotlb { asid, start, last } => {
+                bump(&self.stats.update_iotlb, 1);
+                let space = self.iotlb.space(asid).ok_or(format!("asid {asid} >= {}", self.layout.nas))?;
+                space.invalidate(start, last).map_err(|e| e.to_string())?;
+                Ok(None)
+            }
+            Request::SetVqGroupAsid { group, asid } => {
+                bump(&self.stats.set_group_asid, 1);
+                self.set_group_asid(group, asid).map(|_| None)
+            }
+            Request::SetVqReady { index, ready } => {
+                bump(&self.stats.set_vq_ready, 1);
+                self.set_vq_ready(index, ready).map(|_| None)
+            }
+            Request::Suspend => {
+                bump(&self.stats.suspend, 1);
+                for t in &self.threads {
+                    t.mailbox.send(Command::Suspend).map_err(|e| e.to_string())?;
+                }
+                self.suspended = true;
+                Ok(None)
+            }
+        }
+    }
+
+    fn vq_state(&mut self, index: u32) -> Result<VqState, String> {
+        if index >= self.layout.vq_num() {
+            return Err(format!("vq {index} out of range"));
+        }
+        if let Some(c) = &self.cvq {
+            if c.vq == index {
+                let avail = match &c.q {
+                    Some(q) => q.last_avail(),
+                    None => self.dev.vq_info(index).map_err(|e| e.to_string())?.avail_index,
+                };
+                return Ok(VqState::Split { index, avail_index: avail });
+            }
+        }
+        let pair = (index / 2) as usize;
+        let ack = self.threads[pair].mailbox.send(Command::Positions).map_err(|e| e.to_string())?;
+        let pos = if index % 2 == 0 { ack.rx } else { ack.tx };
+        let avail = match pos {
+            Some(p) => p.last_avail,
+            // Not started: the position is what the driver set.
+            None => self.dev.vq_info(index).map_err(|e| e.to_string())?.avail_index,
+        };
+        Ok(VqState::Split { index, avail_index: avail })
+    }
+
+    fn set_status(&mut self, new: u8) -> Result<(), String> {
+        if new == 0 {
+            self.reset();
+            return Ok(());
+        }
+        let old = self.status;
+        if new & status::FEATURES_OK != 0 && old & status::FEATURES_OK == 0 {
+            let f = self.dev.negotiated_features().map_err(|e| e.to_string())?;
+            features::validate_driver_features(self.layout.features, f).map_err(|e| e.to_string())?;
+            self.features = f;
+            log::info!("{}: driver accepted features {}", self.layout.name, features::describe(f));
+        }
+        if new & status::DRIVER_OK != 0 && old & status::DRIVER_OK == 0 {
+            self.start_dataplane()?;
+        }
+        self.status = new;
+        Ok(())
+    }
+
+    fn queue_config(&self, vq: u32) -> Result<Option<QueueConfig>, String> {
+        let info = self.dev.vq_info(vq).map_err(|e| e.to_string())?;
+        if !info.ready || info.num == 0 {
+            return Ok(None);
+        }
+        if info.num > 32768 || !info.num.is_power_of_two() {
+            return Err(format!("vq {vq}: size {} is not a power of two <= 32768", info.num));
+        }
+        Ok(Some(QueueConfig {
+            index: vq,
+            size: info.num as u16,
+            desc_addr: info.desc_addr,
+            avail_addr: info.driver_addr,
+            used_addr: info.device_addr,
+            avail_base: info.avail_index,
+            event_idx: self.features & features::EVENT_IDX != 0,
+            indirect: self.features & features::INDIRECT_DESC != 0,
+        }))
+    }
+
+    fn start_dataplane(&mut self) -> Result<(), String> {
+        if self.features == 0 {
+            self.features = self.dev.negotiated_features().map_err(|e| e.to_string())?;
+        }
+        // Multiqueue starts with one pair until VQ_PAIRS_SET (spec 5.1.6.5.5).
+        for pair in 0..self.layout.pairs {
+            let rx = self.queue_config(rx_vq(pair))?;
+            let tx = self.queue_config(tx_vq(pair))?;
+            let t = &self.threads[pair as usize];
+            t.mailbox.send(Command::Start { rx, tx }).map_err(|e| e.to_string())?;
+            let asid = self.group_asid[self.layout.group_of(rx_vq(pair)) as usize];
+            let space = self.iotlb.space(asid).expect("validated asid").clone();
+            t.mailbox.send(Command::SetAddressSpace(space)).map_err(|e| e.to_string())?;
+            if pair > 0 {
+                t.mailbox.send(Command::SetPairActive(false)).map_err(|e| e.to_string())?;
+            }
+        }
+        self.ctrl = CtrlState::new(self.mac, self.features);
+        let cvq_negotiated = self.features & features::CTRL_VQ != 0;
+        let cfg = match &self.cvq {
+            Some(c) if cvq_negotiated => self.queue_config(c.vq)?,
+            _ => None,
+        };
+        if let Some(c) = self.cvq.as_mut() {
+            c.q = cfg.map(SplitQueue::new);
+            c.failed = false;
+        }
+        self.publish_filter();
+        self.suspended = false;
+        log::info!("{}: DRIVER_OK, dataplane started", self.layout.name);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        for t in &self.threads {
+            if let Err(e) = t.mailbox.send(Command::Stop) {
+                log::error!("stopping a poll thread: {e}");
+            }
+        }
+        if let Some(c) = self.cvq.as_mut() {
+            c.q = None;
+            c.failed = false;
+        }
+        if let Err(e) = self.iotlb.clear() {
+            log::error!("reset: {e}");
+        }
+        self.ctrl = CtrlState::new(self.mac, 0);
+        self.publish_filter();
+        self.status = 0;
+        self.features = 0;
+        self.suspended = false;
+        self.register_kickfds();
+        log::info!("{}: reset", self.layout.name);
+    }
+
+    fn set_group_asid(&mut self, group: u32, asid: u32) -> Result<(), String> {
+        if group as usize >= self.group_asid.len() || group >= self.layout.ngroups.max(1) {
+            return Err(format!("group {group} out of range"));
+        }
+        let space = self.iotlb.space(asid).ok_or(format!("asid {asid} >= {}", self.layout.nas))?.clone();
+        if self.cvq.as_ref().is_some_and(|c| c.group == group) {
+            // The CVQ is served on this thread: the next command uses it.
+            if let Some(q) = self.cvq.as_mut().and_then(|c| c.q.as_mut()) {
+                q.unmap();
+            }
+        } else {
+            for pair in 0..self.layout.pairs {
+                if self.layout.group_of(rx_vq(pair)) == group {
+                    let t = &self.threads[pair as usize];
+                    t.mailbox.send(Command::SetAddressSpace(space.clone())).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        self.group_asid[group as usize] = asid;
+        log::info!("{}: vq group {group} -> address space {asid}", self.layout.name);
+        Ok(())
+    }
+
+    fn set_vq_ready(&mut self, index: u32, ready: bool) -> Result<(), String> {
+        if index >= self.layout.vq_num() {
+            return Err(format!("vq {index} out of range"));
+        }
+        if self.status & status::DRIVER_OK == 0 {
+            // Applied at DRIVER_OK from VQ_GET_INFO.
+            return Ok(());
+        }
+        if let Some(c) = self.cvq.as_mut() {
+            if c.vq == index {
+                if !ready {
+                    c.q = None;
+                }
+                return Ok(());
+            }
+        }
+        let t = &self.threads[(index / 2) as usize];
+        t.mailbox.send(Command::SetQueueEnabled { vq: index, enabled: ready }).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn publish_filter(&self) {
+        self.filter.publish(RxFilter::from_state(&self.ctrl, self.features));
+    }
+
+    /// Serve every pending control command.
+    fn serve_cvq(&mut self) {
+        if self.suspended || self.status & status::DRIVER_OK == 0 {
+            return;
+        }
+        let Some(mut cvq) = self.cvq.take() else { return };
+        if cvq.failed || cvq.q.is_none() {
+            self.cvq = Some(cvq);
+            return;
+        }
+        let asid = self.group_asid[cvq.group as usize];
+        let space = self.iotlb.space(asid).expect("validated asid").clone();
+        let mut reader = cvq.reader.take().expect("reader present");
+        {
+            let q = cvq.q.as_mut().expect("checked");
+            let g = reader.read();
+            let mut served = 0;
+            loop {
+                match ctrlq::next_command(q, &space, &g, self.features, &mut self.cmd_buf) {
+                    Ok(None) => break,
+                    Ok(Some(cmd)) => {
+                        let ok = match &cmd.command {
+                            Ok(c) => self.apply_ctrl(c),
+                            Err(e) => {
+                                log::warn!("control command refused: {e}");
+                                false
+                            }
+                        };
+                        bump(if ok { &self.stats.ctrl_ok } else { &self.stats.ctrl_err }, 1);
+                        ctrlq::complete(q, cmd, ok);
+                        served += 1;
+                    }
+                    Err((_, e)) => {
+                        cvq.failed = true;
+                        bump(&self.stats.needs_reset, 1);
+                        let shown = self.dev.signal_needs_reset();
+                        log::error!(
+                            "control queue (vq {}, asid {asid}): {e}; queue stopped{}",
+                            cvq.vq,
+                            if shown { ", device needs reset" } else { "" }
+                        );
+                        break;
+                    }
+                }
+                if served >= 64 {
+                    break;
+                }
+            }
+            if q.is_mapped() && q.publish_used() {
+                let _ = self.dev.inject_vq_irq(cvq.vq);
+            }
+        }
+        reader.offline();
+        cvq.reader = Some(reader);
+        self.cvq = Some(cvq);
+    }
+
+    /// Apply one validated command; `true` = OK.
+    fn apply_ctrl(&mut self, cmd: &crate::net::ctrl::CtrlCommand) -> bool {
+        let max_pairs = if self.features & features::MQ != 0 { self.layout.pairs } else { 1 };
+        let effect = match self.ctrl.apply(cmd.clone(), self.features, max_pairs) {
+            Ok(e) => e,
+            Err(e) => {
+                log::warn!("control command {cmd:?} refused: {e}");
+                return false;
+            }
+        };
+        log::info!("{}: control command {cmd:?} -> {effect:?}", self.layout.name);
+        match effect {
+            CtrlEffect::PairsChanged(n) => {
+                for (i, t) in self.threads.iter().enumerate() {
+                    if let Err(e) = t.mailbox.send(Command::SetPairActive(i < n as usize)) {
+                        log::error!("pair {i}: {e}");
+                        return false;
+                    }
+                }
+            }
+            CtrlEffect::MacChanged(mac) => {
+                self.config.mac = mac;
+                if let Err(e) = self.dev.set_config(MAC_OFFSET as u32, &mac) {
+                    log::warn!("updating config mac: {e}");
+                }
+                self.publish_filter();
+            }
+            CtrlEffect::AnnounceAcked => {
+                self.config.status &= !VIRTIO_NET_S_ANNOUNCE;
+                let _ = self.dev.set_config(STATUS_OFFSET as u32, &self.config.status.to_le_bytes());
+            }
+            CtrlEffect::FilterChanged => self.publish_filter(),
+            _ => {}
+        }
+        true
+    }
+}

@@ -1,0 +1,288 @@
+//! The device side of a split virtqueue (virtio 1.3 §2.7).
+//!
+//! Ring memory is shared with an untrusted driver and may change under us
+//! at any time. All accesses are volatile or atomic through raw pointers
+//! translated in the queue's address space; the pointers are re-derived
+//! whenever the address space publishes a new table.
+//!
+//! Ordering (both sides follow §2.7.13):
+//! - `avail.idx` is loaded with Acquire, so ring entries and descriptors
+//!   written before the driver's (Release) store of the index are visible.
+//! - `used.idx` is stored with Release, after the used elements and the
+//!   buffer contents they describe.
+//! - Re-enabling notifications writes the flag/event, then a SeqCst fence,
+//!   then re-reads `avail.idx`; the driver does the mirror image, so one of
+//!   the two sees the other's update and no kick is lost.
+
+use std::sync::atomic::{fence, AtomicU16, Ordering};
+
+use super::{Malformed, QueueError};
+use crate::mem::{Access, AddressSpace, ReadGuard};
+use crate::uapi::virtio::{
+    avail_ring_size, desc_table_size, used_ring_size, vring_need_event, VringDesc, VRING_AVAIL_F_NO_INTERRUPT,
+    VRING_USED_F_NO_NOTIFY,
+};
+
+/// What the driver configured for one queue (VQ_GET_INFO + features).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    pub index: u32,
+    pub size: u16,
+    pub desc_addr: u64,
+    pub avail_addr: u64,
+    pub used_addr: u64,
+    /// Where the device starts consuming (set_vring_base).
+    pub avail_base: u16,
+    pub event_idx: bool,
+    pub indirect: bool,
+}
+
+/// Host pointers into the rings, valid for one table id.
+#[derive(Clone, Copy)]
+struct RingPtrs {
+    table_id: u64,
+    desc: *const VringDesc,
+    /// Points at `avail.flags`; idx at +2, ring at +4, used_event after it.
+    avail: *const u8,
+    /// Points at `used.flags`; idx at +2, ring at +4, avail_event after it.
+    used: *mut u8,
+}
+
+/// Device-side state of one split virtqueue, owned by one thread.
+pub struct SplitQueue {
+    cfg: QueueConfig,
+    ptrs: Option<RingPtrs>,
+    /// Next avail ring slot to consume.
+    last_avail: u16,
+    /// Shadow of used.idx: entries written but not yet published count too.
+    used_idx: u16,
+    /// used.idx value last made visible to the driver.
+    published_used: u16,
+    /// used.idx when we last decided about an interrupt (event-idx "old").
+    signalled_used: u16,
+    notify_enabled: bool,
+}
+
+// SAFETY: the raw pointers point into mappings kept alive by the address
+// space's QSBR protocol; the queue is moved to its poll thread and used from
+// that thread only.
+unsafe impl Send for SplitQueue {}
+
+impl SplitQueue {
+    pub fn new(cfg: QueueConfig) -> Self {
+        SplitQueue {
+            cfg,
+            ptrs: None,
+            last_avail: cfg.avail_base,
+            used_idx: cfg.avail_base,
+            published_used: cfg.avail_base,
+            signalled_used: cfg.avail_base,
+            notify_enabled: true,
+        }
+    }
+
+    pub fn config(&self) -> &QueueConfig {
+        &self.cfg
+    }
+
+    pub fn size(&self) -> u16 {
+        self.cfg.size
+    }
+
+    /// The device's position: the next avail index it will consume
+    /// (GET_VQ_STATE for a split ring).
+    pub fn last_avail(&self) -> u16 {
+        self.last_avail
+    }
+
+    pub fn used_idx(&self) -> u16 {
+        self.used_idx
+    }
+
+    /// (Re-)derive ring pointers when the address space changed. Cheap when
+    /// nothing changed: one compare.
+    #[inline]
+    pub fn refresh(&mut self, space: &AddressSpace, guard: &ReadGuard<'_>) -> Result<(), QueueError> {
+        let table_id = space.load(guard).id();
+        if let Some(p) = &self.ptrs {
+            if p.table_id == table_id {
+                return Ok(());
+            }
+        }
+        self.map_rings(space, guard)
+    }
+
+    #[cold]
+    fn map_rings(&mut self, space: &AddressSpace, guard: &ReadGuard<'_>) -> Result<(), QueueError> {
+        self.ptrs = None;
+        let n = self.cfg.size;
+        let c = &self.cfg;
+        if c.desc_addr % 16 != 0 {
+            return Err(Malformed::MisalignedRing(c.desc_addr).into());
+        }
+        if c.avail_addr % 2 != 0 {
+            return Err(Malformed::MisalignedRing(c.avail_addr).into());
+        }
+        if c.used_addr % 4 != 0 {
+            return Err(Malformed::MisalignedRing(c.used_addr).into());
+        }
+        // Translation may resolve misses and publish new tables; take the
+        // table id after the last one so the cache matches what we used.
+        let desc = space.translate(guard, c.desc_addr, desc_table_size(n) as u64, Access::Read)?;
+        let avail = space.translate(guard, c.avail_addr, avail_ring_size(n) as u64, Access::Read)?;
+        let used = space.translate(guard, c.used_addr, used_ring_size(n) as u64, Access::Write)?;
+        let table_id = space.load(guard).id();
+        self.ptrs = Some(RingPtrs { table_id, desc: desc as *const VringDesc, avail, used });
+        Ok(())
+    }
+
+    #[inline]
+    fn ptrs(&self) -> &RingPtrs {
+        self.ptrs.as_ref().expect("refresh() before ring access")
+    }
+
+    #[inline]
+    fn avail_idx_atomic(&self) -> &AtomicU16 {
+        // SAFETY: avail + 2 lies in the translated avail ring, which is
+        // 2-aligned (checked in map_rings); AtomicU16 has u16's layout.
+        unsafe { &*(self.ptrs().avail.add(2) as *const AtomicU16) }
+    }
+
+    #[inline]
+    fn used_idx_atomic(&self) -> &AtomicU16 {
+        // SAFETY: used + 2 lies in the translated used ring (4-aligned).
+        unsafe { &*(self.ptrs().used.add(2) as *const AtomicU16) }
+    }
+
+    /// Chains the driver made available and we have not consumed.
+    #[inline]
+    pub fn pending(&self) -> Result<u16, QueueError> {
+        // Acquire: see the ring entries and descriptors published with it.
+        let idx = self.avail_idx_atomic().load(Ordering::Acquire);
+        let n = idx.wrapping_sub(self.last_avail);
+        if n > self.cfg.size {
+            return Err(Malformed::AvailJump(n).into());
+        }
+        Ok(n)
+    }
+
+    /// Take the next head from the avail ring. The caller checked
+    /// `pending() > 0`.
+    #[inline]
+    pub fn pop_head(&mut self) -> Result<u16, QueueError> {
+        let slot = (self.last_avail % self.cfg.size) as usize;
+        // SAFETY: slot < size, so 4 + 2*slot lies within the avail ring.
+        let head = unsafe { std::ptr::read_volatile(self.ptrs().avail.add(4 + 2 * slot) as *const u16) };
+        let head = u16::from_le(head);
+        if head >= self.cfg.size {
+            return Err(Malformed::HeadOutOfRange(head).into());
+        }
+        self.last_avail = self.last_avail.wrapping_add(1);
+        Ok(head)
+    }
+
+    /// Read descriptor `i` (< size) of the main table once.
+    #[inline]
+    pub(crate) fn desc(&self, i: u16) -> VringDesc {
+        debug_assert!(i < self.cfg.size);
+        // SAFETY: i < size and the table spans size descriptors, 16-aligned.
+        let d = unsafe { std::ptr::read_volatile(self.ptrs().desc.add(i as usize)) };
+        VringDesc {
+            addr: u64::from_le(d.addr),
+            len: u32::from_le(d.len),
+            flags: u16::from_le(d.flags),
+            next: u16::from_le(d.next),
+        }
+    }
+
+    /// Write a used element (not yet visible: see `publish_used`).
+    #[inline]
+    pub fn push_used(&mut self, id: u16, len: u32) {
+        let slot = (self.used_idx % self.cfg.size) as usize;
+        let at = 4 + 8 * slot;
+        let used = self.ptrs().used;
+        // SAFETY: slot < size, so [at, at + 8) lies within the used ring,
+        // which is 4-aligned and writable (translated with Access::Write).
+        unsafe {
+            std::ptr::write_volatile(used.add(at) as *mut u32, (id as u32).to_le());
+            std::ptr::write_volatile(used.add(at + 4) as *mut u32, len.to_le());
+        }
+        self.used_idx = self.used_idx.wrapping_add(1);
+    }
+
+    /// Make pushed used elements visible, once per burst. Returns whether
+    /// the driver asked to be interrupted for them.
+    #[inline]
+    pub fn publish_used(&mut self) -> bool {
+        if self.used_idx == self.published_used {
+            return false;
+        }
+        // Release: used elements and buffer writes before the index.
+        self.used_idx_atomic().store(self.used_idx, Ordering::Release);
+        self.published_used = self.used_idx;
+        self.needs_interrupt()
+    }
+
+    fn needs_interrupt(&mut self) -> bool {
+        // Order our used.idx store before reading the driver's suppression
+        // state (mirrors the driver's fence between its flag write and its
+        // used.idx read).
+        fence(Ordering::SeqCst);
+        let old = self.signalled_used;
+        let new = self.used_idx;
+        self.signalled_used = new;
+        if self.cfg.event_idx {
+            let off = 4 + 2 * self.cfg.size as usize;
+            // SAFETY: used_event sits right after the avail ring entries,
+            // inside the translated avail area (avail_ring_size).
+            let ev = u16::from_le(unsafe { std::ptr::read_volatile(self.ptrs().avail.add(off) as *const u16) });
+            vring_need_event(ev, new, old)
+        } else {
+            // SAFETY: avail.flags is the first u16 of the avail ring.
+            let flags = u16::from_le(unsafe { std::ptr::read_volatile(self.ptrs().avail as *const u16) });
+            flags & VRING_AVAIL_F_NO_INTERRUPT == 0
+        }
+    }
+
+    /// Stop asking for kicks while we poll.
+    #[inline]
+    pub fn disable_notifications(&mut self) {
+        if !self.notify_enabled {
+            return;
+        }
+        self.notify_enabled = false;
+        if !self.cfg.event_idx {
+            // SAFETY: used.flags is the first u16 of the writable used ring.
+            unsafe { std::ptr::write_volatile(self.ptrs().used as *mut u16, VRING_USED_F_NO_NOTIFY.to_le()) };
+        }
+        // With EVENT_IDX, leaving avail_event behind suppresses kicks: the
+        // driver only kicks when its index crosses that value again.
+    }
+
+    /// Ask for a kick on the next avail update. Returns `true` if work
+    /// arrived meanwhile, in which case the caller must not sleep.
+    pub fn enable_notifications(&mut self) -> Result<bool, QueueError> {
+        self.notify_enabled = true;
+        if self.cfg.event_idx {
+            let off = 4 + 8 * self.cfg.size as usize;
+            // SAFETY: avail_event follows the used elements, inside the
+            // translated used area (used_ring_size).
+            unsafe { std::ptr::write_volatile(self.ptrs().used.add(off) as *mut u16, self.last_avail.to_le()) };
+        } else {
+            // SAFETY: as in disable_notifications.
+            unsafe { std::ptr::write_volatile(self.ptrs().used as *mut u16, 0) };
+        }
+        // The flag/event write must be visible before we re-read avail.idx.
+        fence(Ordering::SeqCst);
+        Ok(self.pending()? > 0)
+    }
+
+    /// Forget ring pointers (e.g. after the queue was stopped).
+    pub fn unmap(&mut self) {
+        self.ptrs = None;
+    }
+
+    pub fn is_mapped(&self) -> bool {
+        self.ptrs.is_some()
+    }
+}
