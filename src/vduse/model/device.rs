@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -29,7 +29,7 @@ pub(crate) struct Mapping {
     pub last: u64,
     pub offset: u64,
     pub perm: u8,
-    pub file: std::sync::Arc<OwnedFd>,
+    pub file: Arc<OwnedFd>,
 }
 
 #[derive(Default)]
@@ -111,7 +111,7 @@ struct DevState {
     /// A vdpa device exists (`vdpa dev add` done, not yet deleted).
     attached: bool,
     /// The bound vhost-vdpa driver's interrupt side, while its fd is open.
-    driver: Option<std::sync::Arc<DriverIrq>>,
+    driver: Option<Arc<DriverIrq>>,
     status: u8,
     driver_features: u64,
     suspended: bool,
@@ -121,7 +121,7 @@ struct DevState {
     group_as: Vec<u32>,
     /// Per address space: the domain IOTLB. `None` until the first
     /// `vdpa dev add` (the kernel creates the domains there).
-    domains: Option<Vec<Vec<std::sync::Arc<Mapping>>>>,
+    domains: Option<Vec<Vec<Arc<Mapping>>>>,
     msg_unique: u32,
     next_token: u64,
     send_list: VecDeque<Pending>,
@@ -397,13 +397,13 @@ impl Dev {
         st.driver = None;
     }
 
-    pub fn bind_driver(&self, irq: std::sync::Arc<DriverIrq>) {
+    pub fn bind_driver(&self, irq: Arc<DriverIrq>) {
         lock(&self.st).driver = Some(irq);
     }
 
     /// Whether `irq` is the interrupt side of the currently bound driver.
-    pub fn is_bound(&self, irq: &std::sync::Arc<DriverIrq>) -> bool {
-        lock(&self.st).driver.as_ref().is_some_and(|d| std::sync::Arc::ptr_eq(d, irq))
+    pub fn is_bound(&self, irq: &Arc<DriverIrq>) -> bool {
+        lock(&self.st).driver.as_ref().is_some_and(|d| Arc::ptr_eq(d, irq))
     }
 
     pub fn status(&self) -> u8 {
@@ -501,12 +501,11 @@ impl Dev {
     /// `vduse_vdpa_set_vq_ready`: with VDUSE_F_QUEUE_READY a message, and a
     /// refusal breaks the device (the kernel can do nothing better).
     pub fn set_vq_ready(&self, i: usize, ready: bool) {
-        if self.vduse_features & 1 << VDUSE_F_QUEUE_READY != 0 {
-            if self.msg_sync(Request::SetVqReady { index: i as u32, ready }).is_err() {
-                let mut st = lock(&self.st);
-                self.mark_broken(&mut st);
-                return;
-            }
+        let gated = self.vduse_features & 1 << VDUSE_F_QUEUE_READY != 0;
+        if gated && self.msg_sync(Request::SetVqReady { index: i as u32, ready }).is_err() {
+            let mut st = lock(&self.st);
+            self.mark_broken(&mut st);
+            return;
         }
         lock(&self.st).vqs[i].ready = ready;
     }
@@ -530,7 +529,7 @@ impl Dev {
 
     /// `vduse_vdpa_set_map`: replace the domain of `asid` with `maps`, then
     /// tell the device (whole range); on failure the domain is left empty.
-    pub fn set_map(&self, asid: u32, maps: &[std::sync::Arc<Mapping>]) -> std::result::Result<(), Errno> {
+    pub fn set_map(&self, asid: u32, maps: &[Arc<Mapping>]) -> std::result::Result<(), Errno> {
         {
             let mut st = lock(&self.st);
             if let Some(d) = st.domains.as_mut().and_then(|d| d.get_mut(asid as usize)) {
@@ -604,11 +603,11 @@ impl Dev {
 
 /// `/dev/vduse/$NAME`, opened. Dropping it closes the fd.
 pub(crate) struct DeviceHandle {
-    dev: std::sync::Arc<Dev>,
+    dev: Arc<Dev>,
 }
 
 impl DeviceHandle {
-    pub fn new(dev: std::sync::Arc<Dev>) -> Self {
+    pub fn new(dev: Arc<Dev>) -> Self {
         DeviceHandle { dev }
     }
 }

@@ -48,6 +48,12 @@ pub struct ModelDriver {
     open_id: u64,
 }
 
+impl std::fmt::Debug for ModelDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelDriver").field("device", &self.dev.name()).field("open_id", &self.open_id).finish()
+    }
+}
+
 fn err(op: &'static str, errno: Errno) -> TransportError {
     TransportError::os(op, errno)
 }
@@ -178,9 +184,7 @@ fn wait_eventfd(fd: BorrowedFd<'_>, timeout: Duration, op: &'static str) -> Resu
     let t = PollTimeout::try_from(ms).map_err(|_| err(op, Errno::EINVAL))?;
     let n = loop {
         match nix::poll::poll(&mut fds, t) {
-            // A signal cuts the wait short; the caller sees "no interrupt"
-            // only when the full timeout passed, so retry with the same
-            // bound (rare, and bounded by the caller's loop).
+            // A signal cut the wait short: wait again (signals are rare).
             Err(Errno::EINTR) => continue,
             r => break r.map_err(|e| err(op, e))?,
         }
