@@ -225,7 +225,8 @@ fn initiate(sh: &Shared, round_trips: u64, limit: Duration) -> FloorResult {
     // Timed round trips: one clock read per round trip, the sample is the
     // time between consecutive reads. The histogram is allocated up front.
     let timed = round_trips - untimed;
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("constant histogram bounds are valid");
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("constant histogram bounds are valid");
     let mut prev = Instant::now();
     let mut done = 0u64;
     while !truncated && done < timed {
