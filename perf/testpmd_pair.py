@@ -13,6 +13,7 @@ rx = device -> driver (virtio-user RX).
 """
 
 import argparse
+import ctypes
 import json
 import os
 import re
@@ -44,6 +45,13 @@ SCENARIOS = {
 }
 
 
+def _die_with_parent():
+    # If this script is killed outright, take testpmd down with it instead of
+    # leaving a polling process behind. PR_SET_PDEATHSIG = 1.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
 class Testpmd:
     """One testpmd process whose output is collected by a reader thread."""
 
@@ -62,6 +70,7 @@ class Testpmd:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -220,6 +229,7 @@ def main():
     ap.add_argument("--mbufs", type=int, default=16384)
     ap.add_argument("--testpmd", default=shutil.which("dpdk-testpmd") or "dpdk-testpmd")
     ap.add_argument("--logdir", default=None, help="keep the two testpmd logs here")
+    ap.add_argument("--tag", default=str(os.getpid()), help="EAL file prefixes are vh<tag> and vu<tag>")
     args = ap.parse_args()
 
     vh_mode, vu_mode, size, vu_start, vu_burst = SCENARIOS[args.scenario]
@@ -227,7 +237,7 @@ def main():
     logdir = args.logdir or workdir
     os.makedirs(logdir, exist_ok=True)
     sock = os.path.join(workdir, "vhost.sock")
-    tag = f"{os.getpid()}"
+    tag = args.tag
 
     # --no-huge: this VM has no hugepages; memory is then a memfd that the
     # vhost side can map. Both lcores of a process share one CPU: the main
@@ -302,6 +312,8 @@ def main():
             result["rtt_ns"] = r_vu["seconds"] / rt * 1e9 if rt else None
     except Exception as e:  # report, then clean up below
         result["error"] = str(e)
+    except KeyboardInterrupt:
+        result["error"] = "interrupted"
     finally:
         for p in reversed(pmds):
             p.quit()
