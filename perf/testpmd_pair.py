@@ -95,20 +95,23 @@ class Testpmd:
             self.cond.notify_all()
 
     def wait_for(self, pred, timeout):
+        """Wait until pred() holds; False on time-out or once the process has
+        exited and its output is drained without pred() becoming true."""
         deadline = time.monotonic() + timeout
         with self.cond:
             while not pred():
-                left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None and not pred():
-                    if pred():
-                        return True
+                if time.monotonic() >= deadline:
                     return False
-                self.cond.wait(min(left, 0.1))
+                if self.proc.poll() is not None and not self.reader.is_alive():
+                    return False
+                self.cond.wait(0.1)
         return True
 
     def wait_prompt(self, timeout):
         if not self.wait_for(lambda: self.prompts > 0, timeout):
-            raise RuntimeError(f"{self.name}: no prompt within {timeout}s\n{self.tail()}")
+            rc = self.proc.poll()
+            why = f"exited with status {rc}" if rc is not None else f"no prompt within {timeout}s"
+            raise RuntimeError(f"{self.name}: {why}\n{self.tail()}")
 
     def cmd(self, line, timeout=10.0):
         """Send one command and return (its output, send time, done time)."""
