@@ -26,6 +26,10 @@ enum Command {
     Probe(cli::probe::ProbeArgs),
     /// Traffic generator: drive a device as a virtio driver would (embedded kernel model by default).
     Pktgen(cli::pktgen::PktgenArgs),
+    /// Round-trip latency through a loopback device (ping-pong, optionally under load).
+    Latency(cli::latency::LatencyArgs),
+    /// Cache-line round trip between two cores: the floor for any round trip.
+    Floor(cli::floor::FloorArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,8 @@ fn main() -> ExitCode {
         Command::Run(a) => cli::run::run(a),
         Command::Probe(a) => cli::probe::run(a),
         Command::Pktgen(a) => cli::pktgen::run(a),
+        Command::Latency(a) => cli::latency::run(a),
+        Command::Floor(a) => cli::floor::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,10 +11,14 @@
 //!   thread, no crossing), optionally with the MAC addresses swapped.
 //! - [`patch`]: a wire between two devices: frames cross threads through
 //!   single-producer/single-consumer slot rings.
+//! - [`sink`]: drops every TX frame (TX-only benchmarks).
+//! - [`source`]: generated frames for RX (RX-only benchmarks).
 
 pub mod loopback;
 pub mod patch;
+pub mod sink;
 pub mod slots;
+pub mod source;
 
 use std::os::fd::BorrowedFd;
 

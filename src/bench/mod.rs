@@ -1,9 +1,15 @@
 //! Benchmarks that drive a device as a virtio driver would.
 //!
 //! - [`frame`]: test frames with sequence numbers and a payload check.
+//! - [`testbed`]: the device (on the kernel model) and driver a run uses.
 //! - [`pktgen`]: the traffic generator.
+//! - [`latency`]: round-trip times (ping-pong, under load), HdrHistogram output.
 //! - [`floor`]: the cache-line ping-pong, the physical floor of a round trip.
+//! - [`cpu`]: CPU time per thread.
 
+pub mod cpu;
 pub mod floor;
 pub mod frame;
+pub mod latency;
 pub mod pktgen;
+pub mod testbed;

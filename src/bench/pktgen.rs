@@ -1,16 +1,32 @@
 //! The traffic generator: one generator thread per queue pair owns that
 //! pair's driver queues, sends numbered frames, and checks every frame
 //! that comes back.
+//!
+//! Modes: `loopback` (the device reflects each frame, MACs swapped),
+//! `txonly` (the device consumes and drops: a [`Sink`] port) and `rxonly`
+//! (the device delivers numbered frames from a [`Source`] port). Frames sent
+//! or received during the warm-up are checked but left out of the rates.
 
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam::utils::CachePadded;
 use serde::Serialize;
 
+use super::cpu::{self, ThreadCpu};
 use super::frame::{self, Check};
+use super::testbed::{BenchError, Testbed, DEVICE_MAC, PEER_MAC};
+use crate::backend::loopback::Loopback;
+use crate::backend::sink::Sink;
+use crate::backend::source::Source;
+use crate::backend::Port;
+use crate::dataplane::device::DeviceStats;
 use crate::driver::net::QueuePair;
 
 /// Frame sizes to cycle through.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sizes(pub Vec<usize>);
 
 impl Sizes {
@@ -29,11 +45,194 @@ impl Sizes {
         }
         Ok(Sizes(v))
     }
+
+    /// Size of frame `seq`.
+    #[inline]
+    pub fn of(&self, seq: u64) -> usize {
+        self.0[(seq % self.0.len() as u64) as usize]
+    }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Loopback,
+    TxOnly,
+    RxOnly,
+}
+
+impl Mode {
+    /// The device-side port for pair `pair` in this mode.
+    pub fn port(self, pair: u16, sizes: &Sizes) -> Box<dyn Port> {
+        match self {
+            Mode::Loopback => Box::new(Loopback::new(1024, true)),
+            Mode::TxOnly => Box::new(Sink::new()),
+            Mode::RxOnly => {
+                let sizes = sizes.clone();
+                Box::new(Source::new(
+                    None,
+                    Box::new(move |seq, buf| frame::build(buf, sizes.of(seq), DEVICE_MAC, PEER_MAC, pair, seq)),
+                ))
+            }
+        }
+    }
+}
+
+/// What each generator thread does.
+#[derive(Clone, Debug)]
+pub struct GenOptions {
+    pub mode: Mode,
+    pub sizes: Sizes,
+    pub burst: usize,
+    /// Frames per second per queue pair; 0 = as fast as possible.
+    pub rate_pps: f64,
+    /// Frames per queue pair (sent, or received in rxonly).
+    pub frames: Option<u64>,
+    /// Measured time after the warm-up.
+    pub duration: Option<Duration>,
+    pub warmup: Duration,
+    /// Spin when idle (else yield now and then).
+    pub busy: bool,
+    /// No progress for this long ends a queue's run.
+    pub stall: Duration,
+}
+
+impl Default for GenOptions {
+    fn default() -> Self {
+        GenOptions {
+            mode: Mode::Loopback,
+            sizes: Sizes(vec![64]),
+            burst: 32,
+            rate_pps: 0.0,
+            frames: Some(10_000),
+            duration: None,
+            warmup: Duration::ZERO,
+            busy: false,
+            stall: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Live counters of one generator, read by the progress printer.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub tx: AtomicU64,
+    pub rx: AtomicU64,
+    pub errors: AtomicU64,
+    pub lost: AtomicU64,
+}
+
+/// Shared by the generator threads and whoever watches them.
+pub struct Control {
+    pub stop: Arc<AtomicBool>,
+    pub progress: Vec<CachePadded<Progress>>,
+}
+
+impl Control {
+    pub fn new(pairs: usize, stop: Arc<AtomicBool>) -> Control {
+        Control { stop, progress: (0..pairs).map(|_| CachePadded::new(Progress::default())).collect() }
+    }
+}
+
+/// Receive-side accounting of one pair's numbered frames.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RxCheck {
+    pub pair: u16,
+    /// The next sequence number expected.
+    pub next: u64,
+    /// Good frames in order (or after a gap).
+    pub frames: u64,
+    pub bytes: u64,
+    /// Frames that failed the payload check or belong to another pair.
+    pub integrity_errors: u64,
+    /// Frames older than one already seen.
+    pub duplicates_or_reordered: u64,
+    /// Sequence numbers skipped over (frames never seen).
+    pub gaps: u64,
+}
+
+impl RxCheck {
+    pub fn new(pair: u16) -> RxCheck {
+        RxCheck { pair, ..Default::default() }
+    }
+
+    #[inline]
+    pub fn frame(&mut self, f: &[u8]) {
+        self.checked(frame::check(f), f.len());
+    }
+
+    /// Account a frame of `len` bytes already checked as `c`.
+    #[inline]
+    pub fn checked(&mut self, c: Check, len: usize) {
+        match c {
+            Check::Ok { pair, seq } if pair == self.pair => {
+                if seq >= self.next {
+                    self.gaps += seq - self.next;
+                    self.next = seq + 1;
+                    self.frames += 1;
+                    self.bytes += len as u64;
+                } else {
+                    self.duplicates_or_reordered += 1;
+                }
+            }
+            // Delivered to the wrong pair, or damaged.
+            Check::Ok { .. } | Check::Corrupt => self.integrity_errors += 1,
+        }
+    }
+
+    /// Frames that arrived at all, good or bad.
+    pub fn seen(&self) -> u64 {
+        self.frames + self.integrity_errors + self.duplicates_or_reordered
+    }
+}
+
+/// Frames per second, refilled from the clock once per burst.
+struct TokenBucket {
+    rate: f64,
+    cap: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: usize, now: Instant) -> TokenBucket {
+        let cap = burst.max(1) as f64;
+        TokenBucket { rate, cap, tokens: if rate > 0.0 { 1.0 } else { cap }, last: now }
+    }
+
+    /// How many frames may go now (at most `want`).
+    #[inline]
+    fn allow(&mut self, now: Instant, want: usize) -> usize {
+        if self.rate <= 0.0 {
+            return want;
+        }
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.cap);
+        (self.tokens as usize).min(want)
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize) {
+        if self.rate > 0.0 {
+            self.tokens -= n as f64;
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    tx: u64,
+    tx_bytes: u64,
+    rx: u64,
+    rx_bytes: u64,
+}
+
+/// What one generator thread did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct QueueReport {
     pub pair: u16,
+    pub core: Option<usize>,
     pub tx_frames: u64,
     pub tx_bytes: u64,
     pub rx_frames: u64,
@@ -41,64 +240,377 @@ pub struct QueueReport {
     pub lost: u64,
     pub integrity_errors: u64,
     pub duplicates_or_reordered: u64,
+    /// Errors the driver saw (bad used entries, failed kicks).
+    pub driver_errors: u64,
+    /// Measured window (after the warm-up) and the rates in it.
+    pub window_s: f64,
+    pub mpps_tx: f64,
+    pub mpps_rx: f64,
+    pub gbps_tx: f64,
+    pub gbps_rx: f64,
+    pub cpu: ThreadCpu,
 }
 
-/// Send `frames` frames on `q` and check what comes back, within `limit`.
-pub fn run_pair(mut q: QueuePair, pair: u16, frames: u64, sizes: &Sizes, burst: usize, limit: Duration) -> QueueReport {
+/// Run one queue pair until its frame count, its duration, a stall or the
+/// stop flag. Loopback drains the frames still in flight before returning.
+pub fn run_queue(mut q: QueuePair, pair: u16, o: &GenOptions, ctl: &Control) -> QueueReport {
     let mut r = QueueReport { pair, ..Default::default() };
-    let (dst, src) = ([0x02, 0, 0, 0, 0, 0xfe], [0x02, 0, 0, 0, 0, 0x01]);
+    let prog = &ctl.progress[pair as usize];
+    let burst = o.burst.max(1);
     let start = Instant::now();
-    let mut next_rx = 0u64;
-    let mut last_progress = Instant::now();
-    while r.rx_frames + r.integrity_errors < frames {
-        let mut progress = 0;
-        if r.tx_frames < frames {
-            let want = burst.min((frames - r.tx_frames) as usize);
-            let mut seq = r.tx_frames;
-            let mut bytes = 0u64;
-            let n = q.tx_burst(
-                &mut |_, buf| {
-                    let len = sizes.0[(seq % sizes.0.len() as u64) as usize];
-                    let n = frame::build(buf, len, dst, src, pair, seq);
-                    seq += 1;
-                    bytes += n as u64;
-                    n
-                },
-                want,
-            );
-            r.tx_frames += n as u64;
-            r.tx_bytes += bytes;
-            progress += n;
-        }
+    let warm_end = start + o.warmup;
+    let deadline = o.duration.map(|d| warm_end + d);
+    let limit = o.frames.unwrap_or(u64::MAX);
+    let mut chk = RxCheck::new(pair);
+    let mut tx = Counts::default();
+    let mut win_start: Option<(Instant, Counts)> = None;
+    let mut win_end: Option<(Instant, Counts)> = None;
+    let mut tb = TokenBucket::new(o.rate_pps, burst, start);
+    let mut last_work = start;
+    let mut idle = 0u32;
+    if o.mode != Mode::TxOnly {
         q.post_rx();
-        let got = q.rx_burst(
-            &mut |f| match frame::check(f) {
-                Check::Ok { pair: p, seq } if p == pair && seq == next_rx => {
-                    next_rx += 1;
-                    r.rx_frames += 1;
-                    r.rx_bytes += f.len() as u64;
+    }
+    loop {
+        let now = Instant::now();
+        let counts = Counts { rx: chk.frames, rx_bytes: chk.bytes, ..tx };
+        if win_start.is_none() && now >= warm_end {
+            win_start = Some((now, counts));
+        }
+        let over = ctl.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| now >= d);
+        if over && win_end.is_none() {
+            win_end = Some((now, counts));
+        }
+        let sending = win_end.is_none() && tx.tx < limit;
+        let mut work = 0;
+        if o.mode != Mode::RxOnly {
+            if sending {
+                let want = tb.allow(now, burst.min((limit - tx.tx) as usize));
+                if want > 0 {
+                    let (mut seq, mut bytes) = (tx.tx, 0u64);
+                    let n = q.tx_burst(
+                        &mut |_, buf| {
+                            let n = frame::build(buf, o.sizes.of(seq), PEER_MAC, DEVICE_MAC, pair, seq);
+                            seq += 1;
+                            bytes += n as u64;
+                            n
+                        },
+                        want,
+                    );
+                    tb.take(n);
+                    tx.tx += n as u64;
+                    tx.tx_bytes += bytes;
+                    work += n;
                 }
-                Check::Ok { seq, .. } if seq > next_rx => {
-                    // A gap: the frames in between are lost (counted at the end).
-                    next_rx = seq + 1;
-                    r.rx_frames += 1;
-                    r.rx_bytes += f.len() as u64;
-                }
-                Check::Ok { .. } => r.duplicates_or_reordered += 1,
-                Check::Corrupt => r.integrity_errors += 1,
-            },
-            burst,
-        );
-        progress += got;
-        if progress > 0 {
-            last_progress = Instant::now();
-        } else {
-            if last_progress.elapsed() > Duration::from_secs(2) || start.elapsed() > limit {
-                break;
+            } else if o.mode == Mode::TxOnly {
+                work += q.reclaim_tx();
             }
-            std::thread::yield_now();
+        }
+        if o.mode != Mode::TxOnly {
+            work += q.rx_burst(&mut |f| chk.frame(f), burst);
+        }
+        prog.tx.store(tx.tx, Ordering::Relaxed);
+        prog.rx.store(chk.frames, Ordering::Relaxed);
+        prog.errors.store(chk.integrity_errors + chk.duplicates_or_reordered, Ordering::Relaxed);
+        prog.lost.store(chk.gaps, Ordering::Relaxed);
+
+        let done = match o.mode {
+            // Everything sent has come back (or was accounted as bad).
+            Mode::Loopback => !sending && chk.seen() >= tx.tx,
+            Mode::TxOnly => !sending && q.tx_free() >= q.ring_size() as usize,
+            Mode::RxOnly => win_end.is_some() || chk.seen() >= limit,
+        };
+        if done {
+            break;
+        }
+        if work > 0 {
+            last_work = now;
+            idle = 0;
+        } else if now.duration_since(last_work) > o.stall {
+            log::warn!("pair {pair}: no progress for {:?}, giving up", o.stall);
+            break;
+        } else if o.busy {
+            std::hint::spin_loop();
+        } else {
+            idle += 1;
+            if idle % 64 == 0 {
+                std::thread::yield_now();
+            }
         }
     }
-    r.lost = r.tx_frames.saturating_sub(r.rx_frames + r.integrity_errors + r.duplicates_or_reordered);
+    let end_counts = Counts { rx: chk.frames, rx_bytes: chk.bytes, ..tx };
+    // A run that ended by count (or stall) closes its window at the last work.
+    let (t1, c1) = win_end.unwrap_or((last_work, end_counts));
+    if let Some((t0, c0)) = win_start {
+        let s = t1.saturating_duration_since(t0).as_secs_f64();
+        if s > 0.0 {
+            r.window_s = s;
+            r.mpps_tx = (c1.tx - c0.tx) as f64 / s / 1e6;
+            r.mpps_rx = (c1.rx - c0.rx) as f64 / s / 1e6;
+            r.gbps_tx = (c1.tx_bytes - c0.tx_bytes) as f64 * 8.0 / s / 1e9;
+            r.gbps_rx = (c1.rx_bytes - c0.rx_bytes) as f64 * 8.0 / s / 1e9;
+        }
+    }
+    r.tx_frames = tx.tx;
+    r.tx_bytes = tx.tx_bytes;
+    r.rx_frames = chk.frames;
+    r.rx_bytes = chk.bytes;
+    r.integrity_errors = chk.integrity_errors;
+    r.duplicates_or_reordered = chk.duplicates_or_reordered;
+    r.lost = match o.mode {
+        Mode::Loopback => tx.tx.saturating_sub(chk.seen()),
+        // Set from the device's counters by the caller.
+        Mode::TxOnly => 0,
+        Mode::RxOnly => chk.gaps,
+    };
+    let s = q.stats();
+    r.driver_errors = s.tx_errors + s.rx_errors + s.kick_errors;
+    r.cpu = cpu::current_thread(&format!("pktgen-{pair}"));
     r
+}
+
+/// The whole run.
+#[derive(Clone, Debug, Serialize)]
+pub struct PktgenReport {
+    pub mode: Mode,
+    pub queue_pairs: usize,
+    pub tx_frames: u64,
+    pub rx_frames: u64,
+    pub lost: u64,
+    pub integrity_errors: u64,
+    pub duplicates_or_reordered: u64,
+    pub driver_errors: u64,
+    /// Longest measured window of the queues.
+    pub duration_s: f64,
+    pub mpps_tx: f64,
+    pub mpps_rx: f64,
+    pub gbps_tx: f64,
+    pub gbps_rx: f64,
+    /// Frames the device took off its TX queues (all pairs), when it runs here.
+    pub device_consumed: Option<u64>,
+    pub queues: Vec<QueueReport>,
+    /// CPU time of the generator threads and of the device's threads.
+    pub threads: Vec<ThreadCpu>,
+    pub device: Option<DeviceStats>,
+}
+
+impl PktgenReport {
+    /// Loss, corruption, duplicates, reordering or driver errors.
+    pub fn failed(&self) -> bool {
+        self.lost > 0 || self.integrity_errors > 0 || self.duplicates_or_reordered > 0 || self.driver_errors > 0
+    }
+}
+
+/// Start one generator thread per pair (pinned to `cores[i % len]`), wait
+/// for them while `tick` runs about once a second, and sum up.
+pub fn run_all(
+    pairs: Vec<QueuePair>,
+    o: &GenOptions,
+    cores: &[usize],
+    ctl: &Arc<Control>,
+    tick: &mut dyn FnMut(&Control, f64),
+) -> Result<Vec<QueueReport>, BenchError> {
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for (i, q) in pairs.into_iter().enumerate() {
+        let o = o.clone();
+        let shared = ctl.clone();
+        let core = if cores.is_empty() { None } else { Some(cores[i % cores.len()]) };
+        let h = std::thread::Builder::new()
+            .name(format!("pktgen-{i}"))
+            .spawn(move || {
+                if let Some(c) = core {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
+                        log::warn!("pktgen-{i}: could not pin to core {c}");
+                    }
+                }
+                let mut r = run_queue(q, i as u16, &o, &shared);
+                r.core = core;
+                r
+            })
+            .map_err(BenchError::Thread);
+        match h {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                ctl.stop.store(true, Ordering::Relaxed);
+                for h in handles {
+                    let _ = h.join();
+                }
+                return Err(e);
+            }
+        }
+    }
+    let mut next = Duration::from_secs(1);
+    while !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(20));
+        if start.elapsed() >= next {
+            tick(ctl, start.elapsed().as_secs_f64());
+            next += Duration::from_secs(1);
+        }
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.join().map_err(|_| BenchError::ThreadPanicked)?);
+    }
+    Ok(out)
+}
+
+/// A once-a-second progress line on stderr when it is a terminal.
+pub fn progress_printer() -> impl FnMut(&Control, f64) {
+    let tty = std::io::stderr().is_terminal();
+    let mut last = (0u64, 0u64, 0.0f64);
+    move |ctl, t| {
+        if !tty {
+            return;
+        }
+        let sum =
+            |f: fn(&Progress) -> &AtomicU64| ctl.progress.iter().map(|p| f(p).load(Ordering::Relaxed)).sum::<u64>();
+        let (tx, rx, err, lost) = (sum(|p| &p.tx), sum(|p| &p.rx), sum(|p| &p.errors), sum(|p| &p.lost));
+        let dt = (t - last.2).max(1e-3);
+        eprintln!(
+            "[{t:5.1}s] tx {:.3} Mpps  rx {:.3} Mpps  drops {lost}  errors {err}",
+            (tx - last.0) as f64 / dt / 1e6,
+            (rx - last.1) as f64 / dt / 1e6
+        );
+        last = (tx, rx, t);
+    }
+}
+
+/// Sum per-queue reports and fill in what only the device knows.
+pub fn summarize(
+    mode: Mode,
+    mut queues: Vec<QueueReport>,
+    device: Option<DeviceStats>,
+    device_threads: Vec<ThreadCpu>,
+) -> PktgenReport {
+    if let (Mode::TxOnly, Some(d)) = (mode, &device) {
+        for q in queues.iter_mut() {
+            if let Some(p) = d.pairs.get(q.pair as usize) {
+                q.lost = q.tx_frames.saturating_sub(p.tx_frames);
+            }
+        }
+    }
+    let sum_u = |f: fn(&QueueReport) -> u64| queues.iter().map(f).sum::<u64>();
+    let sum_f = |f: fn(&QueueReport) -> f64| queues.iter().map(f).sum::<f64>();
+    let mut threads: Vec<ThreadCpu> = queues.iter().map(|q| q.cpu.clone()).collect();
+    threads.extend(device_threads);
+    PktgenReport {
+        mode,
+        queue_pairs: queues.len(),
+        tx_frames: sum_u(|q| q.tx_frames),
+        rx_frames: sum_u(|q| q.rx_frames),
+        lost: sum_u(|q| q.lost),
+        integrity_errors: sum_u(|q| q.integrity_errors),
+        duplicates_or_reordered: sum_u(|q| q.duplicates_or_reordered),
+        driver_errors: sum_u(|q| q.driver_errors),
+        duration_s: queues.iter().map(|q| q.window_s).fold(0.0, f64::max),
+        mpps_tx: sum_f(|q| q.mpps_tx),
+        mpps_rx: sum_f(|q| q.mpps_rx),
+        gbps_tx: sum_f(|q| q.gbps_tx),
+        gbps_rx: sum_f(|q| q.gbps_rx),
+        device_consumed: device.as_ref().map(|d| d.pairs.iter().map(|p| p.tx_frames).sum()),
+        queues,
+        threads,
+        device,
+    }
+}
+
+/// Thread-name prefixes of the device's threads (poll and slow path).
+pub const DEVICE_THREADS: &[&str] = &["vduse-poll-", "vduse-slow-"];
+
+/// Run the generator on `tb` and tear it down. The device threads' CPU
+/// time is read before the device stops (their threads end with it).
+pub fn run_on(
+    mut tb: Testbed,
+    o: &GenOptions,
+    gen_cores: &[usize],
+    ctl: &Arc<Control>,
+    tick: &mut dyn FnMut(&Control, f64),
+) -> Result<PktgenReport, BenchError> {
+    let pairs = tb.take_pairs();
+    if pairs.len() > ctl.progress.len() {
+        return Err(BenchError::Options(format!("{} pairs but progress for {}", pairs.len(), ctl.progress.len())));
+    }
+    let queues = run_all(pairs, o, gen_cores, ctl, tick)?;
+    let dev_threads = if tb.device_stats().is_some() { cpu::threads_named(DEVICE_THREADS) } else { Vec::new() };
+    let device = tb.finish()?;
+    Ok(summarize(o.mode, queues, device, dev_threads))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_of(pair: u16, seq: u64) -> Vec<u8> {
+        let mut b = vec![0u8; 128];
+        let n = frame::build(&mut b, 64, PEER_MAC, DEVICE_MAC, pair, seq);
+        b.truncate(n);
+        b
+    }
+
+    #[test]
+    fn sizes_parse_lists_and_imix() {
+        assert_eq!(Sizes::parse("64").unwrap(), Sizes(vec![64]));
+        assert_eq!(Sizes::parse("64,1518").unwrap().of(1), 1518);
+        let imix = Sizes::parse("imix").unwrap();
+        assert_eq!(imix.0.len(), 12);
+        assert_eq!(imix.0.iter().filter(|&&s| s == 570).count(), 4);
+        assert!(Sizes::parse("9000").is_err());
+        assert!(Sizes::parse("big").is_err());
+        assert!(Sizes::parse("").is_err());
+    }
+
+    #[test]
+    fn checker_counts_gaps_duplicates_and_corruption() {
+        let mut c = RxCheck::new(3);
+        for seq in [0, 1, 2] {
+            c.frame(&frame_of(3, seq));
+        }
+        assert_eq!((c.frames, c.gaps), (3, 0));
+        // Injected gap: 3 and 4 never arrive.
+        c.frame(&frame_of(3, 5));
+        assert_eq!((c.frames, c.gaps, c.next), (4, 2, 6));
+        // Duplicate and a late (reordered) frame.
+        c.frame(&frame_of(3, 5));
+        c.frame(&frame_of(3, 4));
+        assert_eq!(c.duplicates_or_reordered, 2);
+        // A flipped byte and a frame of another pair.
+        let mut bad = frame_of(3, 6);
+        bad[40] ^= 0x10;
+        c.frame(&bad);
+        c.frame(&frame_of(1, 6));
+        assert_eq!(c.integrity_errors, 2);
+        assert_eq!(c.frames, 4);
+        assert_eq!(c.seen(), 8);
+        c.frame(&frame_of(3, 6));
+        assert_eq!((c.frames, c.gaps, c.next), (5, 2, 7));
+    }
+
+    #[test]
+    fn token_bucket_paces_to_the_rate() {
+        let t0 = Instant::now();
+        let mut tb = TokenBucket::new(1000.0, 32, t0);
+        let mut sent = 0;
+        // 100 ms of simulated time in 1 ms steps: ~100 frames, never a burst above the cap.
+        for ms in 1..=100u64 {
+            let n = tb.allow(t0 + Duration::from_millis(ms), 32);
+            assert!(n <= 32);
+            tb.take(n);
+            sent += n;
+        }
+        assert!((99..=101).contains(&sent), "{sent}");
+        let mut max = TokenBucket::new(0.0, 32, t0);
+        assert_eq!(max.allow(t0, 17), 17);
+    }
+
+    #[test]
+    fn txonly_loss_comes_from_device_counters() {
+        let q = QueueReport { pair: 0, tx_frames: 100, ..Default::default() };
+        let mut stats = DeviceStats { pairs: vec![Default::default()], slow_path: Default::default() };
+        stats.pairs[0].tx_frames = 97;
+        let r = summarize(Mode::TxOnly, vec![q], Some(stats), Vec::new());
+        assert_eq!(r.lost, 3);
+        assert_eq!(r.device_consumed, Some(97));
+        assert!(r.failed());
+    }
 }

@@ -1,20 +1,20 @@
-//! `vduse-net pktgen`: a device on the embedded kernel model with a
-//! loopback (MAC-swapping) port, driven by the bundled virtio driver.
+//! `vduse-net pktgen`: the bundled traffic generator. By default a device on
+//! the embedded kernel model, with the port the mode needs, driven by the
+//! bundled virtio driver; with `--vhost-vdpa` only the driver side, on a
+//! device served elsewhere.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use vduse_net::backend::loopback::Loopback;
-use vduse_net::backend::Port;
-use vduse_net::bench::pktgen::{run_pair, QueueReport, Sizes};
-use vduse_net::dataplane::NetDevice;
-use vduse_net::driver::net::{NetDriver, NetDriverConfig};
-use vduse_net::driver::DriverTransport;
-use vduse_net::vduse::model::{KernelModel, ModelConfig};
+use vduse_net::bench::pktgen::{self, Control, GenOptions, Mode, PktgenReport, Sizes};
+use vduse_net::bench::testbed::Testbed;
+use vduse_net::driver::net::NetDriverConfig;
+use vduse_net::vduse::model::ModelConfig;
 
 use super::run::DeviceArgs;
-use super::{CliError, CliResult};
+use super::{parse_cores, CliError, CliResult, Idle};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum KernelKind {
@@ -29,97 +29,204 @@ pub enum KernelKind {
     K612,
 }
 
-#[derive(Args)]
-pub struct PktgenArgs {
-    /// Frame size(s): 64, 64,1518 or imix.
+impl KernelKind {
+    pub fn config(self) -> ModelConfig {
+        match self {
+            KernelKind::Patched73 => ModelConfig::patched_7_3(),
+            KernelKind::K73 => ModelConfig::kernel_7_3(),
+            KernelKind::K72 => ModelConfig::kernel_7_2(),
+            KernelKind::K612 => ModelConfig::kernel_6_12(),
+        }
+        .with_timeout(Duration::from_secs(5))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// The device reflects every frame with MACs swapped.
+    Loopback,
+    /// Driver TX only; the device consumes and drops.
+    Txonly,
+    /// Driver RX only; the device generates numbered frames.
+    Rxonly,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Loopback => Mode::Loopback,
+            ModeArg::Txonly => Mode::TxOnly,
+            ModeArg::Rxonly => Mode::RxOnly,
+        }
+    }
+}
+
+/// Options shared by `pktgen` and `latency`.
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Frame size(s), Ethernet header included: 64, a list like 64,1518, or imix (7:4:1 of 64/570/1518).
     #[arg(long, default_value = "64,570,1518")]
-    size: String,
-    /// Frames per queue pair.
-    #[arg(long, default_value_t = 200_000)]
-    frames: u64,
-    /// Upper bound on the run, in seconds.
-    #[arg(long, default_value_t = 30.0)]
-    duration: f64,
+    pub size: String,
+    /// Measured seconds (after the warm-up).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Seconds of traffic before measuring (checked, not counted in the rates).
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup: f64,
+    /// Cores for the generator threads (one per pair, round-robin), e.g. 1 or 2-3.
+    #[arg(long = "gen-cores", value_parser = parse_cores)]
+    pub gen_cores: Option<Vec<usize>>,
     /// Which kernel the embedded model plays.
     #[arg(long, value_enum, default_value_t = KernelKind::Patched73)]
-    kernel_model: KernelKind,
+    pub kernel_model: KernelKind,
+    /// Drive /dev/vhost-vdpa-N instead of the model (the device runs in another process, e.g. `vduse-net run`).
+    #[arg(long, value_name = "PATH")]
+    pub vhost_vdpa: Option<String>,
     /// Print one JSON object.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
     #[command(flatten)]
-    dev: DeviceArgs,
+    pub dev: DeviceArgs,
+}
+
+impl BenchArgs {
+    pub fn sizes(&self) -> Result<Sizes, CliError> {
+        Sizes::parse(&self.size).map_err(CliError)
+    }
+
+    pub fn duration(&self) -> Result<Option<Duration>, CliError> {
+        match self.duration {
+            None => Ok(None),
+            Some(d) if d > 0.0 && d < 86400.0 => Ok(Some(Duration::from_secs_f64(d))),
+            Some(d) => Err(CliError(format!("--duration {d} must be in (0, 86400) seconds"))),
+        }
+    }
+
+    pub fn warmup(&self) -> Result<Duration, CliError> {
+        if self.warmup >= 0.0 && self.warmup < 3600.0 {
+            Ok(Duration::from_secs_f64(self.warmup))
+        } else {
+            Err(CliError(format!("--warmup {} must be in [0, 3600) seconds", self.warmup)))
+        }
+    }
+
+    /// The device (on the model, `port(i)` for pair i) or the vhost-vdpa driver.
+    pub fn testbed(
+        &self,
+        name: &str,
+        port: &mut dyn FnMut(u16) -> Box<dyn vduse_net::backend::Port>,
+    ) -> Result<Testbed, CliError> {
+        let opts = self.dev.options(name, vduse_net::bench::testbed::DEVICE_MAC);
+        opts.validate()?;
+        let dcfg = NetDriverConfig {
+            ring_size: self.dev.ring_size,
+            pairs: Some(self.dev.queues),
+            ..NetDriverConfig::default()
+        };
+        let tb = match &self.vhost_vdpa {
+            Some(path) => Testbed::vhost_vdpa(path, dcfg),
+            None => Testbed::model(self.kernel_model.config(), opts, port, dcfg),
+        };
+        tb.map_err(|e| CliError(format!("setting up the device: {e}")))
+    }
+}
+
+#[derive(Args)]
+pub struct PktgenArgs {
+    /// loopback (MAC-swap reflector), txonly (device drops) or rxonly (device generates).
+    #[arg(long, value_enum, default_value_t = ModeArg::Loopback)]
+    mode: ModeArg,
+    /// Frames per queue pair (default 200000 when --duration is not given); with both, whichever comes first.
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Total frames per second over all pairs (token bucket per pair); 0 = as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+/// SIGINT/SIGTERM end the run early (with the usual report).
+pub fn stop_flag() -> Result<Arc<AtomicBool>, CliError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    Ok(stop)
 }
 
 pub fn run(a: PktgenArgs) -> CliResult {
-    let sizes = Sizes::parse(&a.size).map_err(CliError)?;
-    if !(a.duration > 0.0 && a.duration < 86400.0) {
-        return Err(CliError(format!("--duration {} must be in (0, 86400)", a.duration)));
-    }
-    if a.frames == 0 {
+    let b = &a.bench;
+    let sizes = b.sizes()?;
+    let duration = b.duration()?;
+    let warmup = b.warmup()?;
+    if a.frames == Some(0) {
         return Err(CliError("--frames must be at least 1".into()));
     }
-    let cfg = match a.kernel_model {
-        KernelKind::Patched73 => ModelConfig::patched_7_3(),
-        KernelKind::K73 => ModelConfig::kernel_7_3(),
-        KernelKind::K72 => ModelConfig::kernel_7_2(),
-        KernelKind::K612 => ModelConfig::kernel_6_12(),
+    if !(a.rate.is_finite() && a.rate >= 0.0) {
+        return Err(CliError(format!("--rate {} must be a number of frames per second >= 0", a.rate)));
     }
-    .with_timeout(Duration::from_secs(5));
-    let model = KernelModel::new(cfg);
-    let name = "pktgen0";
-    let dev = NetDevice::create(model.control(), a.dev.options(name, [0x02, 0, 0, 0, 0, 0x01]))?;
-    let pairs = dev.layout().pairs;
-    let ports: Vec<Box<dyn Port>> = (0..pairs).map(|_| Box::new(Loopback::new(1024, true)) as Box<dyn Port>).collect();
-    let running = dev.start(ports)?;
-    let transport: Arc<dyn DriverTransport> = model.attach_vhost_vdpa(name)?;
-    let dcfg = NetDriverConfig { ring_size: a.dev.ring_size, ..NetDriverConfig::default() };
-    let mut driver = NetDriver::probe(transport, dcfg).map_err(|e| CliError(format!("driver probe: {e}")))?;
-    let qps = driver.take_pairs();
-    let used = qps.len();
-    let limit = Duration::from_secs_f64(a.duration);
-    let start = Instant::now();
-    let handles: Vec<_> = qps
-        .into_iter()
-        .enumerate()
-        .map(|(i, q)| {
-            let sizes = sizes.clone();
-            let (frames, burst) = (a.frames, a.dev.burst);
-            std::thread::spawn(move || run_pair(q, i as u16, frames, &sizes, burst, limit))
-        })
-        .collect();
-    let reports: Vec<QueueReport> = handles.into_iter().map(|h| h.join().unwrap_or_default()).collect();
-    let secs = start.elapsed().as_secs_f64();
-    drop(driver);
-    model.detach(name)?;
-    let dstats = running.stop()?;
-
-    let sum = |f: fn(&QueueReport) -> u64| reports.iter().map(f).sum::<u64>();
-    let (tx, rx, lost, bad) =
-        (sum(|r| r.tx_frames), sum(|r| r.rx_frames), sum(|r| r.lost), sum(|r| r.integrity_errors));
-    let dup = sum(|r| r.duplicates_or_reordered);
-    let (txb, rxb) = (sum(|r| r.tx_bytes), sum(|r| r.rx_bytes));
-    let out = serde_json::json!({
-        "tx_frames": tx, "rx_frames": rx, "lost": lost, "integrity_errors": bad,
-        "duplicates_or_reordered": dup, "duration_s": secs,
-        "mpps_tx": tx as f64 / secs / 1e6, "mpps_rx": rx as f64 / secs / 1e6,
-        "gbps_tx": txb as f64 * 8.0 / secs / 1e9, "gbps_rx": rxb as f64 * 8.0 / secs / 1e9,
-        "queue_pairs": used, "queues": reports, "device": dstats,
-    });
-    if a.json {
-        println!("{out}");
+    let mode: Mode = a.mode.into();
+    if b.vhost_vdpa.is_some() && mode != Mode::Loopback {
+        return Err(CliError(
+            "--vhost-vdpa drives a device served elsewhere: only --mode loopback (the device must reflect frames)"
+                .into(),
+        ));
+    }
+    let frames = match (a.frames, duration) {
+        (None, None) => Some(200_000),
+        (f, _) => f,
+    };
+    let pairs = b.dev.queues.max(1) as usize;
+    let o = GenOptions {
+        mode,
+        sizes: sizes.clone(),
+        burst: b.dev.burst,
+        rate_pps: a.rate / pairs as f64,
+        frames,
+        duration,
+        warmup,
+        busy: b.dev.idle == Idle::Busy,
+        stall: Duration::from_secs(2),
+    };
+    let tb = b.testbed("pktgen0", &mut |i| mode.port(i, &sizes))?;
+    let ctl = Arc::new(Control::new(pairs, stop_flag()?));
+    let mut tick = pktgen::progress_printer();
+    let cores = b.gen_cores.clone().unwrap_or_default();
+    let rep = pktgen::run_on(tb, &o, &cores, &ctl, &mut tick).map_err(|e| CliError(e.to_string()))?;
+    if b.json {
+        println!("{}", serde_json::to_string(&rep).map_err(|e| CliError(e.to_string()))?);
     } else {
-        println!(
-            "pktgen: {used} queue pair(s), sizes {}: tx {tx} rx {rx} frames in {secs:.2} s ({:.3} / {:.3} Mpps, {:.2} / {:.2} Gbit/s)",
-            a.size,
-            out["mpps_tx"].as_f64().unwrap_or(0.0),
-            out["mpps_rx"].as_f64().unwrap_or(0.0),
-            out["gbps_tx"].as_f64().unwrap_or(0.0),
-            out["gbps_rx"].as_f64().unwrap_or(0.0)
-        );
-        println!("lost {lost}, integrity errors {bad}, duplicated/reordered {dup}");
+        print_text(&rep, &b.size);
     }
-    if lost > 0 || bad > 0 || dup > 0 {
-        return Err(CliError(format!("traffic check failed: lost {lost}, corrupt {bad}, dup/reordered {dup}")));
+    if rep.failed() {
+        return Err(CliError(format!(
+            "traffic check failed: lost {}, corrupt {}, dup/reordered {}, driver errors {}",
+            rep.lost, rep.integrity_errors, rep.duplicates_or_reordered, rep.driver_errors
+        )));
     }
     Ok(())
+}
+
+fn print_text(r: &PktgenReport, size: &str) {
+    println!("pktgen {:?}: {} queue pair(s), sizes {size}, measured {:.2} s", r.mode, r.queue_pairs, r.duration_s);
+    println!(
+        "  total: tx {:.3} Mpps {:.2} Gbit/s, rx {:.3} Mpps {:.2} Gbit/s ({} / {} frames)",
+        r.mpps_tx, r.gbps_tx, r.mpps_rx, r.gbps_rx, r.tx_frames, r.rx_frames
+    );
+    for q in &r.queues {
+        println!(
+            "  pair {}: tx {:.3} Mpps {:.2} Gbit/s, rx {:.3} Mpps {:.2} Gbit/s; lost {}, corrupt {}, dup/reordered {}",
+            q.pair, q.mpps_tx, q.gbps_tx, q.mpps_rx, q.gbps_rx, q.lost, q.integrity_errors, q.duplicates_or_reordered
+        );
+    }
+    if let Some(n) = r.device_consumed {
+        println!("  device consumed {n} frames from its TX queues");
+    }
+    println!(
+        "  lost {}, integrity errors {}, duplicated/reordered {}, driver errors {}",
+        r.lost, r.integrity_errors, r.duplicates_or_reordered, r.driver_errors
+    );
+    for t in &r.threads {
+        println!("  cpu {:<16} user {:.3} s, sys {:.3} s", t.thread, t.user_s, t.sys_s);
+    }
 }
