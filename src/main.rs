@@ -50,3 +50,28 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_lists_parse_as_one_value() {
+        let c = Cli::try_parse_from([
+            "vduse-net",
+            "pktgen",
+            "--device-cores",
+            "0",
+            "--gen-cores",
+            "0-0",
+            "--mode",
+            "txonly",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Command::Pktgen(_) = c.command else { panic!("not pktgen") };
+        assert!(Cli::try_parse_from(["vduse-net", "floor", "--cores", "0,0"]).is_ok());
+        assert!(Cli::try_parse_from(["vduse-net", "latency", "--gen-cores", "0", "--load", "1000"]).is_ok());
+        assert!(Cli::try_parse_from(["vduse-net", "pktgen", "--mode", "sideways"]).is_err());
+        assert!(Cli::try_parse_from(["vduse-net", "pktgen", "--gen-cores", "x"]).is_err());
+    }
+}

@@ -111,7 +111,7 @@ impl Recorder {
         Ok(())
     }
 
-    /// An SVG plot of the percentile distribution: latency (µs, linear)
+    /// An SVG plot of the percentile distribution: latency (µs, log)
     /// against percentile on a log `1/(1-p)` axis.
     pub fn write_svg(&self, w: &mut dyn Write, title: &str) -> io::Result<()> {
         let (width, height) = (800.0, 480.0);
@@ -129,11 +129,17 @@ impl Recorder {
                 pts.push((x, v.value_iterated_to() as f64 / 1000.0));
             }
         }
-        let ymax_raw = pts.iter().map(|p| p.1).fold(0.0, f64::max).max(0.001);
-        let ystep = nice_step(ymax_raw / 5.0);
-        let ymax = (ymax_raw / ystep).ceil() * ystep;
+        // Log latency axis: tails are often 1000x the median.
+        let vmin = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        let vmax = pts.iter().map(|p| p.1).fold(0.0, f64::max);
+        let (lo, hi) = if pts.is_empty() {
+            (-1.0, 1.0)
+        } else {
+            let lo = vmin.max(1e-3).log10().floor();
+            (lo, vmax.max(1e-3).log10().ceil().max(lo + 1.0))
+        };
         let sx = |x: f64| left + x / xmax * pw;
-        let sy = |y: f64| top + ph - y / ymax * ph;
+        let sy = |v: f64| top + ph - (v.max(1e-3).log10() - lo) / (hi - lo) * ph;
 
         writeln!(
             w,
@@ -153,12 +159,28 @@ impl Recorder {
             writeln!(w, r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##, top + ph)?;
             writeln!(w, r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#, top + ph + 18.0)?;
         }
-        let mut y = 0.0;
-        while y <= ymax + ystep / 2.0 {
-            let py = sy(y);
-            writeln!(w, r##"<line x1="{left}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#ddd"/>"##, left + pw)?;
-            writeln!(w, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, left - 6.0, py + 4.0, fmt_num(y))?;
-            y += ystep;
+        let few = hi - lo <= 3.0;
+        for d in (lo as i32)..=(hi as i32) {
+            for m in [1.0, 2.0, 5.0] {
+                let v = m * 10f64.powi(d);
+                if (m != 1.0 && !few) || v.log10() > hi + 1e-9 {
+                    continue;
+                }
+                let py = sy(v);
+                let stroke = if m == 1.0 { "#ccc" } else { "#eee" };
+                writeln!(
+                    w,
+                    r#"<line x1="{left}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="{stroke}"/>"#,
+                    left + pw
+                )?;
+                writeln!(
+                    w,
+                    r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                    left - 6.0,
+                    py + 4.0,
+                    fmt_num(v)
+                )?;
+            }
         }
         writeln!(w, r#"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#)?;
         writeln!(
@@ -202,17 +224,6 @@ fn percent_label(decades: u32) -> String {
     }
     s.push('%');
     s
-}
-
-/// 1, 2 or 5 times a power of ten, at least `raw`.
-fn nice_step(raw: f64) -> f64 {
-    let p = 10f64.powf(raw.log10().floor());
-    for m in [1.0, 2.0, 5.0, 10.0] {
-        if m * p >= raw {
-            return m * p;
-        }
-    }
-    10.0 * p
 }
 
 fn fmt_num(v: f64) -> String {
@@ -521,8 +532,7 @@ mod tests {
         assert_eq!(percent_label(1), "90%");
         assert_eq!(percent_label(2), "99%");
         assert_eq!(percent_label(4), "99.99%");
-        assert_eq!(nice_step(0.7), 1.0);
-        assert_eq!(nice_step(3.0), 5.0);
-        assert_eq!(nice_step(12.0), 20.0);
+        assert_eq!(fmt_num(0.5), "0.5");
+        assert_eq!(fmt_num(200.0), "200");
     }
 }

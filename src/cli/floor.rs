@@ -10,7 +10,7 @@ use super::{parse_cores, CliError, CliResult};
 pub struct FloorArgs {
     /// The two cores, e.g. 0,1 (the device core and the generator core).
     #[arg(long, value_parser = parse_cores, default_value = "0,1")]
-    cores: Vec<usize>,
+    cores: ::std::vec::Vec<usize>,
     /// Round trips (half timed one by one, half in untimed batches).
     #[arg(long, default_value_t = 200_000)]
     round_trips: u64,

@@ -75,7 +75,7 @@ pub struct BenchArgs {
     pub warmup: f64,
     /// Cores for the generator threads (one per pair, round-robin), e.g. 1 or 2-3.
     #[arg(long = "gen-cores", value_parser = parse_cores)]
-    pub gen_cores: Option<Vec<usize>>,
+    pub gen_cores: Option<::std::vec::Vec<usize>>,
     /// Which kernel the embedded model plays.
     #[arg(long, value_enum, default_value_t = KernelKind::Patched73)]
     pub kernel_model: KernelKind,

@@ -40,7 +40,7 @@ pub struct DeviceArgs {
     pub idle: Idle,
     /// Cores for the poll threads, e.g. 2,3 or 2-5 (one per pair, round-robin).
     #[arg(long = "device-cores", alias = "cores", value_parser = parse_cores)]
-    pub device_cores: Option<Vec<usize>>,
+    pub device_cores: Option<::std::vec::Vec<usize>>,
     /// VDUSE API version to use (default: the highest the kernel offers, up to 1).
     #[arg(long)]
     pub api: Option<u64>,
