@@ -55,7 +55,7 @@ vt_check ctrlvq.vdpa-add vdpa dev add name $DEV mgmtdev vduse
 vt_check ctrlvq.bind sh -c "echo $DEV > /sys/bus/vdpa/drivers/virtio_vdpa/bind"
 IF=""
 for i in $(seq 50); do
-	IF=$(ls /sys/bus/vdpa/devices/$DEV/virtio*/net 2>/dev/null | head -n 1)
+	for n in /sys/bus/vdpa/devices/"$DEV"/virtio*/net/*; do [ -e "$n" ] && IF=${n##*/}; done
 	[ -n "$IF" ] && break
 	sleep 0.1
 done

@@ -55,7 +55,7 @@ vt_check "$T.vdpa-add" vdpa dev add name $DEV mgmtdev vduse
 vt_check "$T.bind" sh -c "echo $DEV > /sys/bus/vdpa/drivers/vhost_vdpa/bind"
 node=""
 for i in $(seq 50); do
-	node=$(ls /sys/bus/vdpa/devices/$DEV 2>/dev/null | grep '^vhost-vdpa-' | head -n 1)
+	for n in /sys/bus/vdpa/devices/"$DEV"/vhost-vdpa-*; do [ -e "$n" ] && node=${n##*/}; done
 	[ -n "$node" ] && [ -c "/dev/$node" ] && break
 	sleep 0.1
 done

@@ -73,7 +73,7 @@ echo $DEV >/sys/bus/vdpa/drivers/virtio_vdpa/unbind
 vt_check $T.bind-vhost sh -c "echo $DEV > /sys/bus/vdpa/drivers/vhost_vdpa/bind"
 node=""
 for i in $(seq 50); do
-	node=$(ls /sys/bus/vdpa/devices/$DEV 2>/dev/null | grep '^vhost-vdpa-' | head -n 1)
+	for n in /sys/bus/vdpa/devices/"$DEV"/vhost-vdpa-*; do [ -e "$n" ] && node=${n##*/}; done
 	[ -n "$node" ] && [ -c "/dev/$node" ] && break
 	sleep 0.1
 done
