@@ -67,7 +67,7 @@ fn testbed(name: &str, port: &mut dyn FnMut(u16) -> Box<dyn Port>) -> Testbed {
 
 fn run(tb: Testbed, o: &GenOptions) -> PktgenReport {
     let ctl = Arc::new(Control::new(1, Arc::new(AtomicBool::new(false))));
-    pktgen::run_on(tb, o, &[], &ctl, &mut |_, _| {}).expect("run")
+    pktgen::run_on(tb, o, &[], &ctl, &mut |_, _| {}, None).expect("run")
 }
 
 fn opts(mode: Mode, frames: u64) -> GenOptions {

@@ -8,6 +8,7 @@
 //! - [`cpu`]: CPU time per thread.
 
 pub mod cpu;
+pub mod checks;
 pub mod floor;
 pub mod frame;
 pub mod latency;

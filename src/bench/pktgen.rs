@@ -253,7 +253,7 @@ pub struct QueueReport {
 
 /// Run one queue pair until its frame count, its duration, a stall or the
 /// stop flag. Loopback drains the frames still in flight before returning.
-pub fn run_queue(mut q: QueuePair, pair: u16, o: &GenOptions, ctl: &Control) -> QueueReport {
+pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) -> QueueReport {
     let mut r = QueueReport { pair, ..Default::default() };
     let prog = &ctl.progress[pair as usize];
     let burst = o.burst.max(1);
@@ -392,7 +392,15 @@ pub struct PktgenReport {
     /// CPU time of the generator threads and of the device's threads.
     pub threads: Vec<ThreadCpu>,
     pub device: Option<DeviceStats>,
+    /// Results of post-traffic checks (`foreign_iova`, `suspend`), flattened
+    /// into the JSON object.
+    #[serde(flatten)]
+    pub checks: serde_json::Map<String, serde_json::Value>,
 }
+
+/// Runs after traffic, before teardown, with the queue pairs back.
+pub type PostCheck<'a> =
+    &'a mut dyn FnMut(&mut Testbed, &mut [QueuePair]) -> Result<serde_json::Map<String, serde_json::Value>, BenchError>;
 
 impl PktgenReport {
     /// Loss, corruption, duplicates, reordering or driver errors.
@@ -409,7 +417,7 @@ pub fn run_all(
     cores: &[usize],
     ctl: &Arc<Control>,
     tick: &mut dyn FnMut(&Control, f64),
-) -> Result<Vec<QueueReport>, BenchError> {
+) -> Result<(Vec<QueueReport>, Vec<QueuePair>), BenchError> {
     let start = Instant::now();
     let mut handles = Vec::new();
     for (i, q) in pairs.into_iter().enumerate() {
@@ -424,9 +432,10 @@ pub fn run_all(
                         log::warn!("pktgen-{i}: could not pin to core {c}");
                     }
                 }
-                let mut r = run_queue(q, i as u16, &o, &shared);
+                let mut q = q;
+                let mut r = run_queue(&mut q, i as u16, &o, &shared);
                 r.core = core;
-                r
+                (r, q)
             })
             .map_err(BenchError::Thread);
         match h {
@@ -449,10 +458,13 @@ pub fn run_all(
         }
     }
     let mut out = Vec::new();
+    let mut back = Vec::new();
     for h in handles {
-        out.push(h.join().map_err(|_| BenchError::ThreadPanicked)?);
+        let (r, q) = h.join().map_err(|_| BenchError::ThreadPanicked)?;
+        out.push(r);
+        back.push(q);
     }
-    Ok(out)
+    Ok((out, back))
 }
 
 /// A once-a-second progress line on stderr when it is a terminal.
@@ -512,6 +524,7 @@ pub fn summarize(
         queues,
         threads,
         device,
+        checks: serde_json::Map::new(),
     }
 }
 
@@ -526,15 +539,23 @@ pub fn run_on(
     gen_cores: &[usize],
     ctl: &Arc<Control>,
     tick: &mut dyn FnMut(&Control, f64),
+    post: Option<PostCheck<'_>>,
 ) -> Result<PktgenReport, BenchError> {
     let pairs = tb.take_pairs();
     if pairs.len() > ctl.progress.len() {
         return Err(BenchError::Options(format!("{} pairs but progress for {}", pairs.len(), ctl.progress.len())));
     }
-    let queues = run_all(pairs, o, gen_cores, ctl, tick)?;
+    let (queues, mut pairs) = run_all(pairs, o, gen_cores, ctl, tick)?;
+    let mut extra = serde_json::Map::new();
+    if let Some(post) = post {
+        extra = post(&mut tb, &mut pairs)?;
+    }
+    drop(pairs);
     let dev_threads = if tb.device_stats().is_some() { cpu::threads_named(DEVICE_THREADS) } else { Vec::new() };
     let device = tb.finish()?;
-    Ok(summarize(o.mode, queues, device, dev_threads))
+    let mut rep = summarize(o.mode, queues, device, dev_threads);
+    rep.checks = extra;
+    Ok(rep)
 }
 
 #[cfg(test)]

@@ -73,6 +73,11 @@ impl Testbed {
         Ok(Testbed { model: None, running: None, driver: Some(driver) })
     }
 
+    /// The driver (until `finish`).
+    pub fn driver(&self) -> Option<&NetDriver> {
+        self.driver.as_ref()
+    }
+
     /// The queue pairs, each for one thread (once).
     pub fn take_pairs(&mut self) -> Vec<QueuePair> {
         self.driver.as_mut().map(|d| d.take_pairs()).unwrap_or_default()

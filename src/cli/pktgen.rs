@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use vduse_net::bench::checks;
 use vduse_net::bench::pktgen::{self, Control, GenOptions, Mode, PktgenReport, Sizes};
 use vduse_net::bench::testbed::Testbed;
 use vduse_net::driver::net::NetDriverConfig;
@@ -142,6 +143,14 @@ pub struct PktgenArgs {
     /// Total frames per second over all pairs (token bucket per pair); 0 = as fast as possible.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// After traffic: map a canary page only in ASID 1, point a TX descriptor of
+    /// pair 0 at it, and report whether the device refused it ("foreign_iova").
+    #[arg(long)]
+    foreign_iova_check: bool,
+    /// After traffic: suspend the device and compare GET_VRING_BASE of every data
+    /// vq with the driver's view ("suspend").
+    #[arg(long)]
+    suspend_check: bool,
     #[command(flatten)]
     bench: BenchArgs,
 }
@@ -192,7 +201,19 @@ pub fn run(a: PktgenArgs) -> CliResult {
     let ctl = Arc::new(Control::new(pairs, stop_flag()?));
     let mut tick = pktgen::progress_printer();
     let cores = b.gen_cores.clone().unwrap_or_default();
-    let rep = pktgen::run_on(tb, &o, &cores, &ctl, &mut tick).map_err(|e| CliError(e.to_string()))?;
+    let (fcheck, scheck) = (a.foreign_iova_check, a.suspend_check);
+    let mut post = |tb: &mut Testbed, pairs: &mut [vduse_net::driver::net::QueuePair]| {
+        let mut m = serde_json::Map::new();
+        if fcheck {
+            m.extend(checks::foreign_iova(tb, pairs)?);
+        }
+        if scheck {
+            m.extend(checks::suspend(tb, pairs)?);
+        }
+        Ok(m)
+    };
+    let post: Option<pktgen::PostCheck<'_>> = (fcheck || scheck).then_some(&mut post);
+    let rep = pktgen::run_on(tb, &o, &cores, &ctl, &mut tick, post).map_err(|e| CliError(e.to_string()))?;
     if b.json {
         println!("{}", serde_json::to_string(&rep).map_err(|e| CliError(e.to_string()))?);
     } else {
