@@ -19,11 +19,17 @@ use virtio_bindings::bindings::virtio_net as vn;
 
 const T: Duration = Duration::from_secs(5);
 
-/// Traffic on one pair in its own thread until `stop`; every frame checked.
-fn background(mut q: QueuePair, mut f: Flow, stop: Arc<AtomicBool>) -> JoinHandle<(QueuePair, Flow)> {
+/// Traffic on one pair in its own thread until `stop` (or a burst not
+/// coming back within `patience`); every frame checked.
+fn background(
+    mut q: QueuePair,
+    mut f: Flow,
+    stop: Arc<AtomicBool>,
+    patience: Duration,
+) -> JoinHandle<(QueuePair, Flow)> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
-            if !f.exchange(&mut q, 64, T) {
+            if !f.exchange(&mut q, 64, patience) {
                 break;
             }
         }
@@ -90,7 +96,7 @@ fn iotlb_invalidate_and_remap_under_traffic() {
     assert!(f1.exchange(&mut q1, 200, T) && f1.clean(), "{f1:?}");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let bg = background(q0, Flow::new(0), stop.clone());
+    let bg = background(q0, Flow::new(0), stop.clone(), T);
     let before = rig.stats().slow_path.update_iotlb;
 
     // Whole-ASID invalidations while both pairs run.
@@ -161,7 +167,8 @@ fn reset_then_asid_changes_and_fresh_driver_ok() {
     let mut q = d.take_pairs();
     let stop = Arc::new(AtomicBool::new(false));
     let q1 = q.pop().unwrap();
-    let bg = background(q1, Flow::new(1), stop.clone());
+    // Frames lost to the reset end the loop quickly.
+    let bg = background(q1, Flow::new(1), stop.clone(), Duration::from_millis(200));
     let mut f0 = Flow::new(0);
     assert!(f0.exchange(&mut q[0], 500, T) && f0.clean());
     // Reset under traffic.
