@@ -154,7 +154,11 @@ impl SlowPath {
         Ok(sp)
     }
 
-    /// The kernel drops kick eventfds on every reset; (re)register them.
+    /// The kernel drops kick eventfds on every reset, after the device
+    /// replied to SET_STATUS 0 (`vduse_vdpa_reset`: message, then the local
+    /// reset releases each kickfd). So they are registered again at
+    /// DRIVER_OK, not while handling the reset; a kick latched meanwhile
+    /// is signalled by the kernel on registration.
     fn register_kickfds(&self) {
         for (vq, k) in self.kicks.iter().enumerate() {
             if let Err(e) = self.dev.set_vq_kickfd(vq as u32, Some(k.as_fd())) {
@@ -357,6 +361,7 @@ impl SlowPath {
         if self.features == 0 {
             self.features = self.dev.negotiated_features().map_err(|e| e.to_string())?;
         }
+        self.register_kickfds();
         // Multiqueue starts with one pair until VQ_PAIRS_SET (spec 5.1.6.5.5).
         for pair in 0..self.layout.pairs {
             let rx = self.queue_config(rx_vq(pair))?;
@@ -404,7 +409,6 @@ impl SlowPath {
         self.status = 0;
         self.features = 0;
         self.suspended = false;
-        self.register_kickfds();
         log::info!("{}: reset", self.layout.name);
     }
 

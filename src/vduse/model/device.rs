@@ -411,10 +411,13 @@ impl Dev {
     }
 
     /// `vduse_vdpa_set_status`: message first; the status is latched only
-    /// when the device answered OK.
+    /// when the device answered OK. A NEEDS_RESET the device raised while it
+    /// handled the message (e.g. a ring it could not map at DRIVER_OK) is
+    /// kept: only a reset clears it.
     pub fn set_status(&self, s: u8) {
         if self.msg_sync(Request::SetStatus { status: s }).is_ok() {
-            lock(&self.st).status = s;
+            let mut st = lock(&self.st);
+            st.status = s | (st.status & status::DEVICE_NEEDS_RESET);
         }
     }
 
