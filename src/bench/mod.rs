@@ -7,8 +7,8 @@
 //! - [`floor`]: the cache-line ping-pong, the physical floor of a round trip.
 //! - [`cpu`]: CPU time per thread.
 
-pub mod cpu;
 pub mod checks;
+pub mod cpu;
 pub mod floor;
 pub mod frame;
 pub mod latency;

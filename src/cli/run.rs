@@ -134,13 +134,14 @@ pub fn run(a: RunArgs) -> CliResult {
         let dev = NetDevice::create(control.clone(), a.dev.options(name, mac))?;
         let l = dev.layout().clone();
         eprintln!(
-            "vduse-net: device {} ready: API v{}, {} pair(s){}, {} groups, {} address spaces{}",
+            "vduse-net: device {} ready: API v{}, {} pair(s){}, {} groups, {} address spaces, vduse features {}{}",
             l.name,
             l.api,
             l.pairs,
             if l.has_cvq { " + control queue" } else { "" },
             l.ngroups,
             l.nas,
+            vduse_net::dataplane::device::vduse_features_name(l.vduse_features),
             if l.dropped_features != 0 {
                 format!("; kernel refused: {}", features::describe(l.dropped_features))
             } else {

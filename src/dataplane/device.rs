@@ -237,13 +237,14 @@ impl NetDevice {
             }
         }
         log::info!(
-            "device {}: API v{}, {} queue pair(s){}, {} vq groups, {} address spaces, features {}",
+            "device {}: API v{}, {} queue pair(s){}, {} vq groups, {} address spaces, vduse features {}, features {}",
             layout.name,
             layout.api,
             layout.pairs,
             if layout.has_cvq { " + control queue" } else { ", no control queue" },
             layout.ngroups,
             layout.nas,
+            vduse_features_name(layout.vduse_features),
             features::describe(layout.features)
         );
         Ok(NetDevice { control, device, layout, opts })
@@ -362,6 +363,22 @@ impl Drop for RunningDevice {
             self.device = None;
             let _ = self.control.destroy_device(&self.layout.name);
         }
+    }
+}
+
+/// `QUEUE_READY|SUSPEND`, or `none`.
+pub fn vduse_features_name(f: u64) -> String {
+    let mut v = Vec::new();
+    if f & (1 << VDUSE_F_QUEUE_READY) != 0 {
+        v.push("QUEUE_READY");
+    }
+    if f & (1 << VDUSE_F_SUSPEND) != 0 {
+        v.push("SUSPEND");
+    }
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join("|")
     }
 }
 

@@ -344,7 +344,13 @@ impl AddressSpace {
     /// operation: one ioctl and one mmap per region.
     pub fn resolve(&self, iova: u64) -> Result<(), MapError> {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        for _ in 0..3 {
+        // Each retry means an invalidation raced with our GET_FD2; those are
+        // rare control events, so a storm long enough to exhaust this bound
+        // is not a live mapping we failed to resolve.
+        for attempt in 0..64 {
+            if attempt > 0 {
+                std::thread::yield_now();
+            }
             let generation = self.lock().generation;
             let region = self.source.region(self.asid, iova)?;
             let mapping = Arc::new(Mapping::map(&region)?);
