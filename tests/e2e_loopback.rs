@@ -8,7 +8,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vduse_net::bench::pktgen::{run_pair, Sizes};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use vduse_net::bench::pktgen::{run_queue, Control, GenOptions, Mode, Sizes};
 use vduse_net::driver::net::NetDriverConfig;
 
 const FRAMES_PER_PAIR: u64 = 500_000;
@@ -19,14 +22,26 @@ fn a_million_mixed_frames_through_two_pairs() {
     let mut d = rig.probe(NetDriverConfig { ring_size: 256, ..driver_config() });
     assert_eq!(d.pairs(), 2, "both pairs enabled through VQ_PAIRS_SET");
     let sizes = Sizes(vec![64, 1518, 65, 128, 570, 1514, 256, 1000, 511, 1499, 100, 1024, 777]);
+    let o = GenOptions {
+        mode: Mode::Loopback,
+        sizes: sizes.clone(),
+        burst: 32,
+        rate_pps: 0.0,
+        frames: Some(FRAMES_PER_PAIR),
+        duration: Some(Duration::from_secs(50)),
+        warmup: Duration::ZERO,
+        busy: false,
+        stall: Duration::from_secs(5),
+    };
+    let ctl = Arc::new(Control::new(2, Arc::new(AtomicBool::new(false))));
     let start = Instant::now();
     let handles: Vec<_> = d
         .take_pairs()
         .into_iter()
         .enumerate()
-        .map(|(i, q)| {
-            let sizes = sizes.clone();
-            std::thread::spawn(move || run_pair(q, i as u16, FRAMES_PER_PAIR, &sizes, 32, Duration::from_secs(50)))
+        .map(|(i, mut q)| {
+            let (o, ctl) = (o.clone(), ctl.clone());
+            std::thread::spawn(move || run_queue(&mut q, i as u16, &o, &ctl))
         })
         .collect();
     let reports: Vec<_> = handles.into_iter().map(|h| h.join().expect("generator thread")).collect();
