@@ -18,10 +18,13 @@ API=$(vt_kernel_api)
 IP0=10.99.0.1 IP1=10.99.0.2
 
 log_tail() { tail -n 5 "$LOG" 2>/dev/null; }
+# guest uptime at each step (where the seconds go under TCG)
+step() { vt_info "at $(cut -d' ' -f1 /proc/uptime)s: $*"; }
 # iproute2's ip (netns); busybox sh would run its own ip applet for a bare "ip"
 ip() { /sbin/ip "$@"; }
 
 # --- start: two devices, two queue pairs each, patched together
+step start
 /bin/vduse-net run --devices 2 --backend patch --name vn --queues 2 >"$LOG" 2>&1 &
 VN=$!
 if ! vt_wait 20 grep -q 'device vn1 ready' "$LOG"; then
@@ -67,6 +70,7 @@ done
 [ "$layout_ok" = 1 ] && vt_pass patch.no-ctrl-vq && vt_pass patch.layout
 
 # --- vdpa dev add, and what vdpa reports about the devices
+step vdpa dev add
 for d in vn0 vn1; do
 	if ! out=$(vdpa dev add name "$d" mgmtdev vduse 2>&1); then
 		vt_fail patch.vdpa-add "vdpa dev add $d: $out | $(log_tail)"
@@ -100,6 +104,7 @@ esac
 [ "$show_ok" = 1 ] && vt_pass patch.vdpa-show
 
 # --- bind to virtio_vdpa: the kernel's virtio-net driver probes each device
+step bind
 for d in vn0 vn1; do
 	if ! out=$( (echo "$d" >/sys/bus/vdpa/drivers/virtio_vdpa/bind) 2>&1); then
 		vt_fail patch.bind "bind $d to virtio_vdpa: $out | $(log_tail)"
@@ -138,12 +143,15 @@ if [ "$ns_ok" = 1 ]; then
 	vt_pass patch.netns
 
 	# --- ping both ways (the first one also resolves ARP through the patch)
-	if out=$(ip netns exec ns0 ping -c 3 -w 20 "$IP1" 2>&1); then
+	step ping
+	if out=$(ip netns exec ns0 ping -c 3 -i 0.2 -w 20 "$IP1" 2>&1); then
+		vt_info "ping 0to1: $(echo "$out" | grep -E 'bytes from|round-trip' | tr '\n' ';')"
 		vt_pass patch.ping-0to1
 	else
 		vt_fail patch.ping-0to1 "$(echo "$out" | tail -n 2) | $(log_tail)"
 	fi
-	if out=$(ip netns exec ns1 ping -c 3 -w 20 "$IP0" 2>&1); then
+	if out=$(ip netns exec ns1 ping -c 3 -i 0.2 -w 20 "$IP0" 2>&1); then
+		vt_info "ping 1to0: $(echo "$out" | grep -E 'bytes from|round-trip' | tr '\n' ';')"
 		vt_pass patch.ping-1to0
 	else
 		vt_fail patch.ping-1to0 "$(echo "$out" | tail -n 2) | $(log_tail)"
@@ -151,6 +159,7 @@ if [ "$ns_ok" = 1 ]; then
 
 	# --- 1 MiB ns0 -> ns1 with busybox nc; the listener's stdin is a FIFO held open
 	# here, because busybox nc quits at EOF on its stdin.
+	step transfer
 	dd if=/dev/urandom of=/tmp/blob bs=64k count=16 2>/dev/null
 	rx0=$(ip netns exec ns1 cat /sys/class/net/"$IF1"/statistics/rx_bytes)
 	mkfifo /tmp/nc.hold
@@ -182,6 +191,7 @@ if [ "$ns_ok" = 1 ]; then
 fi
 
 # --- teardown: unbind, vdpa dev del, SIGINT; the process must destroy both devices
+step teardown
 td_ok=1
 for d in vn0 vn1; do
 	if ! out=$( (echo "$d" >/sys/bus/vdpa/drivers/virtio_vdpa/unbind) 2>&1); then
@@ -209,6 +219,56 @@ else
 	vt_fail patch.sigint-exit "vduse-net still running 10 s after SIGINT (killed): $(log_tail)"
 fi
 grep '^vduse-net: vn[01]: ' "$LOG" | while read -r l; do vt_info "$l"; done
+
+# --- the device's own counters (printed at stop): frames through pair 0, no queue
+# errors, every control message answered; SET_VQ_READY only where VDUSE_F_QUEUE_READY
+# exists (7.3)
+st0=$(grep '^vduse-net: vn0: {' "$LOG")
+st1=$(grep '^vduse-net: vn1: {' "$LOG")
+num() { echo "$1" | sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p"; }
+# first STATS KEY: KEY of pair 0
+first() { echo "$1" | sed -n "s/^[^{]*{\"pairs\":\[{[^}]*\"$2\":\([0-9]*\).*/\1/p"; }
+stats_ok=1
+if [ -z "$st0" ] || [ -z "$st1" ]; then
+	vt_fail patch.device-stats "no stats lines at stop: $(log_tail)"
+	stats_ok=0
+else
+	tx0=$(first "$st0" tx_frames)
+	if [ "$ns_ok" = 1 ] && [ "${tx0:-0}" -lt 719 ]; then
+		# 1 MiB in 1500-byte frames is at least 719 of them
+		vt_fail patch.device-stats "vn0 pair 0 sent ${tx0:-?} frames, expected >= 719"
+		stats_ok=0
+	fi
+	case $st0$st1 in *'"queue_errors":'[1-9]* | *'"failed_replies":'[1-9]*)
+		vt_fail patch.device-stats "queue errors or failed replies: $st0 | $st1"
+		stats_ok=0
+		;;
+	esac
+	# Kicks must reach the poll threads: the kernel drops every kickfd right after the
+	# daemon answers SET_STATUS(0), so a device that registers them only at reset
+	# never sees a kick and moves frames only on its idle timeout (100 ms per hop).
+	# Checked when the stats carry a per-pair "kicks" counter.
+	k0=$(first "$st0" kicks)
+	k1=$(first "$st1" kicks)
+	if [ -z "$k0" ]; then
+		vt_info "no kicks counter in the device stats; kick delivery not checked"
+	elif [ "$ns_ok" = 1 ] && { [ "$k0" = 0 ] || [ "${k1:-0}" = 0 ]; }; then
+		vt_fail patch.kicks "pair 0 woke on no kick (vn0 kicks=$k0, vn1 kicks=${k1:-?}): kickfds lost?"
+		stats_ok=0
+	fi
+	rdy=$(num "$st0" set_vq_ready)
+	case $VDUSE_TEST_KERNEL in
+	6.* | 7.2) [ "${rdy:-x}" = 0 ] || {
+		vt_fail patch.queue-ready "set_vq_ready=${rdy:-?} on $VDUSE_TEST_KERNEL, which has no VDUSE_F_QUEUE_READY"
+		stats_ok=0
+	} ;;
+	*) if [ "${rdy:-0}" -ge 2 ]; then vt_pass patch.queue-ready; else
+		vt_fail patch.queue-ready "set_vq_ready=${rdy:-?}: expected SET_VQ_READY messages for vq 0 and 1"
+		stats_ok=0
+	fi ;;
+	esac
+fi
+[ "$stats_ok" = 1 ] && vt_pass patch.device-stats
 if [ -e /dev/vduse/vn0 ] || [ -e /dev/vduse/vn1 ]; then
 	vt_fail patch.destroyed "device nodes left behind: $(ls /dev/vduse)"
 else
@@ -217,3 +277,4 @@ fi
 if grep -qE ' (ERROR|WARN) |error:' "$LOG"; then
 	vt_info "vduse-net log: $(grep -E ' (ERROR|WARN) |error:' "$LOG" | tail -n 5)"
 fi
+step end
