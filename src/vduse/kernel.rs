@@ -412,6 +412,10 @@ impl VduseControl for KernelControl {
                 Ok(())
             }
             Err(Errno::EEXIST) => Err(VduseError::NameInUse(config.name.clone())),
+            // A net device needs CAP_NET_ADMIN in the initial user namespace.
+            Err(Errno::EPERM) => {
+                Err(VduseError::PermissionDenied(format!("{CONTROL_PATH} (VDUSE_CREATE_DEV of {:?})", config.name)))
+            }
             Err(e) => Err(VduseError::os("VDUSE_CREATE_DEV", e)),
         }
     }
