@@ -81,6 +81,8 @@ pub struct DriverQueue {
     /// avail idx at the last `needs_kick`.
     kick_old: u16,
     last_used: u16,
+    /// used.idx at its last read; entries below it need no new load.
+    used_cache: u16,
     irq_enabled: bool,
 }
 
@@ -119,6 +121,7 @@ impl DriverQueue {
             published: 0,
             kick_old: 0,
             last_used: 0,
+            used_cache: 0,
             irq_enabled: true,
         })
     }
@@ -271,9 +274,15 @@ impl DriverQueue {
 
     /// Take the next used chain back: `(token, len written by the device)`.
     pub fn pop_used(&mut self) -> Result<Option<(u64, u32)>, RingError> {
-        // Acquire: the used element written before the device's Release
-        // store of used.idx is visible once we see the new index.
-        let used = u16::from_le(self.used_idx_field().load(Ordering::Acquire));
+        let mut used = self.used_cache;
+        if used == self.last_used {
+            // Acquire: the used element written before the device's Release
+            // store of used.idx is visible once we see the new index. Loaded
+            // only when the entries seen last time are consumed: the line
+            // bounces between cores on every read.
+            used = u16::from_le(self.used_idx_field().load(Ordering::Acquire));
+            self.used_cache = used;
+        }
         let ahead = used.wrapping_sub(self.last_used);
         if ahead == 0 {
             return Ok(None);

@@ -54,6 +54,8 @@ pub struct SplitQueue {
     ptrs: Option<RingPtrs>,
     /// Next avail ring slot to consume.
     last_avail: u16,
+    /// avail.idx at its last read (entries below it are known published).
+    avail_cache: u16,
     /// Shadow of used.idx: entries written but not yet published count too.
     used_idx: u16,
     /// used.idx value last made visible to the driver.
@@ -74,6 +76,7 @@ impl SplitQueue {
             cfg,
             ptrs: None,
             last_avail: cfg.avail_base,
+            avail_cache: cfg.avail_base,
             used_idx: cfg.avail_base,
             published_used: cfg.avail_base,
             signalled_used: cfg.avail_base,
@@ -154,15 +157,29 @@ impl SplitQueue {
         unsafe { &*(self.ptrs().used.add(2) as *const AtomicU16) }
     }
 
-    /// Chains the driver made available and we have not consumed.
+    /// Chains the driver made available and we have not consumed. Reads
+    /// `avail.idx` only when the chains seen at the last read are used up:
+    /// the line is written by the driver all the time, and every read of it
+    /// pulls it across cores.
     #[inline]
-    pub fn pending(&self) -> Result<u16, QueueError> {
+    pub fn pending(&mut self) -> Result<u16, QueueError> {
+        let n = self.avail_cache.wrapping_sub(self.last_avail);
+        if n > 0 {
+            return Ok(n);
+        }
+        self.pending_fresh()
+    }
+
+    /// Like `pending`, but always re-reads `avail.idx`.
+    #[inline]
+    pub fn pending_fresh(&mut self) -> Result<u16, QueueError> {
         // Acquire: see the ring entries and descriptors published with it.
         let idx = self.avail_idx_atomic().load(Ordering::Acquire);
         let n = idx.wrapping_sub(self.last_avail);
         if n > self.cfg.size {
             return Err(Malformed::AvailJump(n).into());
         }
+        self.avail_cache = idx;
         Ok(n)
     }
 
@@ -274,7 +291,7 @@ impl SplitQueue {
         }
         // The flag/event write must be visible before we re-read avail.idx.
         fence(Ordering::SeqCst);
-        Ok(self.pending()? > 0)
+        Ok(self.pending_fresh()? > 0)
     }
 
     /// Forget ring pointers (e.g. after the queue was stopped).
