@@ -115,7 +115,7 @@ impl Recorder {
     /// against percentile on a log `1/(1-p)` axis.
     pub fn write_svg(&self, w: &mut dyn Write, title: &str) -> io::Result<()> {
         let (width, height) = (800.0, 480.0);
-        let (left, right, top, bottom) = (70.0, 20.0, 40.0, 50.0);
+        let (left, right, top, bottom) = (70.0, 50.0, 40.0, 50.0);
         let (pw, ph) = (width - left - right, height - top - bottom);
         let h = &self.hist;
         // Decades on the x axis: enough for the samples we have (at least 90..99.99%).
