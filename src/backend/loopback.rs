@@ -53,6 +53,9 @@ impl Port for Loopback {
     fn rx_pending(&self) -> usize {
         self.rx.pending()
     }
+    fn reflect(&self) -> Option<bool> {
+        Some(self.mac_swap)
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,14 @@ pub trait Port: Send {
     fn rx_flush(&mut self);
     /// Frames waiting for RX.
     fn rx_pending(&self) -> usize;
+    /// A reflector (TX of this pair comes back on its RX, in the same
+    /// thread) may let the poll thread copy a frame straight from the TX
+    /// chain into an RX chain, skipping the port's slot. `Some(mac_swap)`
+    /// when that is allowed. Only used while the port holds no frames, so
+    /// order is kept.
+    fn reflect(&self) -> Option<bool> {
+        None
+    }
     /// An fd that becomes readable when frames arrive from another thread,
     /// after `arm_rx_wakeup` returned `false`. `None` for same-thread ports.
     fn rx_wake_fd(&self) -> Option<BorrowedFd<'_>> {

@@ -233,7 +233,22 @@ impl PollThread {
 
     fn poll_once(&mut self, g: &ReadGuard<'_>) -> usize {
         let mut work = 0;
-        if self.tx.runnable() {
+        let mut tx_via_port = true;
+        if let (Some(swap), true, true) = (self.port.reflect(), self.rx.runnable(), self.tx.runnable()) {
+            // Reflector: drain what waits in the port first, so the direct
+            // path (which needs an empty port to keep order) gets its turn.
+            if self.port.rx_pending() > 0 {
+                work += self.process_rx(g);
+            }
+            if self.port.rx_pending() == 0 && self.tx.runnable() && self.rx.runnable() {
+                let (n, needs_port) = self.process_reflect(g, swap);
+                work += n;
+                // Out of RX buffers: leave TX on its ring (the driver's TX
+                // ring is the buffer) rather than copying twice via the port.
+                tx_via_port = needs_port;
+            }
+        }
+        if self.tx.runnable() && tx_via_port {
             work += self.process_tx(g);
         }
         if self.rx.runnable() && self.port.rx_pending() > 0 {
@@ -320,6 +335,165 @@ impl PollThread {
         }
     }
 
+    /// Reflector fast path: each TX chain is copied straight into an RX
+    /// chain (one copy instead of two through the port's slot). Stops at
+    /// the first frame it cannot place (no RX buffer, a chain of many
+    /// pieces): `process_tx` then moves the rest through the port as usual,
+    /// and this path waits until the port is empty again, so frames keep
+    /// their order.
+    fn process_reflect(&mut self, g: &ReadGuard<'_>, swap: bool) -> (usize, bool) {
+        let PollThread { device, space, stats, burst, tx, rx, filter, .. } = self;
+        let (tq, rq) = (tx.q.as_mut().expect("runnable"), rx.q.as_mut().expect("runnable"));
+        let filter = filter.current();
+        // Which queue broke, if one did.
+        let mut failed: Option<(bool, QueueError)> = None;
+        let mut done = 0usize;
+        let mut needs_port = false;
+        let (mut frames, mut bytes, mut filtered, mut dropped) = (0u64, 0u64, 0u64, 0u64);
+        // Frames taken off TX (counted as sent even when RX then fails).
+        let (mut sent, mut sent_bytes) = (0u64, 0u64);
+        'burst: {
+            if let Err(e) = tq.refresh(space, g).and_then(|_| tq.pending().map(|_| ())) {
+                failed = Some((true, e));
+                break 'burst;
+            }
+            if let Err(e) = rq.refresh(space, g) {
+                failed = Some((false, e));
+                break 'burst;
+            }
+            let n = match tq.pending() {
+                Ok(n) => (n as usize).min(*burst),
+                Err(e) => {
+                    failed = Some((true, e));
+                    break 'burst;
+                }
+            };
+            let mut avail = match rq.pending() {
+                Ok(a) => a as usize,
+                Err(e) => {
+                    failed = Some((false, e));
+                    break 'burst;
+                }
+            };
+            while done < n && avail > 0 {
+                // Gather the TX frame's pieces (after the 12-byte header).
+                let mut src = Pieces::default();
+                let head = match tq.peek_head() {
+                    Ok(h) => h,
+                    Err(e) => {
+                        failed = Some((true, e));
+                        break 'burst;
+                    }
+                };
+                let mut skip = HDR_LEN;
+                if let Err(e) = tq.walk_chain(head, Direction::DeviceReads, space, g, |mut p, mut n, _| {
+                    if skip > 0 {
+                        let s = skip.min(n);
+                        skip -= s;
+                        // SAFETY: s <= n keeps p inside (or one past) the piece.
+                        p = unsafe { p.add(s) };
+                        n -= s;
+                    }
+                    src.push(p, n);
+                }) {
+                    failed = Some((true, e));
+                    break 'burst;
+                }
+                if src.overflow {
+                    // Many-piece chain: leave it for the slot path.
+                    needs_port = true;
+                    break;
+                }
+                let _ = tq.pop_head();
+                done += 1;
+                if skip > 0 || src.total == 0 || src.total > crate::backend::SLOT_SIZE {
+                    tq.push_used(head, 0);
+                    dropped += 1;
+                    continue;
+                }
+                sent += 1;
+                sent_bytes += src.total as u64;
+                // The reflected frame's first 12 bytes: addresses, swapped.
+                let mut macs = [0u8; 12];
+                src.read_prefix(&mut macs);
+                if swap {
+                    crate::backend::mac_swap(&mut macs);
+                }
+                let mut ethhdr = [0u8; 18];
+                let eth_len = src.total.min(18);
+                src.read_prefix(&mut ethhdr[..eth_len]);
+                ethhdr[..12].copy_from_slice(&macs);
+                if !filter.accepts(&ethhdr[..eth_len]) {
+                    tq.push_used(head, 0);
+                    filtered += 1;
+                    continue;
+                }
+                let rhead = match rq.pop_head() {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tq.push_used(head, 0);
+                        failed = Some((false, e));
+                        break 'burst;
+                    }
+                };
+                avail -= 1;
+                let total = HDR_LEN + src.total;
+                let mut off = 0usize;
+                let r = rq.walk_chain(rhead, Direction::DeviceWrites, space, g, |p, n, _| {
+                    let mut at = 0;
+                    while at < n && off < total {
+                        // SAFETY: p is valid for n device-writable bytes and
+                        // the copy stays below n; copy_out reads in bounds.
+                        let k = unsafe { copy_out(&RX_HDR, &macs, &src, off, p.add(at), n - at) };
+                        at += k;
+                        off += k;
+                    }
+                });
+                tq.push_used(head, 0);
+                match r {
+                    Err(e) => {
+                        failed = Some((false, e));
+                        break 'burst;
+                    }
+                    Ok(_) if off < total => {
+                        rq.push_used(rhead, 0);
+                        bump(&stats.rx_dropped_small, 1);
+                    }
+                    Ok(_) => {
+                        rq.push_used(rhead, total as u32);
+                        frames += 1;
+                        bytes += src.total as u64;
+                    }
+                }
+            }
+        }
+        bump(&stats.tx_frames, sent);
+        bump(&stats.tx_bytes, sent_bytes);
+        bump(&stats.rx_frames, frames);
+        bump(&stats.rx_bytes, bytes);
+        bump(&stats.reflected, frames);
+        if filtered > 0 {
+            bump(&stats.rx_filtered, filtered);
+        }
+        if dropped > 0 {
+            bump(&stats.tx_dropped, dropped);
+        }
+        if tq.publish_used() {
+            bump(&stats.irqs, 1);
+            let _ = device.inject_vq_irq(tx.vq);
+        }
+        if rq.publish_used() {
+            bump(&stats.irqs, 1);
+            let _ = device.inject_vq_irq(rx.vq);
+        }
+        if let Some((is_tx, e)) = failed {
+            let queue = if is_tx { &mut *tx } else { &mut *rx };
+            let vq = queue.vq;
+            fail_queue(&**device, stats, queue, vq, e);
+        }
+        (done, needs_port)
+    }
+
     /// Port -> driver RX.
     fn process_rx(&mut self, g: &ReadGuard<'_>) -> usize {
         let PollThread { device, space, port, stats, burst, rx, filter, .. } = self;
@@ -402,19 +576,24 @@ impl PollThread {
     /// Adaptive idle: re-enable notifications, re-check, and sleep on the
     /// kick eventfds, the mailbox wake-up and the port's wake-up.
     fn sleep(&mut self, reader: &mut Reader) {
-        let rx_wanted = self.port.rx_pending() > 0;
-        let mut more = false;
+        // A reflector with an empty port holds TX back until RX buffers
+        // arrive, so it wants RX kicks too.
+        let reflector = self.port.reflect().is_some() && self.port.rx_pending() == 0;
+        let rx_wanted = self.port.rx_pending() > 0 || reflector;
+        let (mut tx_more, mut rx_more) = (false, false);
         {
             let g = reader.read();
             let tx_runnable = self.tx.runnable();
             let rx_runnable = self.rx.runnable();
-            for (queue, wanted) in [(&mut self.tx, tx_runnable), (&mut self.rx, rx_runnable && rx_wanted)] {
+            for (is_tx, wanted) in [(true, tx_runnable), (false, rx_runnable && rx_wanted)] {
                 if !wanted {
                     continue;
                 }
+                let queue = if is_tx { &mut self.tx } else { &mut self.rx };
                 let q = queue.q.as_mut().expect("runnable");
                 match q.refresh(&self.space, &g).and_then(|_| q.enable_notifications()) {
-                    Ok(m) => more |= m,
+                    Ok(m) if is_tx => tx_more = m,
+                    Ok(m) => rx_more = m,
                     Err(e) => {
                         let vq = queue.vq;
                         fail_queue(&*self.device, &self.stats, queue, vq, e);
@@ -423,6 +602,9 @@ impl PollThread {
                 }
             }
         }
+        // A reflector has work only when a TX frame and an RX buffer are both
+        // there; otherwise any pending side with the port's frames is work.
+        let mut more = if reflector && self.rx.runnable() { tx_more && rx_more } else { tx_more || rx_more };
         if self.port.arm_rx_wakeup() {
             more = true;
         }
@@ -458,6 +640,80 @@ impl PollThread {
         let _ = self.kick_tx.read();
         let _ = self.kick_rx.read();
     }
+}
+
+/// Up to a few host pieces of one TX frame, for the reflector path.
+const MAX_PIECES: usize = 8;
+
+#[derive(Default)]
+struct Pieces {
+    p: [(usize, usize); MAX_PIECES],
+    n: usize,
+    total: usize,
+    overflow: bool,
+}
+
+impl Pieces {
+    #[inline]
+    fn push(&mut self, p: *mut u8, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.n == MAX_PIECES {
+            self.overflow = true;
+            return;
+        }
+        self.p[self.n] = (p as usize, n);
+        self.n += 1;
+        self.total += n;
+    }
+
+    /// Copy the first `out.len()` bytes (callers ask for at most `total`).
+    fn read_prefix(&self, out: &mut [u8]) {
+        let mut got = 0;
+        for &(p, n) in &self.p[..self.n] {
+            if got == out.len() {
+                break;
+            }
+            let k = n.min(out.len() - got);
+            // SAFETY: each piece was translated for n readable bytes under
+            // the guard the caller still holds; k <= n.
+            unsafe { std::ptr::copy_nonoverlapping(p as *const u8, out.as_mut_ptr().add(got), k) };
+            got += k;
+        }
+    }
+}
+
+/// Copy bytes of the virtual stream `[hdr | macs | frame[12..]]` from
+/// offset `off` to `dst`, at most `room` bytes and at most to the end of
+/// the current part. Returns the bytes copied.
+///
+/// # Safety
+/// `dst` must be valid for `room` writes; the pieces of `src` valid for reads.
+#[inline]
+unsafe fn copy_out(hdr: &[u8; HDR_LEN], macs: &[u8; 12], src: &Pieces, off: usize, dst: *mut u8, room: usize) -> usize {
+    let copy = |from: *const u8, avail: usize| {
+        let k = avail.min(room);
+        // SAFETY: the caller's contract: dst valid for room >= k bytes.
+        unsafe { std::ptr::copy_nonoverlapping(from, dst, k) };
+        k
+    };
+    if off < HDR_LEN {
+        return copy(hdr.as_ptr().add(off), HDR_LEN - off);
+    }
+    let f = off - HDR_LEN;
+    if f < 12 {
+        return copy(macs.as_ptr().add(f), 12 - f);
+    }
+    // Find the piece holding frame byte f.
+    let mut base = 0;
+    for &(p, n) in &src.p[..src.n] {
+        if f < base + n {
+            return copy((p as *const u8).add(f - base), n - (f - base));
+        }
+        base += n;
+    }
+    0
 }
 
 /// Stop one queue after the driver broke it, and tell the driver.

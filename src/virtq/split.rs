@@ -198,6 +198,18 @@ impl SplitQueue {
         Ok(head)
     }
 
+    /// The next head without consuming it (the caller checked `pending`).
+    #[inline]
+    pub fn peek_head(&self) -> Result<u16, QueueError> {
+        let slot = (self.last_avail % self.cfg.size) as usize;
+        // SAFETY: slot < size, so 4 + 2*slot lies within the avail ring.
+        let head = u16::from_le(unsafe { std::ptr::read_volatile(self.ptrs().avail.add(4 + 2 * slot) as *const u16) });
+        if head >= self.cfg.size {
+            return Err(Malformed::HeadOutOfRange(head).into());
+        }
+        Ok(head)
+    }
+
     /// Read descriptor `i` (< size) of the main table once.
     #[inline]
     pub(crate) fn desc(&self, i: u16) -> VringDesc {
