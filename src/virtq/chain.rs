@@ -6,7 +6,7 @@
 //! device-readable buffer is never written and nothing outside the address
 //! space is ever reached.
 
-use super::split::SplitQueue;
+use super::split::{from_le, SplitQueue};
 use super::{Malformed, QueueError};
 use crate::mem::{Access, AddressSpace, ReadGuard, XlateError};
 use crate::uapi::virtio::{VringDesc, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -130,13 +130,7 @@ impl SplitQueue {
 fn read_indirect(table: *const VringDesc, i: u16) -> VringDesc {
     // SAFETY: callers pass i < entries of a table translated for
     // entries * 16 bytes with read access and checked 8-byte alignment.
-    let d = unsafe { std::ptr::read_volatile(table.add(i as usize)) };
-    VringDesc {
-        addr: u64::from_le(d.addr),
-        len: u32::from_le(d.len),
-        flags: u16::from_le(d.flags),
-        next: u16::from_le(d.next),
-    }
+    from_le(unsafe { std::ptr::read_volatile(table.add(i as usize)) })
 }
 
 /// Hand the host pieces of one buffer to `f`. The common case, one region,

@@ -23,6 +23,17 @@ use crate::uapi::virtio::{
     VRING_USED_F_NO_NOTIFY,
 };
 
+/// A descriptor as read from ring memory (little endian), in host order.
+#[inline]
+pub(crate) fn from_le(d: VringDesc) -> VringDesc {
+    VringDesc {
+        addr: u64::from_le(d.addr),
+        len: u32::from_le(d.len),
+        flags: u16::from_le(d.flags),
+        next: u16::from_le(d.next),
+    }
+}
+
 /// What the driver configured for one queue (VQ_GET_INFO + features).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueConfig {
@@ -215,13 +226,7 @@ impl SplitQueue {
     pub(crate) fn desc(&self, i: u16) -> VringDesc {
         debug_assert!(i < self.cfg.size);
         // SAFETY: i < size and the table spans size descriptors, 16-aligned.
-        let d = unsafe { std::ptr::read_volatile(self.ptrs().desc.add(i as usize)) };
-        VringDesc {
-            addr: u64::from_le(d.addr),
-            len: u32::from_le(d.len),
-            flags: u16::from_le(d.flags),
-            next: u16::from_le(d.next),
-        }
+        from_le(unsafe { std::ptr::read_volatile(self.ptrs().desc.add(i as usize)) })
     }
 
     /// Write a used element (not yet visible: see `publish_used`).
