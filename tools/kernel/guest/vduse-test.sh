@@ -1,4 +1,5 @@
 # Helpers for scenarios, installed as /lib/vduse-test.sh in the guest (busybox sh).
+# shellcheck shell=sh
 # A scenario does ". /lib/vduse-test.sh" and reports with these; /init prints DONE.
 #
 #   vt_pass NAME                  -> "VDUSE-TEST: PASS NAME"
@@ -98,3 +99,17 @@ vt_vdpa_netdev() {
 	done
 	return 1
 }
+
+# vt_wait_log SECS PATTERN: wait until the device log "$LOG" has a line matching PATTERN.
+vt_wait_log() {
+	_n=$(($1 * 10))
+	while [ "$_n" -gt 0 ]; do
+		grep -q "$2" "$LOG" 2>/dev/null && return 0
+		sleep 0.1
+		_n=$((_n - 1))
+	done
+	return 1
+}
+
+# vt_log_tail: the last lines of the device log "$LOG", on one line (for FAIL reasons).
+vt_log_tail() { tail -n 5 "$LOG" | tr '\n' '|'; }

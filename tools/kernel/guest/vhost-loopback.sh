@@ -6,22 +6,12 @@ LOG=/tmp/device.log
 FRAMES=${VHOST_FRAMES:-5000}
 T=${VDUSE_TEST_SCENARIO:-vhost-loopback}
 
-wait_log() {
-	_n=$(($1 * 10))
-	while [ "$_n" -gt 0 ]; do
-		grep -q "$2" "$LOG" 2>/dev/null && return 0
-		sleep 0.1
-		_n=$((_n - 1))
-	done
-	return 1
-}
-log_tail() { tail -n 5 "$LOG" | tr '\n' '|'; }
 json_num() { echo "$1" | sed -n "s/.*\"$2\":\([0-9][0-9]*\).*/\1/p" | head -n 1; }
 
 RUST_LOG=info /bin/vduse-net run --name $DEV --queues 2 >"$LOG" 2>&1 &
 pid=$!
-if ! wait_log 15 "device $DEV ready"; then
-	vt_fail "$T.device" "vduse-net run did not come up: $(log_tail)"
+if ! vt_wait_log 15 "device $DEV ready"; then
+	vt_fail "$T.device" "vduse-net run did not come up: $(vt_log_tail)"
 	kill "$pid" 2>/dev/null
 	exit 0
 fi
@@ -76,7 +66,7 @@ if [ $has_cvq = 1 ]; then
 		vt_pass "$T.cvq-asid1"
 		vt_info "$(grep 'vq group [0-9]* -> address space' "$LOG" | tail -n 1)"
 	else
-		vt_fail "$T.cvq-asid1" "the device never saw SET_VQ_GROUP_ASID to 1: $(log_tail)"
+		vt_fail "$T.cvq-asid1" "the device never saw SET_VQ_GROUP_ASID to 1: $(vt_log_tail)"
 	fi
 else
 	vt_info "no control queue on this module (kernel refused CTRL_VQ): no group to move to ASID 1"
@@ -109,7 +99,7 @@ wait "$pid"
 rc=$?
 stats=$(grep "vduse-net: $DEV: {" "$LOG")
 vt_info "device stats: $stats"
-[ "$rc" = 0 ] || vt_fail "$T.stop" "vduse-net exited $rc: $(log_tail)"
+[ "$rc" = 0 ] || vt_fail "$T.stop" "vduse-net exited $rc: $(vt_log_tail)"
 # The foreign-ASID descriptor must have been caught by the device, not just unanswered.
 if echo "$stats" | grep -q '"queue_errors":[1-9]'; then
 	vt_pass "$T.foreign-iova-counted"

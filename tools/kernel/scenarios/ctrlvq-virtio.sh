@@ -25,22 +25,11 @@ LOG=/tmp/device.log
 NEWMAC=02:00:00:00:00:77
 FOREIGN=02:00:00:00:00:99
 
-# wait_log SECS PATTERN: wait until the device log has a line matching PATTERN.
-wait_log() {
-	_n=$(($1 * 10))
-	while [ "$_n" -gt 0 ]; do
-		grep -q "$2" "$LOG" 2>/dev/null && return 0
-		sleep 0.1
-		_n=$((_n - 1))
-	done
-	return 1
-}
-log_tail() { tail -n 5 "$LOG" | tr '\n' '|'; }
 
 RUST_LOG=info /bin/vduse-net run --name $DEV --queues 2 --no-macswap >"$LOG" 2>&1 &
 pid=$!
-if ! wait_log 15 "device $DEV ready"; then
-	vt_fail ctrlvq.device "vduse-net run did not come up: $(log_tail)"
+if ! vt_wait_log 15 "device $DEV ready"; then
+	vt_fail ctrlvq.device "vduse-net run did not come up: $(vt_log_tail)"
 	kill "$pid" 2>/dev/null
 	exit 0
 fi
@@ -67,7 +56,7 @@ fi
 vt_info "interface $IF"
 
 # MQ at probe.
-if wait_log 10 "control command MqPairsSet(2) -> PairsChanged(2)"; then
+if vt_wait_log 10 "control command MqPairsSet(2) -> PairsChanged(2)"; then
 	vt_pass ctrlvq.mq-pairs
 else
 	vt_fail ctrlvq.mq-pairs "no VQ_PAIRS_SET 2 at probe: $(grep 'control command' "$LOG" | tr '\n' '|')"
@@ -79,7 +68,7 @@ ip link set "$IF" up
 # Static neighbours (busybox ip has no "neigh add"): no ARP, every ping is one frame.
 arp -i "$IF" -s 10.0.0.2 $FOREIGN || vt_fail ctrlvq.setup "arp -s 10.0.0.2 failed"
 arp -i "$IF" -s 10.0.0.3 $NEWMAC || vt_fail ctrlvq.setup "arp -s 10.0.0.3 failed"
-if wait_log 10 "control command Rx { mode: Promisc, on: false }"; then
+if vt_wait_log 10 "control command Rx { mode: Promisc, on: false }"; then
 	vt_pass ctrlvq.rx-mode-at-open
 else
 	vt_fail ctrlvq.rx-mode-at-open "no RX_PROMISC off at link up: $(grep 'control command' "$LOG" | tr '\n' '|')"
@@ -113,7 +102,7 @@ else
 fi
 vt_info "promisc off: $n of 5 frames to $FOREIGN delivered"
 
-if ip link set "$IF" promisc on && wait_log 5 "control command Rx { mode: Promisc, on: true }"; then
+if ip link set "$IF" promisc on && vt_wait_log 5 "control command Rx { mode: Promisc, on: true }"; then
 	vt_pass ctrlvq.promisc-command
 else
 	vt_fail ctrlvq.promisc-command "RX_PROMISC on not seen: $(grep 'control command' "$LOG" | tail -n 3 | tr '\n' '|')"
@@ -125,7 +114,7 @@ else
 	vt_fail ctrlvq.promisc-delivers "promisc on, only $n of 5 frames to $FOREIGN came back"
 fi
 ip link set "$IF" promisc off
-wait_log 5 "control command Rx { mode: Promisc, on: false }" >/dev/null
+vt_wait_log 5 "control command Rx { mode: Promisc, on: false }" >/dev/null
 
 n=$(sent 10.0.0.3)
 vt_info "before the MAC change: $n of 5 frames to $NEWMAC delivered"
@@ -133,7 +122,7 @@ if [ "$n" -ge 5 ]; then
 	vt_fail ctrlvq.mac-before "frames to $NEWMAC passed before the MAC change (promisc still on?)"
 fi
 if ip link set "$IF" address $NEWMAC 2>/tmp/ipmac.err; then
-	if wait_log 5 "control command MacAddrSet(.*) -> MacChanged"; then
+	if vt_wait_log 5 "control command MacAddrSet(.*) -> MacChanged"; then
 		vt_pass ctrlvq.mac-command
 	else
 		vt_fail ctrlvq.mac-command "MAC_ADDR_SET not seen: $(grep 'control command' "$LOG" | tail -n 3 | tr '\n' '|')"
@@ -157,7 +146,7 @@ fi
 # with promisc off, frames to a group nobody joined (ff02::1:2) do not.
 echo 0 >/proc/sys/net/ipv6/conf/"$IF"/accept_dad 2>/dev/null
 if echo 0 >/proc/sys/net/ipv6/conf/"$IF"/disable_ipv6 2>/dev/null; then
-	if wait_log 5 "control command MacTableSet .*multicast: \[.*\[51, 51, 0, 0, 0, 1\]"; then
+	if vt_wait_log 5 "control command MacTableSet .*multicast: \[.*\[51, 51, 0, 0, 0, 1\]"; then
 		vt_pass ctrlvq.mac-table
 	else
 		vt_fail ctrlvq.mac-table "no MAC_TABLE_SET with 33:33:00:00:00:01 after enabling IPv6: $(grep 'control command' "$LOG" | tail -n 3 | tr '\n' '|')"
@@ -199,7 +188,7 @@ wait "$pid"
 rc=$?
 stats=$(grep "vduse-net: $DEV: {" "$LOG")
 vt_info "device stats: $stats"
-[ "$rc" = 0 ] || vt_fail ctrlvq.stop "vduse-net exited $rc: $(log_tail)"
+[ "$rc" = 0 ] || vt_fail ctrlvq.stop "vduse-net exited $rc: $(vt_log_tail)"
 if echo "$stats" | grep -q '"rx_filtered":[1-9]'; then
 	vt_pass ctrlvq.rx-filtered-counted
 else

@@ -25,32 +25,22 @@ DEV=vs
 LOG=/tmp/device.log
 T=vhost-suspend
 
-wait_log() {
-	_n=$(($1 * 10))
-	while [ "$_n" -gt 0 ]; do
-		grep -q "$2" "$LOG" 2>/dev/null && return 0
-		sleep 0.1
-		_n=$((_n - 1))
-	done
-	return 1
-}
-log_tail() { tail -n 5 "$LOG" | tr '\n' '|'; }
 
 # --- 1. SET_VQ_READY under virtio_vdpa ----------------------------------------------------
 RUST_LOG=debug /bin/vduse-net run --name $DEV --queues 2 >"$LOG" 2>&1 &
 pid=$!
-if ! wait_log 15 "device $DEV ready"; then
-	vt_fail $T.device "vduse-net run did not come up: $(log_tail)"
+if ! vt_wait_log 15 "device $DEV ready"; then
+	vt_fail $T.device "vduse-net run did not come up: $(vt_log_tail)"
 	kill "$pid" 2>/dev/null
 	exit 0
 fi
 vt_info "$(grep "device $DEV ready" "$LOG")"
 vt_check $T.vdpa-add vdpa dev add name $DEV mgmtdev vduse
 vt_check $T.bind-virtio sh -c "echo $DEV > /sys/bus/vdpa/drivers/virtio_vdpa/bind"
-if wait_log 10 "DRIVER_OK"; then
+if vt_wait_log 10 "DRIVER_OK"; then
 	vt_pass $T.driver-ok
 else
-	vt_fail $T.driver-ok "no DRIVER_OK under virtio_vdpa: $(log_tail)"
+	vt_fail $T.driver-ok "no DRIVER_OK under virtio_vdpa: $(vt_log_tail)"
 fi
 sleep 0.5
 # The pair virtio-net uses (the stock module refuses CTRL_VQ, so MQ goes too: one pair).
@@ -110,7 +100,7 @@ if kill -0 "$pid" 2>/dev/null; then
 else
 	wait "$pid"
 	rc=$?
-	[ "$rc" = 0 ] || vt_fail $T.stop "vduse-net exited $rc: $(log_tail)"
+	[ "$rc" = 0 ] || vt_fail $T.stop "vduse-net exited $rc: $(vt_log_tail)"
 fi
 stats=$(grep "vduse-net: $DEV: {" "$LOG")
 vt_info "device stats: $(echo "$stats" | grep -o '"slow_path":{[^}]*}')"
