@@ -4,7 +4,6 @@
 //! last vq, alone in the last group, so a VMM can move it to its own ASID.
 //! With API version 0 there are no groups and one address space.
 
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -18,7 +17,7 @@ use super::IdlePolicy;
 use crate::backend::Port;
 use crate::net::config::NetConfig;
 use crate::net::features;
-use crate::uapi::vduse::{VDUSE_API_VERSION_0, VDUSE_API_VERSION_1, VDUSE_F_QUEUE_READY, VDUSE_F_SUSPEND};
+use crate::uapi::vduse::{VDUSE_API_VERSION_1, VDUSE_F_QUEUE_READY, VDUSE_F_SUSPEND};
 use crate::uapi::virtio::VIRTIO_ID_NET;
 use crate::vduse::{DeviceConfig, VduseControl, VduseDevice, VduseError};
 
@@ -346,13 +345,9 @@ impl RunningDevice {
         Ok(())
     }
 
-    /// The fd a caller may poll to learn that the device stopped by itself.
+    /// Whether the device's threads have ended (by `stop` or on their own).
     pub fn is_finished(&self) -> bool {
         self.thread.as_ref().is_none_or(|t| t.is_finished())
-    }
-
-    pub fn stop_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.stop.as_fd()
     }
 }
 
@@ -379,13 +374,5 @@ pub fn vduse_features_name(f: u64) -> String {
         "none".into()
     } else {
         v.join("|")
-    }
-}
-
-pub fn api_name(api: u64) -> &'static str {
-    if api == VDUSE_API_VERSION_0 {
-        "0 (single address space)"
-    } else {
-        "1 (vq groups + ASIDs)"
     }
 }
