@@ -404,7 +404,13 @@ impl PollThread {
                     needs_port = true;
                     break;
                 }
-                let _ = tq.pop_head();
+                // The slot is read again here: a driver that changed it since
+                // the peek must not get `head` completed without the slot
+                // being consumed (a second completion, used ahead of avail).
+                if let Err(e) = tq.pop_head() {
+                    failed = Some((true, e));
+                    break 'burst;
+                }
                 done += 1;
                 if skip > 0 || src.total == 0 || src.total > crate::backend::SLOT_SIZE {
                     tq.push_used(head, 0);
