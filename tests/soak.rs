@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use vduse_net::driver::net::{NetDriver, QueuePair};
 use vduse_net::driver::{DmaMemory, DriverTransport};
+use vduse_net::uapi::vduse::VDUSE_REQ_RESULT_OK;
 use vduse_net::uapi::vhost_vdpa::VHOST_ACCESS_RW;
 use vduse_net::uapi::virtio::status;
 use virtio_bindings::bindings::virtio_net as vn;
@@ -60,6 +61,8 @@ struct Soak {
     active: usize,
     extra: DmaMemory,
     counts: [u64; 5],
+    /// Control messages the device answered, all OK.
+    messages: u64,
 }
 
 impl Soak {
@@ -145,6 +148,17 @@ impl Soak {
             _ => self.pairs_change(),
         }
         self.traffic(64);
+        self.check_messages();
+    }
+
+    /// Every control message since the last check was answered OK. Taking
+    /// the model's log also keeps it from growing for the whole soak.
+    fn check_messages(&mut self) {
+        let log = self.rig.model.take_message_log(&self.rig.name).expect("no message in flight between events");
+        for m in &log {
+            assert_eq!(m.result, Some(VDUSE_REQ_RESULT_OK), "{m:?}");
+        }
+        self.messages += log.len() as u64;
     }
 }
 
@@ -172,6 +186,7 @@ fn soak() {
         active: 2,
         extra: DmaMemory::new("soak-extra", 4096).unwrap(),
         counts: [0; 5],
+        messages: 0,
     };
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let start = Instant::now();
@@ -183,6 +198,7 @@ fn soak() {
     s.suspend_and_restore();
     s.pairs_change();
     s.traffic(200);
+    s.check_messages();
     let first = resources();
     eprintln!("soak: {secs} s, seed {seed}; after warm-up: {first:?}");
     let mut next_report = Instant::now() + Duration::from_secs(60);
@@ -219,6 +235,9 @@ fn soak() {
         "soak: resources start -> end: RSS {} -> {} KiB, fds {} -> {}, mappings {} -> {}",
         first.rss_kib, last.rss_kib, first.fds, last.fds, first.maps, last.maps
     );
+    eprintln!("soak: {} control messages, all answered OK", s.messages);
+    let warnings = logged();
+    assert!(warnings.is_empty(), "warnings or errors logged: {warnings:#?}");
     assert_eq!(integrity, 0, "{:?}", s.flows);
     for f in &s.flows {
         assert!(f.clean(), "{f:?}");
