@@ -83,6 +83,9 @@ impl SplitQueue {
                     return Err(Malformed::MisalignedRing(d.addr).into());
                 }
                 let p = space.translate(guard, d.addr, d.len as u64, Access::Read)?;
+                if p as usize % std::mem::align_of::<VringDesc>() != 0 {
+                    return Err(Malformed::MisalignedHost(d.addr).into());
+                }
                 let n = (d.len / 16) as u16;
                 table = Some((p as *const VringDesc, n));
                 d = read_indirect(p as *const VringDesc, 0);

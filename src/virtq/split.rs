@@ -145,6 +145,17 @@ impl SplitQueue {
         let desc = space.translate(guard, c.desc_addr, desc_table_size(n) as u64, Access::Read)?;
         let avail = space.translate(guard, c.avail_addr, avail_ring_size(n) as u64, Access::Read)?;
         let used = space.translate(guard, c.used_addr, used_ring_size(n) as u64, Access::Write)?;
+        // Aligned IOVAs can still map to misaligned host addresses (a
+        // region whose file offset is not aligned like its IOVA).
+        for (host, iova, align) in [
+            (desc as usize, c.desc_addr, std::mem::align_of::<VringDesc>()),
+            (avail as usize, c.avail_addr, 2),
+            (used as usize, c.used_addr, 4),
+        ] {
+            if host % align != 0 {
+                return Err(Malformed::MisalignedHost(iova).into());
+            }
+        }
         let table_id = space.load(guard).id();
         self.ptrs = Some(RingPtrs { table_id, desc: desc as *const VringDesc, avail, used });
         Ok(())

@@ -220,12 +220,13 @@ impl Run {
             let mut at = iova;
             for (p, n) in seen {
                 let r = self.src.find(0, at).expect("piece over unmapped IOVA");
-                assert!(n >= 1 && at + (n as u64 - 1) <= r.last, "piece crosses {r:?}");
+                assert!(n >= 1 && at.checked_add(n as u64 - 1).is_some_and(|e| e <= r.last), "piece crosses {r:?}");
                 check_bytes(&r, at, p, n.min(4096));
                 if access == Access::Write {
                     check_write(&r, at, p);
                 }
-                at += n as u64;
+                // The last piece may end at u64::MAX.
+                at = at.wrapping_add(n as u64);
             }
             assert_eq!(at.wrapping_sub(iova), len, "pieces cover the range exactly");
         }

@@ -1,0 +1,101 @@
+//! Regression tests for a chain_walker fuzz finding: an aligned IOVA can map
+//! to a misaligned host address when its region's file offset is not
+//! aligned like its IOVA (the kernel hands out what the VMM registered).
+//! The device then did an aligned volatile read of a descriptor (or an
+//! atomic access to a ring index) through a misaligned pointer: undefined
+//! behaviour. Now such a ring or indirect table is malformed and fails the
+//! queue.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use vduse_net::driver::DmaMemory;
+use vduse_net::mem::{AddressSpace, Qsbr, RegionSource};
+use vduse_net::uapi::vduse::VDUSE_ACCESS_RW;
+use vduse_net::uapi::virtio::VRING_DESC_F_INDIRECT;
+use vduse_net::vduse::{IotlbRegion, VduseError};
+use vduse_net::virtq::{Direction, Malformed, QueueConfig, QueueError, SplitQueue};
+
+const RING_IOVA: u64 = 0x1_0000;
+/// Page-aligned IOVA whose region starts 4 bytes into its file.
+const SKEWED_IOVA: u64 = 0x2_0000;
+const SKEW: u64 = 4;
+
+/// Two regions of one memfd: the rings (aligned) and a skewed one.
+struct Source(Arc<DmaMemory>);
+
+impl RegionSource for Source {
+    fn region(&self, _asid: u32, iova: u64) -> Result<IotlbRegion, VduseError> {
+        let (start, offset) = match iova {
+            RING_IOVA..=0x1_0fff => (RING_IOVA, 0),
+            SKEWED_IOVA..=0x2_0fff => (SKEWED_IOVA, 4096 + SKEW),
+            _ => return Err(VduseError::os("IOTLB_GET_FD2", nix::errno::Errno::EINVAL)),
+        };
+        Ok(IotlbRegion {
+            fd: self.0.fd().as_fd().try_clone_to_owned().unwrap(),
+            offset,
+            start,
+            last: start + 4095,
+            perm: VDUSE_ACCESS_RW,
+        })
+    }
+}
+
+fn setup() -> (Arc<DmaMemory>, Arc<AddressSpace>, Arc<Qsbr>) {
+    let mem = Arc::new(DmaMemory::new("misaligned", 3 * 4096).unwrap());
+    let qsbr = Qsbr::new();
+    let space = AddressSpace::new(0, qsbr.clone(), Arc::new(Source(mem.clone())));
+    (mem, space, qsbr)
+}
+
+fn config(desc: u64) -> QueueConfig {
+    QueueConfig {
+        index: 0,
+        size: 8,
+        desc_addr: desc,
+        avail_addr: RING_IOVA + 1024,
+        used_addr: RING_IOVA + 2048,
+        avail_base: 0,
+        event_idx: false,
+        indirect: true,
+    }
+}
+
+#[test]
+fn indirect_table_at_a_misaligned_host_address_fails_the_chain() {
+    let (mem, space, qsbr) = setup();
+    // Descriptor 0: an indirect table of one entry at an 8-aligned IOVA
+    // that lands 4 bytes off alignment in the host mapping.
+    let mut d = [0u8; 16];
+    d[0..8].copy_from_slice(&SKEWED_IOVA.to_le_bytes());
+    d[8..12].copy_from_slice(&16u32.to_le_bytes());
+    d[12..14].copy_from_slice(&VRING_DESC_F_INDIRECT.to_le_bytes());
+    mem.write(0, &d);
+    // avail: idx 1, ring[0] = head 0.
+    mem.write(1024 + 2, &1u16.to_le_bytes());
+    let mut q = SplitQueue::new(config(RING_IOVA));
+    let mut reader = qsbr.register();
+    let g = reader.read();
+    q.refresh(&space, &g).expect("rings are aligned");
+    assert_eq!(q.pending().unwrap(), 1);
+    let head = q.pop_head().unwrap();
+    let mut pieces = 0;
+    let r = q.walk_chain(head, Direction::DeviceReads, &space, &g, |_, _, _| pieces += 1);
+    assert_eq!(r, Err(QueueError::Malformed(Malformed::MisalignedHost(SKEWED_IOVA))));
+    assert_eq!(pieces, 0);
+}
+
+#[test]
+fn rings_at_a_misaligned_host_address_are_refused() {
+    let (_mem, space, qsbr) = setup();
+    let mut reader = qsbr.register();
+    let g = reader.read();
+    // The descriptor table's IOVA is 16-aligned; its host address is not
+    // even 8-aligned.
+    let mut q = SplitQueue::new(config(SKEWED_IOVA));
+    assert_eq!(q.refresh(&space, &g), Err(QueueError::Malformed(Malformed::MisalignedHost(SKEWED_IOVA))));
+    assert!(!q.is_mapped());
+    // The same rings from an aligned mapping are fine.
+    let mut q = SplitQueue::new(config(RING_IOVA));
+    assert_eq!(q.refresh(&space, &g), Ok(()));
+}
