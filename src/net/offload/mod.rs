@@ -32,3 +32,6 @@ pub use deliver::Delivery;
 pub use gso::{GsoError, SegCsum, Segmenter};
 pub use validate::{validate, CsumState, ErrorCode, Gso, GsoKind, Offload, OffloadError};
 pub use verify::{verify, Verdict};
+
+#[cfg(test)]
+mod tests;
