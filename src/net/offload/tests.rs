@@ -172,10 +172,7 @@ fn segmentation_matrix() {
 fn uso_over_the_segment_limit_is_refused() {
     let spec = FrameSpec { tcp: false, payload: 64 * 100 + 1, csum: CsumFill::Partial, ..FrameSpec::default() };
     let h = spec.offload_hdr(Some(100));
-    assert_eq!(
-        validate(&spec.build(), &h, &Sender::driver(ALL_TX)),
-        Err(OffloadError::TooManySegments { segs: 65 })
-    );
+    assert_eq!(validate(&spec.build(), &h, &Sender::driver(ALL_TX)), Err(OffloadError::TooManySegments { segs: 65 }));
 }
 
 /// A receiver model: applies a [`Delivery`] the way the dataplane will and
@@ -268,7 +265,10 @@ fn port_frames_with_data_valid() {
     let frame = FrameSpec::default().build();
     let h = NetHdr { flags: hdr::F_DATA_VALID, ..NetHdr::default() };
     let o = validate(&frame, &h, &Sender::port(OffloadCaps::ALL)).unwrap();
-    assert_eq!(o.deliver(&OffloadCaps::guest(f::GUEST_CSUM)), Delivery::AsIs(NetHdr { flags: hdr::F_DATA_VALID, ..NetHdr::rx(1) }));
+    assert_eq!(
+        o.deliver(&OffloadCaps::guest(f::GUEST_CSUM)),
+        Delivery::AsIs(NetHdr { flags: hdr::F_DATA_VALID, ..NetHdr::rx(1) })
+    );
     assert_eq!(o.deliver(&OffloadCaps::NONE), Delivery::AsIs(NetHdr::rx(1)));
 }
 
