@@ -169,6 +169,16 @@ fn segmentation_matrix() {
 }
 
 #[test]
+fn largest_gso_frames() {
+    // IPv4 total length and IPv6 payload length at 65535.
+    let v4 = FrameSpec { payload: 0xffff - 40, ..FrameSpec::default() };
+    let v6 = FrameSpec { v6: true, vlans: 2, payload: 0xffff - 20, ..FrameSpec::default() };
+    for spec in [v4, v6] {
+        assert_eq!(segment_and_check(&spec, 1448, SegCsum::Full), (spec.payload).div_ceil(1448));
+    }
+}
+
+#[test]
 fn uso_over_the_segment_limit_is_refused() {
     let spec = FrameSpec { tcp: false, payload: 64 * 100 + 1, csum: CsumFill::Partial, ..FrameSpec::default() };
     let h = spec.offload_hdr(Some(100));

@@ -119,8 +119,9 @@ impl FrameSpec {
         assert!(self.ipv4_opts % 4 == 0 && self.ipv4_opts <= 40, "IPv4 options");
         assert!(self.tcp_opts % 4 == 0 && self.tcp_opts <= 40, "TCP options");
         let l4_len = self.l4_hdr_len() + self.payload;
+        // IPv6 payload length (extensions + L4) or IPv4 total length.
         let ip_payload = self.l3_len() - if self.v6 { 40 } else { 0 } + l4_len;
-        assert!(ip_payload <= 0xffff - if self.v6 { 0 } else { self.l3_len() }, "IP packet too long");
+        assert!(ip_payload <= 0xffff, "IP packet too long");
 
         let mut f = Vec::with_capacity(self.len());
         f.extend_from_slice(&DST_MAC);
@@ -153,7 +154,7 @@ impl FrameSpec {
             let ip = f.len();
             f.push(0x40 | (self.l3_len() / 4) as u8);
             f.push(0);
-            f.extend_from_slice(&((self.l3_len() + l4_len) as u16).to_be_bytes());
+            f.extend_from_slice(&(ip_payload as u16).to_be_bytes());
             f.extend_from_slice(&self.ip_id.to_be_bytes());
             f.extend_from_slice(&0x4000u16.to_be_bytes()); // DF
             f.extend_from_slice(&[64, proto, 0, 0]);
