@@ -95,6 +95,7 @@ impl PollThread {
     pub fn spawn(setup: PollSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
         let name = format!("vduse-poll-{}", setup.pair);
         std::thread::Builder::new().name(name).spawn(move || {
+            crate::ops::log::set_device(setup.device.name());
             if let Some(core) = setup.core {
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                     log::warn!("pair {}: could not pin to core {core}", setup.pair);
@@ -209,8 +210,16 @@ impl PollThread {
             Command::Positions => {}
             Command::Exit => flow = Flow::Exit,
         }
+        self.publish_state();
         let _ = reply.send(Ack { rx: self.rx.position(), tx: self.tx.position() });
         flow
+    }
+
+    /// Queue state for the stats reader (cold: after mailbox commands only).
+    fn publish_state(&self) {
+        let f =
+            |q: &Queue| crate::ops::state::QueueFlags { ready: q.q.is_some(), enabled: q.enabled, failed: q.failed };
+        self.stats.state.publish(f(&self.rx), f(&self.tx), self.suspended, self.pair_active);
     }
 
     /// Map rings (if needed) and apply `f` to every runnable queue.
@@ -721,6 +730,7 @@ unsafe fn copy_out(hdr: &[u8; HDR_LEN], macs: &[u8; 12], src: &Pieces, off: usiz
 fn fail_queue(device: &dyn VduseDevice, stats: &PairCell, queue: &mut Queue, vq: u32, e: QueueError) {
     queue.failed = true;
     bump(&stats.queue_errors, 1);
+    stats.state.fail(vq, e);
     let shown = device.signal_needs_reset();
     log::error!(
         "vq {vq}: {e}; queue stopped{}",
