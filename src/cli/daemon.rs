@@ -72,10 +72,9 @@ pub fn serve(
     let mut last_feed = Instant::now();
     let mut last_status = Instant::now();
     let mut links: Vec<Option<bool>> = vec![None; running.len()];
-    if let Some(w) = watchdog {
+    if watchdog.is_some() {
         live.check(&reg.sources(), Instant::now());
         notify.feed();
-        let _ = w;
     }
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(TICK);

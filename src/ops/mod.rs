@@ -38,7 +38,7 @@ pub use source::{DeviceSource, PortStats, Registry};
 pub enum OpsError {
     #[error("stats socket {path}: {source}")]
     Socket { path: String, source: std::io::Error },
-    #[error("stats socket {path} is in use by a running process (pid {pid:?}); pick another with --stats-socket")]
+    #[error("stats socket {path} is in use by a running process{}; pick another with --stats-socket", .pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     SocketInUse { path: String, pid: Option<u32> },
     #[error("metrics endpoint {addr}: {msg}")]
     Metrics { addr: String, msg: String },

@@ -123,3 +123,55 @@ impl Liveness {
         stuck
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::device::Layout;
+    use crate::ops::source::DeviceInfo;
+
+    fn source(name: &str) -> Arc<DeviceSource> {
+        Arc::new(DeviceSource {
+            layout: Layout {
+                name: name.into(),
+                api: 1,
+                pairs: 1,
+                has_cvq: false,
+                ngroups: 1,
+                nas: 2,
+                features: 0,
+                vduse_features: 0,
+                dropped_features: 0,
+            },
+            info: DeviceInfo::default(),
+            pairs: Vec::new(),
+            slow: Arc::default(),
+            control: Arc::default(),
+            ports: Vec::new(),
+            started: Instant::now(),
+            stopped: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_slow_path_that_stops_beating_is_reported_stuck() {
+        let (a, b) = (source("a"), source("b"));
+        let all = [a.clone(), b.clone()];
+        let mut l = Liveness::new(Duration::from_secs(2));
+        let t0 = Instant::now();
+        assert!(l.check(&all, t0).is_empty());
+        // a keeps beating, b does not.
+        for s in 1..=3 {
+            a.control.beat();
+            let stuck = l.check(&all, t0 + Duration::from_secs(s));
+            if s < 2 {
+                assert!(stuck.is_empty(), "{s}: {stuck:?}");
+            } else {
+                assert_eq!(stuck, vec!["b".to_string()], "{s}");
+            }
+        }
+        // b recovers.
+        b.control.beat();
+        assert!(l.check(&all, t0 + Duration::from_secs(4)).is_empty());
+    }
+}
