@@ -356,7 +356,7 @@ pub fn parse(text: &str, path: &Path) -> Result<ConfigFile, ConfigError> {
                 continue;
             }
             let Some(spec) = ctx.spec(&e.key).filter(|s| device_keys.contains(&s.long)) else {
-                if process_keys.iter().any(|p| *p == e.key) {
+                if process_keys.contains(&e.key) {
                     return Err(ctx.err(
                         e.line,
                         what(&e.key),

@@ -44,14 +44,13 @@ fn current_device() -> Option<Arc<str>> {
 
 /// `msg` with the device name in front, unless it already names it first.
 pub fn with_device(device: Option<&str>, msg: &str) -> String {
-    match device {
-        Some(d)
-            if !(msg.starts_with(d) && msg[d.len()..].starts_with([':', ' ']))
-                && !msg.starts_with(&format!("device {d}")) =>
-        {
-            format!("{d}: {msg}")
-        }
-        _ => msg.to_string(),
+    let Some(d) = device else { return msg.to_string() };
+    let named =
+        (msg.starts_with(d) && msg[d.len()..].starts_with([':', ' '])) || msg.starts_with(&format!("device {d}"));
+    if named {
+        msg.to_string()
+    } else {
+        format!("{d}: {msg}")
     }
 }
 

@@ -119,8 +119,7 @@ pub fn rule_id(e: &QueueError) -> String {
     let head = dbg.split('{').next().unwrap_or("");
     let variant = head
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
-        .last()
+        .rfind(|w| w.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
         .unwrap_or("unknown");
     snake_case(variant)
 }
