@@ -25,7 +25,7 @@ use libfuzzer_sys::fuzz_target;
 use vduse_net::driver::DmaMemory;
 use vduse_net::mem::{Access, AddressSpace, Qsbr, ReadGuard};
 use vduse_net::uapi::vduse::VDUSE_ACCESS_RW;
-use vduse_net::virtq::{ChainInfo, Direction, QueueConfig, QueueError, SplitQueue};
+use vduse_net::virtq::{Direction, Head, QueueConfig, QueueError, SplitQueue, MAX_PIECES, MAX_READABLE_PIECES};
 use vduse_net_fuzz::{PatternMemory, Region, Regions};
 
 /// Ring memory (descriptor table, avail, used, then indirect tables).
@@ -59,22 +59,57 @@ fn mems() -> &'static Mems {
 /// One piece as the walker handed it out.
 #[derive(Clone, Copy, Debug)]
 struct Piece {
-    ptr: *mut u8,
+    ptr: *const u8,
     len: usize,
     writable: bool,
+    /// Byte offset of the piece in its part (readable or writable).
+    at: usize,
+}
+
+/// What the walker said about a chain, besides its pieces.
+#[derive(Debug)]
+struct Info {
+    head: Head,
+    descriptors: u32,
+    readable: u32,
+    writable: u32,
+    /// Every piece of that part was kept (at most MAX_PIECES are).
+    readable_complete: bool,
+    writable_complete: bool,
 }
 
 /// The one call into the chain walker. Adapt this when the walker's API
-/// changes; the oracles below only need the pieces and the totals.
+/// changes; the oracles below only need the pieces and the totals. The
+/// device's writes go through the chain's own writer (`write_at`), so
+/// `marks` are (offset in the writable part, byte) pairs to write.
 fn walk(
     q: &SplitQueue,
-    head: u16,
+    head: Head,
     dir: Direction,
     space: &AddressSpace,
     g: &ReadGuard<'_>,
     pieces: &mut Vec<Piece>,
-) -> Result<ChainInfo, QueueError> {
-    q.walk_chain(head, dir, space, g, |ptr, len, writable| pieces.push(Piece { ptr, len, writable }))
+    marks: impl FnOnce(&[Piece]) -> Vec<(usize, u8)>,
+) -> Result<Info, QueueError> {
+    let c = q.read_chain(head, dir, space, g)?;
+    for (part, writable) in [(c.readable(), false), (c.writable(), true)] {
+        let mut at = 0;
+        for p in part {
+            pieces.push(Piece { ptr: p.as_ptr(), len: p.len(), writable, at });
+            at += p.len();
+        }
+    }
+    for (off, b) in marks(pieces) {
+        assert_eq!(c.write_at(off, &[b]), 1, "write at {off} inside a kept writable piece");
+    }
+    Ok(Info {
+        head: c.head(),
+        descriptors: c.descriptors(),
+        readable: c.readable_len(),
+        writable: c.writable_len(),
+        readable_complete: c.readable_complete(),
+        writable_complete: c.writable_complete(),
+    })
 }
 
 fn desc_bytes(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
@@ -226,7 +261,7 @@ fn run(data: &[u8]) -> ArbResult<()> {
     };
 
     let mut q = SplitQueue::new(cfg);
-    // (avail slot value at pop, used length) of every completed chain.
+    // The head of every completed chain, and of every consumed avail slot.
     let mut completed: Vec<u16> = Vec::new();
     let mut consumed: Vec<u16> = Vec::new();
     let mut pieces = Vec::new();
@@ -294,52 +329,61 @@ fn run(data: &[u8]) -> ArbResult<()> {
                 break;
             }
         };
-        assert_eq!(head, slot_val, "head differs from the avail slot");
+        assert_eq!(head.index(), slot_val, "head differs from the avail slot");
         assert_eq!(q.last_avail(), last_avail.wrapping_add(1));
-        consumed.push(head);
+        consumed.push(head.index());
         pieces.clear();
-        match walk(&q, head, dir, &rig.space, &g, &mut pieces) {
+        // The per-piece oracles run on the pieces before the device writes;
+        // the device then writes what it may: the first and last byte of
+        // every writable data piece (not into the rings, which the checks
+        // below read back).
+        let check = |pieces: &[Piece]| {
+            let mut marks = Vec::new();
+            let mut seen_w = false;
+            for p in pieces {
+                let mem = rig.check_piece(&g, p);
+                match (dir, p.writable) {
+                    (Direction::DeviceReads, true) => panic!("writable piece on a device-reads queue"),
+                    (Direction::DeviceWrites, false) => panic!("readable piece on a device-writes queue"),
+                    _ => {}
+                }
+                assert!(p.writable || !seen_w, "readable piece after a writable one");
+                seen_w |= p.writable;
+                if mem == 1 && p.writable {
+                    marks.push((p.at, 0xa5));
+                    marks.push((p.at + p.len - 1, 0x5a));
+                }
+            }
+            marks
+        };
+        match walk(&q, head, dir, &rig.space, &g, &mut pieces, check) {
             Ok(info) => {
                 assert_eq!(info.head, head);
                 assert!(info.descriptors >= 1 && info.descriptors <= size as u32 + 1, "{info:?}");
-                let (mut rd, mut wr, mut seen_w) = (0u64, 0u64, false);
-                let mut data_pieces = Vec::new();
-                for p in &pieces {
-                    if rig.check_piece(&g, p) == 1 && p.writable {
-                        data_pieces.push(*p);
-                    }
-                    match (dir, p.writable) {
-                        (Direction::DeviceReads, true) => panic!("writable piece on a device-reads queue"),
-                        (Direction::DeviceWrites, false) => panic!("readable piece on a device-writes queue"),
-                        _ => {}
-                    }
-                    assert!(p.writable || !seen_w, "readable piece after a writable one");
-                    seen_w |= p.writable;
-                    if p.writable {
-                        wr += p.len as u64;
-                    } else {
-                        rd += p.len as u64;
-                    }
+                let sum = |w: bool| pieces.iter().filter(|p| p.writable == w).map(|p| p.len as u64).sum::<u64>();
+                let (rd, wr) = (sum(false), sum(true));
+                // All pieces kept: the totals are their sums; some dropped
+                // (more than MAX_PIECES): the kept ones are a prefix.
+                let n_rd = pieces.iter().filter(|p| !p.writable).count();
+                let n_wr = pieces.len() - n_rd;
+                if info.readable_complete {
+                    assert_eq!(rd, info.readable as u64, "readable total vs pieces");
+                } else {
+                    assert!(rd < info.readable as u64 && n_rd == MAX_READABLE_PIECES, "{info:?}, {n_rd} kept");
                 }
-                assert_eq!((rd, wr), (info.readable as u64, info.writable as u64), "totals vs pieces");
-                // The device writes what it may: the first and last byte of
-                // every writable data piece (not into the rings, which the
-                // checks below read back).
-                for p in &data_pieces {
-                    // SAFETY: checked above to lie in a writable region.
-                    unsafe {
-                        p.ptr.write_volatile(0xa5);
-                        p.ptr.add(p.len - 1).write_volatile(0x5a);
-                    }
+                if info.writable_complete {
+                    assert_eq!(wr, info.writable as u64, "writable total vs pieces");
+                } else {
+                    assert!(wr < info.writable as u64 && pieces.len() == MAX_PIECES, "{info:?}, {n_wr} kept");
                 }
                 q.push_used(head, info.writable);
-                completed.push(head);
+                completed.push(head.index());
                 q.publish_used();
                 // The entry and the index, as the driver sees them now.
                 let slot = (q.used_idx().wrapping_sub(1) % size) as u64;
                 let mut e = [0u8; 8];
                 m.ring.read((USED_OFF + 4 + 8 * slot) as usize, &mut e);
-                assert_eq!(u32::from_le_bytes(e[..4].try_into().unwrap()), head as u32, "used id");
+                assert_eq!(u32::from_le_bytes(e[..4].try_into().unwrap()), head.index() as u32, "used id");
                 assert_eq!(u32::from_le_bytes(e[4..].try_into().unwrap()), info.writable, "used len");
                 let mut b = [0u8; 2];
                 m.ring.read((USED_OFF + 2) as usize, &mut b);

@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use libfuzzer_sys::arbitrary::{Result as ArbResult, Unstructured};
 use vduse_net::driver::DmaMemory;
 use vduse_net::mem::RegionSource;
-use vduse_net::net::ctrl::{CtrlCommand, CtrlEffect, Mac, RxMode, MAC_TABLE_CAP};
+use vduse_net::net::ctrl::{CtrlCommand, CtrlEffect, HashConfig, Mac, RssConfig, RxMode, MAC_TABLE_CAP};
 use vduse_net::net::features as f;
+use vduse_net::net::rss;
 use vduse_net::uapi::vduse::{VDUSE_ACCESS_RO, VDUSE_ACCESS_WO};
 use vduse_net::vduse::{IotlbRegion, VduseError};
 
@@ -36,6 +37,10 @@ pub struct CtrlModel {
     pub pairs: u16,
     pub offloads: u64,
     pub announce: bool,
+    /// RSS and hash reporting: at most one of them in force, the last MQ
+    /// command's (§5.1.6.5.6.4, §5.1.6.5.7).
+    pub rss: Option<RssConfig>,
+    pub hash: Option<HashConfig>,
 }
 
 impl CtrlModel {
@@ -56,6 +61,8 @@ impl CtrlModel {
             pairs: 1,
             offloads: negotiated & f::GUEST_OFFLOAD_MASK,
             announce: false,
+            rss: None,
+            hash: None,
         }
     }
 
@@ -68,6 +75,8 @@ impl CtrlModel {
             CtrlCommand::VlanAdd(_) | CtrlCommand::VlanDel(_) => f::CTRL_VLAN,
             CtrlCommand::AnnounceAck => f::GUEST_ANNOUNCE,
             CtrlCommand::MqPairsSet(_) => f::MQ,
+            CtrlCommand::RssConfig(_) => f::RSS,
+            CtrlCommand::HashConfig(_) => f::HASH_REPORT,
             CtrlCommand::GuestOffloadsSet(_) => f::CTRL_GUEST_OFFLOADS,
         }
     }
@@ -126,7 +135,36 @@ impl CtrlModel {
                     return Err(());
                 }
                 self.pairs = *n;
+                // A plain pairs command leaves automatic steering.
+                self.rss = None;
+                self.hash = None;
                 CtrlEffect::PairsChanged(*n)
+            }
+            CtrlCommand::RssConfig(r) => {
+                let table = &r.indirection_table;
+                let ok = r.hash_types & !rss::SUPPORTED_HASH_TYPES == 0
+                    && (1..=max_pairs).contains(&r.max_tx_vq)
+                    && table.len().is_power_of_two()
+                    && table.len() <= rss::MAX_INDIRECTION_TABLE_LEN
+                    && r.key.len() <= rss::MAX_KEY_SIZE
+                    && table.iter().all(|&q| q < max_pairs)
+                    && r.unclassified_queue < max_pairs;
+                if !ok {
+                    return Err(());
+                }
+                // max_tx_vq sets the pairs in use.
+                self.pairs = r.max_tx_vq;
+                self.rss = Some(r.clone());
+                self.hash = None;
+                CtrlEffect::RssChanged(r.max_tx_vq)
+            }
+            CtrlCommand::HashConfig(h) => {
+                if h.hash_types & !rss::SUPPORTED_HASH_TYPES != 0 || h.key.len() > rss::MAX_KEY_SIZE {
+                    return Err(());
+                }
+                self.hash = Some(h.clone());
+                self.rss = None;
+                CtrlEffect::HashChanged
             }
             CtrlCommand::GuestOffloadsSet(o) => {
                 if o & !(negotiated & f::GUEST_OFFLOAD_MASK) != 0 {
@@ -157,6 +195,8 @@ impl CtrlModel {
         assert_eq!(s.queue_pairs(), self.pairs, "queue pairs");
         assert_eq!(s.guest_offloads(), self.offloads, "guest offloads");
         assert_eq!(s.announce_pending(), self.announce, "announce");
+        assert_eq!(s.rss(), self.rss.as_ref(), "rss config");
+        assert_eq!(s.hash_config(), self.hash.as_ref(), "hash config");
     }
 }
 
@@ -187,7 +227,23 @@ pub fn command(u: &mut Unstructured<'_>) -> ArbResult<CtrlCommand> {
         let n = if u.ratio(1, 8)? { u.int_in_range(60..=70)? } else { u.int_in_range(0..=4)? };
         (0..n).map(|_| mac(u)).collect()
     };
-    Ok(match u.int_in_range(0u8..=7)? {
+    // Queue ids mostly small (valid for small max_pairs), sometimes any.
+    let queue = |u: &mut Unstructured<'_>| -> ArbResult<u16> {
+        if u.ratio(7, 8)? {
+            u.int_in_range(0..=9)
+        } else {
+            u.arbitrary()
+        }
+    };
+    let hash_types = |u: &mut Unstructured<'_>| -> ArbResult<u32> {
+        let t: u32 = u.arbitrary()?;
+        Ok(if u.ratio(7, 8)? { t & rss::SUPPORTED_HASH_TYPES } else { t })
+    };
+    let key = |u: &mut Unstructured<'_>| -> ArbResult<Vec<u8>> {
+        let n = if u.ratio(7, 8)? { u.int_in_range(0..=rss::MAX_KEY_SIZE)? } else { u.int_in_range(0..=255)? };
+        u.bytes(n).map(<[u8]>::to_vec)
+    };
+    Ok(match u.int_in_range(0u8..=9)? {
         0 => CtrlCommand::Rx { mode: MODES[u.choose_index(6)?], on: u.arbitrary()? },
         1 => CtrlCommand::MacTableSet { unicast: table(u)?, multicast: table(u)? },
         2 => CtrlCommand::MacAddrSet(mac(u)?),
@@ -195,15 +251,29 @@ pub fn command(u: &mut Unstructured<'_>) -> ArbResult<CtrlCommand> {
         4 => CtrlCommand::VlanDel(if u.ratio(7, 8)? { u.int_in_range(0..=9)? } else { u.arbitrary()? }),
         5 => CtrlCommand::AnnounceAck,
         6 => CtrlCommand::MqPairsSet(u.arbitrary()?),
+        7 => {
+            // Power-of-two lengths up to the limit, sometimes not.
+            let n = if u.ratio(7, 8)? { 1 << u.int_in_range(0..=7)? } else { u.int_in_range(0..=300)? };
+            CtrlCommand::RssConfig(RssConfig {
+                hash_types: hash_types(u)?,
+                indirection_table: (0..n).map(|_| queue(u)).collect::<ArbResult<_>>()?,
+                unclassified_queue: queue(u)?,
+                max_tx_vq: queue(u)?,
+                key: key(u)?,
+            })
+        }
+        8 => CtrlCommand::HashConfig(HashConfig { hash_types: hash_types(u)?, reserved: u.arbitrary()?, key: key(u)? }),
         _ => CtrlCommand::GuestOffloadsSet(u.arbitrary::<u64>()? & (f::GUEST_OFFLOAD_MASK | f::MAC)),
     })
 }
 
 /// Negotiated features: mostly a subset of what the device offers plus the
-/// guest offloads, sometimes anything.
+/// guest offloads and RSS/hash reporting (pure code, not offered yet),
+/// sometimes anything.
 pub fn negotiated(u: &mut Unstructured<'_>) -> ArbResult<u64> {
     let raw: u64 = u.arbitrary()?;
-    Ok(if u.ratio(3, 4)? { (raw & (f::OFFERED | f::GUEST_OFFLOAD_MASK)) | f::VERSION_1 } else { raw })
+    let likely = f::OFFERED | f::GUEST_OFFLOAD_MASK | f::RSS | f::HASH_REPORT;
+    Ok(if u.ratio(3, 4)? { (raw & likely) | f::VERSION_1 } else { raw })
 }
 
 // ------------------------------------------------------------ memfd regions
