@@ -35,6 +35,15 @@ pub enum DeviceError {
     Panicked,
 }
 
+/// Ethernet header and one 802.1Q tag: what a frame carries beyond the MTU.
+const ETH_OVERHEAD: usize = 14 + 4;
+
+/// Largest MTU the device advertises: a frame of MTU + Ethernet header + one
+/// VLAN tag must fit in one port slot ([`crate::backend::SLOT_SIZE`]); a
+/// larger frame would be dropped on every path. Jumbo frames need larger
+/// slots (or chained ones) first.
+pub const MAX_MTU: u16 = (crate::backend::SLOT_SIZE - ETH_OVERHEAD) as u16;
+
 /// What the user asked for.
 #[derive(Clone, Debug)]
 pub struct DeviceOptions {
@@ -97,6 +106,14 @@ impl DeviceOptions {
         }
         if self.mtu < 68 {
             return bad(format!("--mtu {} is below 68", self.mtu));
+        }
+        if self.mtu > MAX_MTU {
+            return bad(format!(
+                "--mtu {} is above {MAX_MTU}, the largest these ports carry: a port slot holds a {}-byte frame \
+                 (MTU + {ETH_OVERHEAD} bytes of Ethernet header and VLAN tag); jumbo frames are not supported yet",
+                self.mtu,
+                crate::backend::SLOT_SIZE
+            ));
         }
         Ok(())
     }
@@ -374,5 +391,26 @@ pub fn vduse_features_name(f: u64) -> String {
         "none".into()
     } else {
         v.join("|")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 8, fix 7: `--mtu 9000` used to be advertised while every frame
+    /// above the slot size was dropped.
+    #[test]
+    fn an_mtu_the_ports_cannot_carry_is_refused() {
+        let with = |mtu| DeviceOptions { mtu, ..DeviceOptions::default() };
+        assert_eq!(MAX_MTU as usize, crate::backend::SLOT_SIZE - 18);
+        with(1500).validate().unwrap();
+        with(MAX_MTU).validate().unwrap();
+        for mtu in [MAX_MTU + 1, 9000, u16::MAX] {
+            let e = with(mtu).validate().unwrap_err().to_string();
+            assert!(e.contains(&format!("--mtu {mtu} is above {MAX_MTU}")), "{e}");
+            assert!(e.contains("jumbo frames are not supported"), "{e}");
+        }
+        assert!(with(67).validate().is_err());
     }
 }
