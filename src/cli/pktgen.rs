@@ -117,8 +117,7 @@ impl BenchArgs {
         name: &str,
         port: &mut dyn FnMut(u16) -> Box<dyn vduse_net::backend::Port>,
     ) -> Result<Testbed, CliError> {
-        let opts = self.dev.options(name, vduse_net::bench::testbed::DEVICE_MAC);
-        opts.validate()?;
+        let opts = self.dev.options(name, vduse_net::bench::testbed::DEVICE_MAC)?;
         let dcfg = NetDriverConfig {
             ring_size: self.dev.ring_size,
             pairs: Some(self.dev.queues),

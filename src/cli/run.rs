@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use vduse_net::backend::loopback::Loopback;
 use vduse_net::backend::patch::patch_pair;
 use vduse_net::backend::Port;
+use vduse_net::dataplane::device::DEFAULT_RING_SIZE;
 use vduse_net::dataplane::{DeviceOptions, NetDevice};
 use vduse_net::net::features;
 use vduse_net::vduse::kernel::KernelControl;
@@ -29,8 +30,9 @@ pub struct DeviceArgs {
     /// Queue pairs per device (each its own vq group and poll thread).
     #[arg(long = "queues", default_value_t = 1)]
     pub queues: u16,
-    /// Largest queue size the device accepts.
-    #[arg(long, default_value_t = 256)]
+    /// Largest queue size the device accepts (a power of two up to 32768). The
+    /// kernel's virtio_vdpa sizes its rings to it; QEMU programs 1024.
+    #[arg(long, default_value_t = DEFAULT_RING_SIZE)]
     pub ring_size: u16,
     /// Chains per burst.
     #[arg(long, default_value_t = 32)]
@@ -53,10 +55,15 @@ pub struct DeviceArgs {
     /// Do not offer the control queue (and the features that need it).
     #[arg(long)]
     pub no_ctrl_vq: bool,
+    /// Change the offered features by name, e.g. +indirect_desc,-mq (`vduse-net features` lists them).
+    #[arg(long, value_name = "LIST", allow_hyphen_values = true)]
+    pub features: Option<String>,
 }
 
 impl DeviceArgs {
-    pub fn options(&self, name: &str, mac: [u8; 6]) -> DeviceOptions {
+    /// The device options, validated: bad values (a feature list, an MTU the
+    /// ports cannot carry, ...) are refused before anything is opened.
+    pub fn options(&self, name: &str, mac: [u8; 6]) -> Result<DeviceOptions, CliError> {
         let mut o = DeviceOptions {
             name: name.to_string(),
             queue_pairs: self.queues,
@@ -70,10 +77,14 @@ impl DeviceArgs {
             mac,
             ..DeviceOptions::default()
         };
+        if let Some(list) = &self.features {
+            o.features = features::select(o.features, list).map_err(|e| CliError(format!("--features {list}: {e}")))?;
+        }
         if self.no_ctrl_vq {
             o.features = features::without_ctrl_vq(o.features);
         }
-        o
+        o.validate()?;
+        Ok(o)
     }
 }
 
@@ -104,13 +115,19 @@ pub fn run(a: RunArgs) -> CliResult {
     if a.backend == Backend::Patch && a.devices != 2 {
         return Err(CliError("--backend patch wires two devices: use --devices 2".into()));
     }
+    let names: Vec<String> =
+        if a.devices == 1 { vec![a.name.clone()] } else { (0..a.devices).map(|i| format!("{}{i}", a.name)).collect() };
+    let mut opts = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut mac = a.mac;
+        mac[5] = mac[5].wrapping_add(i as u8);
+        opts.push(a.dev.options(name, mac)?);
+    }
     let control: Arc<dyn VduseControl> = Arc::new(KernelControl::open()?);
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
 
-    let names: Vec<String> =
-        if a.devices == 1 { vec![a.name.clone()] } else { (0..a.devices).map(|i| format!("{}{i}", a.name)).collect() };
     let pairs = a.dev.queues as usize;
     let mut ports: Vec<Vec<Box<dyn Port>>> = (0..a.devices).map(|_| Vec::new()).collect();
     for _ in 0..pairs {
@@ -128,19 +145,18 @@ pub fn run(a: RunArgs) -> CliResult {
         }
     }
     let mut running = Vec::new();
-    for (i, (name, ports)) in names.iter().zip(ports).enumerate() {
-        let mut mac = a.mac;
-        mac[5] = mac[5].wrapping_add(i as u8);
-        let dev = NetDevice::create(control.clone(), a.dev.options(name, mac))?;
+    for (opts, ports) in opts.into_iter().zip(ports) {
+        let dev = NetDevice::create(control.clone(), opts)?;
         let l = dev.layout().clone();
         eprintln!(
-            "vduse-net: device {} ready: API v{}, {} pair(s){}, {} groups, {} address spaces, vduse features {}{}",
+            "vduse-net: device {} ready: API v{}, {} pair(s){}, {} groups, {} address spaces, max queue size {}, vduse features {}{}",
             l.name,
             l.api,
             l.pairs,
             if l.has_cvq { " + control queue" } else { "" },
             l.ngroups,
             l.nas,
+            l.max_queue_size,
             vduse_net::dataplane::device::vduse_features_name(l.vduse_features),
             if l.dropped_features != 0 {
                 format!("; kernel refused: {}", features::describe(l.dropped_features))
@@ -148,6 +164,7 @@ pub fn run(a: RunArgs) -> CliResult {
                 String::new()
             }
         );
+        eprintln!("vduse-net: device {} offers {}", l.name, features::describe(l.features));
         running.push(dev.start(ports)?);
     }
     eprintln!("vduse-net: add with `vdpa dev add name NAME mgmtdev vduse`; stop with Ctrl-C");

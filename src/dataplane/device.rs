@@ -35,6 +35,17 @@ pub enum DeviceError {
     Panicked,
 }
 
+/// Default largest queue size (VDUSE_VQ_SETUP `max_size`). QEMU programs
+/// 1024 on every queue, the control queue included, and falls back to
+/// userspace virtio when the device's maximum is smaller; DPDK's virtio-user
+/// asks for 256 by default. The kernel's virtio_vdpa makes every ring as
+/// large as this maximum: 1024 keeps a virtio_vdpa netdev's RX buffers (and
+/// their share of VDUSE's bounce buffer) moderate; README "Queue sizes".
+pub const DEFAULT_RING_SIZE: u16 = 1024;
+/// Largest split-ring size (virtio 1.3 §2.7). Nothing in the device scales
+/// with the queue size, so any power of two up to this is accepted.
+pub const MAX_RING_SIZE: u16 = 32768;
+
 /// Ethernet header and one 802.1Q tag: what a frame carries beyond the MTU.
 const ETH_OVERHEAD: usize = 14 + 4;
 
@@ -72,10 +83,10 @@ impl Default for DeviceOptions {
         DeviceOptions {
             name: "vduse-net0".into(),
             queue_pairs: 1,
-            ring_size: 256,
+            ring_size: DEFAULT_RING_SIZE,
             mac: [0x02, 0x00, 0x00, 0x00, 0x00, 0x01],
             mtu: 1500,
-            features: features::OFFERED,
+            features: features::DEFAULT_OFFER,
             nas: 2,
             api: None,
             vduse_features: (1 << VDUSE_F_QUEUE_READY) | (1 << VDUSE_F_SUSPEND),
@@ -95,8 +106,8 @@ impl DeviceOptions {
         if self.queue_pairs == 0 || self.queue_pairs > 256 {
             return bad(format!("--queues {} must be in 1..=256", self.queue_pairs));
         }
-        if !self.ring_size.is_power_of_two() || self.ring_size < 2 || self.ring_size > 32768 {
-            return bad(format!("--ring-size {} must be a power of two in 2..=32768", self.ring_size));
+        if !self.ring_size.is_power_of_two() || self.ring_size < 2 || self.ring_size > MAX_RING_SIZE {
+            return bad(format!("--ring-size {} must be a power of two in 2..={MAX_RING_SIZE}", self.ring_size));
         }
         if self.burst == 0 || self.burst > 1024 {
             return bad(format!("--burst {} must be in 1..=1024", self.burst));
@@ -134,6 +145,8 @@ pub struct Layout {
     pub vduse_features: u64,
     /// Offered features the kernel refused, for the log.
     pub dropped_features: u64,
+    /// Largest queue size each vq accepts (VQ_SETUP max_size).
+    pub max_queue_size: u16,
 }
 
 impl Layout {
@@ -237,6 +250,7 @@ impl NetDevice {
             features,
             vduse_features,
             dropped_features: dropped,
+            max_queue_size: opts.ring_size,
         };
         let device = match control.open_device(&opts.name) {
             Ok(d) => d,
@@ -251,6 +265,9 @@ impl NetDevice {
                 let _ = control.destroy_device(&opts.name);
                 return Err(e.into());
             }
+        }
+        if let Some(note) = features::qemu_shadow_note(layout.features) {
+            log::warn!("device {}: {note}", layout.name);
         }
         log::info!(
             "device {}: API v{}, {} queue pair(s){}, {} vq groups, {} address spaces, vduse features {}, features {}",

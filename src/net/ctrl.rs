@@ -551,7 +551,7 @@ pub fn mac_u64(m: &Mac) -> u64 {
 mod tests {
     use super::*;
 
-    const ALL: u64 = f::OFFERED;
+    const ALL: u64 = f::SUPPORTED;
     const MAC0: Mac = [0x52, 0x54, 0, 0, 0, 1];
 
     fn samples() -> Vec<CtrlCommand> {
