@@ -29,8 +29,7 @@ pub fn table() -> String {
          qemu: no = QEMU's shadow virtqueues refuse it: with it negotiated QEMU does not shadow the\n\
          control queue in its own address space, x-svq=on fails and the VM cannot be live-migrated.\n",
     );
-    let known: Vec<String> =
-        features::names(u64::MAX & !features::SUPPORTED).iter().map(|n| n.to_ascii_lowercase()).collect();
+    let known: Vec<String> = features::names(!features::SUPPORTED).iter().map(|n| n.to_ascii_lowercase()).collect();
     out.push_str(&format!("\nKnown but not implemented by this device: {}\n", known.join(" ")));
     out.push_str(&format!("\nDefault offer: {}\n", features::describe(features::DEFAULT_OFFER)));
     out
