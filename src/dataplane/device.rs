@@ -296,7 +296,9 @@ impl NetDevice {
         if let Some(note) = features::qemu_shadow_note(layout.features) {
             log::warn!("device {}: {note}", layout.name);
         }
-        if let Some(note) = bounce_note(layout.pairs, opts.ring_size, layout.nas, layout.api) {
+        // Without MQ a driver uses one pair, however many the device has.
+        let usable = if layout.features & features::MQ != 0 { layout.pairs } else { 1 };
+        if let Some(note) = bounce_note(usable, opts.ring_size, layout.nas, layout.api) {
             log::warn!("device {}: {note}", layout.name);
         }
         log::info!(
