@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Create device(s) on the real kernel (/dev/vduse) and serve them until SIGINT/SIGTERM.
     Run(cli::run::RunArgs),
+    /// List the virtio features the device can offer, by the names --features takes.
+    Features(cli::features::FeaturesArgs),
     /// Report what the VDUSE kernel side offers (API version, VDUSE features).
     Probe(cli::probe::ProbeArgs),
     /// Traffic generator: drive a device as a virtio driver would (embedded kernel model by default).
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
     };
     let r = match cli.command {
         Command::Run(a) => cli::run::run(a, matches.subcommand_matches("run").expect("run was parsed")),
+        Command::Features(a) => cli::features::run(a),
         Command::Probe(a) => cli::probe::run(a),
         Command::Pktgen(a) => cli::pktgen::run(a),
         Command::Latency(a) => cli::latency::run(a),
@@ -83,5 +86,10 @@ mod tests {
         assert!(Cli::try_parse_from(["vduse-net", "latency", "--gen-cores", "0", "--load", "1000"]).is_ok());
         assert!(Cli::try_parse_from(["vduse-net", "pktgen", "--mode", "sideways"]).is_err());
         assert!(Cli::try_parse_from(["vduse-net", "pktgen", "--gen-cores", "x"]).is_err());
+        // A leading '-' in the list is a value, not a flag.
+        let c = Cli::try_parse_from(["vduse-net", "run", "--features", "-mq,+indirect_desc"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let Command::Run(_) = c.command else { panic!("not run") };
+        assert!(Cli::try_parse_from(["vduse-net", "features"]).is_ok());
     }
 }

@@ -11,6 +11,7 @@ use common::*;
 use vduse_net::driver::net::{NetDriver, NetDriverConfig, QueuePair};
 use vduse_net::driver::DriverTransport;
 use vduse_net::net::features;
+use vduse_net::vduse::model::ModelConfig;
 use virtio_bindings::bindings::virtio_net as vn;
 
 const T: Duration = Duration::from_secs(5);
@@ -56,7 +57,9 @@ struct Ctl {
 
 impl Ctl {
     fn new(name: &str, pairs: u16, cfg: NetDriverConfig) -> Ctl {
-        let rig = Rig::new(name, pairs);
+        // GUEST_ANNOUNCE is not in the default offer: ask for it by name.
+        let list = if cfg.features & features::GUEST_ANNOUNCE != 0 { "+guest_announce" } else { "-guest_announce" };
+        let rig = Rig::with(device_offering(name, pairs, list), ModelConfig::patched_7_3());
         let mut d = rig.probe(cfg);
         let q = d.take_pairs();
         Ctl { rig, d, q }

@@ -14,6 +14,7 @@ use vduse_net::driver::net::{NetDriver, NetDriverConfig, QueuePair};
 use vduse_net::driver::DriverTransport;
 use vduse_net::net::features;
 use vduse_net::uapi::virtio::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use vduse_net::vduse::model::ModelConfig;
 
 const T: Duration = Duration::from_secs(5);
 
@@ -26,7 +27,9 @@ struct Case {
 
 /// Two pairs, both shown to carry traffic first.
 fn case(name: &str, cfg: NetDriverConfig) -> Case {
-    let rig = Rig::new(name, 2);
+    // Indirect descriptors are not in the default offer: ask for them by name.
+    let list = if cfg.features & features::INDIRECT_DESC != 0 { "+indirect_desc" } else { "-indirect_desc" };
+    let rig = Rig::with(device_offering(name, 2, list), ModelConfig::patched_7_3());
     let mut d = rig.probe(cfg);
     assert_eq!(d.pairs(), 2);
     let mut q = d.take_pairs();

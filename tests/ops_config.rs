@@ -94,6 +94,8 @@ fn broken_files_each_say_what_and_where() {
         ("device-key-on-top", format!("ring-size = 512\n{DEV}"), Some(1), "`ring-size` is a device setting"),
         ("switch-not-bool", format!("{DEV}no-ctrl-vq = \"yes\"\n"), Some(3), "`no-ctrl-vq` is a switch"),
         ("ring-not-power-of-two", format!("{DEV}ring-size = 100\n"), Some(3), "must be a power of two"),
+        ("unknown-feature", format!("{DEV}features = \"+nosuch\"\n"), Some(3), "unknown feature \"nosuch\""),
+        ("mtu-too-big", format!("{DEV}mtu = 9000\n"), Some(3), "--mtu 9000 is above"),
         ("devices-key", format!("{DEV}devices = 2\n"), Some(3), "write one [[device]] table per device"),
         (
             "duplicate-mac",

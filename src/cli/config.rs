@@ -389,7 +389,7 @@ pub fn parse(text: &str, path: &Path) -> Result<ConfigFile, ConfigError> {
                 m
             }
         };
-        if let Err(e) = args.dev.options(&name, mac).validate() {
+        if let Err(e) = args.dev.options(&name, mac) {
             // Point at the key the message is about, when it names one.
             let msg = e.to_string();
             let line = argv
@@ -662,6 +662,7 @@ mod tests {
     const SAMPLE: &[(&str, &str)] = &[
         ("device-cores", "0"),
         ("api", "1"),
+        ("features", "-mq,+indirect_desc"),
         ("stats-socket", "/tmp/x.sock"),
         ("metrics", "127.0.0.1:9477"),
         ("log-level", "debug"),
@@ -767,5 +768,7 @@ no-ctrl-vq = true
         assert!(e.contains("is a switch"), "{e}");
         let e = parse_str("[[device]]\nname = \"a\"\nring-size = 100\n").unwrap_err().to_string();
         assert!(e.contains(":3:") && e.contains("power of two"), "{e}");
+        let e = parse_str("[[device]]\nname = \"a\"\nqueues = 2\nfeatures = \"+nosuch\"\n").unwrap_err().to_string();
+        assert!(e.contains(":4:") && e.contains("unknown feature \"nosuch\""), "{e}");
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod features;
 pub mod floor;
 pub mod latency;
 pub mod pktgen;

@@ -9,6 +9,7 @@ use log::LevelFilter;
 use vduse_net::backend::loopback::Loopback;
 use vduse_net::backend::patch::patch_pair;
 use vduse_net::backend::Port;
+use vduse_net::dataplane::device::DEFAULT_RING_SIZE;
 use vduse_net::dataplane::{DeviceOptions, NetDevice};
 use vduse_net::net::features;
 use vduse_net::vduse::kernel::KernelControl;
@@ -34,8 +35,9 @@ pub struct DeviceArgs {
     /// Queue pairs per device (each its own vq group and poll thread).
     #[arg(long = "queues", default_value_t = 1)]
     pub queues: u16,
-    /// Largest queue size the device accepts.
-    #[arg(long, default_value_t = 256)]
+    /// Largest queue size the device accepts (a power of two up to 32768). The
+    /// kernel's virtio_vdpa sizes its rings to it; QEMU programs 1024.
+    #[arg(long, default_value_t = DEFAULT_RING_SIZE)]
     pub ring_size: u16,
     /// Chains per burst.
     #[arg(long, default_value_t = 32)]
@@ -58,10 +60,15 @@ pub struct DeviceArgs {
     /// Do not offer the control queue (and the features that need it).
     #[arg(long)]
     pub no_ctrl_vq: bool,
+    /// Change the offered features by name, e.g. +indirect_desc,-mq (`vduse-net features` lists them).
+    #[arg(long, value_name = "LIST", allow_hyphen_values = true)]
+    pub features: Option<String>,
 }
 
 impl DeviceArgs {
-    pub fn options(&self, name: &str, mac: [u8; 6]) -> DeviceOptions {
+    /// The device options, validated: bad values (a feature list, an MTU the
+    /// ports cannot carry, ...) are refused before anything is opened.
+    pub fn options(&self, name: &str, mac: [u8; 6]) -> Result<DeviceOptions, CliError> {
         let mut o = DeviceOptions {
             name: name.to_string(),
             queue_pairs: self.queues,
@@ -75,10 +82,14 @@ impl DeviceArgs {
             mac,
             ..DeviceOptions::default()
         };
+        if let Some(list) = &self.features {
+            o.features = features::select(o.features, list).map_err(|e| CliError(format!("--features {list}: {e}")))?;
+        }
         if self.no_ctrl_vq {
             o.features = features::without_ctrl_vq(o.features);
         }
-        o
+        o.validate()?;
+        Ok(o)
     }
 }
 
@@ -123,6 +134,9 @@ pub fn run(a: RunArgs, m: &clap::ArgMatches) -> CliResult {
     for w in &warnings {
         log::warn!("{w}");
     }
+    // Every device's options (feature lists, MTU, ring size) are checked
+    // before anything is opened.
+    let opts = plan.devices.iter().map(|d| d.args.dev.options(&d.name, d.mac)).collect::<Result<Vec<_>, _>>()?;
     let model = plan.process.kernel_model.map(|k| KernelModel::new(k.config()));
     let control: Arc<dyn VduseControl> = match &model {
         Some(m) => m.control(),
@@ -136,17 +150,18 @@ pub fn run(a: RunArgs, m: &clap::ArgMatches) -> CliResult {
 
     let ports = make_ports(&plan)?;
     let mut running = Vec::new();
-    for (d, ports) in plan.devices.iter().zip(ports) {
-        let dev = NetDevice::create(control.clone(), d.args.dev.options(&d.name, d.mac))?;
+    for ((d, ports), opts) in plan.devices.iter().zip(ports).zip(opts) {
+        let dev = NetDevice::create(control.clone(), opts)?;
         let l = dev.layout().clone();
         eprintln!(
-            "vduse-net: device {} ready: API v{}, {} pair(s){}, {} groups, {} address spaces, vduse features {}{}",
+            "vduse-net: device {} ready: API v{}, {} pair(s){}, {} groups, {} address spaces, max queue size {}, vduse features {}{}",
             l.name,
             l.api,
             l.pairs,
             if l.has_cvq { " + control queue" } else { "" },
             l.ngroups,
             l.nas,
+            l.max_queue_size,
             vduse_net::dataplane::device::vduse_features_name(l.vduse_features),
             if l.dropped_features != 0 {
                 format!("; kernel refused: {}", features::describe(l.dropped_features))
@@ -154,6 +169,7 @@ pub fn run(a: RunArgs, m: &clap::ArgMatches) -> CliResult {
                 String::new()
             }
         );
+        eprintln!("vduse-net: device {} offers {}", l.name, features::describe(l.features));
         running.push(dev.start(ports)?);
         log::info!("device {} created: port {}", l.name, d.port_description(&plan.devices));
     }

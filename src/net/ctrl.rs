@@ -747,7 +747,7 @@ pub fn mac_u64(m: &Mac) -> u64 {
 mod tests {
     use super::*;
 
-    const ALL: u64 = f::OFFERED | f::RSS | f::HASH_REPORT;
+    const ALL: u64 = f::SUPPORTED | f::RSS | f::HASH_REPORT;
     const MAC0: Mac = [0x52, 0x54, 0, 0, 0, 1];
 
     fn rss_cfg(table: Vec<u16>, max_tx_vq: u16, key_len: usize) -> RssConfig {

@@ -519,7 +519,7 @@ mod tests {
     fn from_ctrl_follows_the_last_mq_command() {
         use crate::net::ctrl::{CtrlCommand, CtrlState};
         use crate::net::features as f;
-        let neg = f::OFFERED | f::RSS | f::HASH_REPORT;
+        let neg = f::SUPPORTED | f::RSS | f::HASH_REPORT;
         let mut s = CtrlState::new([2, 0, 0, 0, 0, 1], neg);
         assert!(Steering::from_ctrl(&s).is_none());
         let r = RssConfig {

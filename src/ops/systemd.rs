@@ -142,6 +142,7 @@ mod tests {
                 features: 0,
                 vduse_features: 0,
                 dropped_features: 0,
+                max_queue_size: 1024,
             },
             info: DeviceInfo::default(),
             pairs: Vec::new(),

@@ -35,6 +35,14 @@ pub fn device_options(name: &str, pairs: u16) -> DeviceOptions {
     }
 }
 
+/// [`device_options`] with the default offer changed by name, as
+/// `--features LIST` does (e.g. "+indirect_desc").
+pub fn device_offering(name: &str, pairs: u16, list: &str) -> DeviceOptions {
+    let mut o = device_options(name, pairs);
+    o.features = vduse_net::net::features::select(o.features, list).expect("feature list");
+    o
+}
+
 pub fn driver_config() -> NetDriverConfig {
     NetDriverConfig { ring_size: 64, ctrl_timeout: Duration::from_secs(2), ..NetDriverConfig::default() }
 }
