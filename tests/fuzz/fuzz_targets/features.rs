@@ -85,11 +85,14 @@ fn run(offered: u64, accepted: u64) {
 
 fuzz_target!(|data: [u64; 2]| {
     let [offered, accepted] = data;
-    // Mostly the device's real offers; sometimes anything.
-    let offered = match offered & 3 {
-        0 => f::OFFERED,
-        1 => without_ctrl_vq(f::OFFERED),
-        2 => offered | f::OFFERED,
+    // Mostly the device's real offers (default or everything it can);
+    // sometimes anything.
+    let offered = match offered & 7 {
+        0 | 1 => f::DEFAULT_OFFER,
+        2 => f::SUPPORTED,
+        3 => without_ctrl_vq(f::DEFAULT_OFFER),
+        4 => without_ctrl_vq(f::SUPPORTED),
+        5 => offered | f::SUPPORTED,
         _ => offered,
     };
     run(offered, accepted);

@@ -267,12 +267,12 @@ pub fn command(u: &mut Unstructured<'_>) -> ArbResult<CtrlCommand> {
     })
 }
 
-/// Negotiated features: mostly a subset of what the device offers plus the
-/// guest offloads and RSS/hash reporting (pure code, not offered yet),
+/// Negotiated features: mostly a subset of what the device can offer plus
+/// the guest offloads and RSS/hash reporting (pure code, not offered yet),
 /// sometimes anything.
 pub fn negotiated(u: &mut Unstructured<'_>) -> ArbResult<u64> {
     let raw: u64 = u.arbitrary()?;
-    let likely = f::OFFERED | f::GUEST_OFFLOAD_MASK | f::RSS | f::HASH_REPORT;
+    let likely = f::SUPPORTED | f::GUEST_OFFLOAD_MASK | f::RSS | f::HASH_REPORT;
     Ok(if u.ratio(3, 4)? { (raw & likely) | f::VERSION_1 } else { raw })
 }
 
