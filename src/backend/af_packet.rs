@@ -37,8 +37,9 @@ use nix::errno::Errno;
 use nix::poll::PollFlags;
 use nix::sys::socket::{socket, AddressFamily, MsgFlags, SockFlag, SockType};
 
+use super::host::HostPorts;
 use super::iface::{self, IfQuery, PortError};
-use super::link::{self, Attach, LinkWatch, Monitor, PortLink, Probe};
+use super::link::{self, Attach, Monitor, PortLink, Probe};
 use super::meta::{finish_checksum, FrameMeta, VNET_HDR_LEN};
 use super::packet_ring::{RxFrame, RxRing, TxRing};
 use super::{sys, Port, PortFrame, PortWake, SLOT_SIZE};
@@ -101,15 +102,14 @@ impl Default for PacketOptions {
 /// Look `name` up and check it can carry the device's frames.
 fn find(q: &IfQuery, name: &str) -> Result<u32, PortError> {
     iface::check_name(name)?;
-    let idx = q
-        .index(name)
-        .map_err(|e| PortError::os("SIOCGIFINDEX", name, e))?
+    let l = q
+        .link(name)
+        .map_err(|e| PortError::os("RTM_GETLINK", name, e))?
         .ok_or_else(|| PortError::NoSuchInterface(name.into()))?;
-    match q.hw_type(name).map_err(|e| PortError::os("SIOCGIFHWADDR", name, e))? {
-        Some(t) if t == libc::ARPHRD_ETHER => Ok(idx),
-        Some(t) => Err(PortError::NotEthernet { name: name.into(), kind: t }),
-        None => Err(PortError::NoSuchInterface(name.into())),
+    if l.hw_type != libc::ARPHRD_ETHER {
+        return Err(PortError::NotEthernet { name: name.into(), kind: l.hw_type });
     }
+    Ok(l.index)
 }
 
 fn open_socket(name: &str, ifindex: u32, opts: PacketOptions) -> Result<PacketSocket, PortError> {
@@ -471,8 +471,8 @@ impl Attach for PacketAttach {
     type Res = PacketSocket;
 
     fn probe(&mut self) -> Probe {
-        match self.q.flags_of(self.ifindex) {
-            Ok(Some(f)) if f.link_up() => Probe::Up,
+        match self.q.link_of(self.ifindex) {
+            Ok(Some(l)) if l.link_up() => Probe::Up,
             Ok(Some(_)) => Probe::Down,
             Ok(None) => Probe::Gone,
             Err(_) => Probe::Down,
@@ -491,11 +491,7 @@ impl Attach for PacketAttach {
 }
 
 /// `pairs` ports on interface `name` and the device's link watch.
-pub fn open(
-    name: &str,
-    pairs: u16,
-    opts: PacketOptions,
-) -> Result<(Vec<Box<dyn Port>>, Box<dyn LinkWatch>), PortError> {
+pub fn open(name: &str, pairs: u16, opts: PacketOptions) -> Result<HostPorts, PortError> {
     let (socks, ifindex) = open_sockets(name, pairs, opts)?;
     let q = IfQuery::new().map_err(|e| PortError::os("socket", name, e))?;
     let (shared, links, notify) = link::port_links::<PacketSocket>(pairs, &format!("af-packet {name}"))
@@ -504,5 +500,5 @@ pub fn open(
         socks.into_iter().zip(links).map(|(s, l)| Box::new(PacketPort::new(s, l, name)) as Box<dyn Port>).collect();
     let mut attach = PacketAttach { name: name.into(), ifindex, q, opts };
     let up = attach.probe() == Probe::Up;
-    Ok((ports, Box::new(Monitor::new(attach, name, shared, notify, up))))
+    Ok(HostPorts { ports, watch: Box::new(Monitor::new(attach, name, shared, notify, up)) })
 }

@@ -39,11 +39,10 @@ pub struct HostPorts {
 
 /// Open `pairs` ports of `kind` on interface `iface`.
 pub fn open(kind: HostKind, iface: &str, pairs: u16, opts: &HostOptions) -> Result<HostPorts, PortError> {
-    let (ports, watch) = match kind {
-        HostKind::Tap => tap::open(iface, pairs)?,
-        HostKind::AfPacket => af_packet::open(iface, pairs, opts.packet)?,
-    };
-    Ok(HostPorts { ports, watch })
+    match kind {
+        HostKind::Tap => tap::open(iface, pairs),
+        HostKind::AfPacket => af_packet::open(iface, pairs, opts.packet),
+    }
 }
 
 /// The interface of device `index` of `count`: `PATTERN` with `%d`

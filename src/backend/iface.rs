@@ -2,12 +2,13 @@
 //! queries a link watch makes (index, name, flags) in the network namespace
 //! the interface lives in.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::cell::RefCell;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 
+use super::rtnl::Rtnl;
+pub use super::rtnl::{LinkInfo, TunInfo};
 use super::sys;
 
 /// Why a port on a host interface could not be opened (or reopened).
@@ -56,29 +57,16 @@ pub fn check_name(name: &str) -> Result<(), PortError> {
     }
 }
 
-/// An interface's admin and operational state (`SIOCGIFFLAGS`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IfFlags(pub u32);
-
-impl IfFlags {
-    /// Administratively up and running (carrier present): frames move.
-    pub fn link_up(self) -> bool {
-        let f = self.0 as libc::c_int;
-        f & libc::IFF_UP != 0 && f & libc::IFF_RUNNING != 0
-    }
-}
-
-/// Interface queries in one network namespace: a datagram socket created
-/// there (socket ioctls act in the socket's namespace, not the caller's).
+/// Interface queries in one network namespace: a netlink socket created
+/// there (netlink answers for its socket's namespace, not the caller's).
 pub struct IfQuery {
-    sock: OwnedFd,
+    rtnl: RefCell<Rtnl>,
 }
 
 impl IfQuery {
     /// In the calling thread's network namespace.
     pub fn new() -> Result<IfQuery, Errno> {
-        let sock = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
-        Ok(IfQuery { sock })
+        Ok(IfQuery { rtnl: RefCell::new(Rtnl::new()?) })
     }
 
     /// In the namespace `ns` (an fd of /proc/PID/ns/net, or from
@@ -96,60 +84,14 @@ impl IfQuery {
             .map_err(|_| Errno::EIO)?
     }
 
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
+    /// Interface `name`, `None` if there is none.
+    pub fn link(&self, name: &str) -> Result<Option<LinkInfo>, Errno> {
+        self.rtnl.borrow_mut().get(0, name)
     }
 
-    /// The index of `name`, `None` if there is no such interface.
-    pub fn index(&self, name: &str) -> Result<Option<u32>, Errno> {
-        let mut r = sys::ifreq(name);
-        match sys::ioctl_ifreq(self.fd(), libc::SIOCGIFINDEX, &mut r) {
-            // SAFETY (union read): SIOCGIFINDEX filled ifru_ifindex.
-            Ok(()) => Ok(Some(unsafe { r.ifr_ifru.ifru_ifindex } as u32)),
-            Err(Errno::ENODEV) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The name of interface `index`, `None` if it is gone.
-    pub fn name(&self, index: u32) -> Result<Option<String>, Errno> {
-        let mut r = sys::ifreq("");
-        r.ifr_ifru.ifru_ifindex = index as libc::c_int;
-        match sys::ioctl_ifreq(self.fd(), libc::SIOCGIFNAME, &mut r) {
-            Ok(()) => Ok(Some(sys::ifreq_name(&r))),
-            Err(Errno::ENODEV) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The flags of `name`, `None` if there is no such interface.
-    pub fn flags(&self, name: &str) -> Result<Option<IfFlags>, Errno> {
-        let mut r = sys::ifreq(name);
-        match sys::ioctl_ifreq(self.fd(), libc::SIOCGIFFLAGS, &mut r) {
-            // SAFETY (union read): SIOCGIFFLAGS filled ifru_flags.
-            Ok(()) => Ok(Some(IfFlags(unsafe { r.ifr_ifru.ifru_flags } as u16 as u32))),
-            Err(Errno::ENODEV) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The flags of interface `index`, `None` if it is gone.
-    pub fn flags_of(&self, index: u32) -> Result<Option<IfFlags>, Errno> {
-        match self.name(index)? {
-            Some(n) => self.flags(&n),
-            None => Ok(None),
-        }
-    }
-
-    /// Hardware type (ARPHRD_*) of `name`.
-    pub fn hw_type(&self, name: &str) -> Result<Option<u16>, Errno> {
-        let mut r = sys::ifreq(name);
-        match sys::ioctl_ifreq(self.fd(), libc::SIOCGIFHWADDR, &mut r) {
-            // SAFETY (union read): SIOCGIFHWADDR filled ifru_hwaddr.
-            Ok(()) => Ok(Some(unsafe { r.ifr_ifru.ifru_hwaddr.sa_family })),
-            Err(Errno::ENODEV) => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// Interface `index`, `None` if it is gone.
+    pub fn link_of(&self, index: u32) -> Result<Option<LinkInfo>, Errno> {
+        self.rtnl.borrow_mut().get(index, "")
     }
 }
 
@@ -165,29 +107,10 @@ pub fn own_netns() -> Result<OwnedFd, Errno> {
     Ok(OwnedFd::from(f))
 }
 
-/// What sysfs says an interface is, for error messages: "tap", "tun",
-/// "veth", "bridge", ... or "interface" when it cannot tell. Reads the
-/// sysfs mounted in this mount namespace (which `ip netns exec` remounts).
-pub fn describe_kind(name: &str) -> String {
-    let base = Path::new("/sys/class/net").join(name);
-    if let Ok(f) = std::fs::read_to_string(base.join("tun_flags")) {
-        let flags = u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).unwrap_or(0);
-        return if flags & libc::IFF_TAP as u32 != 0 { "tap".into() } else { "tun".into() };
-    }
-    if base.join("bridge").exists() {
-        return "bridge".into();
-    }
-    if let Ok(u) = std::fs::read_to_string(base.join("uevent")) {
-        if let Some(t) = u.lines().find_map(|l| l.strip_prefix("DEVTYPE=")) {
-            return t.to_string();
-        }
-    }
-    "interface".into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn names_follow_the_kernel_rules() {
@@ -202,12 +125,10 @@ mod tests {
     #[test]
     fn loopback_is_found_by_name_and_index() {
         let q = IfQuery::new().unwrap();
-        let idx = q.index("lo").unwrap().expect("lo exists in every namespace");
-        assert_eq!(q.name(idx).unwrap().as_deref(), Some("lo"));
-        assert!(q.flags("lo").unwrap().is_some());
-        assert_eq!(q.hw_type("lo").unwrap(), Some(libc::ARPHRD_LOOPBACK));
-        assert_eq!(q.index("no-such-if0").unwrap(), None);
-        assert_eq!(q.flags("no-such-if0").unwrap(), None);
+        let lo = q.link("lo").unwrap().expect("lo exists in every namespace");
+        assert_eq!(q.link_of(lo.index).unwrap().map(|l| l.name), Some("lo".into()));
+        assert_eq!(lo.hw_type, libc::ARPHRD_LOOPBACK);
+        assert_eq!(q.link("no-such-if0").unwrap(), None);
     }
 
     #[test]

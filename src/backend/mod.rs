@@ -32,6 +32,7 @@ pub mod loopback;
 pub mod meta;
 mod packet_ring;
 pub mod patch;
+mod rtnl;
 pub mod sink;
 pub mod slots;
 pub mod source;

@@ -23,7 +23,7 @@
 //! link down; when a tap of the same name exists again in this process's
 //! namespace, the ports attach to it and the link comes back.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -31,8 +31,9 @@ use nix::poll::PollFlags;
 use nix::sys::stat::Mode;
 
 use super::bufq::BufQueue;
+use super::host::HostPorts;
 use super::iface::{self, IfQuery, PortError};
-use super::link::{self, Attach, LinkWatch, Monitor, PortLink, Probe};
+use super::link::{self, Attach, Monitor, PortLink, Probe};
 use super::meta::FrameMeta;
 use super::{sys, Port, PortFrame, PortWake, SLOT_SIZE};
 use crate::net::hdr::HDR_LEN;
@@ -54,41 +55,6 @@ fn is_gone(e: Errno) -> bool {
     matches!(e, Errno::EBADFD | Errno::ENXIO | Errno::ENODEV | Errno::EPIPE)
 }
 
-/// What an existing interface of that name is, from sysfs (only trusted
-/// when sysfs shows this namespace: same ifindex).
-struct Existing {
-    index: u32,
-    tap: Option<bool>,
-    multi_queue: Option<bool>,
-}
-
-fn existing(q: &IfQuery, name: &str) -> Result<Option<Existing>, PortError> {
-    let Some(index) = q.index(name).map_err(|e| PortError::os("SIOCGIFINDEX", name, e))? else {
-        return Ok(None);
-    };
-    let base = std::path::Path::new("/sys/class/net").join(name);
-    let sys_index = std::fs::read_to_string(base.join("ifindex")).ok().and_then(|s| s.trim().parse::<u32>().ok());
-    if sys_index != Some(index) {
-        // sysfs belongs to another namespace: let TUNSETIFF decide.
-        return Ok(Some(Existing { index, tap: None, multi_queue: None }));
-    }
-    let flags = std::fs::read_to_string(base.join("tun_flags"))
-        .ok()
-        .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok());
-    Ok(Some(Existing {
-        index,
-        tap: Some(flags.is_some_and(|f| f & libc::IFF_TAP as u32 != 0)),
-        multi_queue: flags.map(|f| f & libc::IFF_MULTI_QUEUE as u32 != 0),
-    }))
-}
-
-/// Attached queue count of `name` (sysfs `queues/rx-*`; a tap with no
-/// queue shows one).
-fn rx_queues(name: &str) -> Option<usize> {
-    let dir = std::fs::read_dir(std::path::Path::new("/sys/class/net").join(name).join("queues")).ok()?;
-    Some(dir.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count())
-}
-
 /// The queue fds of tap `name`: created (not persistent) if there is no
 /// interface of that name, attached to otherwise. Returns the fds and
 /// whether the tap was created. On error every fd opened is closed, which
@@ -99,13 +65,17 @@ pub fn open_queues(name: &str, pairs: u16) -> Result<(Vec<OwnedFd>, bool), PortE
         return Err(PortError::TooManyQueues { name: name.into(), pairs, max: MAX_QUEUES });
     }
     let q = IfQuery::new().map_err(|e| PortError::os("socket", name, e))?;
-    let found = existing(&q, name)?;
+    let found = q.link(name).map_err(|e| PortError::os("RTM_GETLINK", name, e))?;
     let mut multi_queue = true;
-    if let Some(x) = &found {
-        if x.tap == Some(false) {
-            return Err(PortError::NotATap { name: name.into(), kind: iface::describe_kind(name) });
+    if let Some(l) = &found {
+        let Some(t) = l.tun.filter(|t| t.tap) else {
+            return Err(PortError::NotATap { name: name.into(), kind: l.describe() });
+        };
+        if t.queues > 0 {
+            // Someone else's queues would take part of our frames.
+            return Err(PortError::TapInUse { name: name.into(), queues: t.queues as usize });
         }
-        if x.multi_queue == Some(false) {
+        if !t.multi_queue {
             if pairs > 1 {
                 return Err(PortError::NotMultiQueue { name: name.into(), pairs });
             }
@@ -120,20 +90,11 @@ pub fn open_queues(name: &str, pairs: u16) -> Result<(Vec<OwnedFd>, bool), PortE
     for _ in 0..pairs {
         fds.push(open_queue(name, flags, found.is_some())?);
     }
-    if let (Some(_), true) = (&found, multi_queue) {
-        // Someone else's queues on the same tap would take part of our
-        // frames: refuse (ours close when `fds` drops).
-        if let Some(n) = rx_queues(name) {
-            if n > pairs as usize {
-                return Err(PortError::TapInUse { name: name.into(), queues: n - pairs as usize });
-            }
-        }
-    }
     let created = found.is_none();
     if created {
         log::info!("tap {name}: created ({pairs} queue(s)); it goes away when the device stops");
-    } else if let Some(x) = found {
-        log::info!("tap {name} (ifindex {}): attached {pairs} queue(s)", x.index);
+    } else if let Some(l) = found {
+        log::info!("tap {name} (ifindex {}): attached {pairs} queue(s)", l.index);
     }
     Ok((fds, created))
 }
@@ -159,7 +120,7 @@ fn open_queue(name: &str, flags: libc::c_int, existed: bool) -> Result<OwnedFd, 
         },
         Errno::EBUSY => PortError::TapInUse { name: name.into(), queues: 1 },
         Errno::E2BIG => PortError::TooManyQueues { name: name.into(), pairs: MAX_QUEUES + 1, max: MAX_QUEUES },
-        Errno::EINVAL if existed => PortError::NotATap { name: name.into(), kind: iface::describe_kind(name) },
+        Errno::EINVAL if existed => PortError::NotATap { name: name.into(), kind: "not a tap of this mode".into() },
         e => PortError::os("TUNSETIFF", name, e),
     })?;
     sys::ioctl_set_int(fd.as_fd(), libc::TUNSETVNETHDRSZ, HDR_LEN as libc::c_int)
@@ -280,7 +241,7 @@ impl Port for TapPort {
         }
         for _ in 0..RX_BATCH {
             let Some(buf) = self.rx.back_raw() else { break };
-            match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&self.fd), buf) {
+            match nix::unistd::read(self.fd.as_raw_fd(), buf) {
                 Ok(n) if n > HDR_LEN && n - HDR_LEN <= SLOT_SIZE => {
                     let mut h = [0u8; super::meta::VNET_HDR_LEN];
                     h.copy_from_slice(&buf[..super::meta::VNET_HDR_LEN]);
@@ -394,8 +355,8 @@ impl Attach for TapAttach {
     fn probe(&mut self) -> Probe {
         let Some(fd) = self.probe_fd.take() else { return Probe::Gone };
         let r = match attached_name(fd.as_fd()) {
-            Ok(name) => match self.query(fd.as_fd()).flags(&name) {
-                Ok(Some(f)) if f.link_up() => Probe::Up,
+            Ok(name) => match self.query(fd.as_fd()).link(&name) {
+                Ok(Some(l)) if l.link_up() => Probe::Up,
                 _ => Probe::Down,
             },
             Err(e) if is_gone(e) => Probe::Gone,
@@ -408,7 +369,7 @@ impl Attach for TapAttach {
     }
 
     fn is_back(&mut self) -> bool {
-        matches!(self.own.index(&self.name), Ok(Some(_)))
+        matches!(self.own.link(&self.name), Ok(Some(l)) if l.tun.is_some_and(|t| t.tap && t.queues == 0))
     }
 
     fn reopen(&mut self, pairs: usize) -> Result<Vec<OwnedFd>, PortError> {
@@ -425,7 +386,7 @@ impl Attach for TapAttach {
 
 /// Tap `name` with one queue per pair: the ports and the device's link
 /// watch.
-pub fn open(name: &str, pairs: u16) -> Result<(Vec<Box<dyn Port>>, Box<dyn LinkWatch>), PortError> {
+pub fn open(name: &str, pairs: u16) -> Result<HostPorts, PortError> {
     let (fds, _created) = open_queues(name, pairs)?;
     let oserr = |op: &'static str| {
         move |e: std::io::Error| PortError::os(op, name, Errno::from_raw(e.raw_os_error().unwrap_or(0)))
@@ -442,5 +403,131 @@ pub fn open(name: &str, pairs: u16) -> Result<(Vec<Box<dyn Port>>, Box<dyn LinkW
         TapAttach { name: name.into(), probe_fd: Some(probe_fd), own, moved: None, own_ns, ns_error_logged: false };
     let up = attach.probe() == Probe::Up;
     let watch = Monitor::new(attach, name, shared, notify, up);
-    Ok((ports, Box::new(watch)))
+    Ok(HostPorts { ports, watch: Box::new(watch) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::link::port_links;
+    use crate::net::hdr::{F_NEEDS_CSUM, GSO_TCPV4};
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+    /// A tap queue stand-in: one end of a seqpacket socket pair keeps frame
+    /// boundaries, says EAGAIN when the other end's queue is full and EPIPE
+    /// once it is closed.
+    fn port() -> (TapPort, OwnedFd, Vec<std::sync::Arc<link::PortShared<OwnedFd>>>) {
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let (shared, mut links, _notify) = port_links::<OwnedFd>(1, "tap test").unwrap();
+        (TapPort::new(a, links.remove(0)), b, shared)
+    }
+
+    fn send(p: &mut TapPort, byte: u8, len: usize, meta: FrameMeta) -> bool {
+        let Some(s) = p.tx_slot() else { return false };
+        s[..len].fill(byte);
+        p.tx_commit(len, meta);
+        true
+    }
+
+    #[test]
+    fn tx_writes_header_and_frame_and_backs_off_on_eagain() {
+        let (mut p, peer, _s) = port();
+        let meta = FrameMeta {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        assert!(send(&mut p, 7, 100, meta));
+        p.tx_flush();
+        let mut buf = [0u8; 4096];
+        let n = nix::unistd::read(peer.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(n, HDR_LEN + 100, "one write: header and frame");
+        assert_eq!(&buf[..HDR_LEN], &meta.to_bytes12(0));
+        assert!(buf[HDR_LEN..n].iter().all(|&b| b == 7));
+        // Fill the peer's queue until the kernel says EAGAIN; the port then
+        // keeps what it could not write and refuses new frames when full.
+        let mut sent = 0;
+        while send(&mut p, 1, 60, FrameMeta::PLAIN) {
+            p.tx_flush();
+            sent += 1;
+            assert!(sent < 100_000, "never back-pressured");
+        }
+        assert!(p.tx_blocked);
+        assert_eq!(p.wake().unwrap().events, PollFlags::POLLIN | PollFlags::POLLOUT);
+        // Drain: everything queued goes out, none lost.
+        let mut got = 0;
+        let mut drain = |got: &mut usize| {
+            while let Ok(n) = nix::unistd::read(peer.as_raw_fd(), &mut buf) {
+                assert_eq!(n, HDR_LEN + 60);
+                *got += 1;
+            }
+        };
+        while !p.tx.is_empty() {
+            drain(&mut got);
+            p.tx_flush();
+        }
+        drain(&mut got);
+        assert_eq!(got, sent, "every frame written once");
+        assert!(!p.tx_blocked);
+        assert!(got >= sent - 1, "sent {sent}, got {got}");
+        assert!(p.tx_slot().is_some());
+    }
+
+    #[test]
+    fn rx_reads_frames_with_metadata_and_drops_bad_lengths() {
+        let (mut p, peer, s) = port();
+        let meta = FrameMeta { flags: crate::net::hdr::F_DATA_VALID, ..FrameMeta::PLAIN };
+        let mut f = meta.to_bytes12(1).to_vec();
+        f.extend_from_slice(&[9u8; 64]);
+        nix::unistd::write(&peer, &f).unwrap();
+        nix::unistd::write(&peer, &[0u8; 5]).unwrap(); // shorter than a header
+        nix::unistd::write(&peer, &vec![0u8; HDR_LEN + SLOT_SIZE + 1]).unwrap(); // longer than a slot
+        f[HDR_LEN] = 8;
+        nix::unistd::write(&peer, &f).unwrap();
+        p.rx_fill();
+        assert_eq!(p.rx_pending(), 2);
+        let fr = p.rx_peek().unwrap();
+        assert_eq!((fr.bytes.len(), fr.bytes[0], fr.meta), (64, 9, meta));
+        p.rx_consume();
+        assert_eq!(p.rx_peek().unwrap().bytes[0], 8);
+        p.rx_consume();
+        assert!(p.rx_peek().is_none());
+        assert_eq!(s[0].health.snapshot().rx_dropped, 2);
+    }
+
+    #[test]
+    fn a_dead_queue_fails_once_drops_and_takes_a_new_one() {
+        let (mut p, peer, s) = port();
+        drop(peer);
+        assert!(send(&mut p, 1, 60, FrameMeta::PLAIN));
+        p.tx_flush(); // EPIPE: gone
+        assert!(p.link.failed());
+        // Frames are consumed and dropped, no syscall, counted.
+        for _ in 0..3 {
+            assert!(send(&mut p, 1, 60, FrameMeta::PLAIN));
+            p.tx_flush();
+        }
+        let h = s[0].health.snapshot();
+        assert_eq!((h.failures, h.tx_link_dropped), (1, 4));
+        assert_eq!(p.wake().unwrap().fd.as_raw_fd(), s[0].handover.wake_fd_for_test());
+        // The watch hands over a new queue: the port uses it.
+        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_NONBLOCK).unwrap();
+        s[0].handover.give(a);
+        p.rx_fill();
+        assert!(!p.link.failed());
+        assert!(send(&mut p, 5, 60, FrameMeta::PLAIN));
+        p.tx_flush();
+        let mut buf = [0u8; 256];
+        assert_eq!(nix::unistd::read(b.as_raw_fd(), &mut buf).unwrap(), HDR_LEN + 60);
+        assert_eq!(s[0].health.snapshot().reattached, 1);
+    }
 }

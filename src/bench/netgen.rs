@@ -203,15 +203,11 @@ fn run_thread(
     let deadline = o.duration.map(|d| warm_end + d);
     let limit = o.frames.unwrap_or(u64::MAX);
     let (src, dst) = (macs[device], macs[target]);
-    // Frames due by now at the rate: a thread that was descheduled catches
-    // up (in bursts, bounded by its TX ring) instead of losing the time.
-    let due = |now: Instant| -> u64 {
-        if o.rate_pps > 0.0 {
-            (now.saturating_duration_since(start).as_secs_f64() * o.rate_pps) as u64 + 1
-        } else {
-            u64::MAX
-        }
-    };
+    // Pacing: frames are due at `rate` from `next`; a thread that was
+    // descheduled (or paused for the link) catches up at most MAX_LAG's
+    // worth, so it does not flood the kernel's queues afterwards.
+    const MAX_LAG: Duration = Duration::from_millis(2);
+    let mut next = start;
     let mut sending = true;
     let mut win0: Option<(Instant, [u64; 4])> = None;
     let mut win1: Option<(Instant, [u64; 4])> = None;
@@ -232,7 +228,18 @@ fn run_thread(
         }
         let mut work = 0;
         if sending && sh.link_up[device].load(Ordering::Relaxed) {
-            let want = (burst as u64).min(limit - r.sent).min(due(now).saturating_sub(r.sent)) as usize;
+            let due = if o.rate_pps > 0.0 {
+                if now > next + MAX_LAG {
+                    next = now - MAX_LAG;
+                }
+                match now.checked_duration_since(next) {
+                    Some(d) => (d.as_secs_f64() * o.rate_pps) as u64 + 1,
+                    None => 0,
+                }
+            } else {
+                u64::MAX
+            };
+            let want = (burst as u64).min(limit - r.sent).min(due) as usize;
             if want > 0 {
                 let (mut seq, mut bytes) = (r.sent, 0u64);
                 let n = q.tx_burst(
@@ -244,6 +251,9 @@ fn run_thread(
                     },
                     want,
                 );
+                if o.rate_pps > 0.0 {
+                    next += Duration::from_secs_f64(n as f64 / o.rate_pps);
+                }
                 r.sent += n as u64;
                 r.sent_bytes += bytes;
                 sh.sent.fetch_add(n as u64, Ordering::Relaxed);
