@@ -104,7 +104,7 @@ fn open_queue(name: &str, flags: libc::c_int, existed: bool) -> Result<OwnedFd, 
         |e| match e {
             Errno::ENOENT | Errno::ENODEV => PortError::NoTun,
             Errno::EACCES | Errno::EPERM => {
-                PortError::Permission { what: format!("opening {TUN_PATH}"), cap: "access to /dev/net/tun" }
+                PortError::Permission { what: format!("opening {TUN_PATH}"), cap: "read-write access to /dev/net/tun, and CAP_NET_ADMIN to create a tap" }
             }
             e => PortError::os("open /dev/net/tun", name, e),
         },

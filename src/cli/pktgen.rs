@@ -294,6 +294,9 @@ fn run_host(a: &PktgenArgs, backend: Backend, sizes: Sizes, duration: Option<Dur
         stall: Duration::from_secs(2),
         link_wait: Duration::from_secs_f64(a.link_wait),
     };
+    for d in 0..count {
+        b.dev.options(&format!("pktgen{d}"), netgen::device_mac(d)).validate()?;
+    }
     // Every port first: a bad interface leaves nothing behind.
     let opened = a.host.open_all(kind, spec, count, pairs)?;
     let mut devices = Vec::new();

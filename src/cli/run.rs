@@ -179,27 +179,30 @@ pub fn run(a: RunArgs) -> CliResult {
         return Err(CliError("--backend patch wires two devices: use --devices 2".into()));
     }
     let spec = a.host.spec(a.backend)?;
-    if a.dev.queues == 0 {
-        return Err(CliError(format!("--queues {} must be in 1..=256", a.dev.queues)));
-    }
-    let control: Arc<dyn VduseControl> = Arc::new(KernelControl::open()?);
-    let stop = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
-
     let names: Vec<String> =
         if a.devices == 1 { vec![a.name.clone()] } else { (0..a.devices).map(|i| format!("{}{i}", a.name)).collect() };
+    // Bad options are refused before any interface is touched.
+    for n in &names {
+        a.dev.options(n, a.mac).validate()?;
+    }
     let pairs = a.dev.queues as usize;
     let mut ports: Vec<Vec<Box<dyn Port>>> = (0..a.devices).map(|_| Vec::new()).collect();
     let mut links: Vec<Option<Box<dyn LinkWatch>>> = (0..a.devices).map(|_| None).collect();
     let mut ifaces: Vec<Option<String>> = vec![None; a.devices];
     if let (Some(kind), Some(spec)) = (a.backend.host(), spec) {
+        // Interfaces first: their errors name the cause before anything
+        // else is set up, and a failure leaves no device behind.
         for (i, (name, hp)) in a.host.open_all(kind, spec, a.devices, a.dev.queues)?.into_iter().enumerate() {
             ports[i] = hp.ports;
             links[i] = Some(hp.watch);
             ifaces[i] = Some(name);
         }
     }
+    let control: Arc<dyn VduseControl> = Arc::new(KernelControl::open()?);
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+
     for _ in 0..pairs {
         match a.backend {
             Backend::Loopback => {
