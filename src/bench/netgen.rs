@@ -29,6 +29,7 @@ use super::frame::{self, Check};
 use super::pktgen::{RxCheck, Sizes, DEVICE_THREADS};
 use super::testbed::{BenchError, Testbed};
 use crate::dataplane::device::DeviceStats;
+use crate::backend::{FrameMeta, Port};
 use crate::driver::net::QueuePair;
 use crate::driver::DriverTransport;
 use crate::net::config::{STATUS_OFFSET, VIRTIO_NET_S_LINK_UP};
@@ -182,9 +183,88 @@ struct Per {
     r: ThreadReport,
 }
 
+/// What a generator thread drives: a driver's queue pair (frames through a
+/// device), or a port directly (the port's own ceiling, no device).
+pub trait Endpoint: Send + 'static {
+    fn pair(&self) -> u16;
+    /// Before the first frame.
+    fn start(&mut self) {}
+    /// Send up to `max` frames built by `build(buf) -> len`; returns how many.
+    fn send(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize, max: usize) -> usize;
+    /// Hand up to `max` received frames to `f`; returns how many.
+    fn recv(&mut self, f: &mut dyn FnMut(&[u8]), max: usize) -> usize;
+    /// Nothing to send: finish what is in flight.
+    fn idle(&mut self) {}
+    /// Errors the driver saw.
+    fn errors(&self) -> u64 {
+        0
+    }
+}
+
+impl Endpoint for QueuePair {
+    fn pair(&self) -> u16 {
+        self.index()
+    }
+    fn start(&mut self) {
+        self.post_rx();
+    }
+    fn send(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize, max: usize) -> usize {
+        self.tx_burst(&mut |_, buf| build(buf), max)
+    }
+    fn recv(&mut self, f: &mut dyn FnMut(&[u8]), max: usize) -> usize {
+        self.rx_burst(f, max)
+    }
+    fn idle(&mut self) {
+        self.reclaim_tx();
+    }
+    fn errors(&self) -> u64 {
+        let st = self.stats();
+        st.tx_errors + st.rx_errors + st.kick_errors
+    }
+}
+
+/// A host port driven directly, without a device: the same frames and
+/// checks, so the rate is the port and the kernel path alone.
+pub struct PortEnd {
+    pub port: Box<dyn Port>,
+    pub pair: u16,
+}
+
+impl Endpoint for PortEnd {
+    fn pair(&self) -> u16 {
+        self.pair
+    }
+    fn send(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(slot) = self.port.tx_slot() else { break };
+            let len = build(slot);
+            self.port.tx_commit(len, FrameMeta::PLAIN);
+            n += 1;
+        }
+        self.port.tx_flush();
+        n
+    }
+    fn recv(&mut self, f: &mut dyn FnMut(&[u8]), max: usize) -> usize {
+        self.port.rx_fill();
+        let mut n = 0;
+        while n < max {
+            let Some(fr) = self.port.rx_peek() else { break };
+            f(fr.bytes);
+            self.port.rx_consume();
+            n += 1;
+        }
+        self.port.rx_flush();
+        n
+    }
+    fn idle(&mut self) {
+        self.port.tx_flush();
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
-fn run_thread(
-    q: &mut QueuePair,
+fn run_thread<E: Endpoint>(
+    q: &mut E,
     device: usize,
     target: usize,
     streams: usize,
@@ -193,7 +273,7 @@ fn run_thread(
     sh: &Shared,
     macs: &[[u8; 6]],
 ) -> Per {
-    let pair = q.index();
+    let pair = q.pair();
     let stream = (device * pairs + pair as usize) as u16;
     let mut r = ThreadReport { device, pair, stream, ..Default::default() };
     let mut checks: Vec<RxCheck> = (0..streams).map(|s| RxCheck::new(s as u16)).collect();
@@ -213,7 +293,7 @@ fn run_thread(
     let mut win1: Option<(Instant, [u64; 4])> = None;
     let (mut rx, mut rx_bytes) = (0u64, 0u64);
     let mut idle = 0u32;
-    q.post_rx();
+    q.start();
     loop {
         let now = Instant::now();
         let counts = [r.sent, r.sent_bytes, rx, rx_bytes];
@@ -242,8 +322,8 @@ fn run_thread(
             let want = (burst as u64).min(limit - r.sent).min(due) as usize;
             if want > 0 {
                 let (mut seq, mut bytes) = (r.sent, 0u64);
-                let n = q.tx_burst(
-                    &mut |_, buf| {
+                let n = q.send(
+                    &mut |buf| {
                         let n = frame::build(buf, o.sizes.of(seq), dst, src, stream, seq);
                         seq += 1;
                         bytes += n as u64;
@@ -260,10 +340,10 @@ fn run_thread(
                 work += n;
             }
         } else if !sending {
-            q.reclaim_tx();
+            q.idle();
         }
         let mut got = 0u64;
-        let n = q.rx_burst(
+        let n = q.recv(
             &mut |f| {
                 if !frame::is_ours(f) {
                     r.foreign += 1;
@@ -328,8 +408,7 @@ fn run_thread(
     }
     r.received = rx;
     r.received_bytes = rx_bytes;
-    let st = q.stats();
-    r.driver_errors = st.tx_errors + st.rx_errors + st.kick_errors;
+    r.driver_errors = q.errors();
     r.cpu = cpu::current_thread(&format!("netgen-{device}-{pair}"));
     Per { checks, r }
 }
@@ -346,20 +425,11 @@ pub fn run_network(
     if nd == 0 {
         return Err(BenchError::Options("no device".into()));
     }
-    let macs: Vec<[u8; 6]> = (0..nd).map(device_mac).collect();
     let transports: Vec<Arc<dyn DriverTransport>> = devices
         .iter()
         .map(|d| d.tb.driver().map(|x| x.transport().clone()).ok_or_else(|| BenchError::Options("no driver".into())))
         .collect::<Result<_, _>>()?;
     let pairs: Vec<Vec<QueuePair>> = devices.iter_mut().map(|d| d.tb.take_pairs()).collect();
-    let per_dev = pairs.iter().map(|p| p.len()).max().unwrap_or(0);
-    if per_dev == 0 || pairs.iter().any(|p| p.len() != per_dev) {
-        return Err(BenchError::Options("devices must have the same number of queue pairs".into()));
-    }
-    let streams = nd * per_dev;
-    if streams > u16::MAX as usize {
-        return Err(BenchError::Options("too many streams".into()));
-    }
     // The links must be up before anything is sent.
     let t_wait = Instant::now();
     loop {
@@ -381,6 +451,37 @@ pub fn run_network(
         // Interrupts raised during setup are not part of the run.
         while t.wait_config_interrupt(Duration::ZERO).unwrap_or(false) {}
     }
+    let (mut rep, pairs) = run_core(pairs, &transports, o, cores, stop)?;
+    drop(pairs);
+    rep.cpu.extend(cpu::threads_named(DEVICE_THREADS));
+    for d in devices {
+        rep.ifaces.push(d.iface);
+        rep.devices.push(d.tb.finish()?);
+    }
+    Ok(rep)
+}
+
+/// The generator threads over `ends[d]` (the pairs of device d), watching
+/// the devices' links through `transports` (none for bare ports). Returns
+/// the report (without interfaces and device stats) and the endpoints.
+fn run_core<E: Endpoint>(
+    ends: Vec<Vec<E>>,
+    transports: &[Arc<dyn DriverTransport>],
+    o: &NetGenOptions,
+    cores: &[usize],
+    stop: Arc<AtomicBool>,
+) -> Result<(NetReport, Vec<E>), BenchError> {
+    let nd = ends.len();
+    let per_dev = ends.iter().map(|p| p.len()).max().unwrap_or(0);
+    if nd == 0 || per_dev == 0 || ends.iter().any(|p| p.len() != per_dev) {
+        return Err(BenchError::Options("every device needs the same number of queue pairs".into()));
+    }
+    let streams = nd * per_dev;
+    if streams > u16::MAX as usize {
+        return Err(BenchError::Options("too many streams".into()));
+    }
+    let macs: Vec<[u8; 6]> = (0..nd).map(device_mac).collect();
+    let pairs = ends;
     let sh = Arc::new(Shared {
         stop: stop.clone(),
         link_up: (0..nd).map(|_| AtomicBool::new(true)).collect(),
@@ -400,7 +501,7 @@ pub fn run_network(
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             i += 1;
             let h = std::thread::Builder::new()
-                .name(format!("netgen-{d}-{}", q.index()))
+                .name(format!("netgen-{d}-{}", q.pair()))
                 .spawn(move || {
                     if let Some(c) = core {
                         if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
@@ -431,7 +532,7 @@ pub fn run_network(
     let mut seen_at_up = 0u64;
     while !handles.iter().all(|h| h.is_finished()) {
         std::thread::sleep(Duration::from_millis(20));
-        for d in 0..nd {
+        for d in 0..transports.len() {
             while transports[d].wait_config_interrupt(Duration::ZERO).unwrap_or(false) {
                 irqs[d] += 1;
             }
@@ -453,14 +554,6 @@ pub fn run_network(
         let (p, q) = h.join().map_err(|_| BenchError::ThreadPanicked)?;
         pers.push(p);
         back.push(q);
-    }
-    drop(back);
-    let dev_cpu = cpu::threads_named(DEVICE_THREADS);
-    let mut dev_stats = Vec::new();
-    let mut ifaces = Vec::new();
-    for d in devices {
-        ifaces.push(d.iface);
-        dev_stats.push(d.tb.finish()?);
     }
     // Merge the receivers' view of each stream.
     let mut srep: Vec<StreamReport> = (0..streams)
@@ -491,12 +584,11 @@ pub fn run_network(
     let threads: Vec<ThreadReport> = pers.into_iter().map(|p| p.r).collect();
     let sum_u = |f: fn(&StreamReport) -> u64| srep.iter().map(f).sum::<u64>();
     let sum_f = |f: fn(&ThreadReport) -> f64| threads.iter().map(f).sum::<f64>();
-    let mut cpu_all: Vec<ThreadCpu> = threads.iter().map(|t| t.cpu.clone()).collect();
-    cpu_all.extend(dev_cpu);
+    let cpu_all: Vec<ThreadCpu> = threads.iter().map(|t| t.cpu.clone()).collect();
     let rx_total = sum_u(|s| s.received);
-    Ok(NetReport {
+    let rep = NetReport {
         mode: if nd == 1 { "reflect" } else { "cross" },
-        ifaces,
+        ifaces: Vec::new(),
         queue_pairs: per_dev,
         tx_frames: sum_u(|s| s.sent),
         rx_frames: rx_total,
@@ -518,6 +610,29 @@ pub fn run_network(
         streams: srep,
         threads,
         cpu: cpu_all,
-        devices: dev_stats,
-    })
+        devices: Vec::new(),
+    };
+    Ok((rep, back))
+}
+
+/// The same run on bare ports (`ports[d]` = one interface's pairs): no
+/// device, no virtio, no link watch; the rate is the ceiling of the port
+/// and the kernel path it uses.
+pub fn run_ports(
+    ports: Vec<(String, Vec<Box<dyn Port>>)>,
+    o: &NetGenOptions,
+    cores: &[usize],
+    stop: Arc<AtomicBool>,
+) -> Result<NetReport, BenchError> {
+    let mut ifaces = Vec::new();
+    let mut ends = Vec::new();
+    for (name, ps) in ports {
+        ifaces.push(name);
+        ends.push(ps.into_iter().enumerate().map(|(i, port)| PortEnd { port, pair: i as u16 }).collect::<Vec<_>>());
+    }
+    let (mut rep, back) = run_core(ends, &[], o, cores, stop)?;
+    drop(back);
+    rep.mode = if ifaces.len() == 1 { "reflect-port-only" } else { "cross-port-only" };
+    rep.ifaces = ifaces;
+    Ok(rep)
 }

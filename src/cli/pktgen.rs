@@ -165,6 +165,11 @@ pub struct PktgenArgs {
     /// frames came back after the link did.
     #[arg(long)]
     link_flap_check: bool,
+    /// With --backend: drive the ports directly, without a device (no
+    /// virtio, no poll thread): the same frames and checks, so the rate is
+    /// the ceiling of the port and its kernel path.
+    #[arg(long)]
+    port_only: bool,
     /// With --backend: seconds to wait for the link to be up before sending.
     #[arg(long, default_value_t = 5.0)]
     link_wait: f64,
@@ -194,8 +199,8 @@ pub fn run(a: PktgenArgs) -> CliResult {
     if let Some(backend) = a.backend {
         return run_host(&a, backend, sizes, duration, warmup);
     }
-    if a.link_flap_check || a.host.iface.is_some() {
-        return Err(CliError("--iface and --link-flap-check need --backend tap or af-packet".into()));
+    if a.link_flap_check || a.port_only || a.host.iface.is_some() {
+        return Err(CliError("--iface, --port-only and --link-flap-check need --backend tap or af-packet".into()));
     }
     let mode: Mode = a.mode.into();
     if b.vhost_vdpa.is_some() && mode != Mode::Loopback {
@@ -299,6 +304,15 @@ fn run_host(a: &PktgenArgs, backend: Backend, sizes: Sizes, duration: Option<Dur
     }
     // Every port first: a bad interface leaves nothing behind.
     let opened = a.host.open_all(kind, spec, count, pairs)?;
+    let cores = b.gen_cores.clone().unwrap_or_default();
+    if a.port_only {
+        if a.link_flap_check {
+            return Err(CliError("--link-flap-check needs the device (not --port-only)".into()));
+        }
+        let ports = opened.into_iter().map(|(n, hp)| (n, hp.ports)).collect();
+        let rep = netgen::run_ports(ports, &o, &cores, stop_flag()?).map_err(|e| CliError(e.to_string()))?;
+        return report_net(&rep, b, false);
+    }
     let mut devices = Vec::new();
     for (d, (iface, hp)) in opened.into_iter().enumerate() {
         let opts = b.dev.options(&format!("pktgen{d}"), netgen::device_mac(d));
@@ -307,20 +321,24 @@ fn run_host(a: &PktgenArgs, backend: Backend, sizes: Sizes, duration: Option<Dur
             .map_err(|e| CliError(format!("setting up the device on {iface}: {e}")))?;
         devices.push(NetDevice { tb, iface });
     }
-    let cores = b.gen_cores.clone().unwrap_or_default();
     let rep = netgen::run_network(devices, &o, &cores, stop_flag()?).map_err(|e| CliError(e.to_string()))?;
+    report_net(&rep, b, a.link_flap_check)
+}
+
+/// Print a network run and judge it.
+fn report_net(rep: &NetReport, b: &BenchArgs, link_flap_check: bool) -> CliResult {
     if b.json {
         println!("{}", serde_json::to_string(&rep).map_err(|e| CliError(e.to_string()))?);
     } else {
         print_net(&rep, &b.size);
     }
-    if rep.failed(a.link_flap_check) {
+    if rep.failed(link_flap_check) {
         return Err(CliError(format!(
             "traffic check failed: lost {}, corrupt {}, dup/reordered {}, driver errors {}",
             rep.lost, rep.integrity_errors, rep.duplicates_or_reordered, rep.driver_errors
         )));
     }
-    if a.link_flap_check {
+    if link_flap_check {
         let down = rep.link_events.iter().position(|e| !e.up);
         let up_after = down.is_some_and(|i| rep.link_events[i..].iter().any(|e| e.up));
         if !up_after {

@@ -24,18 +24,19 @@ step() { vt_info "at $(cut -d' ' -f1 /proc/uptime)s: $*"; }
 MIB=10
 
 # start NAME LOG ARGS...: vduse-net run in the background; sets PID
+# (names with a prefix: the guest library's helpers use _n, _l and friends)
 start() {
-	_n=$1 _l=$2
+	ps_name=$1 ps_log=$2
 	shift 2
-	/bin/vduse-net run --name "$_n" "$@" >"$_l" 2>&1 &
+	/bin/vduse-net run --name "$ps_name" "$@" >"$ps_log" 2>&1 &
 	PID=$!
-	LOG=$_l
-	if ! vt_wait_log 20 "device $_n ready"; then
-		vt_fail "ports.$_n.start" "no 'device $_n ready' within 20 s: $(vt_log_tail)"
+	LOG=$ps_log
+	if ! vt_wait_log 20 "device $ps_name ready"; then
+		vt_fail "ports.$ps_name.start" "no 'device $ps_name ready' within 20 s: $(vt_log_tail)"
 		return 1
 	fi
-	vt_info "$_n: $(grep "device $_n ready" "$_l")"
-	vt_pass "ports.$_n.start"
+	vt_info "$ps_name: $(grep "device $ps_name ready" "$ps_log")"
+	vt_pass "ports.$ps_name.start"
 }
 
 # bind NAME: vdpa dev add + virtio_vdpa; sets IF
@@ -89,21 +90,21 @@ transfer() {
 	rm -f /tmp/recv /tmp/nc.hold
 	mkfifo /tmp/nc.hold
 	ip netns exec "$3" nc -l -p "$5" >/tmp/recv </tmp/nc.hold &
-	_nc=$!
+	ps_nc=$!
 	exec 3>/tmp/nc.hold
-	_t0=$(cut -d' ' -f1 /proc/uptime)
+	ps_t0=$(cut -d' ' -f1 /proc/uptime)
 	if ! vt_wait 10 sh -c "/sbin/ip netns exec $3 netstat -ltn | grep -q ':$5 '"; then
 		vt_fail "ports.$1.transfer" "listener on $4:$5 did not come up"
 	elif ! out=$(ip netns exec "$2" timeout 150 nc "$4" "$5" </tmp/blob 2>&1); then
 		vt_fail "ports.$1.transfer" "sender failed: $out | $(vt_log_tail)"
 	fi
-	vt_reap "$_nc" 60 || vt_fail "ports.$1.transfer" "the listener did not finish within 60 s"
+	vt_reap "$ps_nc" 60 || vt_fail "ports.$1.transfer" "the listener did not finish within 60 s"
 	exec 3>&-
-	_t1=$(cut -d' ' -f1 /proc/uptime)
+	ps_t1=$(cut -d' ' -f1 /proc/uptime)
 	want=$(sha256sum </tmp/blob | cut -d' ' -f1)
 	got=$(sha256sum </tmp/recv | cut -d' ' -f1)
 	size=$(wc -c </tmp/recv)
-	vt_info "$1 transfer: $size of $((MIB * 1048576)) bytes in $(awk -v a="$_t0" -v b="$_t1" 'BEGIN { printf "%.1f", b - a }') s; sha256 sent $want received $got"
+	vt_info "$1 transfer: $size of $((MIB * 1048576)) bytes in $(awk -v a="$ps_t0" -v b="$ps_t1" 'BEGIN { printf "%.1f", b - a }') s; sha256 sent $want received $got"
 	if [ "$want" = "$got" ]; then
 		vt_pass "ports.$1.transfer"
 	else
