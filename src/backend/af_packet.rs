@@ -500,5 +500,8 @@ pub fn open(name: &str, pairs: u16, opts: PacketOptions) -> Result<HostPorts, Po
         socks.into_iter().zip(links).map(|(s, l)| Box::new(PacketPort::new(s, l, name)) as Box<dyn Port>).collect();
     let mut attach = PacketAttach { name: name.into(), ifindex, q, opts };
     let up = attach.probe() == Probe::Up;
-    Ok(HostPorts { ports, watch: Box::new(Monitor::new(attach, name, shared, notify, up)) })
+    let watch = Monitor::new(attach, name, shared, notify, up)
+        .spawn()
+        .map_err(|e| PortError::os("thread", name, Errno::from_raw(e.raw_os_error().unwrap_or(0))))?;
+    Ok(HostPorts { ports, watch })
 }

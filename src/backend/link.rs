@@ -6,14 +6,14 @@
 //!   kernel side (the interface was deleted under it), marks itself failed
 //!   in its [`PortHealth`], logs once, drops frames (counted) and wakes the
 //!   slow path; it never makes a syscall for this on the fast path;
-//! - a [`LinkWatch`] on the slow-path thread looks at the interface about
-//!   every 100 ms (or at once when a port failed) and reports changes; when
-//!   an interface that was gone is back, it opens the ports' kernel side
-//!   again and hands it over through a [`Handover`];
-//! - the slow path turns a change into the config-space status and a
-//!   config interrupt.
-//!
-//! [`Monitor`] is the watch for any port kind that implements [`Attach`].
+//! - a watch thread per device ([`Monitor`], for any port kind that
+//!   implements [`Attach`]) looks at the interface about every 100 ms (or
+//!   at once when a port failed); when an interface that was gone is back,
+//!   it opens the ports' kernel side again and hands it over through a
+//!   [`Handover`];
+//! - the slow path polls the watch's [`LinkWatch`] handle (an atomic and an
+//!   eventfd, never a probe) and turns a change into the config-space
+//!   status and a config interrupt.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -285,10 +285,10 @@ unsafe impl<T: Send> Sync for StatsView<T> {}
 
 /// The slow path's side of a device's link.
 pub trait LinkWatch: Send {
-    /// Readable when a port failed (look now rather than at the next tick).
+    /// Readable when the link state may have changed.
     fn wake_fd(&self) -> BorrowedFd<'_>;
-    /// Look at the interface if it is time (or a port woke us); returns the
-    /// new link state when it changed.
+    /// The new link state when it changed since the last call (cheap: no
+    /// probing here, the watch thread does that).
     fn poll(&mut self, now: Instant) -> Option<bool>;
     /// The link state now.
     fn is_up(&self) -> bool;
@@ -391,15 +391,50 @@ where
     }
 }
 
-impl<A: Attach> LinkWatch for Monitor<A>
+impl<A: Attach + 'static> Monitor<A>
 where
     A::Res: 'static,
 {
-    fn wake_fd(&self) -> BorrowedFd<'_> {
-        self.notify.as_fd()
+    /// Run the watch on its own thread ("vduse-link"), so a slow probe
+    /// (netlink, entering another namespace, reopening ports) never delays
+    /// the slow path's answers to the kernel. The returned handle is what
+    /// the slow path polls; dropping it stops the thread.
+    pub fn spawn(self) -> std::io::Result<Box<dyn LinkWatch>> {
+        let shared =
+            Arc::new(WatchShared { up: AtomicBool::new(self.up), changed: eventfd()?, stop: AtomicBool::new(false) });
+        let stats = self.stats_view();
+        let notify = self.notify.clone();
+        let up = self.up;
+        let sh = shared.clone();
+        let join = std::thread::Builder::new().name("vduse-link".into()).spawn(move || self.run(&sh))?;
+        Ok(Box::new(Watcher { shared, notify, reported: up, join: Some(join), stats }))
     }
 
-    fn poll(&mut self, now: Instant) -> Option<bool> {
+    fn run(mut self, sh: &WatchShared) {
+        while !sh.stop.load(Ordering::Acquire) {
+            let mut fds = [nix::poll::PollFd::new(self.notify.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(PROBE_INTERVAL.as_millis() as u16));
+            if sh.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let t = Instant::now();
+            if let Some(up) = self.step(t) {
+                sh.up.store(up, Ordering::Release);
+                let _ = sh.changed.write(1);
+            }
+            if t.elapsed() > Duration::from_secs(1) {
+                log::warn!("{}: looking at the interface took {:?}", self.iface, t.elapsed());
+            }
+        }
+    }
+
+    fn stats_view(&self) -> Arc<dyn LinkStatsSource> {
+        Arc::new(StatsView { iface: self.iface.clone(), counters: self.counters.clone(), ports: self.ports.clone() })
+    }
+
+    /// One look at the interface if it is time (or a port woke us);
+    /// returns the new link state when it changed.
+    pub fn step(&mut self, now: Instant) -> Option<bool> {
         let woken = self.notify.read().is_ok();
         if !woken && now < self.next_probe {
             return None;
@@ -444,12 +479,60 @@ where
         Some(up)
     }
 
-    fn is_up(&self) -> bool {
+    pub fn is_up(&self) -> bool {
         self.up
+    }
+}
+
+struct WatchShared {
+    up: AtomicBool,
+    /// Written by the watch thread on each change.
+    changed: EventFd,
+    stop: AtomicBool,
+}
+
+/// The slow path's handle on a watch thread.
+struct Watcher {
+    shared: Arc<WatchShared>,
+    /// The watch thread's wake-up (to stop it).
+    notify: Arc<EventFd>,
+    reported: bool,
+    join: Option<std::thread::JoinHandle<()>>,
+    stats: Arc<dyn LinkStatsSource>,
+}
+
+impl LinkWatch for Watcher {
+    fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.shared.changed.as_fd()
+    }
+
+    fn poll(&mut self, _now: Instant) -> Option<bool> {
+        let _ = self.shared.changed.read();
+        // Acquire: pairs with the watch thread's Release store.
+        let up = self.shared.up.load(Ordering::Acquire);
+        if up == self.reported {
+            return None;
+        }
+        self.reported = up;
+        Some(up)
+    }
+
+    fn is_up(&self) -> bool {
+        self.reported
     }
 
     fn stats(&self) -> Arc<dyn LinkStatsSource> {
-        Arc::new(StatsView { iface: self.iface.clone(), counters: self.counters.clone(), ports: self.ports.clone() })
+        self.stats.clone()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        let _ = self.notify.write(1);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
     }
 }
 
@@ -489,7 +572,7 @@ mod tests {
         let mut t = Instant::now();
         let mut tick = |m: &mut Monitor<Script>| {
             t += PROBE_INTERVAL * 11;
-            m.poll(t)
+            m.step(t)
         };
         // The watch's clock is the test's: each tick is 1.1 s later.
         assert_eq!(tick(&mut m), None, "no change while up");
@@ -504,7 +587,7 @@ mod tests {
         links[0].fail("write", Errno::EBADFD);
         assert_eq!(links[0].health().failures.load(Ordering::Relaxed), 1, "counted once");
         *probe.lock().unwrap() = Probe::Gone;
-        assert_eq!(m.poll(Instant::now()), Some(false));
+        assert_eq!(m.step(Instant::now()), Some(false));
         assert!(m.gone);
         assert_eq!(tick(&mut m), None, "still gone");
         assert_eq!(reopened.load(Ordering::Relaxed), 0);
@@ -532,10 +615,10 @@ mod tests {
         links[1].fail("read", Errno::EBADFD);
         // Woken at once, 0.1 s after the reopen: not again so soon.
         let soon = m.next_reopen - REOPEN_RETRY + PROBE_INTERVAL;
-        assert_eq!(m.poll(soon), Some(false), "no second reopen within REOPEN_RETRY");
+        assert_eq!(m.step(soon), Some(false), "no second reopen within REOPEN_RETRY");
         assert_eq!(reopened.load(Ordering::Relaxed), 2);
 
-        let s = m.stats().link_stats();
+        let s = m.stats_view().link_stats();
         assert_eq!((s.up, s.changes, s.lost, s.reopened), (false, 5, 1, 2));
         assert_eq!(s.ports[0].failures, 1);
         assert_eq!(s.ports[0].reattached, 1);

@@ -103,9 +103,10 @@ fn open_queue(name: &str, flags: libc::c_int, existed: bool) -> Result<OwnedFd, 
     let fd = nix::fcntl::open(TUN_PATH, OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty()).map_err(
         |e| match e {
             Errno::ENOENT | Errno::ENODEV => PortError::NoTun,
-            Errno::EACCES | Errno::EPERM => {
-                PortError::Permission { what: format!("opening {TUN_PATH}"), cap: "read-write access to /dev/net/tun, and CAP_NET_ADMIN to create a tap" }
-            }
+            Errno::EACCES | Errno::EPERM => PortError::Permission {
+                what: format!("opening {TUN_PATH}"),
+                cap: "read-write access to /dev/net/tun, and CAP_NET_ADMIN to create a tap",
+            },
             e => PortError::os("open /dev/net/tun", name, e),
         },
     )?;
@@ -402,8 +403,8 @@ pub fn open(name: &str, pairs: u16) -> Result<HostPorts, PortError> {
     let mut attach =
         TapAttach { name: name.into(), probe_fd: Some(probe_fd), own, moved: None, own_ns, ns_error_logged: false };
     let up = attach.probe() == Probe::Up;
-    let watch = Monitor::new(attach, name, shared, notify, up);
-    Ok(HostPorts { ports, watch: Box::new(watch) })
+    let watch = Monitor::new(attach, name, shared, notify, up).spawn().map_err(oserr("thread"))?;
+    Ok(HostPorts { ports, watch })
 }
 
 #[cfg(test)]

@@ -28,7 +28,8 @@ MIB=10
 start() {
 	ps_name=$1 ps_log=$2
 	shift 2
-	/bin/vduse-net run --name "$ps_name" "$@" >"$ps_log" 2>&1 &
+	RUST_LOG="warn,vduse_net::dataplane::slowpath=debug,vduse_net::backend=info" \
+		/bin/vduse-net run --name "$ps_name" "$@" >"$ps_log" 2>&1 &
 	PID=$!
 	LOG=$ps_log
 	if ! vt_wait_log 20 "device $ps_name ready"; then
@@ -67,6 +68,16 @@ ns_if() {
 }
 
 carrier() { ip netns exec "$1" cat "/sys/class/net/$2/carrier" 2>/dev/null; }
+
+# wait_carrier NS IF WANT: up to 10 s for IF's carrier to be WANT (one netns exec: each
+# costs a second or two under TCG).
+wait_carrier() {
+	# shellcheck disable=SC2016 # expanded by the inner shell
+	ip netns exec "$1" sh -c 'n=0; while [ $n -lt 100 ]; do [ "$(cat /sys/class/net/$0/carrier 2>/dev/null)" = "$1" ] && exit 0; sleep 0.1; n=$((n + 1)); done; exit 1' "$2" "$3"
+}
+
+# dump LOG: the device log on the console (after a failure)
+dump() { tail -n 60 "$1" | while read -r l; do vt_info "log: $l"; done; }
 
 # ping_both NAME NSA ADDRA NSB ADDRB
 ping_both() {
@@ -139,10 +150,11 @@ if start vt /tmp/vt.log --backend tap --iface tapb && bind vt; then
 		out=$(ip netns add B && ip -n B link set lo up && ip link set tapb netns B &&
 			ip -n B addr add 10.77.0.2/24 dev tapb && ip -n B link set tapb up 2>&1); then
 		vt_pass ports.vt.netns
-		if vt_wait 10 sh -c "[ \"\$(/sbin/ip netns exec A cat /sys/class/net/$TAPIF/carrier)\" = 1 ]"; then
+		if wait_carrier A "$TAPIF" 1; then
 			vt_pass ports.vt.link-up
 		else
 			vt_fail ports.vt.link-up "carrier of $TAPIF in A is $(carrier A "$TAPIF") with tapb up in B: $(vt_log_tail)"
+			dump /tmp/vt.log
 		fi
 		step tap ping
 		ping_both vt A 10.77.0.1 B 10.77.0.2
@@ -150,13 +162,13 @@ if start vt /tmp/vt.log --backend tap --iface tapb && bind vt; then
 		transfer vt A B 10.77.0.2 5001
 		step tap link state
 		ip -n B link set tapb down
-		if vt_wait 10 sh -c "[ \"\$(/sbin/ip netns exec A cat /sys/class/net/$TAPIF/carrier)\" = 0 ]"; then
+		if wait_carrier A "$TAPIF" 0; then
 			vt_pass ports.vt.link-follows-down
 		else
 			vt_fail ports.vt.link-follows-down "carrier of $TAPIF still $(carrier A "$TAPIF") after tapb down: $(vt_log_tail)"
 		fi
 		ip -n B link set tapb up
-		if vt_wait 10 sh -c "[ \"\$(/sbin/ip netns exec A cat /sys/class/net/$TAPIF/carrier)\" = 1 ]" &&
+		if wait_carrier A "$TAPIF" 1 &&
 			ip netns exec A ping -c 1 -w 20 10.77.0.2 >/dev/null 2>&1; then
 			vt_pass ports.vt.link-follows-up
 		else
