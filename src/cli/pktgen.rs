@@ -330,7 +330,7 @@ fn report_net(rep: &NetReport, b: &BenchArgs, link_flap_check: bool) -> CliResul
     if b.json {
         println!("{}", serde_json::to_string(&rep).map_err(|e| CliError(e.to_string()))?);
     } else {
-        print_net(&rep, &b.size);
+        print_net(rep, &b.size);
     }
     if rep.failed(link_flap_check) {
         return Err(CliError(format!(
