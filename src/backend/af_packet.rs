@@ -40,7 +40,7 @@ use nix::sys::socket::{socket, AddressFamily, MsgFlags, SockFlag, SockType};
 use super::host::HostPorts;
 use super::iface::{self, IfQuery, PortError};
 use super::link::{self, Attach, Monitor, PortLink, Probe};
-use super::meta::{finish_checksum, FrameMeta, VNET_HDR_LEN};
+use super::meta::{FrameMeta, VNET_HDR_LEN};
 use super::packet_ring::{RxFrame, RxRing, TxRing};
 use super::{sys, Port, PortFrame, PortWake, SLOT_SIZE};
 use crate::net::hdr::F_DATA_VALID;
@@ -332,7 +332,8 @@ impl PacketPort {
         if meta.needs_csum() {
             // SAFETY: [start, start + n) is inside the user-owned block.
             let bytes = unsafe { std::slice::from_raw_parts_mut(f.hdr.add(start), n) };
-            if !finish_checksum(bytes, meta) {
+            if crate::net::offload::csum::complete(bytes, meta.csum_start as usize, meta.csum_offset as usize).is_err()
+            {
                 return None;
             }
             meta = FrameMeta { flags: F_DATA_VALID, ..FrameMeta::PLAIN };
@@ -444,6 +445,10 @@ impl Port for PacketPort {
             events |= PollFlags::POLLOUT;
         }
         (!events.is_empty()).then(|| PortWake { fd: self.sock.fd.as_fd(), events })
+    }
+
+    fn stats(&self) -> Option<std::sync::Arc<dyn crate::ops::PortStats>> {
+        Some(self.link.stats("af-packet"))
     }
 
     fn arm_rx_wakeup(&mut self) -> bool {

@@ -203,6 +203,14 @@ impl<T> PortLink<T> {
         self.shared.handover.wake.as_fd()
     }
 
+    /// The port's counters and link for the stats socket.
+    pub fn stats(&self, kind: &'static str) -> Arc<dyn crate::ops::PortStats>
+    where
+        T: Send + 'static,
+    {
+        Arc::new(HealthStats { kind, shared: self.shared.clone() })
+    }
+
     #[inline]
     pub fn count(&self, c: impl Fn(&PortHealth) -> &AtomicU64, n: u64) {
         bump(c(&self.shared.health), n);
@@ -229,6 +237,33 @@ pub fn port_links<T>(pairs: u16, what: &str) -> std::io::Result<PortLinks<T>> {
         shared.push(s);
     }
     Ok((shared, links, notify))
+}
+
+/// A port's health as the stats socket shows it (`vduse_net_port_*`).
+struct HealthStats<T> {
+    kind: &'static str,
+    shared: Arc<PortShared<T>>,
+}
+
+impl<T: Send> crate::ops::PortStats for HealthStats<T> {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let h = self.shared.health.snapshot();
+        vec![
+            ("failures", h.failures),
+            ("reattached", h.reattached),
+            ("tx_link_dropped", h.tx_link_dropped),
+            ("tx_errors", h.tx_errors),
+            ("rx_dropped", h.rx_dropped),
+        ]
+    }
+
+    fn link_up(&self) -> Option<bool> {
+        Some(!self.shared.down.load(Ordering::Relaxed) && !self.shared.health.is_failed())
+    }
 }
 
 /// The device's link, for stats.
@@ -278,10 +313,6 @@ impl<T: Send> LinkStatsSource for StatsView<T> {
         }
     }
 }
-
-// SAFETY: the view only reads atomics of the shared port state; the
-// handover's T is never touched through it.
-unsafe impl<T: Send> Sync for StatsView<T> {}
 
 /// The slow path's side of a device's link.
 pub trait LinkWatch: Send {

@@ -300,6 +300,10 @@ impl Port for TapPort {
         (!events.is_empty()).then(|| PortWake { fd: self.fd.as_fd(), events })
     }
 
+    fn stats(&self) -> Option<std::sync::Arc<dyn crate::ops::PortStats>> {
+        Some(self.link.stats("tap"))
+    }
+
     fn arm_rx_wakeup(&mut self) -> bool {
         // The tap fd is level-triggered: nothing to arm, no lost wake-up.
         false

@@ -1,10 +1,11 @@
 //! `vduse-net run`: serve device(s) on the real kernel until SIGINT/SIGTERM.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use log::LevelFilter;
 use vduse_net::backend::host::{self, HostKind, HostOptions, HostPorts};
 use vduse_net::backend::link::LinkWatch;
 use vduse_net::backend::loopback::Loopback;
@@ -13,8 +14,12 @@ use vduse_net::backend::Port;
 use vduse_net::dataplane::{DeviceOptions, NetDevice};
 use vduse_net::net::features;
 use vduse_net::vduse::kernel::KernelControl;
+use vduse_net::vduse::model::KernelModel;
 use vduse_net::vduse::VduseControl;
 
+use super::pktgen::KernelKind;
+use super::plan::RunPlan;
+use super::stats::StatsArgs;
 use super::{parse_cores, parse_mac, CliError, CliResult, Idle};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -149,80 +154,71 @@ impl DeviceArgs {
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Clone, Debug)]
 pub struct RunArgs {
     /// Device name (/dev/vduse/NAME); with --devices N, NAME0..NAME{N-1}.
     #[arg(long, default_value = "vduse-net")]
-    name: String,
+    pub name: String,
     /// Number of devices served by this process.
     #[arg(long, default_value_t = 1)]
-    devices: usize,
+    pub devices: usize,
     #[arg(long, value_enum, default_value_t = Backend::Loopback)]
-    backend: Backend,
+    pub backend: Backend,
     /// MAC address of the (first) device; later devices count up.
     #[arg(long, value_parser = parse_mac, default_value = "02:00:00:00:00:01")]
-    mac: [u8; 6],
+    pub mac: [u8; 6],
     /// Loopback: return frames unchanged instead of swapping MAC addresses.
     #[arg(long)]
-    no_macswap: bool,
+    pub no_macswap: bool,
     #[command(flatten)]
-    host: HostArgs,
+    pub host: HostArgs,
     #[command(flatten)]
-    dev: DeviceArgs,
+    pub dev: DeviceArgs,
+    /// Devices and settings from a TOML file (README, "Operating vduse-net"); SIGHUP re-reads it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// error, warn, info (the default of run), debug, trace or off; RUST_LOG, when set, decides instead.
+    #[arg(long, value_name = "LEVEL", value_parser = vduse_net::ops::log::parse_level)]
+    pub log_level: Option<LevelFilter>,
+    #[command(flatten)]
+    pub stats: StatsArgs,
+    /// Create the devices on the embedded kernel model instead of /dev/vduse: the daemon's
+    /// plumbing (stats, systemd, reload) without VDUSE. No driver ever attaches.
+    #[arg(long, value_enum, hide = true)]
+    pub kernel_model: Option<KernelKind>,
 }
 
-pub fn run(a: RunArgs) -> CliResult {
-    if a.devices == 0 || a.devices > 64 {
-        return Err(CliError(format!("--devices {} must be in 1..=64", a.devices)));
+pub fn run(a: RunArgs, m: &clap::ArgMatches) -> CliResult {
+    let (plan, warnings) = match &a.config {
+        Some(path) => super::config::plan_for_run(path, &a, m)?,
+        None => (RunPlan::from_args(&a)?, Vec::new()),
+    };
+    vduse_net::ops::log::set_level(plan.process.log_level.unwrap_or(LevelFilter::Info));
+    for w in &warnings {
+        log::warn!("{w}");
     }
-    if a.backend == Backend::Patch && a.devices != 2 {
-        return Err(CliError("--backend patch wires two devices: use --devices 2".into()));
+    // Bad options are refused, and the interfaces opened, before VDUSE is
+    // touched: interface errors name their cause first, and a failure
+    // leaves no device (and no interface this process created) behind.
+    for d in &plan.devices {
+        d.args.dev.options(&d.name, d.mac).validate()?;
     }
-    let spec = a.host.spec(a.backend)?;
-    let names: Vec<String> =
-        if a.devices == 1 { vec![a.name.clone()] } else { (0..a.devices).map(|i| format!("{}{i}", a.name)).collect() };
-    // Bad options are refused before any interface is touched.
-    for n in &names {
-        a.dev.options(n, a.mac).validate()?;
-    }
-    let pairs = a.dev.queues as usize;
-    let mut ports: Vec<Vec<Box<dyn Port>>> = (0..a.devices).map(|_| Vec::new()).collect();
-    let mut links: Vec<Option<Box<dyn LinkWatch>>> = (0..a.devices).map(|_| None).collect();
-    let mut ifaces: Vec<Option<String>> = vec![None; a.devices];
-    if let (Some(kind), Some(spec)) = (a.backend.host(), spec) {
-        // Interfaces first: their errors name the cause before anything
-        // else is set up, and a failure leaves no device behind.
-        for (i, (name, hp)) in a.host.open_all(kind, spec, a.devices, a.dev.queues)?.into_iter().enumerate() {
-            ports[i] = hp.ports;
-            links[i] = Some(hp.watch);
-            ifaces[i] = Some(name);
-        }
-    }
-    let control: Arc<dyn VduseControl> = Arc::new(KernelControl::open()?);
+    let mut hosts = open_host_ports(&plan)?;
+    let model = plan.process.kernel_model.map(|k| KernelModel::new(k.config()));
+    let control: Arc<dyn VduseControl> = match &model {
+        Some(m) => m.control(),
+        None => Arc::new(KernelControl::open()?),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
 
-    for _ in 0..pairs {
-        match a.backend {
-            Backend::Loopback => {
-                for p in ports.iter_mut() {
-                    p.push(Box::new(Loopback::new(1024, !a.no_macswap)));
-                }
-            }
-            Backend::Patch => {
-                let (x, y) = patch_pair(1024)?;
-                ports[0].push(Box::new(x));
-                ports[1].push(Box::new(y));
-            }
-            Backend::Tap | Backend::AfPacket => {}
-        }
-    }
+    let ports = make_ports(&plan, &mut hosts)?;
     let mut running = Vec::new();
-    for (i, ((name, ports), link)) in names.iter().zip(ports).zip(links).enumerate() {
-        let mut mac = a.mac;
-        mac[5] = mac[5].wrapping_add(i as u8);
-        let dev = NetDevice::create(control.clone(), a.dev.options(name, mac))?;
+    for ((d, (ports, link)), host) in plan.devices.iter().zip(ports).zip(&hosts) {
+        let dev = NetDevice::create(control.clone(), d.args.dev.options(&d.name, d.mac))?;
         let l = dev.layout().clone();
         eprintln!(
             "vduse-net: device {} ready: API v{}, {} pair(s){}, {} groups, {} address spaces, vduse features {}{}{}",
@@ -238,28 +234,79 @@ pub fn run(a: RunArgs) -> CliResult {
             } else {
                 String::new()
             },
-            match &ifaces[i] {
-                Some(n) => format!("; port {} {n}", a.backend.host().map(|k| k.name()).unwrap_or("")),
+            match host {
+                Some((kind, iface, _)) => format!("; port {} {iface}", kind.name()),
                 None => String::new(),
             }
         );
         running.push(dev.start_with_link(ports, link)?);
+        log::info!("device {} created: port {}", l.name, d.port_description(&plan.devices));
     }
     eprintln!("vduse-net: add with `vdpa dev add name NAME mgmtdev vduse`; stop with Ctrl-C");
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
+    super::daemon::serve(running, plan, &a, m, stop, hup)
+}
+
+/// A device's ports on a host interface: the kind, the interface, and the
+/// ports with their link watch until the device takes them.
+type HostSlot = Option<(HostKind, String, Option<HostPorts>)>;
+
+/// Open the host ports of every device that has them (all or nothing).
+fn open_host_ports(plan: &RunPlan) -> Result<Vec<HostSlot>, CliError> {
+    let mut out: Vec<HostSlot> = Vec::new();
+    for d in &plan.devices {
+        let Some(kind) = d.args.backend.host() else {
+            out.push(None);
+            continue;
+        };
+        let iface = d.args.host.spec(d.args.backend)?.unwrap_or_default().to_string();
+        if out.iter().flatten().any(|(_, n, _)| *n == iface) {
+            return Err(CliError(format!(
+                "{}: interface {iface} is already another device's (one interface per device)",
+                d.name
+            )));
+        }
+        let p = host::open(kind, &iface, d.args.dev.queues, &d.args.host.options())
+            .map_err(|e| CliError(format!("{}: --backend {} --iface {iface}: {e}", d.name, kind.name())))?;
+        out.push(Some((kind, iface, Some(p))));
     }
-    eprintln!("vduse-net: stopping");
-    let mut result = Ok(());
-    for r in running {
-        let name = r.layout().name.clone();
-        match r.stop() {
-            Ok(stats) => eprintln!("vduse-net: {name}: {}", serde_json::to_string(&stats).unwrap_or_default()),
-            Err(e) => {
-                eprintln!("vduse-net: {name}: {e}");
-                result = Err(CliError(format!("destroying {name}: {e}")));
+    Ok(out)
+}
+
+/// Each device's ports, one per queue pair, and its link watch. A `patch`
+/// pair is built once, when its first device comes up.
+fn make_ports(
+    plan: &RunPlan,
+    hosts: &mut [HostSlot],
+) -> Result<Vec<(Vec<Box<dyn Port>>, Option<Box<dyn LinkWatch>>)>, CliError> {
+    let mut ports: Vec<(Vec<Box<dyn Port>>, Option<Box<dyn LinkWatch>>)> =
+        plan.devices.iter().map(|_| (Vec::new(), None)).collect();
+    for (i, d) in plan.devices.iter().enumerate() {
+        if let Some((_, _, hp)) = hosts[i].as_mut() {
+            let hp = hp.take().expect("opened once");
+            ports[i] = (hp.ports, Some(hp.watch));
+            continue;
+        }
+        match d.args.backend {
+            Backend::Loopback => {
+                for _ in 0..d.args.dev.queues {
+                    ports[i].0.push(Box::new(Loopback::new(1024, !d.args.no_macswap)));
+                }
+            }
+            Backend::Patch => {
+                let j = d.peer.ok_or_else(|| CliError(format!("{}: patch without a peer", d.name)))?;
+                if j < i {
+                    continue;
+                }
+                for _ in 0..d.args.dev.queues {
+                    let (x, y) = patch_pair(1024)?;
+                    ports[i].0.push(Box::new(x));
+                    ports[j].0.push(Box::new(y));
+                }
+            }
+            Backend::Tap | Backend::AfPacket => {
+                return Err(CliError(format!("{}: the host ports were not opened", d.name)));
             }
         }
     }
-    result
+    Ok(ports)
 }

@@ -152,6 +152,7 @@ impl NetDevice {
     /// Negotiate the API version, create the device (dropping the control
     /// queue if the kernel refuses it) and set up its vqs and groups.
     pub fn create(control: Arc<dyn VduseControl>, opts: DeviceOptions) -> Result<NetDevice, DeviceError> {
+        let _log = crate::ops::log::scope(&opts.name);
         opts.validate()?;
         let offered_api = control.api_version()?;
         let api = match opts.api {
@@ -281,6 +282,23 @@ impl NetDevice {
         let stopping = Arc::new(AtomicBool::new(false));
         let pair_stats: Vec<Arc<PairCell>> = (0..self.layout.pairs).map(|_| Arc::new(PairCell::default())).collect();
         let slow_stats = Arc::new(SlowPathCounters::default());
+        let source = Arc::new(crate::ops::DeviceSource {
+            layout: self.layout.clone(),
+            info: crate::ops::source::DeviceInfo {
+                mac: self.opts.mac,
+                mtu: self.opts.mtu,
+                ring_size: self.opts.ring_size,
+                burst: self.opts.burst,
+                idle: crate::ops::source::idle_name(self.opts.idle),
+                cores: self.opts.cores.clone(),
+            },
+            pairs: pair_stats.clone(),
+            slow: slow_stats.clone(),
+            control: Arc::default(),
+            ports: ports.iter().map(|p| p.stats()).collect(),
+            started: std::time::Instant::now(),
+            stopped: AtomicBool::new(false),
+        });
         let link_stats = link.as_ref().map(|l| l.stats());
         let slow = SlowPath::new(
             self.device.clone(),
@@ -291,11 +309,16 @@ impl NetDevice {
             slow_stats.clone(),
             stop.clone(),
             stopping.clone(),
+            source.control.clone(),
             link,
         )?;
+        let name = self.layout.name.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vduse-slow-{}", self.layout.name))
-            .spawn(move || slow.run())
+            .spawn(move || {
+                crate::ops::log::set_device(&name);
+                slow.run()
+            })
             .map_err(DeviceError::Thread)?;
         Ok(RunningDevice {
             control: self.control,
@@ -306,6 +329,7 @@ impl NetDevice {
             thread: Some(thread),
             pair_stats,
             slow_stats,
+            source,
             link_stats,
         })
     }
@@ -321,6 +345,7 @@ pub struct RunningDevice {
     thread: Option<JoinHandle<()>>,
     pair_stats: Vec<Arc<PairCell>>,
     slow_stats: Arc<SlowPathCounters>,
+    source: Arc<crate::ops::DeviceSource>,
     link_stats: Option<Arc<dyn LinkStatsSource>>,
 }
 
@@ -339,6 +364,11 @@ impl RunningDevice {
         &self.layout
     }
 
+    /// What the stats socket and `/metrics` read (stays readable after stop).
+    pub fn stats_source(&self) -> Arc<crate::ops::DeviceSource> {
+        self.source.clone()
+    }
+
     pub fn stats(&self) -> DeviceStats {
         DeviceStats {
             pairs: self.pair_stats.iter().map(|p| p.snapshot()).collect(),
@@ -353,6 +383,7 @@ impl RunningDevice {
         let stats = self.stats();
         self.device = None;
         self.control.destroy_device(&self.layout.name)?;
+        self.source.stopped.store(true, Ordering::Relaxed);
         Ok(stats)
     }
 

@@ -8,16 +8,22 @@ use crossbeam::utils::CachePadded;
 use serde::Serialize;
 
 macro_rules! counters {
-    ($name:ident, $snap:ident { $($field:ident),* $(,)? }) => {
+    ($name:ident, $snap:ident { $($(#[doc = $doc:expr])* $field:ident),* $(,)? }) => {
         #[derive(Debug, Default)]
-        pub struct $name { $(pub $field: AtomicU64,)* }
+        pub struct $name { $($(#[doc = $doc])* pub $field: AtomicU64,)* }
 
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-        pub struct $snap { $(pub $field: u64,)* }
+        pub struct $snap { $($(#[doc = $doc])* pub $field: u64,)* }
 
         impl $name {
             pub fn snapshot(&self) -> $snap {
                 $snap { $($field: self.$field.load(Ordering::Relaxed),)* }
+            }
+
+            /// Add a burst's counts (only its writer thread calls this).
+            #[inline]
+            pub fn add(&self, d: &$snap) {
+                $(if d.$field != 0 { bump(&self.$field, d.$field); })*
             }
         }
     };
@@ -35,12 +41,23 @@ counters!(
         rx_filtered,
         rx_no_buffer,
         rx_dropped_small,
-        offload_dropped,
+        /// TX frames asking for checksum/segmentation a port cannot do.
+        tx_offload_dropped,
+        /// Port frames still needing offload work the driver did not negotiate.
+        rx_offload_dropped,
         reflected,
         irqs,
         queue_errors,
         sleeps,
         wakeups,
+        /// Chains with more pieces than a `virtq::Chain` keeps (dropped).
+        chain_overflow,
+        /// Panics of the poll thread (each stops the pair until reset).
+        panics,
+        /// 1 while the pair is stopped after a panic (a state, not a count).
+        failed,
+        /// 1 while the pair serves queues (between DRIVER_OK and reset).
+        started,
     }
 );
 
@@ -61,8 +78,21 @@ counters!(
     }
 );
 
-/// Per-pair counters, padded to their own cache lines.
-pub type PairCell = CachePadded<PairCounters>;
+/// Per-pair counters, padded to their own cache lines, and the pair's queue
+/// state (written by the poll thread on changes only, on lines of its own).
+/// Derefs to the counters, so `cell.tx_frames` reads as before.
+#[derive(Debug, Default)]
+pub struct PairCell {
+    counters: CachePadded<PairCounters>,
+    pub state: CachePadded<crate::ops::state::PairState>,
+}
+
+impl std::ops::Deref for PairCell {
+    type Target = PairCounters;
+    fn deref(&self) -> &PairCounters {
+        &self.counters
+    }
+}
 
 /// Add to a counter that only the calling thread writes: a plain load and
 /// store, no locked read-modify-write on the fast path.
