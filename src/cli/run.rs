@@ -272,14 +272,13 @@ fn open_host_ports(plan: &RunPlan) -> Result<Vec<HostSlot>, CliError> {
     Ok(out)
 }
 
-/// Each device's ports, one per queue pair, and its link watch. A `patch`
-/// pair is built once, when its first device comes up.
-fn make_ports(
-    plan: &RunPlan,
-    hosts: &mut [HostSlot],
-) -> Result<Vec<(Vec<Box<dyn Port>>, Option<Box<dyn LinkWatch>>)>, CliError> {
-    let mut ports: Vec<(Vec<Box<dyn Port>>, Option<Box<dyn LinkWatch>>)> =
-        plan.devices.iter().map(|_| (Vec::new(), None)).collect();
+/// A device's ports, one per queue pair, and its link watch (host ports).
+type DevicePorts = (Vec<Box<dyn Port>>, Option<Box<dyn LinkWatch>>);
+
+/// Each device's ports and link watch. A `patch` pair is built once, when
+/// its first device comes up.
+fn make_ports(plan: &RunPlan, hosts: &mut [HostSlot]) -> Result<Vec<DevicePorts>, CliError> {
+    let mut ports: Vec<DevicePorts> = plan.devices.iter().map(|_| (Vec::new(), None)).collect();
     for (i, d) in plan.devices.iter().enumerate() {
         if let Some((_, _, hp)) = hosts[i].as_mut() {
             let hp = hp.take().expect("opened once");
