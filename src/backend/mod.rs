@@ -13,7 +13,9 @@
 //!   single-producer/single-consumer slot rings.
 //! - [`sink`]: drops every TX frame (TX-only benchmarks).
 //! - [`source`]: generated frames for RX (RX-only benchmarks).
+//! - [`af_xdp`]: a NIC queue per pair through AF_XDP sockets.
 
+pub mod af_xdp;
 pub mod loopback;
 pub mod patch;
 pub mod sink;
