@@ -86,6 +86,12 @@ pub fn redirect_program(map_fd: RawFd) -> [Insn; 6] {
     ]
 }
 
+/// `return XDP_PASS;` (tests use it as someone else's program).
+#[cfg(test)]
+pub fn pass_program() -> [Insn; 2] {
+    [insn(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, XDP_PASS), insn(BPF_JMP | BPF_EXIT, 0, 0, 0, 0)]
+}
+
 fn obj_name(s: &str) -> [u8; 16] {
     let mut n = [0u8; 16];
     let b = s.as_bytes();
@@ -193,9 +199,9 @@ pub struct LoadError {
     pub log: String,
 }
 
-/// Load `insns` as an XDP program. On failure, loads again with the
-/// verifier log on, so the error says what the verifier disliked.
-pub fn load_xdp(insns: &[Insn]) -> Result<OwnedFd, LoadError> {
+/// Load `insns` as an XDP program called `name`. On failure, loads again
+/// with the verifier log on, so the error says what the verifier disliked.
+pub fn load_xdp(insns: &[Insn], name: &str) -> Result<OwnedFd, LoadError> {
     // Same license as the crate; the program calls no GPL-only helper.
     let license = c"Apache-2.0";
     let attempt = |log: Option<&mut Vec<u8>>| {
@@ -204,7 +210,7 @@ pub fn load_xdp(insns: &[Insn]) -> Result<OwnedFd, LoadError> {
             insn_cnt: insns.len() as u32,
             insns: insns.as_ptr() as u64,
             license: license.as_ptr() as u64,
-            prog_name: obj_name(PROG_NAME),
+            prog_name: obj_name(name),
             expected_attach_type: BPF_XDP,
             ..Default::default()
         };

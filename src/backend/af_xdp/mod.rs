@@ -32,7 +32,7 @@ mod xsk;
 mod tests;
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 pub use self::bpf::PROG_NAME;
@@ -281,13 +281,11 @@ pub fn open(cfg: &AfXdpConfig) -> Result<(Vec<AfXdpPort>, OpenReport), AfXdpErro
         bpf::map_set_socket(&map, q as u32, s.fd()).map_err(bpf_err("adding a socket to the XSKMAP"))?;
     }
     let prog =
-        bpf::load_xdp(&bpf::redirect_program(std::os::fd::AsRawFd::as_raw_fd(&map))).map_err(|e| {
-            match errno(&e.error) {
-                libc::EPERM => {
-                    AfXdpError::Permission { what: "loading the XDP program", caps: "CAP_BPF and CAP_NET_ADMIN" }
-                }
-                _ => AfXdpError::Verifier { source: e.error, log: e.log },
+        bpf::load_xdp(&bpf::redirect_program(map.as_raw_fd()), PROG_NAME).map_err(|e| match errno(&e.error) {
+            libc::EPERM => {
+                AfXdpError::Permission { what: "loading the XDP program", caps: "CAP_BPF and CAP_NET_ADMIN" }
             }
+            _ => AfXdpError::Verifier { source: e.error, log: e.log },
         })?;
 
     let replaced_stale = inspect(iface, ifindex)?;

@@ -80,3 +80,98 @@ fn frames_bounce_off_the_reflector_and_the_program_goes_with_the_ports() {
         assert_eq!(attached_programs("xa").unwrap(), vec![], "program left after the ports were dropped");
     }
 }
+
+fn ifindex(name: &str) -> u32 {
+    netdev::ifindex(name).unwrap().expect("interface exists")
+}
+
+/// Attach `prog` the old way (netlink): it stays after its fds are closed,
+/// as a crashed process's program would.
+fn attach_netlink(name: &str, prog: std::os::fd::OwnedFd, mode: AttachMode) {
+    use std::os::fd::AsRawFd;
+    netdev::set_xdp_fd(ifindex(name), prog.as_raw_fd(), mode.flags()).expect("netlink attach");
+}
+
+#[test]
+fn bad_input_is_refused_with_the_cause_and_leaves_nothing_attached() {
+    let Some(ns) = rig(1, Reflect::Redirect) else { return };
+    let _in = ns.enter().unwrap();
+    let err = |c: AfXdpConfig| open(&c).err().expect("must fail");
+    let e = err(AfXdpConfig::new("vnx-nosuch", 1));
+    assert!(matches!(e, AfXdpError::NoInterface(_)), "{e}");
+    assert!(e.to_string().contains("vnx-nosuch does not exist"), "{e}");
+    assert!(matches!(err(AfXdpConfig::new("a/b", 1)), AfXdpError::BadName(_)));
+    let e = err(AfXdpConfig { queues: 2, ..cfg(XdpMode::Skb) });
+    assert!(matches!(e, AfXdpError::TooManyQueues { available: 1, wanted: 2, .. }), "{e}");
+    assert!(e.to_string().contains("xa has 1 queue(s)"), "{e}");
+    let e = err(AfXdpConfig { zero_copy: true, ..cfg(XdpMode::Skb) });
+    assert!(matches!(e, AfXdpError::ZeroCopyNeedsNative), "{e}");
+    let e = err(AfXdpConfig { ring_size: 100, ..cfg(XdpMode::Skb) });
+    assert!(matches!(e, AfXdpError::BadRingSize(100)), "{e}");
+    // veth has native XDP but no AF_XDP zero-copy.
+    let e = err(AfXdpConfig { zero_copy: true, ..cfg(XdpMode::Native) });
+    assert!(matches!(e, AfXdpError::ZeroCopyUnsupported { .. }), "{e}");
+    assert!(e.to_string().contains("does not support AF_XDP zero-copy"), "{e}");
+    // lo has no native XDP.
+    let e = err(AfXdpConfig { iface: "lo".into(), ..cfg(XdpMode::Native) });
+    assert!(matches!(e, AfXdpError::NativeUnsupported { .. }), "{e}");
+    for i in ["xa", "lo"] {
+        assert_eq!(attached_programs(i).unwrap(), vec![], "{i}: a failed open left a program");
+    }
+    // The failed opens left no socket on the queue either.
+    let (ports, _) = open(&cfg(XdpMode::Skb)).expect("queue 0 free again");
+    drop(ports);
+}
+
+#[test]
+fn a_stale_program_of_ours_is_replaced() {
+    let Some(ns) = rig(1, Reflect::Mirror) else { return };
+    let _in = ns.enter().unwrap();
+    // What a crashed netlink-attaching run would leave: our program, its map
+    // empty (the sockets died with the process).
+    let map = bpf::create_xskmap(1).unwrap();
+    use std::os::fd::AsRawFd;
+    let prog = bpf::load_xdp(&bpf::redirect_program(map.as_raw_fd()), PROG_NAME).unwrap();
+    attach_netlink("xa", prog, AttachMode::Skb);
+    drop(map);
+    let before = attached_programs("xa").unwrap();
+    assert_eq!(before.len(), 1);
+    assert_eq!((before[0].0, before[0].2.as_str()), (AttachMode::Skb, PROG_NAME));
+
+    let (mut ports, rep) = open(&cfg(XdpMode::Skb)).expect("open over a stale program");
+    assert_eq!(rep.replaced_stale, Some(before[0].1));
+    let now = attached_programs("xa").unwrap();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0].1, before[0].1, "a new program");
+    bounce(&ns, &mut ports[0], 500);
+    drop(ports);
+    assert_eq!(attached_programs("xa").unwrap(), vec![]);
+}
+
+#[test]
+fn someone_elses_program_is_left_alone_and_a_live_one_of_ours_is_busy() {
+    let Some(ns) = rig(1, Reflect::Redirect) else { return };
+    let _in = ns.enter().unwrap();
+    let other = bpf::load_xdp(&bpf::pass_program(), "not_ours").unwrap();
+    attach_netlink("xa", other, AttachMode::Driver);
+    let e = open(&cfg(XdpMode::Native)).err().expect("refused");
+    assert!(
+        matches!(e, AfXdpError::ForeignProgram { ref name, mode: AttachMode::Driver, .. } if name == "not_ours"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("vduse-net did not load (not_ours"), "{e}");
+    let left = attached_programs("xa").unwrap();
+    assert_eq!(left.len(), 1, "still there");
+    assert_eq!(left[0].2, "not_ours");
+    netdev::set_xdp_fd(ifindex("xa"), -1, AttachMode::Driver.flags()).unwrap();
+
+    // Ours, held by a live link (another running vduse-net): not touched.
+    let (ports, _) = open(&cfg(XdpMode::Native)).unwrap();
+    let e = inspect("xa", ifindex("xa")).err().expect("busy");
+    assert!(matches!(e, AfXdpError::Busy { .. }), "{e}");
+    let e = open(&cfg(XdpMode::Native)).err().expect("queue taken");
+    assert!(matches!(e, AfXdpError::QueueBusy { queue: 0, .. }), "{e}");
+    assert_eq!(attached_programs("xa").unwrap().len(), 1, "the live program stays");
+    drop(ports);
+    assert_eq!(attached_programs("xa").unwrap(), vec![]);
+}
