@@ -5,6 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use vduse_net::backend::af_xdp::XdpMode;
+use vduse_net::backend::host::{self, HostKind, HostOptions, HostPorts};
+use vduse_net::backend::link::LinkWatch;
 use vduse_net::backend::loopback::Loopback;
 use vduse_net::backend::patch::patch_pair;
 use vduse_net::backend::Port;
@@ -21,6 +24,104 @@ pub enum Backend {
     Loopback,
     /// Two devices wired together (needs --devices 2).
     Patch,
+    /// A tap device per device (--iface), one tap queue per pair; created
+    /// if missing.
+    Tap,
+    /// Packet sockets with mmapped rings on an Ethernet interface (--iface).
+    #[value(name = "af-packet")]
+    AfPacket,
+    /// AF_XDP sockets on a NIC (--iface): pair i on the NIC's queue i, fed
+    /// by an XDP program (--xdp-mode, --zero-copy).
+    #[value(name = "af-xdp")]
+    AfXdp,
+}
+
+impl Backend {
+    /// The host port kind, for backends on a host interface.
+    pub fn host(self) -> Option<HostKind> {
+        match self {
+            Backend::Loopback | Backend::Patch => None,
+            Backend::Tap => Some(HostKind::Tap),
+            Backend::AfPacket => Some(HostKind::AfPacket),
+            Backend::AfXdp => Some(HostKind::AfXdp),
+        }
+    }
+}
+
+/// Options of the host ports.
+#[derive(Args, Clone, Debug)]
+pub struct HostArgs {
+    /// Interface for --backend tap|af-packet|af-xdp: a name, a list a,b (one
+    /// per device) or a pattern like tap%d (%d = device index).
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// af-packet: do not put the interface in promiscuous mode.
+    #[arg(long)]
+    pub no_promisc: bool,
+    /// af-xdp: where the XDP program runs: native (in the driver; the
+    /// default) or skb (generic XDP, any interface, always copies).
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModeArg>,
+    /// af-xdp: require zero-copy sockets (native mode, driver support).
+    #[arg(long)]
+    pub zero_copy: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    Native,
+    Skb,
+}
+
+impl HostArgs {
+    pub fn options(&self) -> HostOptions {
+        let mut o = HostOptions::default();
+        o.packet.promisc = !self.no_promisc;
+        if self.xdp_mode == Some(XdpModeArg::Skb) {
+            o.xdp.mode = XdpMode::Skb;
+        }
+        o.xdp.zero_copy = self.zero_copy;
+        o
+    }
+
+    /// Check --iface against the backend; `Some(spec)` for host backends.
+    pub fn spec(&self, backend: Backend) -> Result<Option<&str>, CliError> {
+        match (backend.host(), self.iface.as_deref()) {
+            (Some(k), None) => Err(CliError(format!("--backend {} needs --iface NAME", k.name()))),
+            (Some(_), Some(s)) => Ok(Some(s)),
+            (None, Some(_)) => Err(CliError("--iface is only for --backend tap, af-packet or af-xdp".into())),
+            (None, None) => Ok(None),
+        }
+        .and_then(|spec| {
+            if backend != Backend::AfXdp && (self.xdp_mode.is_some() || self.zero_copy) {
+                return Err(CliError("--xdp-mode and --zero-copy are for --backend af-xdp".into()));
+            }
+            Ok(spec)
+        })
+    }
+
+    /// Open the ports of `count` devices with `pairs` pairs each, all before
+    /// any device exists (a failure leaves nothing behind: taps created
+    /// here vanish with their queues, sockets close).
+    pub fn open_all(
+        &self,
+        kind: HostKind,
+        spec: &str,
+        count: usize,
+        pairs: u16,
+    ) -> Result<Vec<(String, HostPorts)>, CliError> {
+        let mut out = Vec::new();
+        for i in 0..count {
+            let name = host::iface_for(spec, i, count).map_err(CliError)?;
+            if out.iter().any(|(n, _): &(String, HostPorts)| *n == name) {
+                return Err(CliError(format!("--iface: {name} is given twice (one interface per device)")));
+            }
+            let p = host::open(kind, &name, pairs, &self.options())
+                .map_err(|e| CliError(format!("--backend {} --iface {name}: {e}", kind.name())))?;
+            out.push((name, p));
+        }
+        Ok(out)
+    }
 }
 
 /// Device options shared by `run` and the benchmarks.
@@ -94,6 +195,8 @@ pub struct RunArgs {
     #[arg(long)]
     no_macswap: bool,
     #[command(flatten)]
+    host: HostArgs,
+    #[command(flatten)]
     dev: DeviceArgs,
 }
 
@@ -104,6 +207,10 @@ pub fn run(a: RunArgs) -> CliResult {
     if a.backend == Backend::Patch && a.devices != 2 {
         return Err(CliError("--backend patch wires two devices: use --devices 2".into()));
     }
+    let spec = a.host.spec(a.backend)?;
+    if a.dev.queues == 0 {
+        return Err(CliError(format!("--queues {} must be in 1..=256", a.dev.queues)));
+    }
     let control: Arc<dyn VduseControl> = Arc::new(KernelControl::open()?);
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
@@ -113,6 +220,15 @@ pub fn run(a: RunArgs) -> CliResult {
         if a.devices == 1 { vec![a.name.clone()] } else { (0..a.devices).map(|i| format!("{}{i}", a.name)).collect() };
     let pairs = a.dev.queues as usize;
     let mut ports: Vec<Vec<Box<dyn Port>>> = (0..a.devices).map(|_| Vec::new()).collect();
+    let mut links: Vec<Option<Box<dyn LinkWatch>>> = (0..a.devices).map(|_| None).collect();
+    let mut ifaces: Vec<Option<String>> = vec![None; a.devices];
+    if let (Some(kind), Some(spec)) = (a.backend.host(), spec) {
+        for (i, (name, hp)) in a.host.open_all(kind, spec, a.devices, a.dev.queues)?.into_iter().enumerate() {
+            ports[i] = hp.ports;
+            links[i] = Some(hp.watch);
+            ifaces[i] = Some(name);
+        }
+    }
     for _ in 0..pairs {
         match a.backend {
             Backend::Loopback => {
@@ -125,16 +241,17 @@ pub fn run(a: RunArgs) -> CliResult {
                 ports[0].push(Box::new(x));
                 ports[1].push(Box::new(y));
             }
+            Backend::Tap | Backend::AfPacket | Backend::AfXdp => {}
         }
     }
     let mut running = Vec::new();
-    for (i, (name, ports)) in names.iter().zip(ports).enumerate() {
+    for (i, ((name, ports), link)) in names.iter().zip(ports).zip(links).enumerate() {
         let mut mac = a.mac;
         mac[5] = mac[5].wrapping_add(i as u8);
         let dev = NetDevice::create(control.clone(), a.dev.options(name, mac))?;
         let l = dev.layout().clone();
         eprintln!(
-            "vduse-net: device {} ready: API v{}, {} pair(s){}, {} groups, {} address spaces, vduse features {}{}",
+            "vduse-net: device {} ready: API v{}, {} pair(s){}, {} groups, {} address spaces, vduse features {}{}{}",
             l.name,
             l.api,
             l.pairs,
@@ -146,9 +263,13 @@ pub fn run(a: RunArgs) -> CliResult {
                 format!("; kernel refused: {}", features::describe(l.dropped_features))
             } else {
                 String::new()
+            },
+            match &ifaces[i] {
+                Some(n) => format!("; port {} {n}", a.backend.host().map(|k| k.name()).unwrap_or("")),
+                None => String::new(),
             }
         );
-        running.push(dev.start(ports)?);
+        running.push(dev.start_with_link(ports, link)?);
     }
     eprintln!("vduse-net: add with `vdpa dev add name NAME mgmtdev vduse`; stop with Ctrl-C");
     while !stop.load(Ordering::Relaxed) {

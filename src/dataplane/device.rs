@@ -14,6 +14,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use super::slowpath::SlowPath;
 use super::stats::{PairCell, PairStats, SlowPathCounters, SlowPathStats};
 use super::IdlePolicy;
+use crate::backend::link::{LinkStats, LinkStatsSource, LinkWatch};
 use crate::backend::Port;
 use crate::net::config::NetConfig;
 use crate::net::features;
@@ -260,6 +261,17 @@ impl NetDevice {
     /// Start the slow-path thread (which starts one poll thread per pair).
     /// `ports[i]` serves pair i.
     pub fn start(self, ports: Vec<Box<dyn Port>>) -> Result<RunningDevice, DeviceError> {
+        self.start_with_link(ports, None)
+    }
+
+    /// As `start`, with the device's link state following `link` (ports on
+    /// a host interface): its changes set VIRTIO_NET_S_LINK_UP and raise a
+    /// config interrupt.
+    pub fn start_with_link(
+        self,
+        ports: Vec<Box<dyn Port>>,
+        link: Option<Box<dyn LinkWatch>>,
+    ) -> Result<RunningDevice, DeviceError> {
         if ports.len() != self.layout.pairs as usize {
             return Err(DeviceError::Options(format!("{} ports for {} queue pairs", ports.len(), self.layout.pairs)));
         }
@@ -269,6 +281,7 @@ impl NetDevice {
         let stopping = Arc::new(AtomicBool::new(false));
         let pair_stats: Vec<Arc<PairCell>> = (0..self.layout.pairs).map(|_| Arc::new(PairCell::default())).collect();
         let slow_stats = Arc::new(SlowPathCounters::default());
+        let link_stats = link.as_ref().map(|l| l.stats());
         let slow = SlowPath::new(
             self.device.clone(),
             self.layout.clone(),
@@ -278,6 +291,7 @@ impl NetDevice {
             slow_stats.clone(),
             stop.clone(),
             stopping.clone(),
+            link,
         )?;
         let thread = std::thread::Builder::new()
             .name(format!("vduse-slow-{}", self.layout.name))
@@ -292,6 +306,7 @@ impl NetDevice {
             thread: Some(thread),
             pair_stats,
             slow_stats,
+            link_stats,
         })
     }
 }
@@ -306,6 +321,7 @@ pub struct RunningDevice {
     thread: Option<JoinHandle<()>>,
     pair_stats: Vec<Arc<PairCell>>,
     slow_stats: Arc<SlowPathCounters>,
+    link_stats: Option<Arc<dyn LinkStatsSource>>,
 }
 
 /// Counters of a running device.
@@ -313,6 +329,9 @@ pub struct RunningDevice {
 pub struct DeviceStats {
     pub pairs: Vec<PairStats>,
     pub slow_path: SlowPathStats,
+    /// The link and the ports of a device on a host interface.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkStats>,
 }
 
 impl RunningDevice {
@@ -324,6 +343,7 @@ impl RunningDevice {
         DeviceStats {
             pairs: self.pair_stats.iter().map(|p| p.snapshot()).collect(),
             slow_path: self.slow_stats.snapshot(),
+            link: self.link_stats.as_ref().map(|l| l.link_stats()),
         }
     }
 

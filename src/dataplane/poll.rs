@@ -7,7 +7,7 @@
 //! announces a QSBR quiescent state, which is what lets the slow path swap
 //! translation tables under it.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use crossbeam::channel::Receiver;
@@ -17,7 +17,8 @@ use nix::sys::eventfd::EventFd;
 use super::mailbox::{Ack, Command, QueuePosition, Request};
 use super::stats::{bump, PairCell};
 use super::{rx_vq, tx_vq, IdlePolicy, IDLE_SLEEP};
-use crate::backend::Port;
+use crate::backend::meta::HdrCapture;
+use crate::backend::{Port, PortFrame};
 use crate::mem::{AddressSpace, ReadGuard, Reader};
 use crate::net::filter::FilterReader;
 use crate::net::hdr::HDR_LEN;
@@ -232,6 +233,7 @@ impl PollThread {
     }
 
     fn poll_once(&mut self, g: &ReadGuard<'_>) -> usize {
+        self.port.rx_fill();
         let mut work = 0;
         let mut tx_via_port = true;
         if let (Some(swap), true, true) = (self.port.reflect(), self.rx.runnable(), self.tx.runnable()) {
@@ -265,7 +267,7 @@ impl PollThread {
             q.refresh(space, g)?;
             let n = (q.pending()? as usize).min(*burst);
             let mut done = 0;
-            let (mut frames, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
+            let (mut frames, mut bytes, mut dropped, mut offload_dropped) = (0u64, 0u64, 0u64, 0u64);
             while done < n {
                 let Some(slot) = port.tx_slot() else {
                     bump(&stats.tx_backpressure, 1);
@@ -274,13 +276,13 @@ impl PollThread {
                 let head = q.pop_head()?;
                 let cap = slot.len();
                 let dst = slot.as_mut_ptr();
-                let mut skip = HDR_LEN;
+                let mut hdr = HdrCapture::default();
                 let mut len = 0usize;
                 let mut oversize = false;
                 q.walk_chain(head, Direction::DeviceReads, space, g, |mut p, mut n, _| {
-                    if skip > 0 {
-                        let s = skip.min(n);
-                        skip -= s;
+                    if hdr.missing() > 0 {
+                        // SAFETY: p is valid for n readable bytes (translated by walk_chain).
+                        let s = unsafe { hdr.take(p, n) };
                         // SAFETY: s <= n, so p + s stays within (or one past) the piece.
                         p = unsafe { p.add(s) };
                         n -= s;
@@ -297,10 +299,14 @@ impl PollThread {
                     unsafe { std::ptr::copy_nonoverlapping(p, dst.add(len), n) };
                     len += n;
                 })?;
-                if oversize || skip > 0 || len == 0 {
+                let meta = hdr.meta();
+                if oversize || hdr.missing() > 0 || len == 0 {
                     dropped += 1;
+                } else if meta.is_offloaded() && !port.offloads() {
+                    // The port cannot finish checksum/segmentation work.
+                    offload_dropped += 1;
                 } else {
-                    port.tx_commit(len);
+                    port.tx_commit(len, meta);
                     frames += 1;
                     bytes += len as u64;
                 }
@@ -312,6 +318,9 @@ impl PollThread {
             bump(&stats.tx_bytes, bytes);
             if dropped > 0 {
                 bump(&stats.tx_dropped, dropped);
+            }
+            if offload_dropped > 0 {
+                bump(&stats.offload_dropped, offload_dropped);
             }
             if q.publish_used() {
                 bump(&stats.irqs, 1);
@@ -349,7 +358,7 @@ impl PollThread {
         let mut failed: Option<(bool, QueueError)> = None;
         let mut done = 0usize;
         let mut needs_port = false;
-        let (mut frames, mut bytes, mut filtered, mut dropped) = (0u64, 0u64, 0u64, 0u64);
+        let (mut frames, mut bytes, mut filtered, mut dropped, mut offload_dropped) = (0u64, 0u64, 0u64, 0u64, 0u64);
         // Frames taken off TX (counted as sent even when RX then fails).
         let (mut sent, mut sent_bytes) = (0u64, 0u64);
         'burst: {
@@ -385,11 +394,11 @@ impl PollThread {
                         break 'burst;
                     }
                 };
-                let mut skip = HDR_LEN;
+                let mut hdr = HdrCapture::default();
                 if let Err(e) = tq.walk_chain(head, Direction::DeviceReads, space, g, |mut p, mut n, _| {
-                    if skip > 0 {
-                        let s = skip.min(n);
-                        skip -= s;
+                    if hdr.missing() > 0 {
+                        // SAFETY: p is valid for n readable bytes (translated by walk_chain).
+                        let s = unsafe { hdr.take(p, n) };
                         // SAFETY: s <= n keeps p inside (or one past) the piece.
                         p = unsafe { p.add(s) };
                         n -= s;
@@ -406,9 +415,15 @@ impl PollThread {
                 }
                 let _ = tq.pop_head();
                 done += 1;
-                if skip > 0 || src.total == 0 || src.total > crate::backend::SLOT_SIZE {
+                if hdr.missing() > 0 || src.total == 0 || src.total > crate::backend::SLOT_SIZE {
                     tq.push_used(head, 0);
                     dropped += 1;
+                    continue;
+                }
+                if hdr.meta().is_offloaded() {
+                    // A reflector's RX side takes plain frames only.
+                    tq.push_used(head, 0);
+                    offload_dropped += 1;
                     continue;
                 }
                 sent += 1;
@@ -478,6 +493,9 @@ impl PollThread {
         if dropped > 0 {
             bump(&stats.tx_dropped, dropped);
         }
+        if offload_dropped > 0 {
+            bump(&stats.offload_dropped, offload_dropped);
+        }
         if tq.publish_used() {
             bump(&stats.irqs, 1);
             let _ = device.inject_vq_irq(tx.vq);
@@ -503,9 +521,16 @@ impl PollThread {
             q.refresh(space, g)?;
             let mut avail = q.pending()? as usize;
             let mut done = 0;
-            let (mut frames, mut bytes, mut filtered, mut small) = (0u64, 0u64, 0u64, 0u64);
+            let (mut frames, mut bytes, mut filtered, mut small, mut offload) = (0u64, 0u64, 0u64, 0u64, 0u64);
             while done < *burst {
-                let Some(frame) = port.rx_peek() else { break };
+                let Some(PortFrame { bytes: frame, meta }) = port.rx_peek() else { break };
+                if meta.is_offloaded() {
+                    // The driver negotiated no receive offloads (none are
+                    // offered): a frame that still needs them cannot go up.
+                    port.rx_consume();
+                    offload += 1;
+                    continue;
+                }
                 if !filter.accepts(frame) {
                     port.rx_consume();
                     filtered += 1;
@@ -552,12 +577,15 @@ impl PollThread {
             if small > 0 {
                 bump(&stats.rx_dropped_small, small);
             }
+            if offload > 0 {
+                bump(&stats.offload_dropped, offload);
+            }
             if q.publish_used() {
                 bump(&stats.irqs, 1);
                 let _ = device.inject_vq_irq(rx.vq);
             }
             port.rx_flush();
-            Ok(done + filtered as usize)
+            Ok(done + (filtered + offload) as usize)
         })();
         match r {
             Ok(n) => n,
@@ -630,9 +658,8 @@ impl PollThread {
         if self.rx.runnable() && rx_kicks {
             fds.push(PollFd::new(self.kick_rx.as_fd(), PollFlags::POLLIN));
         }
-        let port_fd: Option<BorrowedFd<'_>> = self.port.rx_wake_fd();
-        if let Some(fd) = port_fd {
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        if let Some(w) = self.port.wake() {
+            fds.push(PollFd::new(w.fd, w.events));
         }
         let _ = nix::poll::poll(&mut fds, PollTimeout::from(IDLE_SLEEP.as_millis() as u16));
         // Drain whatever fired; eventfds are non-blocking.

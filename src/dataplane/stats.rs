@@ -35,6 +35,7 @@ counters!(
         rx_filtered,
         rx_no_buffer,
         rx_dropped_small,
+        offload_dropped,
         reflected,
         irqs,
         queue_errors,

@@ -9,16 +9,21 @@
 //! bpf link ([`bpf`]), and the interface is inspected with ethtool and
 //! rtnetlink ([`netdev`]).
 //!
-//! Lifecycle: [`open`] checks the interface, creates the XSKMAP and the
-//! program, binds one socket per pair and puts it in the map, and attaches
-//! the program last, so a failure at any step leaves nothing attached. The
-//! program stays attached while any of the returned ports lives (they
-//! share one [`Attachment`]) and is detached when the last one is dropped,
-//! i.e. when the device stops. Because the attachment is a bpf link, the
-//! kernel also detaches it when the process dies without cleaning up
-//! (SIGKILL, a crash). A program of ours attached the old way, through
-//! netlink (it would survive its process), is recognised by name and
-//! replaced; anyone else's program is left alone and reported.
+//! Lifecycle: [`open_ports`] checks the interface, binds one socket per
+//! pair, creates the XSKMAP and the program, puts the sockets in the map
+//! and attaches the program last, so a failure at any step leaves nothing
+//! attached. The program stays attached while any of the returned ports
+//! lives (they share one [`Attachment`]) and is detached when the last one
+//! is dropped, i.e. when the device stops. Because the attachment is a bpf
+//! link, the kernel also detaches it when the process dies without
+//! cleaning up (SIGKILL, a crash). A program of ours attached the old way,
+//! through netlink (it would survive its process), is recognised by name
+//! and replaced; anyone else's program is left alone and reported.
+//!
+//! Link: the ports come with a [`LinkWatch`] (see [`crate::backend::link`]):
+//! the device's link follows the interface, a deleted interface fails the
+//! ports, and when one of that name is back the watch opens new sockets
+//! and a new program on it (in the namespace the ports were opened in).
 //!
 //! Everything happens in the calling thread's network namespace.
 
@@ -32,13 +37,18 @@ mod xsk;
 mod tests;
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
+
+use nix::errno::Errno;
 
 pub use self::bpf::PROG_NAME;
 pub use self::netdev::AttachMode;
-pub use self::port::{AfXdpCounters, AfXdpPort, AfXdpStats};
+pub use self::port::{AfXdpCounters, AfXdpPort, AfXdpStats, XskSide};
 use self::xsk::{BindMode, Xsk, XskError, XskGeometry};
+use super::iface::{self, IfQuery, PortError};
+use super::link::{self, Attach, LinkWatch, Monitor, Probe};
+use super::Port;
 
 /// Where the XDP program runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,13 +71,9 @@ impl XdpMode {
     }
 }
 
-/// What to open.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AfXdpConfig {
-    /// Interface name, in the calling thread's network namespace.
-    pub iface: String,
-    /// Queue pairs: pair i uses the interface's queue i.
-    pub queues: u16,
+/// How to open the ports of one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpOptions {
     pub mode: XdpMode,
     /// Require zero-copy (fail if the driver cannot); otherwise the kernel
     /// picks zero-copy where it can in native mode, copy elsewhere.
@@ -77,9 +83,9 @@ pub struct AfXdpConfig {
     pub ring_size: u32,
 }
 
-impl AfXdpConfig {
-    pub fn new(iface: &str, queues: u16) -> AfXdpConfig {
-        AfXdpConfig { iface: iface.to_string(), queues, mode: XdpMode::default(), zero_copy: false, ring_size: 2048 }
+impl Default for XdpOptions {
+    fn default() -> Self {
+        XdpOptions { mode: XdpMode::default(), zero_copy: false, ring_size: 2048 }
     }
 }
 
@@ -95,6 +101,8 @@ pub enum AfXdpError {
     NoInterface(String),
     #[error("--queues {0} must be at least 1")]
     NoQueues(u16),
+    #[error("{0}")]
+    Interface(PortError),
     #[error("AF_XDP ring size {0} must be a power of two in 64..=16384")]
     BadRingSize(u32),
     #[error("--zero-copy needs --xdp-mode native (generic XDP always copies)")]
@@ -161,13 +169,15 @@ impl Drop for Attachment {
     }
 }
 
-/// What [`open`] did besides returning the ports.
+/// What opening did besides making the sockets.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OpenReport {
     /// Id of a stale program of ours that was detached first.
     pub replaced_stale: Option<u32>,
     /// Whether every socket runs in zero-copy mode.
     pub zero_copy: bool,
+    /// The interface's index when it was opened.
+    pub ifindex: u32,
 }
 
 /// An XDP program on the interface: ours (by name) or someone else's.
@@ -215,8 +225,8 @@ fn usable_queues(iface: &str, ifindex: u32) -> Result<u32, AfXdpError> {
     })
 }
 
-fn socket_error(cfg: &AfXdpConfig, queue: u32, g: &XskGeometry, e: XskError) -> AfXdpError {
-    let iface = cfg.iface.clone();
+fn socket_error(name: &str, opts: &XdpOptions, queue: u32, g: &XskGeometry, e: XskError) -> AfXdpError {
+    let iface = name.to_string();
     match (e.step, errno(&e.error)) {
         ("socket(AF_XDP)", libc::EPERM | libc::EACCES) => {
             AfXdpError::Permission { what: "creating an AF_XDP socket", caps: "CAP_NET_RAW" }
@@ -225,49 +235,48 @@ fn socket_error(cfg: &AfXdpConfig, queue: u32, g: &XskGeometry, e: XskError) -> 
         ("XDP_UMEM_REG", libc::ENOBUFS | libc::ENOMEM | libc::EPERM) => {
             AfXdpError::MemlockLimit { mib: g.umem_len() >> 20 }
         }
-        ("bind", libc::EOPNOTSUPP) if cfg.zero_copy => AfXdpError::ZeroCopyUnsupported { iface, source: e.error },
+        ("bind", libc::EOPNOTSUPP) if opts.zero_copy => AfXdpError::ZeroCopyUnsupported { iface, source: e.error },
         ("bind", libc::EBUSY) => AfXdpError::QueueBusy { iface, queue },
         ("bind", libc::ENODEV) => AfXdpError::NoInterface(iface),
         (step, _) => AfXdpError::Socket { iface, queue, step, source: e.error },
     }
 }
 
-/// Open one port per queue pair on `cfg.iface` and attach the program.
-/// On error nothing is left attached.
-pub fn open(cfg: &AfXdpConfig) -> Result<(Vec<AfXdpPort>, OpenReport), AfXdpError> {
-    if !netdev::valid_name(&cfg.iface) {
-        return Err(AfXdpError::BadName(cfg.iface.clone()));
+/// Bind one socket per pair on `name` and attach the program feeding
+/// them. On error nothing is left attached.
+pub fn open_sides(name: &str, pairs: u16, opts: &XdpOptions) -> Result<(Vec<XskSide>, OpenReport), AfXdpError> {
+    iface::check_name(name).map_err(AfXdpError::Interface)?;
+    if pairs == 0 {
+        return Err(AfXdpError::NoQueues(pairs));
     }
-    if cfg.queues == 0 {
-        return Err(AfXdpError::NoQueues(cfg.queues));
+    if !opts.ring_size.is_power_of_two() || !(64..=16384).contains(&opts.ring_size) {
+        return Err(AfXdpError::BadRingSize(opts.ring_size));
     }
-    if !cfg.ring_size.is_power_of_two() || !(64..=16384).contains(&cfg.ring_size) {
-        return Err(AfXdpError::BadRingSize(cfg.ring_size));
-    }
-    if cfg.zero_copy && cfg.mode == XdpMode::Skb {
+    if opts.zero_copy && opts.mode == XdpMode::Skb {
         return Err(AfXdpError::ZeroCopyNeedsNative);
     }
-    let iface = cfg.iface.as_str();
-    let ifindex = netdev::ifindex(iface)
-        .map_err(io_err("looking up the interface"))?
-        .ok_or_else(|| AfXdpError::NoInterface(cfg.iface.clone()))?;
-    let available = usable_queues(iface, ifindex)?;
-    if cfg.queues as u32 > available {
-        return Err(AfXdpError::TooManyQueues { iface: cfg.iface.clone(), wanted: cfg.queues, available });
+    let q = IfQuery::new().map_err(|e| AfXdpError::Io { what: "socket", source: e.into() })?;
+    let ifindex = q
+        .index(name)
+        .map_err(|e| AfXdpError::Io { what: "looking up the interface", source: e.into() })?
+        .ok_or_else(|| AfXdpError::NoInterface(name.to_string()))?;
+    let available = usable_queues(name, ifindex)?;
+    if pairs as u32 > available {
+        return Err(AfXdpError::TooManyQueues { iface: name.to_string(), wanted: pairs, available });
     }
     let geometry =
-        XskGeometry { ring: cfg.ring_size, frame: FRAME_SIZE, rx_frames: cfg.ring_size, tx_frames: cfg.ring_size };
+        XskGeometry { ring: opts.ring_size, frame: FRAME_SIZE, rx_frames: opts.ring_size, tx_frames: opts.ring_size };
 
     // Sockets first (the least privileged step, and the one that checks
     // queues and zero-copy), then the map and program, attach last.
-    let copy = match (cfg.mode, cfg.zero_copy) {
+    let bind = match (opts.mode, opts.zero_copy) {
         (XdpMode::Skb, _) => BindMode::ForceCopy,
         (XdpMode::Native, true) => BindMode::ZeroCopy,
         (XdpMode::Native, false) => BindMode::Auto,
     };
-    let mut socks = Vec::with_capacity(cfg.queues as usize);
-    for q in 0..cfg.queues as u32 {
-        socks.push(Xsk::open(ifindex, q, geometry, copy).map_err(|e| socket_error(cfg, q, &geometry, e))?);
+    let mut socks = Vec::with_capacity(pairs as usize);
+    for i in 0..pairs as u32 {
+        socks.push(Xsk::open(ifindex, i, geometry, bind).map_err(|e| socket_error(name, opts, i, &geometry, e))?);
     }
     let bpf_err = |what: &'static str| {
         move |e: io::Error| match errno(&e) {
@@ -276,9 +285,9 @@ pub fn open(cfg: &AfXdpConfig) -> Result<(Vec<AfXdpPort>, OpenReport), AfXdpErro
             _ => AfXdpError::Io { what, source: e },
         }
     };
-    let map = bpf::create_xskmap(cfg.queues as u32).map_err(bpf_err("creating the XSKMAP"))?;
-    for (q, s) in socks.iter().enumerate() {
-        bpf::map_set_socket(&map, q as u32, s.fd()).map_err(bpf_err("adding a socket to the XSKMAP"))?;
+    let map = bpf::create_xskmap(pairs as u32).map_err(bpf_err("creating the XSKMAP"))?;
+    for (i, s) in socks.iter().enumerate() {
+        bpf::map_set_socket(&map, i as u32, s.fd()).map_err(bpf_err("adding a socket to the XSKMAP"))?;
     }
     let prog =
         bpf::load_xdp(&bpf::redirect_program(map.as_raw_fd()), PROG_NAME).map_err(|e| match errno(&e.error) {
@@ -288,45 +297,122 @@ pub fn open(cfg: &AfXdpConfig) -> Result<(Vec<AfXdpPort>, OpenReport), AfXdpErro
             _ => AfXdpError::Verifier { source: e.error, log: e.log },
         })?;
 
-    let replaced_stale = inspect(iface, ifindex)?;
-    let mode = cfg.mode.attach_mode();
-    let link = match bpf::link_xdp(&prog, ifindex, mode.flags()) {
-        Ok(l) => l,
-        Err(e) => {
-            return Err(match errno(&e) {
-                libc::EPERM | libc::EACCES => {
-                    AfXdpError::Permission { what: "attaching an XDP program", caps: "CAP_NET_ADMIN" }
-                }
-                libc::EOPNOTSUPP if cfg.mode == XdpMode::Native => {
-                    AfXdpError::NativeUnsupported { iface: cfg.iface.clone() }
-                }
-                // Someone attached a program since we looked.
-                libc::EBUSY | libc::EEXIST => match inspect(iface, ifindex) {
-                    Err(e) => e,
-                    Ok(_) => AfXdpError::Io { what: "attaching the XDP program", source: e },
-                },
-                libc::EINVAL => AfXdpError::NoXdpLink(e),
-                libc::ENODEV => AfXdpError::NoInterface(cfg.iface.clone()),
-                _ => AfXdpError::Io { what: "attaching the XDP program", source: e },
-            });
+    let replaced_stale = inspect(name, ifindex)?;
+    let mode = opts.mode.attach_mode();
+    let link = bpf::link_xdp(&prog, ifindex, mode.flags()).map_err(|e| match errno(&e) {
+        libc::EPERM | libc::EACCES => {
+            AfXdpError::Permission { what: "attaching an XDP program", caps: "CAP_NET_ADMIN" }
         }
-    };
+        libc::EOPNOTSUPP if opts.mode == XdpMode::Native => AfXdpError::NativeUnsupported { iface: name.to_string() },
+        // Someone attached a program since we looked.
+        libc::EBUSY | libc::EEXIST => match inspect(name, ifindex) {
+            Err(e) => e,
+            Ok(_) => AfXdpError::Io { what: "attaching the XDP program", source: e },
+        },
+        libc::EINVAL => AfXdpError::NoXdpLink(e),
+        libc::ENODEV => AfXdpError::NoInterface(name.to_string()),
+        _ => AfXdpError::Io { what: "attaching the XDP program", source: e },
+    })?;
     let attachment =
-        Arc::new(Attachment { link: Some(link), _prog: prog, _map: map, iface: cfg.iface.clone(), mode: cfg.mode });
+        Arc::new(Attachment { link: Some(link), _prog: prog, _map: map, iface: name.to_string(), mode: opts.mode });
     let zero_copy = socks.iter().all(|s| s.zero_copy);
     log::info!(
-        "af-xdp {iface}: XDP program attached ({} mode), {} queue(s), {} copy",
+        "af-xdp {name} (ifindex {ifindex}): XDP program attached ({} mode), {pairs} socket(s), {}",
         mode.name(),
-        cfg.queues,
-        if zero_copy { "zero" } else { "kernel" }
+        if zero_copy { "zero-copy" } else { "copy mode" }
     );
-    let ports = socks.into_iter().enumerate().map(|(q, s)| AfXdpPort::new(s, q as u32, attachment.clone())).collect();
-    Ok((ports, OpenReport { replaced_stale, zero_copy }))
+    let sides = socks.into_iter().map(|xsk| XskSide { xsk, attachment: attachment.clone() }).collect();
+    Ok((sides, OpenReport { replaced_stale, zero_copy, ifindex }))
+}
+
+/// The ports of one interface, their link watch, and what opening did.
+pub struct AfXdpPorts {
+    pub ports: Vec<AfXdpPort>,
+    pub watch: Box<dyn LinkWatch>,
+    pub report: OpenReport,
+}
+
+/// `pairs` ports on `name` (pair i on the interface's queue i) and the
+/// device's link watch.
+pub fn open_ports(name: &str, pairs: u16, opts: &XdpOptions) -> Result<AfXdpPorts, AfXdpError> {
+    let (sides, report) = open_sides(name, pairs, opts)?;
+    let q = IfQuery::new().map_err(|e| AfXdpError::Io { what: "socket", source: e.into() })?;
+    let netns =
+        iface::own_netns().map_err(|e| AfXdpError::Io { what: "reading the network namespace", source: e.into() })?;
+    let (shared, links, notify) =
+        link::port_links::<XskSide>(pairs, &format!("af-xdp {name}")).map_err(io_err("eventfd"))?;
+    let ports = sides.into_iter().zip(links).enumerate().map(|(i, (s, l))| AfXdpPort::new(s, i as u32, l)).collect();
+    let mut attach = XdpAttach { name: name.to_string(), ifindex: report.ifindex, q, netns, opts: *opts };
+    let up = attach.probe() == Probe::Up;
+    let watch = Box::new(Monitor::new(attach, name, shared, notify, up));
+    Ok(AfXdpPorts { ports, watch, report })
+}
+
+/// Boxed ports and their watch, as every host port kind opens them.
+pub type HostPortsOf = (Vec<Box<dyn Port>>, Box<dyn LinkWatch>);
+
+/// [`open_ports`] in the form every host port kind has.
+pub fn open(name: &str, pairs: u16, opts: &XdpOptions) -> Result<HostPortsOf, PortError> {
+    let p = open_ports(name, pairs, opts)?;
+    Ok((p.ports.into_iter().map(|p| Box::new(p) as Box<dyn Port>).collect(), p.watch))
+}
+
+/// The link watch's view of the interface.
+struct XdpAttach {
+    name: String,
+    ifindex: u32,
+    /// A socket in the ports' namespace, for the ioctl probes.
+    q: IfQuery,
+    /// The ports' namespace: a reopen binds and attaches there.
+    netns: OwnedFd,
+    opts: XdpOptions,
+}
+
+impl Attach for XdpAttach {
+    type Res = XskSide;
+
+    fn probe(&mut self) -> Probe {
+        match self.q.flags_of(self.ifindex) {
+            Ok(Some(f)) if f.link_up() => Probe::Up,
+            Ok(Some(_)) => Probe::Down,
+            Ok(None) => Probe::Gone,
+            Err(_) => Probe::Down,
+        }
+    }
+
+    fn is_back(&mut self) -> bool {
+        matches!(self.q.index(&self.name), Ok(Some(_)))
+    }
+
+    fn reopen(&mut self, pairs: usize) -> Result<Vec<XskSide>, PortError> {
+        let (name, opts) = (self.name.as_str(), &self.opts);
+        let open = || open_sides(name, pairs as u16, opts);
+        let here = iface::own_netns().and_then(|h| iface::netns_id(h.as_fd()));
+        let (sides, rep) = if here.ok() == iface::netns_id(self.netns.as_fd()).ok() {
+            open()?
+        } else {
+            // The watch runs on the slow path's thread, which may live in
+            // another namespace: open from a short-lived thread in ours.
+            let ns = self.netns.as_fd();
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| AfXdpError::Io { what: "entering the interface's namespace", source: e.into() })?;
+                    open()
+                })
+                .join()
+                .unwrap_or_else(|_| Err(AfXdpError::Io { what: "reopen thread", source: Errno::EIO.into() }))
+            })?
+        };
+        self.ifindex = rep.ifindex;
+        Ok(sides)
+    }
 }
 
 /// XDP programs attached to `iface` now: (mode, program id, name).
 pub fn attached_programs(iface: &str) -> io::Result<Vec<(AttachMode, u32, String)>> {
-    let ifindex = netdev::ifindex(iface)?.ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+    let q = IfQuery::new()?;
+    let ifindex = q.index(iface)?.ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
     let info = netdev::link_info(ifindex)?;
     Ok(info.xdp.into_iter().map(|(m, id)| (m, id, bpf::prog_name(id).unwrap_or_else(|e| format!("? ({e})")))).collect())
 }

@@ -1,7 +1,7 @@
 //! What the port needs to know about the interface, asked in the calling
-//! thread's network namespace: its index, how many queues AF_XDP can bind
-//! to (ethtool channels), which XDP programs are attached (rtnetlink), and
-//! detaching a netlink-attached program.
+//! thread's network namespace: how many queues AF_XDP can bind to (ethtool
+//! channels), which XDP programs are attached (rtnetlink), and detaching a
+//! netlink-attached program. (Names, indexes and flags: `backend::iface`.)
 
 use std::io;
 use std::mem::size_of;
@@ -9,30 +9,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use super::bpf::{XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE};
-
-/// An interface name the kernel could accept (`dev_valid_name`).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() < libc::IFNAMSIZ
-        && name != "."
-        && name != ".."
-        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
-}
-
-/// The interface's index, or `None` when there is no such interface.
-pub fn ifindex(name: &str) -> io::Result<Option<u32>> {
-    let c = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: c is a valid NUL-terminated string for the call.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i != 0 {
-        return Ok(Some(i));
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::ENODEV) | Some(libc::ENXIO) => Ok(None),
-        _ => Err(e),
-    }
-}
 
 fn socket(domain: i32, ty: i32, proto: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned right away.
@@ -343,17 +319,6 @@ pub fn set_xdp_fd(ifindex: u32, fd: i32, flags: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_checked_like_the_kernel_does() {
-        assert!(valid_name("eth0"));
-        assert!(valid_name("veth-a.1"));
-        assert!(!valid_name(""));
-        assert!(!valid_name("a/b"));
-        assert!(!valid_name("has space"));
-        assert!(!valid_name("0123456789abcdef"), "16 bytes is one too many");
-        assert!(!valid_name(".."));
-    }
 
     #[test]
     fn a_setlink_request_nests_fd_and_flags() {

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::backend::iface::{IfQuery, PortError};
 use crate::backend::Port;
 use crate::bench::netns::{self, Netns, Reflect};
 
@@ -19,8 +20,17 @@ fn rig(queues: u32, how: Reflect) -> Option<Netns> {
     Some(ns)
 }
 
-fn cfg(mode: XdpMode) -> AfXdpConfig {
-    AfXdpConfig { mode, ring_size: 256, ..AfXdpConfig::new("xa", 1) }
+fn cfg(mode: XdpMode) -> XdpOptions {
+    XdpOptions { mode, ring_size: 256, ..XdpOptions::default() }
+}
+
+/// One port on `xa`, or the error.
+fn open(o: XdpOptions) -> Result<(Vec<AfXdpPort>, OpenReport), AfXdpError> {
+    open_on("xa", 1, o)
+}
+
+fn open_on(name: &str, pairs: u16, o: XdpOptions) -> Result<(Vec<AfXdpPort>, OpenReport), AfXdpError> {
+    open_ports(name, pairs, &o).map(|p| (p.ports, p.report))
 }
 
 /// Send `n` frames through `p` and wait for each to come back unchanged.
@@ -31,7 +41,7 @@ fn bounce(ns: &Netns, p: &mut AfXdpPort, n: u32) {
     while got < n {
         if Instant::now() > deadline {
             eprintln!("{}", ns.ip(&["-s", "link"]).unwrap());
-            eprintln!("{:?} {:?}", p.counters().snapshot(), p.xsk.statistics());
+            eprintln!("{:?} {:?}", p.counters().snapshot(), p.side.xsk.statistics());
             eprintln!("{}", ns.exec(&["tc", "-s", "filter", "show", "dev", "xb", "ingress"]).unwrap());
             panic!("only {got} of {n} frames came back");
         }
@@ -44,11 +54,11 @@ fn bounce(ns: &Netns, p: &mut AfXdpPort, n: u32) {
             for (i, b) in s[18..len].iter_mut().enumerate() {
                 *b = (i as u32 ^ sent) as u8;
             }
-            p.tx_commit(len);
+            p.tx_commit(len, crate::backend::FrameMeta::PLAIN);
             p.tx_flush();
             sent += 1;
         }
-        if let Some(f) = p.rx_peek() {
+        if let Some(f) = p.rx_peek().map(|f| f.bytes) {
             let seq = u32::from_le_bytes(f[14..18].try_into().unwrap());
             assert_eq!(seq, got, "frames in order");
             assert_eq!(f.len(), 60 + (seq as usize * 37) % 1400);
@@ -67,7 +77,7 @@ fn frames_bounce_off_the_reflector_and_the_program_goes_with_the_ports() {
     for (mode, how) in [(XdpMode::Native, Reflect::Redirect), (XdpMode::Skb, Reflect::Mirror)] {
         let Some(ns) = rig(1, how) else { return };
         let _in = ns.enter().unwrap();
-        let (mut ports, rep) = open(&cfg(mode)).unwrap();
+        let (mut ports, rep) = open(cfg(mode)).unwrap();
         assert_eq!(rep.replaced_stale, None);
         let progs = attached_programs("xa").unwrap();
         assert_eq!(progs.len(), 1, "{progs:?}");
@@ -75,14 +85,14 @@ fn frames_bounce_off_the_reflector_and_the_program_goes_with_the_ports() {
         assert_eq!(progs[0].0, mode.attach_mode());
         bounce(&ns, &mut ports[0], 3000);
         let c = ports[0].counters().snapshot();
-        assert_eq!((c.tx_frames, c.rx_frames, c.bad_descs, c.failed), (3000, 3000, 0, 0));
+        assert_eq!((c.tx_frames, c.rx_frames, c.bad_descs), (3000, 3000, 0));
         drop(ports);
         assert_eq!(attached_programs("xa").unwrap(), vec![], "program left after the ports were dropped");
     }
 }
 
 fn ifindex(name: &str) -> u32 {
-    netdev::ifindex(name).unwrap().expect("interface exists")
+    IfQuery::new().unwrap().index(name).unwrap().expect("interface exists")
 }
 
 /// Attach `prog` the old way (netlink): it stays after its fds are closed,
@@ -96,30 +106,31 @@ fn attach_netlink(name: &str, prog: std::os::fd::OwnedFd, mode: AttachMode) {
 fn bad_input_is_refused_with_the_cause_and_leaves_nothing_attached() {
     let Some(ns) = rig(1, Reflect::Redirect) else { return };
     let _in = ns.enter().unwrap();
-    let err = |c: AfXdpConfig| open(&c).err().expect("must fail");
-    let e = err(AfXdpConfig::new("vnx-nosuch", 1));
+    let err = |name: &str, pairs: u16, o: XdpOptions| open_on(name, pairs, o).err().expect("must fail");
+    let e = err("vnx-nosuch", 1, cfg(XdpMode::Skb));
     assert!(matches!(e, AfXdpError::NoInterface(_)), "{e}");
     assert!(e.to_string().contains("vnx-nosuch does not exist"), "{e}");
-    assert!(matches!(err(AfXdpConfig::new("a/b", 1)), AfXdpError::BadName(_)));
-    let e = err(AfXdpConfig { queues: 2, ..cfg(XdpMode::Skb) });
+    let e = err("a/b", 1, cfg(XdpMode::Skb));
+    assert!(matches!(e, AfXdpError::Interface(PortError::BadName(_))), "{e}");
+    let e = err("xa", 2, cfg(XdpMode::Skb));
     assert!(matches!(e, AfXdpError::TooManyQueues { available: 1, wanted: 2, .. }), "{e}");
     assert!(e.to_string().contains("xa has 1 queue(s)"), "{e}");
-    let e = err(AfXdpConfig { zero_copy: true, ..cfg(XdpMode::Skb) });
+    let e = err("xa", 1, XdpOptions { zero_copy: true, ..cfg(XdpMode::Skb) });
     assert!(matches!(e, AfXdpError::ZeroCopyNeedsNative), "{e}");
-    let e = err(AfXdpConfig { ring_size: 100, ..cfg(XdpMode::Skb) });
+    let e = err("xa", 1, XdpOptions { ring_size: 100, ..cfg(XdpMode::Skb) });
     assert!(matches!(e, AfXdpError::BadRingSize(100)), "{e}");
     // veth has native XDP but no AF_XDP zero-copy.
-    let e = err(AfXdpConfig { zero_copy: true, ..cfg(XdpMode::Native) });
+    let e = err("xa", 1, XdpOptions { zero_copy: true, ..cfg(XdpMode::Native) });
     assert!(matches!(e, AfXdpError::ZeroCopyUnsupported { .. }), "{e}");
     assert!(e.to_string().contains("does not support AF_XDP zero-copy"), "{e}");
     // lo has no native XDP.
-    let e = err(AfXdpConfig { iface: "lo".into(), ..cfg(XdpMode::Native) });
+    let e = err("lo", 1, cfg(XdpMode::Native));
     assert!(matches!(e, AfXdpError::NativeUnsupported { .. }), "{e}");
     for i in ["xa", "lo"] {
         assert_eq!(attached_programs(i).unwrap(), vec![], "{i}: a failed open left a program");
     }
     // The failed opens left no socket on the queue either.
-    let (ports, _) = open(&cfg(XdpMode::Skb)).expect("queue 0 free again");
+    let (ports, _) = open(cfg(XdpMode::Skb)).expect("queue 0 free again");
     drop(ports);
 }
 
@@ -138,7 +149,7 @@ fn a_stale_program_of_ours_is_replaced() {
     assert_eq!(before.len(), 1);
     assert_eq!((before[0].0, before[0].2.as_str()), (AttachMode::Skb, PROG_NAME));
 
-    let (mut ports, rep) = open(&cfg(XdpMode::Skb)).expect("open over a stale program");
+    let (mut ports, rep) = open(cfg(XdpMode::Skb)).expect("open over a stale program");
     assert_eq!(rep.replaced_stale, Some(before[0].1));
     let now = attached_programs("xa").unwrap();
     assert_eq!(now.len(), 1);
@@ -154,7 +165,7 @@ fn someone_elses_program_is_left_alone_and_a_live_one_of_ours_is_busy() {
     let _in = ns.enter().unwrap();
     let other = bpf::load_xdp(&bpf::pass_program(), "not_ours").unwrap();
     attach_netlink("xa", other, AttachMode::Driver);
-    let e = open(&cfg(XdpMode::Native)).err().expect("refused");
+    let e = open(cfg(XdpMode::Native)).err().expect("refused");
     assert!(
         matches!(e, AfXdpError::ForeignProgram { ref name, mode: AttachMode::Driver, .. } if name == "not_ours"),
         "{e}"
@@ -166,10 +177,10 @@ fn someone_elses_program_is_left_alone_and_a_live_one_of_ours_is_busy() {
     netdev::set_xdp_fd(ifindex("xa"), -1, AttachMode::Driver.flags()).unwrap();
 
     // Ours, held by a live link (another running vduse-net): not touched.
-    let (ports, _) = open(&cfg(XdpMode::Native)).unwrap();
-    let e = inspect("xa", ifindex("xa")).err().expect("busy");
+    let (ports, _) = open(cfg(XdpMode::Native)).unwrap();
+    let e = inspect("xa", ifindex("xa")).expect_err("busy");
     assert!(matches!(e, AfXdpError::Busy { .. }), "{e}");
-    let e = open(&cfg(XdpMode::Native)).err().expect("queue taken");
+    let e = open(cfg(XdpMode::Native)).err().expect("queue taken");
     assert!(matches!(e, AfXdpError::QueueBusy { queue: 0, .. }), "{e}");
     assert_eq!(attached_programs("xa").unwrap().len(), 1, "the live program stays");
     drop(ports);
