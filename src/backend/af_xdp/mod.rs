@@ -28,6 +28,7 @@
 //! Everything happens in the calling thread's network namespace.
 
 mod bpf;
+pub mod ceiling;
 mod netdev;
 mod port;
 mod ring;
