@@ -55,7 +55,7 @@ pub struct HostArgs {
     /// per device) or a pattern like tap%d (%d = device index).
     #[arg(long)]
     pub iface: Option<String>,
-    /// af-packet: do not put the interface in promiscuous mode.
+    /// af-packet, af-xdp: do not put the interface in promiscuous mode.
     #[arg(long)]
     pub no_promisc: bool,
     /// af-xdp: where the XDP program runs: native (in the driver; the
@@ -81,6 +81,7 @@ impl HostArgs {
             o.xdp.mode = XdpMode::Skb;
         }
         o.xdp.zero_copy = self.zero_copy;
+        o.xdp.promisc = !self.no_promisc;
         o
     }
 

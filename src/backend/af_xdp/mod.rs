@@ -82,11 +82,14 @@ pub struct XdpOptions {
     /// Entries of each ring (fill, completion, RX, TX); also the frames per
     /// direction in the UMEM.
     pub ring_size: u32,
+    /// Promiscuous membership on the interface while the ports live (the
+    /// driver's MAC is not the NIC's; the NIC would filter its frames out).
+    pub promisc: bool,
 }
 
 impl Default for XdpOptions {
     fn default() -> Self {
-        XdpOptions { mode: XdpMode::default(), zero_copy: false, ring_size: 2048 }
+        XdpOptions { mode: XdpMode::default(), zero_copy: false, ring_size: 2048, promisc: true }
     }
 }
 
@@ -159,6 +162,7 @@ pub struct Attachment {
     link: Option<OwnedFd>,
     _prog: OwnedFd,
     _map: OwnedFd,
+    _promisc: Option<OwnedFd>,
     iface: String,
     mode: XdpMode,
 }
@@ -168,6 +172,29 @@ impl Drop for Attachment {
         drop(self.link.take());
         log::info!("af-xdp {}: XDP program detached ({:?} mode)", self.iface, self.mode);
     }
+}
+
+/// Promiscuous membership on `ifindex` for as long as the returned socket
+/// lives: a packet socket of protocol 0 (it receives nothing) holding
+/// PACKET_MR_PROMISC. The kernel drops the membership when the socket
+/// closes, also when the process dies, so the NIC never stays promiscuous.
+fn promisc(ifindex: u32) -> Result<OwnedFd, AfXdpError> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let fd = socket(AddressFamily::Packet, SockType::Raw, SockFlag::SOCK_CLOEXEC, None).map_err(|e| match e {
+        Errno::EPERM | Errno::EACCES => {
+            AfXdpError::Permission { what: "promiscuous membership (a packet socket)", caps: "CAP_NET_RAW" }
+        }
+        e => AfXdpError::Io { what: "socket(AF_PACKET)", source: e.into() },
+    })?;
+    let mreq = libc::packet_mreq {
+        mr_ifindex: ifindex as libc::c_int,
+        mr_type: libc::PACKET_MR_PROMISC as u16,
+        mr_alen: 0,
+        mr_address: [0; 8],
+    };
+    super::sys::setsockopt(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mreq)
+        .map_err(|e| AfXdpError::Io { what: "PACKET_ADD_MEMBERSHIP (promiscuous)", source: e.into() })?;
+    Ok(fd)
 }
 
 /// What opening did besides making the sockets.
@@ -298,6 +325,7 @@ pub fn open_sides(name: &str, pairs: u16, opts: &XdpOptions) -> Result<(Vec<XskS
             _ => AfXdpError::Verifier { source: e.error, log: e.log },
         })?;
 
+    let promisc = if opts.promisc { Some(promisc(ifindex)?) } else { None };
     let replaced_stale = inspect(name, ifindex)?;
     let mode = opts.mode.attach_mode();
     let link = bpf::link_xdp(&prog, ifindex, mode.flags()).map_err(|e| match errno(&e) {
@@ -314,8 +342,14 @@ pub fn open_sides(name: &str, pairs: u16, opts: &XdpOptions) -> Result<(Vec<XskS
         libc::ENODEV => AfXdpError::NoInterface(name.to_string()),
         _ => AfXdpError::Io { what: "attaching the XDP program", source: e },
     })?;
-    let attachment =
-        Arc::new(Attachment { link: Some(link), _prog: prog, _map: map, iface: name.to_string(), mode: opts.mode });
+    let attachment = Arc::new(Attachment {
+        link: Some(link),
+        _prog: prog,
+        _map: map,
+        _promisc: promisc,
+        iface: name.to_string(),
+        mode: opts.mode,
+    });
     let zero_copy = socks.iter().all(|s| s.zero_copy);
     log::info!(
         "af-xdp {name} (ifindex {ifindex}): XDP program attached ({} mode), {pairs} socket(s), {}",

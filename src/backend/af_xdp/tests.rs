@@ -77,17 +77,23 @@ fn frames_bounce_off_the_reflector_and_the_program_goes_with_the_ports() {
     for (mode, how) in [(XdpMode::Native, Reflect::Redirect), (XdpMode::Skb, Reflect::Mirror)] {
         let Some(ns) = rig(1, how) else { return };
         let _in = ns.enter().unwrap();
+        // SIOCGIFFLAGS shows only the user's promiscuous flag; the
+        // membership count is IFLA_PROMISCUITY.
+        let promisc = || !ns.ip(&["-d", "link", "show", "xa"]).unwrap().contains("promiscuity 0 ");
+        assert!(!promisc());
         let (mut ports, rep) = open(cfg(mode)).unwrap();
         assert_eq!(rep.replaced_stale, None);
         let progs = attached_programs("xa").unwrap();
         assert_eq!(progs.len(), 1, "{progs:?}");
         assert_eq!(progs[0].2, PROG_NAME);
         assert_eq!(progs[0].0, mode.attach_mode());
+        assert!(promisc(), "promiscuous while the ports live");
         bounce(&ns, &mut ports[0], 3000);
         let c = ports[0].counters().snapshot();
         assert_eq!((c.tx_frames, c.rx_frames, c.bad_descs), (3000, 3000, 0));
         drop(ports);
         assert_eq!(attached_programs("xa").unwrap(), vec![], "program left after the ports were dropped");
+        assert!(!promisc(), "promiscuous mode left on");
     }
 }
 
