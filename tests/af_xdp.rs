@@ -176,6 +176,11 @@ fn pktgen_moves_a_million_mixed_frames_through_the_tc_reflector() {
     let _one = serial();
     let ns = reflector_ns("xa", "xb", 1, Reflect::Redirect);
     let rate = RATE.to_string();
+    // No backpressure reaches the sender from the receiving side (veth's
+    // native XDP path copies the frame and frees the sender's buffer first),
+    // so what arrives while the device's threads are starved of CPU waits in
+    // the UMEM: the largest one (16384 frames, 160 ms at this rate) rides
+    // out a loaded machine.
     let out = cli(
         &ns,
         &[
@@ -184,6 +189,8 @@ fn pktgen_moves_a_million_mixed_frames_through_the_tc_reflector() {
             "af-xdp",
             "--iface",
             "xa",
+            "--xdp-ring-size",
+            "16384",
             "--frames",
             "1000000",
             "--size",
@@ -226,10 +233,16 @@ fn skb_mode_reflects_frames_of_mixed_sizes_intact() {
     // Generic XDP passes tc-redirected frames to the stack, so the far end
     // mirrors instead (see bench::netns::Reflect).
     let ns = reflector_ns("xa", "xb", 1, Reflect::Mirror);
-    let opts = XdpOptions { mode: XdpMode::Skb, ..XdpOptions::default() };
+    // A mirrored clone returns while the original is freed at the far end,
+    // so a sender's TX frames complete before their copies are received:
+    // nothing holds the sender back when the receiving side is starved of
+    // CPU (as on a real wire), and what it sends meanwhile waits in the
+    // UMEM. The largest one (16384 frames) and a slower rate keep a few
+    // hundred milliseconds of starvation from dropping frames.
+    let opts = XdpOptions { mode: XdpMode::Skb, ring_size: 16384, ..XdpOptions::default() };
     let (dev, counters) = device(&ns, 0, "xa", 1, opts, IdlePolicy::Adaptive { spins: 256 });
     let frames = 200_000;
-    let r = run(vec![dev], &gen(frames, RATE as f64));
+    let r = run(vec![dev], &gen(frames, RATE as f64 / 2.0));
     eprintln!("port: {:?}", counters[0].snapshot());
     assert_clean(&r, frames);
     assert_eq!(programs(&ns, "xa"), 0);
@@ -246,12 +259,13 @@ fn two_devices_on_the_two_ends_of_a_veth_with_two_queue_pairs() {
     // A sends to B and B to A (netgen's ring of devices), every frame
     // checked by its receiver.
     let idle = IdlePolicy::Adaptive { spins: 256 };
-    let (a, ca) = device(&ns, 0, "ya", 2, XdpOptions::default(), idle);
-    let (b, cb) = device(&ns, 1, "yb", 2, XdpOptions::default(), idle);
     // Nothing holds a sender back when the receiving device falls behind
-    // (as on a real wire): the receiver's UMEM buffers 2048 frames per
-    // pair, which a paced stream never fills unless the receiving threads
-    // are starved for tens of milliseconds.
+    // (as on a real wire): the receiver's UMEM buffers 16384 frames per pair,
+    // which a paced stream does not fill unless the receiving threads are
+    // starved for most of a second.
+    let opts = XdpOptions { ring_size: 16384, ..XdpOptions::default() };
+    let (a, ca) = device(&ns, 0, "ya", 2, opts, idle);
+    let (b, cb) = device(&ns, 1, "yb", 2, opts, idle);
     let frames = 20_000;
     let r = run(vec![a, b], &gen(frames, RATE as f64 / 10.0));
     for (i, c) in ca.iter().chain(&cb).enumerate() {

@@ -65,6 +65,11 @@ pub struct HostArgs {
     /// af-xdp: require zero-copy sockets (native mode, driver support).
     #[arg(long)]
     pub zero_copy: bool,
+    /// af-xdp: entries of each AF_XDP ring, and frames per direction in each
+    /// pair's UMEM (2 KiB each): what the kernel can buffer while the device
+    /// is busy (power of two, 64..=16384; default 2048).
+    #[arg(long)]
+    pub xdp_ring_size: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -82,6 +87,9 @@ impl HostArgs {
         }
         o.xdp.zero_copy = self.zero_copy;
         o.xdp.promisc = !self.no_promisc;
+        if let Some(n) = self.xdp_ring_size {
+            o.xdp.ring_size = n;
+        }
         o
     }
 
@@ -94,8 +102,9 @@ impl HostArgs {
             (None, None) => Ok(None),
         }
         .and_then(|spec| {
-            if backend != Backend::AfXdp && (self.xdp_mode.is_some() || self.zero_copy) {
-                return Err(CliError("--xdp-mode and --zero-copy are for --backend af-xdp".into()));
+            if backend != Backend::AfXdp && (self.xdp_mode.is_some() || self.zero_copy || self.xdp_ring_size.is_some())
+            {
+                return Err(CliError("--xdp-mode, --zero-copy and --xdp-ring-size are for --backend af-xdp".into()));
             }
             Ok(spec)
         })
