@@ -3,17 +3,20 @@
 //! the interface. The CLI (`run`, `pktgen`) and the tests come here.
 
 use super::af_packet::{self, PacketOptions};
+use super::af_xdp::{self, XdpOptions};
 use super::iface::PortError;
 use super::link::LinkWatch;
 use super::{tap, Port};
 
-/// Kinds of host port. (An AF_XDP kind joins this list.)
+/// Kinds of host port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HostKind {
     /// A tap device, one tap queue per pair.
     Tap,
     /// A packet socket per pair on an Ethernet interface.
     AfPacket,
+    /// An AF_XDP socket per pair on the NIC queue of the same index.
+    AfXdp,
 }
 
 impl HostKind {
@@ -21,6 +24,7 @@ impl HostKind {
         match self {
             HostKind::Tap => "tap",
             HostKind::AfPacket => "af-packet",
+            HostKind::AfXdp => "af-xdp",
         }
     }
 }
@@ -29,6 +33,7 @@ impl HostKind {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HostOptions {
     pub packet: PacketOptions,
+    pub xdp: XdpOptions,
 }
 
 /// A device's ports on one interface.
@@ -42,6 +47,7 @@ pub fn open(kind: HostKind, iface: &str, pairs: u16, opts: &HostOptions) -> Resu
     match kind {
         HostKind::Tap => tap::open(iface, pairs),
         HostKind::AfPacket => af_packet::open(iface, pairs, opts.packet),
+        HostKind::AfXdp => af_xdp::open(iface, pairs, &opts.xdp),
     }
 }
 

@@ -34,6 +34,17 @@ pub enum PortError {
     NotEthernet { name: String, kind: u16 },
     #[error("{op} on {name:?}: {errno}")]
     Os { op: &'static str, name: String, errno: Errno },
+    #[error(transparent)]
+    AfXdp(Box<super::af_xdp::AfXdpError>),
+}
+
+impl From<super::af_xdp::AfXdpError> for PortError {
+    fn from(e: super::af_xdp::AfXdpError) -> Self {
+        match e {
+            super::af_xdp::AfXdpError::Interface(p) => p,
+            e => PortError::AfXdp(Box::new(e)),
+        }
+    }
 }
 
 impl PortError {

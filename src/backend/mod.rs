@@ -20,10 +20,13 @@
 //! - [`tap`]: one multi-queue tap queue per pair (IFF_VNET_HDR).
 //! - [`af_packet`]: one packet socket per pair with mmapped TPACKET_V3
 //!   rings, spread over the pairs with PACKET_FANOUT.
+//! - [`af_xdp`]: one AF_XDP socket per pair on the NIC queue of the same
+//!   index, fed by a small XDP program.
 //!
 //! [`link`] lets the device's link state follow the interface.
 
 pub mod af_packet;
+pub mod af_xdp;
 mod bufq;
 pub mod host;
 pub mod iface;

@@ -8,6 +8,7 @@
 //! - [`latency`]: round-trip times (ping-pong, under load), HdrHistogram output.
 //! - [`floor`]: the cache-line ping-pong, the physical floor of a round trip.
 //! - [`cpu`]: CPU time per thread.
+//! - [`netns`]: network namespaces with veths and the tc reflector, for tests.
 
 pub mod checks;
 pub mod cpu;
@@ -15,5 +16,6 @@ pub mod floor;
 pub mod frame;
 pub mod latency;
 pub mod netgen;
+pub mod netns;
 pub mod pktgen;
 pub mod testbed;

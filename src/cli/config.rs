@@ -696,12 +696,17 @@ mod tests {
         ("log-level", "debug"),
         ("kernel-model", "7.3"),
         ("iface", "tap0"),
+        ("xdp-mode", "skb"),
+        ("xdp-ring-size", "4096"),
     ];
 
-    /// Keys that only go with another one: that key, as a flag and as TOML.
-    const WITH: &[(&str, &str, &str)] = &[
-        ("iface", "--backend=tap", "backend = \"tap\""),
-        ("no-promisc", "--backend=af-packet", "backend = \"af-packet\"\niface = \"eth0\""),
+    /// Keys that only go with others: those, as flags and as TOML.
+    const WITH: &[(&str, &[&str], &str)] = &[
+        ("iface", &["--backend=tap"], "backend = \"tap\""),
+        ("no-promisc", &["--backend=af-packet", "--iface=eth0"], "backend = \"af-packet\"\niface = \"eth0\""),
+        ("xdp-mode", &["--backend=af-xdp", "--iface=eth0"], "backend = \"af-xdp\"\niface = \"eth0\""),
+        ("zero-copy", &["--backend=af-xdp", "--iface=eth0"], "backend = \"af-xdp\"\niface = \"eth0\""),
+        ("xdp-ring-size", &["--backend=af-xdp", "--iface=eth0"], "backend = \"af-xdp\"\niface = \"eth0\""),
     ];
 
     /// Every flag of `run` is a config key (or says what stands for it), and a
@@ -744,11 +749,8 @@ mod tests {
                 let extra = with.map(|(_, _, t)| format!("{t}\n")).unwrap_or_default();
                 format!("[[device]]\nname = \"d\"\n{extra}{long} = {toml_value}\n")
             };
-            if let Some((_, flag, t)) = with {
-                cli.push(flag.to_string());
-                if t.contains("iface") {
-                    cli.push("--iface=eth0".into());
-                }
+            if let Some((_, flags, _)) = with {
+                cli.extend(flags.iter().map(|f| f.to_string()));
             }
             if long == "name" {
                 continue; // set by every table
@@ -840,7 +842,7 @@ no-promisc = true
         let e = parse_str("[[device]]\nname = \"a\"\nbackend = \"tap\"\n").unwrap_err().to_string();
         assert!(e.contains(":3:") && e.contains("needs --iface"), "{e}");
         let e = parse_str("[[device]]\nname = \"a\"\niface = \"eth0\"\n").unwrap_err().to_string();
-        assert!(e.contains(":3:") && e.contains("only for --backend tap or af-packet"), "{e}");
+        assert!(e.contains(":3:") && e.contains("only for --backend tap, af-packet or af-xdp"), "{e}");
         let e = parse_str("[[device]]\nname = \"a\"\nbackend = \"tap\"\niface = \"x,y\"\n").unwrap_err().to_string();
         assert!(e.contains(":4:") && e.contains("lists 2 interfaces"), "{e}");
         let two = "[defaults]\nbackend = \"af-packet\"\niface = \"eth0\"\n[[device]]\nname = \"a\"\n[[device]]\nname = \"b\"\nmac = \"02:00:00:00:00:09\"\n";

@@ -171,7 +171,7 @@ pub struct PktgenArgs {
     /// vq with the driver's view ("suspend").
     #[arg(long)]
     suspend_check: bool,
-    /// Ports on a host interface (tap, af-packet; needs --iface): frames go
+    /// Ports on a host interface (tap, af-packet, af-xdp; needs --iface): frames go
     /// through the real kernel, which sends them back (e.g. a tc reflector)
     /// or, with --iface a,b, on to the next device (one device per interface).
     #[arg(long, value_enum)]
@@ -223,7 +223,9 @@ pub fn run(a: PktgenArgs) -> CliResult {
         return run_host(&a, backend, sizes, duration, warmup);
     }
     if a.link_flap_check || a.port_only || a.host.iface.is_some() {
-        return Err(CliError("--iface, --port-only and --link-flap-check need --backend tap or af-packet".into()));
+        return Err(CliError(
+            "--iface, --port-only and --link-flap-check need --backend tap, af-packet or af-xdp".into(),
+        ));
     }
     let mode: Mode = a.mode.into();
     if b.vhost_vdpa.is_some() && mode != Mode::Loopback {
@@ -293,13 +295,13 @@ pub fn run(a: PktgenArgs) -> CliResult {
     Ok(())
 }
 
-/// `pktgen --backend tap|af-packet --iface ...`: model device(s) whose
+/// `pktgen --backend tap|af-packet|af-xdp --iface ...`: model device(s) whose
 /// ports are host interfaces.
 fn run_host(a: &PktgenArgs, backend: Backend, sizes: Sizes, duration: Option<Duration>, warmup: Duration) -> CliResult {
     let b = &a.bench;
     let Some(kind) = backend.host() else {
         return Err(CliError(format!(
-            "pktgen --backend takes a host port (tap, af-packet); for the in-process ports use --mode (loopback, txonly, rxonly), not --backend {backend:?}"
+            "pktgen --backend takes a host port (tap, af-packet, af-xdp); for the in-process ports use --mode (loopback, txonly, rxonly), not --backend {backend:?}"
         )));
     };
     let spec = a.host.spec(backend)?.unwrap_or_default();

@@ -35,7 +35,7 @@ impl DevicePlan {
             (Backend::Patch, Some(p)) => format!("patch <-> {}", all[p].name),
             (Backend::Loopback, _) if self.args.no_macswap => "loopback".into(),
             (Backend::Loopback, _) => "loopback (macswap)".into(),
-            (Backend::Tap | Backend::AfPacket, _) => format!(
+            (Backend::Tap | Backend::AfPacket | Backend::AfXdp, _) => format!(
                 "{} {}",
                 self.args.backend.host().map(|k| k.name()).unwrap_or_default(),
                 self.args.host.iface.as_deref().unwrap_or("?")

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use log::LevelFilter;
+use vduse_net::backend::af_xdp::XdpMode;
 use vduse_net::backend::host::{self, HostKind, HostOptions, HostPorts};
 use vduse_net::backend::link::LinkWatch;
 use vduse_net::backend::loopback::Loopback;
@@ -34,6 +35,10 @@ pub enum Backend {
     /// Packet sockets with mmapped rings on an Ethernet interface (--iface).
     #[value(name = "af-packet")]
     AfPacket,
+    /// AF_XDP sockets on a NIC (--iface): pair i on the NIC's queue i, fed
+    /// by an XDP program (--xdp-mode, --zero-copy).
+    #[value(name = "af-xdp")]
+    AfXdp,
 }
 
 impl Backend {
@@ -43,6 +48,7 @@ impl Backend {
             Backend::Loopback | Backend::Patch => None,
             Backend::Tap => Some(HostKind::Tap),
             Backend::AfPacket => Some(HostKind::AfPacket),
+            Backend::AfXdp => Some(HostKind::AfXdp),
         }
     }
 }
@@ -50,19 +56,45 @@ impl Backend {
 /// Options of the host ports.
 #[derive(Args, Clone, Debug)]
 pub struct HostArgs {
-    /// Interface for --backend tap|af-packet: a name, a list a,b (one per
-    /// device) or a pattern like tap%d (%d = device index).
+    /// Interface for --backend tap|af-packet|af-xdp: a name, a list a,b (one
+    /// per device) or a pattern like tap%d (%d = device index).
     #[arg(long)]
     pub iface: Option<String>,
-    /// af-packet: do not put the interface in promiscuous mode.
+    /// af-packet, af-xdp: do not put the interface in promiscuous mode.
     #[arg(long)]
     pub no_promisc: bool,
+    /// af-xdp: where the XDP program runs: native (in the driver; the
+    /// default) or skb (generic XDP, any interface, always copies).
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModeArg>,
+    /// af-xdp: require zero-copy sockets (native mode, driver support).
+    #[arg(long)]
+    pub zero_copy: bool,
+    /// af-xdp: entries of each AF_XDP ring, and frames per direction in each
+    /// pair's UMEM (2 KiB each): what the kernel can buffer while the device
+    /// is busy (power of two, 64..=16384; default 2048).
+    #[arg(long)]
+    pub xdp_ring_size: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    Native,
+    Skb,
 }
 
 impl HostArgs {
     pub fn options(&self) -> HostOptions {
         let mut o = HostOptions::default();
         o.packet.promisc = !self.no_promisc;
+        if self.xdp_mode == Some(XdpModeArg::Skb) {
+            o.xdp.mode = XdpMode::Skb;
+        }
+        o.xdp.zero_copy = self.zero_copy;
+        o.xdp.promisc = !self.no_promisc;
+        if let Some(n) = self.xdp_ring_size {
+            o.xdp.ring_size = n;
+        }
         o
     }
 
@@ -71,9 +103,16 @@ impl HostArgs {
         match (backend.host(), self.iface.as_deref()) {
             (Some(k), None) => Err(CliError(format!("--backend {} needs --iface NAME", k.name()))),
             (Some(_), Some(s)) => Ok(Some(s)),
-            (None, Some(_)) => Err(CliError("--iface is only for --backend tap or af-packet".into())),
+            (None, Some(_)) => Err(CliError("--iface is only for --backend tap, af-packet or af-xdp".into())),
             (None, None) => Ok(None),
         }
+        .and_then(|spec| {
+            if backend != Backend::AfXdp && (self.xdp_mode.is_some() || self.zero_copy || self.xdp_ring_size.is_some())
+            {
+                return Err(CliError("--xdp-mode, --zero-copy and --xdp-ring-size are for --backend af-xdp".into()));
+            }
+            Ok(spec)
+        })
     }
 
     /// Open the ports of `count` devices with `pairs` pairs each, all before
@@ -302,7 +341,7 @@ fn make_ports(plan: &RunPlan, hosts: &mut [HostSlot]) -> Result<Vec<DevicePorts>
                     ports[j].0.push(Box::new(y));
                 }
             }
-            Backend::Tap | Backend::AfPacket => {
+            Backend::Tap | Backend::AfPacket | Backend::AfXdp => {
                 return Err(CliError(format!("{}: the host ports were not opened", d.name)));
             }
         }
