@@ -40,6 +40,13 @@ pub fn build(buf: &mut [u8], len: usize, dst: [u8; 6], src: [u8; 6], pair: u16, 
     len
 }
 
+/// A frame built by [`build`] (its EtherType), damaged or not; anything
+/// else on a real network is someone else's traffic.
+#[inline]
+pub fn is_ours(frame: &[u8]) -> bool {
+    frame.len() >= 14 && frame[12..14] == ETHERTYPE.to_be_bytes()
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Check {
     Ok { pair: u16, seq: u64 },

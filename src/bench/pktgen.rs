@@ -627,7 +627,7 @@ mod tests {
     #[test]
     fn txonly_loss_comes_from_device_counters() {
         let q = QueueReport { pair: 0, tx_frames: 100, ..Default::default() };
-        let mut stats = DeviceStats { pairs: vec![Default::default()], slow_path: Default::default() };
+        let mut stats = DeviceStats { pairs: vec![Default::default()], slow_path: Default::default(), link: None };
         stats.pairs[0].tx_frames = 97;
         let r = summarize(Mode::TxOnly, vec![q], Some(stats), Vec::new());
         assert_eq!(r.lost, 3);

@@ -41,6 +41,10 @@ counters!(
         rx_filtered,
         rx_no_buffer,
         rx_dropped_small,
+        /// TX frames asking for checksum/segmentation a port cannot do.
+        tx_offload_dropped,
+        /// Port frames still needing offload work the driver did not negotiate.
+        rx_offload_dropped,
         reflected,
         irqs,
         queue_errors,

@@ -50,6 +50,10 @@ pub const PAIR: &[(&str, Class)] = &[
     ("rx_filtered", Class::Drop(Dir::Rx, "filtered")),
     // Frames longer than the RX chain the driver offered.
     ("rx_dropped_small", Class::Drop(Dir::Rx, "oversize")),
+    // A TX frame asking for checksum/segmentation work the port cannot do.
+    ("tx_offload_dropped", Class::Drop(Dir::Tx, "offload")),
+    // A port frame still needing offload work the driver did not negotiate.
+    ("rx_offload_dropped", Class::Drop(Dir::Rx, "offload")),
     // The port had no room: TX chains stay on the ring until it drains.
     ("tx_backpressure", Class::Backpressure(Dir::Tx, "port_full")),
     // The driver had no RX buffer: frames wait in the port.

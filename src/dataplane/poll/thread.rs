@@ -11,7 +11,7 @@
 //! keeps answering control messages. The next Stop (device reset) clears
 //! the failure; the next Start runs the pair again.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 
@@ -115,7 +115,7 @@ impl PollThread {
             }
             if !self.active() {
                 reader.offline();
-                self.wait(false);
+                self.wait(false, false);
                 continue;
             }
             let work = {
@@ -250,6 +250,7 @@ impl PollThread {
     }
 
     fn poll_once(&mut self, g: &ReadGuard<'_>) -> usize {
+        self.port.rx_fill();
         let mut work = 0;
         let mut tx_via_port = true;
         if let (Some(swap), true, true) = (self.port.reflect(), self.rx.runnable(), self.tx.runnable()) {
@@ -313,7 +314,7 @@ impl PollThread {
         if !more {
             reader.offline();
             bump(&self.stats.sleeps, 1);
-            self.wait(rx_wanted);
+            self.wait(rx_wanted, true);
             bump(&self.stats.wakeups, 1);
         }
         self.port.disarm_rx_wakeup();
@@ -321,9 +322,10 @@ impl PollThread {
         self.with_queues(&g, |q| q.disable_notifications());
     }
 
-    /// Block until a kick, a mailbox command, a port wake-up or the idle
-    /// timeout. The caller is offline (holds no table pointer).
-    fn wait(&self, rx_kicks: bool) {
+    /// Block until a kick, a mailbox command, a port wake-up (with
+    /// `port_events`) or the idle timeout. The caller is offline (holds no
+    /// table pointer).
+    fn wait(&self, rx_kicks: bool, port_events: bool) {
         let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(4);
         fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
         if self.tx.runnable() {
@@ -332,9 +334,13 @@ impl PollThread {
         if self.rx.runnable() && rx_kicks {
             fds.push(PollFd::new(self.kick_rx.as_fd(), PollFlags::POLLIN));
         }
-        let port_fd: Option<BorrowedFd<'_>> = self.port.rx_wake_fd();
-        if let Some(fd) = port_fd {
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        // A stopped pair takes no frames, so a port with frames waiting (a
+        // readable socket) would end every wait at once: it waits on the
+        // mailbox and the timeout only. The port is still told the thread
+        // is about to block.
+        let port = self.port.wake();
+        if let (Some(w), true) = (port, port_events) {
+            fds.push(PollFd::new(w.fd, w.events));
         }
         let _ = nix::poll::poll(&mut fds, PollTimeout::from(IDLE_SLEEP.as_millis() as u16));
         // Drain whatever fired; eventfds are non-blocking.
