@@ -289,6 +289,8 @@ pub struct LatencyReport {
     /// The device poll thread's busy ticks per frame (pair 0; set by the
     /// caller from the device's `busy_cycles` / `busy_frames`).
     pub device_cycles_per_frame: Option<f64>,
+    /// The same without iterations over `cycles::LONG_ITERATION`.
+    pub device_cycles_per_frame_excl_long: Option<f64>,
     /// This thread's ticks in loop iterations that sent or received frames,
     /// over the frames it sent (probes and load).
     pub generator_cycles_per_frame: Option<f64>,

@@ -294,6 +294,12 @@ pub struct QueueReport {
     /// The device poll thread's busy ticks per frame for this pair (from its
     /// `busy_cycles` / `busy_frames`), when the device runs in this process.
     pub device_cycles_per_frame: Option<f64>,
+    /// Both figures without iterations longer than `cycles::LONG_ITERATION`
+    /// (on a shared machine mostly preemption; not testpmd's definition).
+    pub device_cycles_per_frame_excl_long: Option<f64>,
+    pub generator_cycles_per_frame_excl_long: Option<f64>,
+    pub generator_long_cycles: u64,
+    pub generator_long_frames: u64,
     /// Seconds from the generator's start to its end (warm-up included).
     pub run_s: f64,
     /// Busy ticks over `run_s`, per side.
@@ -314,6 +320,7 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
     let mut chk = RxCheck::with_mode(pair, o.check);
     let seq_mode = o.check == CheckMode::Seq;
     let (mut busy_cycles, mut busy_frames) = (0u64, 0u64);
+    let (mut long_cycles, mut long_frames, long) = (0u64, 0u64, cycles::long_ticks());
     let mut tx = Counts::default();
     let mut win_start: Option<(Instant, Counts)> = None;
     let mut win_end: Option<(Instant, Counts)> = None;
@@ -386,8 +393,13 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
         if work > 0 {
             // Busy ticks as testpmd counts them: iterations that did work.
             // `moved` counts each frame once (sent, or received in rxonly).
-            busy_cycles += cycles::now().saturating_sub(t0);
+            let dt = cycles::now().saturating_sub(t0);
+            busy_cycles += dt;
             busy_frames += moved;
+            if dt > long {
+                long_cycles += dt;
+                long_frames += moved;
+            }
         }
         if done {
             break;
@@ -438,6 +450,10 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
     r.generator_busy_cycles = busy_cycles;
     r.generator_busy_frames = busy_frames;
     r.generator_cycles_per_frame = cycles::per_frame(busy_cycles, busy_frames);
+    r.generator_long_cycles = long_cycles;
+    r.generator_long_frames = long_frames;
+    r.generator_cycles_per_frame_excl_long =
+        cycles::per_frame_excl_long(busy_cycles, busy_frames, long_cycles, long_frames);
     r.run_s = start.elapsed().as_secs_f64();
     if r.run_s > 0.0 {
         r.generator_busy_fraction = busy_cycles as f64 / cycles::hz() / r.run_s;
@@ -475,6 +491,11 @@ pub struct PktgenReport {
     pub device_cycles_per_frame: Option<f64>,
     /// Generator threads' busy ticks per frame, all pairs.
     pub generator_cycles_per_frame: Option<f64>,
+    /// Both without iterations longer than `long_iteration_us` (on a shared
+    /// machine mostly preemption; not testpmd's definition).
+    pub device_cycles_per_frame_excl_long: Option<f64>,
+    pub generator_cycles_per_frame_excl_long: Option<f64>,
+    pub long_iteration_us: u64,
     /// Which side spent more ticks per frame: "device" or "generator".
     pub busier: Option<&'static str>,
     /// Ticks per second used for the busy fractions, measured once against
@@ -594,15 +615,19 @@ pub fn summarize(
         }
     }
     let hz = cycles::hz();
-    let (mut dev_c, mut dev_f) = (0u64, 0u64);
+    let (mut dev_c, mut dev_f, mut dev_lc, mut dev_lf) = (0u64, 0u64, 0u64, 0u64);
     for q in queues.iter_mut() {
         if let Some(p) = device.as_ref().and_then(|d| d.pairs.get(q.pair as usize)) {
             q.device_cycles_per_frame = cycles::per_frame(p.busy_cycles, p.busy_frames);
             if q.run_s > 0.0 {
                 q.device_busy_fraction = Some(p.busy_cycles as f64 / hz / q.run_s);
             }
+            q.device_cycles_per_frame_excl_long =
+                cycles::per_frame_excl_long(p.busy_cycles, p.busy_frames, p.busy_long_cycles, p.busy_long_frames);
             dev_c += p.busy_cycles;
             dev_f += p.busy_frames;
+            dev_lc += p.busy_long_cycles;
+            dev_lf += p.busy_long_frames;
         }
     }
     let sum_u = |f: fn(&QueueReport) -> u64| queues.iter().map(f).sum::<u64>();
@@ -611,6 +636,12 @@ pub fn summarize(
     threads.extend(device_threads);
     let device_cpf = cycles::per_frame(dev_c, dev_f);
     let gen_cpf = cycles::per_frame(sum_u(|q| q.generator_busy_cycles), sum_u(|q| q.generator_busy_frames));
+    let gen_excl = cycles::per_frame_excl_long(
+        sum_u(|q| q.generator_busy_cycles),
+        sum_u(|q| q.generator_busy_frames),
+        sum_u(|q| q.generator_long_cycles),
+        sum_u(|q| q.generator_long_frames),
+    );
     let busier = match (device_cpf, gen_cpf) {
         (Some(d), Some(g)) => Some(if d >= g { "device" } else { "generator" }),
         _ => None,
@@ -637,6 +668,9 @@ pub fn summarize(
         check: CheckMode::Full,
         device_cycles_per_frame: device_cpf,
         generator_cycles_per_frame: gen_cpf,
+        device_cycles_per_frame_excl_long: cycles::per_frame_excl_long(dev_c, dev_f, dev_lc, dev_lf),
+        generator_cycles_per_frame_excl_long: gen_excl,
+        long_iteration_us: cycles::LONG_ITERATION.as_micros() as u64,
         busier,
         tsc_hz: hz,
         cycles_unit: cycles::UNIT,

@@ -88,7 +88,10 @@ pub fn run(a: LatencyArgs) -> CliResult {
     }
     let dev = tb.finish().map_err(|e| CliError(format!("tearing down: {e}")))?;
     if let Some(p) = dev.as_ref().and_then(|d| d.pairs.first()) {
-        rep.device_cycles_per_frame = vduse_net::dataplane::cycles::per_frame(p.busy_cycles, p.busy_frames);
+        use vduse_net::dataplane::cycles;
+        rep.device_cycles_per_frame = cycles::per_frame(p.busy_cycles, p.busy_frames);
+        rep.device_cycles_per_frame_excl_long =
+            cycles::per_frame_excl_long(p.busy_cycles, p.busy_frames, p.busy_long_cycles, p.busy_long_frames);
     }
 
     if let Some((path, f)) = hgrm.as_mut() {

@@ -50,14 +50,30 @@ pub fn measure_hz(span: Duration) -> f64 {
     c1.wrapping_sub(c0) as f64 / dt.as_secs_f64()
 }
 
+/// Busy iterations longer than this are also counted apart ("long"): a
+/// burst of 32 frames of 1518 B takes a few microseconds, so on a shared
+/// machine such an iteration almost always had its thread preempted.
+pub const LONG_ITERATION: Duration = Duration::from_micros(50);
+
+/// Ticks of [`LONG_ITERATION`].
+pub fn long_ticks() -> u64 {
+    (hz() * LONG_ITERATION.as_secs_f64()) as u64
+}
+
 /// A poll thread's busy-cycle count: ticks of iterations that moved at least
 /// one frame, and those frames. Totals are kept here (owned by the thread)
 /// and stored into the pair's counters with one Relaxed store each per
 /// non-empty iteration; idle iterations cost one `now()` and a branch.
+/// Iterations over [`LONG_ITERATION`] are in the totals too (testpmd's
+/// definition) and also in `long_*`, so a reader can take them out.
 #[derive(Debug, Default)]
 pub struct BusyClock {
     cycles: u64,
     frames: u64,
+    long_cycles: u64,
+    long_frames: u64,
+    /// Ticks above which an iteration is long (0: none is).
+    long: u64,
 }
 
 impl BusyClock {
@@ -65,7 +81,13 @@ impl BusyClock {
     /// thread, or counters kept across a device reset).
     pub fn resume(stats: &PairCell) -> BusyClock {
         let s = stats.snapshot();
-        BusyClock { cycles: s.busy_cycles, frames: s.busy_frames }
+        BusyClock {
+            cycles: s.busy_cycles,
+            frames: s.busy_frames,
+            long_cycles: s.busy_long_cycles,
+            long_frames: s.busy_long_frames,
+            long: long_ticks(),
+        }
     }
 
     /// End of an iteration that started at tick `t0` and moved `frames`
@@ -80,13 +102,25 @@ impl BusyClock {
         let dt = now().saturating_sub(t0);
         self.cycles = self.cycles.wrapping_add(dt);
         self.frames = self.frames.wrapping_add(frames);
+        if self.long != 0 && dt > self.long {
+            self.long_iteration(dt, frames, stats);
+        }
         self.publish(stats);
+    }
+
+    #[cold]
+    fn long_iteration(&mut self, dt: u64, frames: u64, stats: &PairCell) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.long_cycles = self.long_cycles.wrapping_add(dt);
+        self.long_frames = self.long_frames.wrapping_add(frames);
+        stats.busy_long_cycles.store(self.long_cycles, Relaxed);
+        stats.busy_long_frames.store(self.long_frames, Relaxed);
     }
 
     #[inline]
     fn publish(&self, stats: &PairCell) {
         use std::sync::atomic::Ordering::Relaxed;
-        // Only this thread writes these two counters: plain stores.
+        // Only this thread writes these counters: plain stores.
         stats.busy_cycles.store(self.cycles, Relaxed);
         stats.busy_frames.store(self.frames, Relaxed);
     }
@@ -103,6 +137,11 @@ impl BusyClock {
 /// Busy ticks per frame, when any frame was counted.
 pub fn per_frame(cycles: u64, frames: u64) -> Option<f64> {
     (frames > 0).then(|| cycles as f64 / frames as f64)
+}
+
+/// Busy ticks per frame without the long iterations.
+pub fn per_frame_excl_long(cycles: u64, frames: u64, long_cycles: u64, long_frames: u64) -> Option<f64> {
+    per_frame(cycles.saturating_sub(long_cycles), frames.saturating_sub(long_frames))
 }
 
 #[cfg(test)]
@@ -144,6 +183,24 @@ mod tests {
         // Picking up after a restart keeps counting from the stored totals.
         let r = BusyClock::resume(&cell);
         assert_eq!((r.cycles(), r.frames()), (c.cycles(), 38));
+    }
+
+    #[test]
+    fn long_iterations_are_also_counted_apart() {
+        let cell = PairCell::default();
+        let mut c = BusyClock { long: 1_000_000_000_000, ..BusyClock::default() };
+        c.end(now(), 4, &cell);
+        assert_eq!(cell.snapshot().busy_long_frames, 0);
+        c.long = 1;
+        let t0 = now();
+        std::thread::sleep(Duration::from_millis(1));
+        c.end(t0, 3, &cell);
+        let s = cell.snapshot();
+        assert_eq!((s.busy_frames, s.busy_long_frames), (7, 3));
+        assert!(s.busy_long_cycles > 1000 && s.busy_long_cycles <= s.busy_cycles);
+        let short = per_frame_excl_long(s.busy_cycles, s.busy_frames, s.busy_long_cycles, s.busy_long_frames);
+        assert_eq!(short, per_frame(s.busy_cycles - s.busy_long_cycles, 4));
+        assert!(long_ticks() > 0);
     }
 
     #[test]

@@ -60,6 +60,10 @@ counters!(
         /// Frames those iterations moved (each frame once: driver TX chains
         /// taken, plus port frames delivered unless the port reflects).
         busy_frames,
+        /// The part of `busy_cycles` / `busy_frames` from iterations longer
+        /// than `cycles::LONG_ITERATION` (mostly preemption when shared).
+        busy_long_cycles,
+        busy_long_frames,
     }
 );
 
