@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use vduse_net::bench::checks;
 use vduse_net::bench::netgen::{self, NetDevice, NetGenOptions, NetReport};
-use vduse_net::bench::pktgen::{self, Control, GenOptions, Mode, PktgenReport, Sizes};
+use vduse_net::bench::pktgen::{self, CheckMode, Control, GenOptions, Mode, PktgenReport, Sizes};
 use vduse_net::bench::testbed::Testbed;
 use vduse_net::driver::net::{EnableOrder, NetDriverConfig};
 use vduse_net::vduse::model::ModelConfig;
@@ -220,6 +220,11 @@ pub struct PktgenArgs {
     /// (SIGINT/SIGTERM end the wait) so a reader sees the final counters.
     #[arg(long, value_name = "SECS")]
     linger: Option<f64>,
+    /// Receive-side checks: full (header and payload of every frame, the
+    /// default) or seq (sequence numbers of every frame, payload of every
+    /// 64th; for rate runs where the generator must not be the bottleneck).
+    #[arg(long, default_value = "full", value_name = "full|seq")]
+    check: String,
     #[command(flatten)]
     bench: BenchArgs,
 }
@@ -243,6 +248,7 @@ pub fn run(a: PktgenArgs) -> CliResult {
     if !(a.rate.is_finite() && a.rate >= 0.0) {
         return Err(CliError(format!("--rate {} must be a number of frames per second >= 0", a.rate)));
     }
+    let check = CheckMode::parse(&a.check).map_err(CliError)?;
     if let Some(backend) = a.backend {
         return run_host(&a, backend, sizes, duration, warmup);
     }
@@ -273,6 +279,7 @@ pub fn run(a: PktgenArgs) -> CliResult {
         warmup,
         busy: b.dev.idle == Idle::Busy,
         stall: Duration::from_secs(2),
+        check,
     };
     let linger = match a.linger {
         None => None,
@@ -470,5 +477,9 @@ fn print_text(r: &PktgenReport, size: &str) {
     );
     for t in &r.threads {
         println!("  cpu {:<16} user {:.3} s, sys {:.3} s", t.thread, t.user_s, t.sys_s);
+    }
+    super::latency::print_cycles(r.device_cycles_per_frame, r.generator_cycles_per_frame, r.tsc_hz, r.cycles_unit);
+    if let Some(b) = r.busier {
+        println!("  busier side: {b} (check mode {:?})", r.check);
     }
 }

@@ -58,6 +58,16 @@ counters!(
         failed,
         /// 1 while the pair serves queues (between DRIVER_OK and reset).
         started,
+        /// Clock ticks (`dataplane::cycles::UNIT`: TSC cycles on x86_64) of
+        /// poll iterations that moved at least one frame.
+        busy_cycles,
+        /// Frames those iterations moved (each frame once: driver TX chains
+        /// taken, plus port frames delivered unless the port reflects).
+        busy_frames,
+        /// The part of `busy_cycles` / `busy_frames` from iterations longer
+        /// than `cycles::LONG_ITERATION` (mostly preemption when shared).
+        busy_long_cycles,
+        busy_long_frames,
     }
 );
 

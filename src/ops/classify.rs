@@ -67,6 +67,16 @@ pub const PAIR: &[(&str, Class)] = &[
     ),
     ("sleeps", Class::Event("poll_sleeps", "Times the poll thread went to sleep (adaptive idle).")),
     ("wakeups", Class::Event("poll_wakeups", "Times the poll thread woke from sleep.")),
+    (
+        "busy_cycles",
+        Class::Event(
+            "busy_cycles",
+            "Poll-thread clock ticks (TSC cycles on x86_64, else ns) in iterations that moved frames.",
+        ),
+    ),
+    ("busy_frames", Class::Event("busy_frames", "Frames moved by the iterations counted in busy_cycles.")),
+    ("busy_long_cycles", Class::Event("busy_long_cycles", "The part of busy_cycles from iterations over 50 us.")),
+    ("busy_long_frames", Class::Event("busy_long_frames", "The part of busy_frames from iterations over 50 us.")),
 ];
 
 pub fn pair(name: &str) -> Option<Class> {

@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use crossbeam::channel::Sender;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
+use super::super::cycles::{self, BusyClock};
 use super::super::mailbox::{Ack, Command};
 use super::super::stats::bump;
 use super::super::{rx_vq, tx_vq, IdlePolicy, IDLE_SLEEP};
@@ -52,7 +53,7 @@ impl PollThread {
                 kick_tx: setup.kick_tx,
                 port: setup.port,
                 filter: setup.filter,
-                stats: setup.stats,
+                stats: setup.stats.clone(),
                 burst: setup.burst.max(1),
                 idle: setup.idle,
                 rx: Queue::new(rx_vq(setup.pair)),
@@ -60,6 +61,7 @@ impl PollThread {
                 suspended: false,
                 pair_active: true,
                 crashed: false,
+                busy: BusyClock::resume(&setup.stats),
             };
             t.supervise(reader);
         })
@@ -118,12 +120,15 @@ impl PollThread {
                 self.wait(false, false);
                 continue;
             }
-            let work = {
+            let t0 = cycles::now();
+            let (work, frames) = {
                 let g = reader.read();
                 self.poll_once(&g)
             };
             // One QSBR quiescent state (and its fence) per burst.
             reader.quiescent();
+            // testpmd's --record-core-cycles: only iterations that moved frames.
+            self.busy.end(t0, frames, &self.stats);
             if work > 0 {
                 idle_polls = 0;
                 continue;
@@ -249,15 +254,20 @@ impl PollThread {
         }
     }
 
-    fn poll_once(&mut self, g: &ReadGuard<'_>) -> usize {
+    /// One pass over the pair: (chains and port frames handled, frames
+    /// moved as `busy_frames` counts them: each frame once, so frames a
+    /// reflecting port hands back from TX are not counted again on RX).
+    fn poll_once(&mut self, g: &ReadGuard<'_>) -> (usize, u64) {
         self.port.rx_fill();
         let mut work = 0;
+        let mut from_port = 0;
         let mut tx_via_port = true;
-        if let (Some(swap), true, true) = (self.port.reflect(), self.rx.runnable(), self.tx.runnable()) {
+        let reflector = self.port.reflect();
+        if let (Some(swap), true, true) = (reflector, self.rx.runnable(), self.tx.runnable()) {
             // Reflector: drain what waits in the port first, so the direct
             // path (which needs an empty port to keep order) gets its turn.
             if self.port.rx_pending() > 0 {
-                work += self.process_rx(g);
+                from_port += self.process_rx(g);
             }
             if self.port.rx_pending() == 0 && self.tx.runnable() && self.rx.runnable() {
                 work += self.process_reflect(g, swap);
@@ -270,9 +280,10 @@ impl PollThread {
             work += self.process_tx(g);
         }
         if self.rx.runnable() && self.port.rx_pending() > 0 {
-            work += self.process_rx(g);
+            from_port += self.process_rx(g);
         }
-        work
+        let frames = work as u64 + if reflector.is_some() { 0 } else { from_port as u64 };
+        (work + from_port, frames)
     }
 
     /// Adaptive idle: re-enable notifications, re-check, and sleep on the
