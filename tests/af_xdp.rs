@@ -90,6 +90,20 @@ fn programs(ns: &Netns, iface: &str) -> usize {
     af_xdp::attached_programs(iface).expect("query").len()
 }
 
+/// `programs` once the ports are gone: other tests in this process fork
+/// `ip`/`tc` children, each holding a copy of our bpf link fd until its exec
+/// closes it, and the kernel detaches when that copy goes. Poll up to 2 s.
+fn programs_left(ns: &Netns, iface: &str) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let n = programs(ns, iface);
+        if n == 0 || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A device on the model whose pairs are AF_XDP ports on `iface` (opened
 /// inside `ns`), with its link watch; and the ports' counters.
 fn device(
@@ -221,7 +235,7 @@ fn pktgen_moves_a_million_mixed_frames_through_the_tc_reflector() {
     for k in ["lost", "integrity_errors", "duplicates_or_reordered", "driver_errors"] {
         assert_eq!(v[k], 0, "{k}");
     }
-    assert_eq!(programs(&ns, "xa"), 0, "program left after pktgen ended");
+    assert_eq!(programs_left(&ns, "xa"), 0, "program left after pktgen ended");
 }
 
 #[test]
@@ -245,7 +259,7 @@ fn skb_mode_reflects_frames_of_mixed_sizes_intact() {
     let r = run(vec![dev], &gen(frames, RATE as f64 / 2.0));
     eprintln!("port: {:?}", counters[0].snapshot());
     assert_clean(&r, frames);
-    assert_eq!(programs(&ns, "xa"), 0);
+    assert_eq!(programs_left(&ns, "xa"), 0);
 }
 
 #[test]
@@ -280,7 +294,7 @@ fn two_devices_on_the_two_ends_of_a_veth_with_two_queue_pairs() {
     for (i, c) in ca.iter().chain(&cb).enumerate() {
         assert_eq!(c.snapshot().rx_frames, frames, "port {i}");
     }
-    assert_eq!((programs(&ns, "ya"), programs(&ns, "yb")), (0, 0));
+    assert_eq!((programs_left(&ns, "ya"), programs_left(&ns, "yb")), (0, 0));
 }
 
 #[test]
@@ -367,7 +381,7 @@ fn deleting_the_interface_under_traffic_fails_the_ports_once_and_recreating_it_r
     assert_eq!(r.integrity_errors + r.duplicates_or_reordered + r.driver_errors, 0);
     let d = r.devices[0].as_ref().unwrap();
     assert_eq!(d.pairs[0].queue_errors, 0, "no queue was failed");
-    assert_eq!(programs(&ns, "xl"), 0, "program left on the new interface");
+    assert_eq!(programs_left(&ns, "xl"), 0, "program left on the new interface");
 }
 
 /// Start `pktgen --backend af-xdp` for a long run and wait until its
@@ -455,5 +469,5 @@ fn without_privileges_the_cli_names_the_missing_capability() {
     let (st, err) = run("+net_raw");
     assert!(!st.success());
     assert!(err.contains("needs CAP_BPF and CAP_NET_ADMIN"), "{err}");
-    assert_eq!(programs(&ns, "xa"), 0);
+    assert_eq!(programs_left(&ns, "xa"), 0);
 }
