@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use vduse_net::bench::checks;
 use vduse_net::bench::pktgen::{self, Control, GenOptions, Mode, PktgenReport, Sizes};
 use vduse_net::bench::testbed::Testbed;
-use vduse_net::driver::net::NetDriverConfig;
+use vduse_net::driver::net::{EnableOrder, NetDriverConfig};
 use vduse_net::vduse::model::ModelConfig;
 
 use super::run::DeviceArgs;
@@ -62,6 +62,27 @@ impl From<ModeArg> for Mode {
     }
 }
 
+/// When the bundled driver enables its queues relative to DRIVER_OK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OrderArg {
+    /// Every queue before DRIVER_OK (the kernel's virtio_vdpa).
+    VirtioVdpa,
+    /// After DRIVER_OK: the control queue, MAC_ADDR_SET and VQ_PAIRS_SET answered, then the data queues (QEMU).
+    Qemu,
+    /// Pair 0 and the control queue before DRIVER_OK, the other pairs after VQ_PAIRS_SET (DPDK's virtio-user).
+    VirtioUser,
+}
+
+impl From<OrderArg> for EnableOrder {
+    fn from(o: OrderArg) -> EnableOrder {
+        match o {
+            OrderArg::VirtioVdpa => EnableOrder::VirtioVdpa,
+            OrderArg::Qemu => EnableOrder::Qemu,
+            OrderArg::VirtioUser => EnableOrder::VirtioUser,
+        }
+    }
+}
+
 /// Options shared by `pktgen` and `latency`.
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -86,6 +107,9 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// When the driver enables its queues relative to DRIVER_OK.
+    #[arg(long, value_enum, default_value_t = OrderArg::VirtioVdpa)]
+    pub enable_order: OrderArg,
     #[command(flatten)]
     pub dev: DeviceArgs,
 }
@@ -121,6 +145,7 @@ impl BenchArgs {
         let dcfg = NetDriverConfig {
             ring_size: self.dev.ring_size,
             pairs: Some(self.dev.queues),
+            enable_order: self.enable_order.into(),
             ..NetDriverConfig::default()
         };
         let tb = match &self.vhost_vdpa {

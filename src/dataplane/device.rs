@@ -46,6 +46,33 @@ pub const DEFAULT_RING_SIZE: u16 = 1024;
 /// with the queue size, so any power of two up to this is accepted.
 pub const MAX_RING_SIZE: u16 = 32768;
 
+/// VDUSE's bounce buffer per device (sysfs `bounce_size`, 1 MiB..1 GiB), split
+/// evenly over the address spaces under API 1.
+const KERNEL_BOUNCE_DEFAULT: u64 = 64 << 20;
+/// Bounce space one mapped buffer takes: the kernel bounces in 4 KiB pages.
+const BOUNCE_PAGE: u64 = 4096;
+
+/// A note when a virtio_vdpa netdev on this device could exhaust the bounce
+/// buffer of its address space with RX buffers alone. virtio_vdpa makes each
+/// ring as large as the device's maximum and virtio-net fills every RX ring
+/// of the pairs it uses, one 4 KiB bounce page per buffer; once the region
+/// is full every TX mapping fails with ENOMEM (seen on 7.3 with 32768).
+pub fn bounce_note(pairs: u16, ring_size: u16, nas: u32, api: u64) -> Option<String> {
+    let share =
+        if api >= VDUSE_API_VERSION_1 { KERNEL_BOUNCE_DEFAULT / nas.max(1) as u64 } else { KERNEL_BOUNCE_DEFAULT };
+    let rx = pairs as u64 * ring_size as u64 * BOUNCE_PAGE;
+    (rx * 4 >= share * 3).then(|| {
+        format!(
+            "bound to virtio_vdpa, {pairs} pair(s) of {ring_size}-entry RX rings pin {} MiB of the {} MiB bounce buffer \
+             of address space 0 (kernel default), and TX then fails with ENOMEM: raise \
+             /sys/class/vduse/NAME/bounce_size before `vdpa dev add`, or lower --ring-size or --queues \
+             (vhost-vdpa users such as QEMU do not use the bounce buffer)",
+            rx >> 20,
+            share >> 20
+        )
+    })
+}
+
 /// Ethernet header and one 802.1Q tag: what a frame carries beyond the MTU.
 const ETH_OVERHEAD: usize = 14 + 4;
 
@@ -269,6 +296,9 @@ impl NetDevice {
         if let Some(note) = features::qemu_shadow_note(layout.features) {
             log::warn!("device {}: {note}", layout.name);
         }
+        if let Some(note) = bounce_note(layout.pairs, opts.ring_size, layout.nas, layout.api) {
+            log::warn!("device {}: {note}", layout.name);
+        }
         log::info!(
             "device {}: API v{}, {} queue pair(s){}, {} vq groups, {} address spaces, vduse features {}, features {}",
             layout.name,
@@ -429,5 +459,19 @@ mod tests {
             assert!(e.contains("jumbo frames are not supported"), "{e}");
         }
         assert!(with(67).validate().is_err());
+    }
+
+    /// The arithmetic behind the warning, against what 7.3 showed: two
+    /// devices, one pair each, 32768-entry rings, API 1 with 2 address
+    /// spaces: TX failed with ENOMEM; 4096 and 1024 worked.
+    #[test]
+    fn the_bounce_note_fires_where_the_kernel_ran_out() {
+        assert!(bounce_note(1, 32768, 2, 1).is_some_and(|n| n.contains("128 MiB of the 32 MiB")));
+        assert!(bounce_note(1, 4096, 2, 1).is_none());
+        assert!(bounce_note(1, DEFAULT_RING_SIZE, 2, 1).is_none());
+        assert!(bounce_note(6, DEFAULT_RING_SIZE, 2, 1).is_some(), "24 of 32 MiB leaves too little for TX");
+        assert!(bounce_note(4, DEFAULT_RING_SIZE, 2, 1).is_none());
+        // API 0: the whole 64 MiB in one address space.
+        assert!(bounce_note(8, DEFAULT_RING_SIZE, 2, 0).is_none());
     }
 }

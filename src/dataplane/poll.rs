@@ -205,6 +205,26 @@ impl PollThread {
                     self.tx.enabled = enabled;
                 }
             }
+            Command::EnableQueue(cfg) => {
+                let queue = if cfg.index == self.rx.vq { &mut self.rx } else { &mut self.tx };
+                // Same rings and base as the stopped queue: resume at its
+                // kept position (what GET_VQ_STATE reported meanwhile); any
+                // other configuration is a new queue. A failed queue stays
+                // failed until reset.
+                if queue.q.as_ref().map(|q| *q.config()) != Some(cfg) {
+                    queue.q = Some(SplitQueue::new(cfg));
+                }
+                queue.enabled = true;
+                log::debug!(
+                    "pair {}: vq {} enabled (size {}, base {})",
+                    self.pair,
+                    cfg.index,
+                    cfg.size,
+                    cfg.avail_base
+                );
+                let g = reader.read();
+                self.with_queues(&g, |q| q.disable_notifications());
+            }
             Command::SetPairActive(on) => self.pair_active = on,
             Command::Positions => {}
             Command::Exit => flow = Flow::Exit,

@@ -53,6 +53,7 @@ counters!(
         update_iotlb,
         set_group_asid,
         set_vq_ready,
+        late_enables,
         suspend,
         ctrl_ok,
         ctrl_err,
