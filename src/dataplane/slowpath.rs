@@ -5,6 +5,16 @@
 //! mailbox commands at their next chain boundary (microseconds), and QSBR
 //! grace periods are bounded, so messages are answered within milliseconds
 //! even under full load.
+//!
+//! And when a poll thread does not answer (wedged, or gone), every wait is
+//! still bounded, so a reply stays far below the kernel's 30 s message
+//! timeout: commands to several threads go out at once and share one
+//! deadline ([`mailbox::broadcast`], [`ACK_TIMEOUT`]), an address-space
+//! clear is one grace period ([`crate::mem::iotlb::SYNC_TIMEOUT`]) for all
+//! spaces, and a message waits for at most two such phases (DRIVER_OK:
+//! start, then roll back on failure; reset: stop, then clear), about 5 s in
+//! the worst case. Every clean-up step runs even when an earlier one
+//! failed.
 
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +27,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::ctrlq;
 use super::device::{DeviceError, DeviceOptions, Layout};
-use super::mailbox::{mailbox, Command, MailboxTx};
+use super::mailbox::{self, broadcast, mailbox, Command, MailboxTx, ACK_TIMEOUT};
 use super::poll::{PollSetup, PollThread};
 use super::stats::{bump, PairCell, SlowPathCounters};
 use super::{rx_vq, tx_vq};
@@ -242,11 +252,15 @@ impl SlowPath {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        for t in &self.threads {
-            let _ = t.mailbox.send(Command::Exit);
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join.join();
+        let acks = broadcast(self.threads.iter().map(|t| (&t.mailbox, Command::Exit)), Instant::now() + ACK_TIMEOUT);
+        for (i, (t, ack)) in self.threads.drain(..).zip(acks).enumerate() {
+            match ack {
+                Ok(_) | Err(mailbox::MailboxError::Gone) => {
+                    let _ = t.join.join();
+                }
+                // A wedged thread is left behind rather than hanging the exit.
+                Err(e) => log::error!("pair {i}: not stopped at exit: {e}"),
+            }
         }
     }
 
@@ -304,8 +318,9 @@ impl SlowPath {
             }
             Request::Suspend => {
                 bump(&self.stats.suspend, 1);
-                for t in &self.threads {
-                    t.mailbox.send(Command::Suspend).map_err(|e| e.to_string())?;
+                let acks = self.to_all(|_| Command::Suspend);
+                if let Some((i, e)) = first_error(&acks) {
+                    return Err(format!("suspending pair {i}: {e}"));
                 }
                 self.suspended = true;
                 Ok(None)
@@ -384,37 +399,59 @@ impl SlowPath {
         })
     }
 
+    /// One command per poll thread, all at once, one shared deadline.
+    fn to_all(&self, mut cmd: impl FnMut(u16) -> Command) -> Vec<Result<mailbox::Ack, mailbox::MailboxError>> {
+        broadcast(
+            self.threads.iter().enumerate().map(|(i, t)| (&t.mailbox, cmd(i as u16))),
+            Instant::now() + ACK_TIMEOUT,
+        )
+    }
+
     fn start_dataplane(&mut self) -> Result<(), String> {
         if self.features == 0 {
             self.features = self.dev.negotiated_features().map_err(|e| e.to_string())?;
         }
         self.register_kickfds();
-        // Multiqueue starts with one pair until VQ_PAIRS_SET (spec 5.1.6.5.5).
+        // Everything that can fail on the driver's configuration is checked
+        // before any pair starts.
+        let mut configs = Vec::with_capacity(self.layout.pairs as usize);
         for pair in 0..self.layout.pairs {
-            let rx = self.queue_config(rx_vq(pair))?;
-            let tx = self.queue_config(tx_vq(pair))?;
-            self.vq_started[rx_vq(pair) as usize] = rx.is_some();
-            self.vq_started[tx_vq(pair) as usize] = tx.is_some();
-            let t = &self.threads[pair as usize];
-            t.mailbox.send(Command::Start { rx, tx }).map_err(|e| e.to_string())?;
             let asid = self.group_asid[self.layout.group_of(rx_vq(pair)) as usize];
             let space = self.iotlb.space(asid).expect("validated asid").clone();
-            t.mailbox.send(Command::SetAddressSpace(space)).map_err(|e| e.to_string())?;
-            if pair > 0 {
-                t.mailbox.send(Command::SetPairActive(false)).map_err(|e| e.to_string())?;
-            }
+            configs.push((self.queue_config(rx_vq(pair))?, self.queue_config(tx_vq(pair))?, space));
         }
-        self.ctrl = CtrlState::new(self.mac, self.features);
         let cvq_negotiated = self.features & features::CTRL_VQ != 0;
-        let cfg = match &self.cvq {
+        let cvq_cfg = match &self.cvq {
             Some(c) if cvq_negotiated => self.queue_config(c.vq)?,
             _ => None,
         };
+        for (pair, (rx, tx, _)) in configs.iter().enumerate() {
+            self.vq_started[rx_vq(pair as u16) as usize] = rx.is_some();
+            self.vq_started[tx_vq(pair as u16) as usize] = tx.is_some();
+        }
+        // Multiqueue starts with one pair until VQ_PAIRS_SET (spec 5.1.6.5.5).
+        let mut configs = configs.into_iter();
+        let acks = self.to_all(|pair| {
+            let (rx, tx, space) = configs.next().expect("one config per pair");
+            Command::Start { rx, tx, space, active: pair == 0 }
+        });
+        if let Some((i, e)) = first_error(&acks) {
+            // Roll back: no pair may keep running while the reply says
+            // FAILED. A Start that timed out is still queued; the Stop
+            // queued behind it undoes it.
+            let stops = self.to_all(|_| Command::Stop);
+            if let Some((j, e)) = first_error(&stops) {
+                log::error!("rolling back DRIVER_OK: pair {j} did not stop: {e}");
+            }
+            log::warn!("{}: DRIVER_OK failed at pair {i} ({e}); every pair stopped again", self.layout.name);
+            return Err(format!("starting pair {i}: {e}"));
+        }
+        self.ctrl = CtrlState::new(self.mac, self.features);
         if let Some(c) = self.cvq.as_mut() {
-            c.q = cfg.map(SplitQueue::new);
-            c.enabled = cfg.is_some();
+            c.q = cvq_cfg.map(SplitQueue::new);
+            c.enabled = cvq_cfg.is_some();
             c.failed = false;
-            self.vq_started[c.vq as usize] = cfg.is_some();
+            self.vq_started[c.vq as usize] = cvq_cfg.is_some();
         }
         self.publish_filter();
         self.suspended = false;
@@ -423,10 +460,11 @@ impl SlowPath {
     }
 
     fn reset(&mut self) {
-        for t in &self.threads {
-            if let Err(e) = t.mailbox.send(Command::Stop) {
-                log::error!("stopping a poll thread: {e}");
-            }
+        // All pairs at once, one deadline; then every other step runs
+        // whatever the pairs answered.
+        let acks = self.to_all(|_| Command::Stop);
+        if let Some((i, e)) = first_error(&acks) {
+            log::error!("reset: stopping pair {i}: {e}");
         }
         if let Some(c) = self.cvq.as_mut() {
             c.q = None;
@@ -435,7 +473,7 @@ impl SlowPath {
         }
         self.vq_started.fill(false);
         if let Err(e) = self.iotlb.clear() {
-            log::error!("reset: {e}");
+            log::error!("reset: {e}; old mappings freed once the readers move on");
         }
         self.ctrl = CtrlState::new(self.mac, 0);
         self.publish_filter();
@@ -456,11 +494,12 @@ impl SlowPath {
                 q.unmap();
             }
         } else {
-            for pair in 0..self.layout.pairs {
-                if self.layout.group_of(rx_vq(pair)) == group {
-                    let t = &self.threads[pair as usize];
-                    t.mailbox.send(Command::SetAddressSpace(space.clone())).map_err(|e| e.to_string())?;
-                }
+            let deadline = Instant::now() + ACK_TIMEOUT;
+            let layout = &self.layout;
+            let members = self.threads.iter().enumerate().filter(|(p, _)| layout.group_of(rx_vq(*p as u16)) == group);
+            let acks = broadcast(members.map(|(_, t)| (&t.mailbox, Command::SetAddressSpace(space.clone()))), deadline);
+            if let Some((_, e)) = first_error(&acks) {
+                return Err(format!("group {group}: {e}"));
             }
         }
         self.group_asid[group as usize] = asid;
@@ -657,11 +696,10 @@ impl SlowPath {
         log::info!("{}: control command {cmd:?} -> {effect:?}", self.layout.name);
         match effect {
             CtrlEffect::PairsChanged(n) => {
-                for (i, t) in self.threads.iter().enumerate() {
-                    if let Err(e) = t.mailbox.send(Command::SetPairActive(i < n as usize)) {
-                        log::error!("pair {i}: {e}");
-                        return false;
-                    }
+                let acks = self.to_all(|i| Command::SetPairActive(i < n));
+                if let Some((i, e)) = first_error(&acks) {
+                    log::error!("pair {i}: {e}");
+                    return false;
                 }
             }
             CtrlEffect::MacChanged(mac) => {
@@ -680,4 +718,9 @@ impl SlowPath {
         }
         true
     }
+}
+
+/// The first failed ack, with its pair.
+fn first_error(acks: &[Result<mailbox::Ack, mailbox::MailboxError>]) -> Option<(usize, &mailbox::MailboxError)> {
+    acks.iter().enumerate().find_map(|(i, a)| a.as_ref().err().map(|e| (i, e)))
 }

@@ -8,16 +8,22 @@ use crossbeam::utils::CachePadded;
 use serde::Serialize;
 
 macro_rules! counters {
-    ($name:ident, $snap:ident { $($field:ident),* $(,)? }) => {
+    ($name:ident, $snap:ident { $($(#[doc = $doc:expr])* $field:ident),* $(,)? }) => {
         #[derive(Debug, Default)]
-        pub struct $name { $(pub $field: AtomicU64,)* }
+        pub struct $name { $($(#[doc = $doc])* pub $field: AtomicU64,)* }
 
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-        pub struct $snap { $(pub $field: u64,)* }
+        pub struct $snap { $($(#[doc = $doc])* pub $field: u64,)* }
 
         impl $name {
             pub fn snapshot(&self) -> $snap {
                 $snap { $($field: self.$field.load(Ordering::Relaxed),)* }
+            }
+
+            /// Add a burst's counts (only its writer thread calls this).
+            #[inline]
+            pub fn add(&self, d: &$snap) {
+                $(if d.$field != 0 { bump(&self.$field, d.$field); })*
             }
         }
     };
@@ -40,6 +46,14 @@ counters!(
         queue_errors,
         sleeps,
         wakeups,
+        /// Chains with more pieces than a `virtq::Chain` keeps (dropped).
+        chain_overflow,
+        /// Panics of the poll thread (each stops the pair until reset).
+        panics,
+        /// 1 while the pair is stopped after a panic (a state, not a count).
+        failed,
+        /// 1 while the pair serves queues (between DRIVER_OK and reset).
+        started,
     }
 );
 

@@ -380,27 +380,37 @@ impl AddressSpace {
     /// unmapped (unless another table still shares them) and the slow path
     /// may reply to UPDATE_IOTLB.
     pub fn invalidate(&self, start: u64, last: u64) -> Result<(), SyncTimeout> {
-        let retired = {
-            let mut w = self.lock();
-            w.generation += 1;
-            // SAFETY: as in `resolve`, the writer lock keeps the table alive.
-            let cur = unsafe { &*self.current.load(Ordering::Acquire) };
-            let maps: Vec<Arc<Mapping>> =
-                cur.maps.iter().filter(|m| m.last < start || m.start > last).cloned().collect();
-            self.publish(&mut w, Table::new(self.asid, maps));
-            std::mem::take(&mut w.retired)
-        };
-        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        let retired = self.unpublish(start, last);
         let r = self.qsbr.synchronize(SYNC_TIMEOUT);
-        if r.is_err() {
-            // Keep them: freeing under a reader would be a use-after-unmap.
+        self.settle(retired, r.is_ok());
+        r
+    }
+
+    /// First half of an invalidation: publish a table without the mappings
+    /// overlapping `[start, last]`; returns the retired tables, to be freed
+    /// by [`Self::settle`] after a grace period.
+    fn unpublish(&self, start: u64, last: u64) -> Vec<Box<Table>> {
+        let mut w = self.lock();
+        w.generation += 1;
+        // SAFETY: as in `resolve`, the writer lock keeps the table alive.
+        let cur = unsafe { &*self.current.load(Ordering::Acquire) };
+        let maps: Vec<Arc<Mapping>> = cur.maps.iter().filter(|m| m.last < start || m.start > last).cloned().collect();
+        self.publish(&mut w, Table::new(self.asid, maps));
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        std::mem::take(&mut w.retired)
+    }
+
+    /// Second half: free `retired` if the grace period passed, else keep
+    /// them for a later [`Self::reclaim`] (freeing under a reader would be a
+    /// use-after-unmap).
+    fn settle(&self, retired: Vec<Box<Table>>, grace_passed: bool) {
+        if !grace_passed {
             self.lock().retired.extend(retired);
-            return r;
+            return;
         }
         for t in retired {
             self.count_unmaps(&t);
         }
-        Ok(())
     }
 
     /// Free tables retired by miss resolution, once readers moved on.
@@ -482,12 +492,19 @@ impl Iotlb {
         &self.qsbr
     }
 
-    /// Drop every mapping of every address space (device reset).
+    /// Drop every mapping of every address space (device reset). Every
+    /// space gets its empty table first, then one grace period covers them
+    /// all, so the wait is bounded by one [`SYNC_TIMEOUT`] whatever the
+    /// number of spaces, and a reader that does not pass a quiescent state
+    /// leaves no stale mapping visible anywhere: on timeout the old tables
+    /// are kept for [`AddressSpace::reclaim`] and the error is returned.
     pub fn clear(&self) -> Result<(), SyncTimeout> {
-        for s in &self.spaces {
-            s.invalidate(0, u64::MAX)?;
+        let retired: Vec<_> = self.spaces.iter().map(|s| s.unpublish(0, u64::MAX)).collect();
+        let r = self.qsbr.synchronize(SYNC_TIMEOUT);
+        for (s, t) in self.spaces.iter().zip(retired) {
+            s.settle(t, r.is_ok());
         }
-        Ok(())
+        r
     }
 }
 
@@ -725,6 +742,35 @@ mod tests {
         // Larger than the address space: mmap says no, nothing panics.
         assert!(Mapping::map(&region(0, u64::MAX - 1, 0)).is_err());
         assert!(Mapping::map(&region(0x1000, 0x1fff, 0)).is_ok());
+    }
+
+    /// Regression (issue 8 fix 8): `clear` used to stop at the first space
+    /// whose grace period timed out, leaving the other spaces' mappings in
+    /// place after a reset.
+    #[test]
+    fn clear_empties_every_space_even_when_a_reader_is_stuck() {
+        let (src, iotlb, mem) = setup();
+        src.add(0, 0x1000, &mem, 0, 4096, VDUSE_ACCESS_RW);
+        src.add(1, 0x1000, &mem, 4096, 4096, VDUSE_ACCESS_RW);
+        let mut stuck = iotlb.qsbr().register();
+        {
+            let g = stuck.read();
+            iotlb.space(0).unwrap().translate(&g, 0x1000, 1, Access::Read).unwrap();
+            iotlb.space(1).unwrap().translate(&g, 0x1000, 1, Access::Read).unwrap();
+        }
+        // Online and never passing a quiescent state: every grace period times out.
+        let t = std::time::Instant::now();
+        assert!(iotlb.clear().is_err(), "the stuck reader makes the grace period time out");
+        assert!(t.elapsed() < SYNC_TIMEOUT * 2, "one grace period for all spaces, took {:?}", t.elapsed());
+        for s in iotlb.spaces() {
+            assert!(s.snapshot().is_empty(), "asid {} still maps {:?}", s.asid(), s.snapshot());
+            assert_eq!(s.stats.unmaps.load(Ordering::Relaxed), 0, "nothing unmapped under the reader");
+        }
+        stuck.offline();
+        for s in iotlb.spaces() {
+            s.reclaim().unwrap();
+            assert_eq!(s.stats.unmaps.load(Ordering::Relaxed), 1, "freed once the reader moved on");
+        }
     }
 
     #[test]

@@ -5,6 +5,10 @@
 
 pub mod iotlb;
 pub mod qsbr;
+#[cfg(all(test, not(loom)))]
+mod qsbr_stress;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use iotlb::{Access, AddressSpace, Iotlb, Mapping, RegionSource, Table, XlateError};
 pub use qsbr::{Qsbr, ReadGuard, Reader};

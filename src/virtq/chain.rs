@@ -1,12 +1,43 @@
-//! Descriptor-chain walking and validation (virtio 1.3 §2.7.5, §2.7.7).
+//! Descriptor chains as lists of guest memory pieces (virtio 1.3 §2.7.5,
+//! §2.7.7), and the only code that copies to or from guest memory.
 //!
-//! A chain is walked once; each descriptor is read once into a local and
-//! checked before its buffer is touched. Buffers are translated in the
-//! queue's address space with the access the descriptor allows, so a
-//! device-readable buffer is never written and nothing outside the address
-//! space is ever reached.
+//! [`SplitQueue::read_chain`] walks a chain once: each descriptor is read
+//! once into a local and checked, then its buffer is translated in the
+//! queue's current address space with the access the descriptor allows
+//! (device-readable -> [`Access::Read`], device-writable ->
+//! [`Access::Write`]). The result is a [`Chain`]: a small on-stack list of
+//! [`Piece`]s, readable ones first, then writable ones, tied by lifetime
+//! to the QSBR read guard the translation was done under, so no piece can
+//! outlive the mapping it points into.
+//!
+//! Copies go through [`ChainReader`] (gather into a slot, read a prefix
+//! into a local, chain to chain with [`ChainReader::copy_to`]) and
+//! [`ChainWriter`] (scatter from a local or a slot). They use
+//! `ptr::copy` (memmove), because a driver may point several descriptors,
+//! or a TX and an RX buffer, at the same memory; and they never form a
+//! Rust reference (`&[u8]`) over guest memory, which the driver may change
+//! at any time. Every guest byte a path needs is copied once into a local
+//! and decided on there.
+//!
+//! A chain with more pieces than the list holds ([`MAX_PIECES`]) is legal
+//! virtio: it is still walked and validated to its end (so a malformed tail
+//! still fails the queue), but only the first pieces are kept and
+//! [`Chain::readable_complete`] / [`Chain::writable_complete`] say so. The
+//! readable part keeps at most [`MAX_READABLE_PIECES`] so a command chain
+//! always has room for its writable ack. Paths decide what an incomplete
+//! part means: TX and the reflector drop the frame and count it
+//! (`chain_overflow`), RX fills what it kept, the control queue answers
+//! ERR. Never a queue failure, never a crash.
+//!
+//! Reuse: the chain, its pieces and the cursors know nothing of the split
+//! layout, so a packed ring produces the same [`Chain`] from its own
+//! walker, and MRG_RXBUF fills several chains with one frame (a writer
+//! per chain, then [`Chain::write_at`] for `num_buffers` in the first).
 
-use super::split::{from_le, SplitQueue};
+use std::marker::PhantomData;
+use std::mem::MaybeUninit;
+
+use super::split::{from_le, Head, SplitQueue};
 use super::{Malformed, QueueError};
 use crate::mem::{Access, AddressSpace, ReadGuard, XlateError};
 use crate::uapi::virtio::{VringDesc, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -14,17 +45,12 @@ use crate::uapi::virtio::{VringDesc, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, V
 /// Upper bound on an indirect table, in bytes (one queue's worth at most).
 pub const MAX_INDIRECT_LEN: u32 = 16 * 32768;
 
-/// Totals of one walked chain.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ChainInfo {
-    pub head: u16,
-    /// Bytes in device-readable buffers.
-    pub readable: u32,
-    /// Bytes in device-writable buffers.
-    pub writable: u32,
-    /// Descriptors visited (an indirect descriptor and its entries count).
-    pub descriptors: u32,
-}
+/// Pieces one [`Chain`] keeps. One per descriptor, or more when a buffer
+/// spans adjacent regions. Linux sends at most MAX_SKB_FRAGS + 2 = 19
+/// descriptors per TX frame; its RX buffers are one or two.
+pub const MAX_PIECES: usize = 32;
+/// Pieces the readable part may take, leaving room for writable ones.
+pub const MAX_READABLE_PIECES: usize = MAX_PIECES - 4;
 
 /// Which buffers a queue's chains may hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,32 +63,303 @@ pub enum Direction {
     Both,
 }
 
-impl SplitQueue {
-    /// Walk the chain starting at `head`, calling `f(host_ptr, len,
-    /// writable)` for every host piece of every buffer, in order. On error
-    /// nothing past the failing descriptor is visited, and the queue must be
-    /// stopped by the caller.
+/// A run of guest memory, translated and checked: `len` bytes at a host
+/// address inside one mapping of the queue's current address space,
+/// allowed for the access of its part (readable or writable). Only the
+/// chain walker makes pieces.
+#[derive(Clone, Copy, Debug)]
+pub struct Piece {
+    ptr: *mut u8,
+    len: u32,
+}
+
+impl Piece {
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A validated chain: its head, its pieces, its totals. Valid while the
+/// read guard `'g` it was read under lives (the mappings stay alive that
+/// long); the borrow checker ends it before the thread's next quiescent
+/// state.
+pub struct Chain<'g> {
+    head: Head,
+    pieces: [MaybeUninit<Piece>; MAX_PIECES],
+    /// Pieces kept, readable ones first.
+    n: u8,
+    /// How many of the kept pieces are readable.
+    n_readable: u8,
+    readable_complete: bool,
+    writable_complete: bool,
+    /// Totals over the whole chain, including pieces not kept.
+    readable: u32,
+    writable: u32,
+    descriptors: u32,
+    _guard: PhantomData<&'g ReadGuard<'g>>,
+}
+
+impl<'g> Chain<'g> {
+    fn new(head: Head) -> Self {
+        Chain {
+            head,
+            pieces: [MaybeUninit::uninit(); MAX_PIECES],
+            n: 0,
+            n_readable: 0,
+            readable_complete: true,
+            writable_complete: true,
+            readable: 0,
+            writable: 0,
+            descriptors: 0,
+            _guard: PhantomData,
+        }
+    }
+
+    pub fn head(&self) -> Head {
+        self.head
+    }
+    /// Bytes in device-readable buffers (the whole chain).
+    pub fn readable_len(&self) -> u32 {
+        self.readable
+    }
+    /// Bytes in device-writable buffers (the whole chain).
+    pub fn writable_len(&self) -> u32 {
+        self.writable
+    }
+    /// Descriptors visited (an indirect descriptor and its entries count).
+    pub fn descriptors(&self) -> u32 {
+        self.descriptors
+    }
+    /// Every readable piece was kept (the readable bytes can be read).
+    pub fn readable_complete(&self) -> bool {
+        self.readable_complete
+    }
+    /// Every writable piece was kept.
+    pub fn writable_complete(&self) -> bool {
+        self.writable_complete
+    }
+
+    fn kept(&self) -> &[Piece] {
+        // SAFETY: the first `n` entries were written by `push` before `n`
+        // was raised past them, and Piece is Copy (no drop).
+        unsafe { std::slice::from_raw_parts(self.pieces.as_ptr() as *const Piece, self.n as usize) }
+    }
+    /// The kept device-readable pieces, in order.
+    pub fn readable(&self) -> &[Piece] {
+        &self.kept()[..self.n_readable as usize]
+    }
+    /// The kept device-writable pieces, in order.
+    pub fn writable(&self) -> &[Piece] {
+        &self.kept()[self.n_readable as usize..]
+    }
+
+    /// A cursor over the readable bytes, from the start.
+    pub fn reader(&self) -> ChainReader<'_> {
+        ChainReader { pieces: self.readable(), at: 0, off: 0 }
+    }
+    /// A cursor over the writable bytes, from the start.
+    pub fn writer(&self) -> ChainWriter<'_> {
+        ChainWriter { pieces: self.writable(), at: 0, off: 0, written: 0 }
+    }
+
+    /// Copy readable bytes from `offset` into `out`; returns bytes copied
+    /// (fewer when the kept readable part ends first).
+    pub fn read_at(&self, offset: usize, out: &mut [u8]) -> usize {
+        let mut r = self.reader();
+        if r.skip(offset) < offset {
+            return 0;
+        }
+        r.read(out)
+    }
+    /// Copy `data` into the writable bytes at `offset`; returns bytes copied.
+    pub fn write_at(&self, offset: usize, data: &[u8]) -> usize {
+        let mut w = self.writer();
+        if w.skip(offset) < offset {
+            return 0;
+        }
+        w.write(data)
+    }
+
     #[inline]
-    pub fn walk_chain<F>(
+    fn push(&mut self, ptr: *mut u8, len: usize, writable: bool) {
+        if len == 0 {
+            return;
+        }
+        let limit = if writable { MAX_PIECES } else { MAX_READABLE_PIECES };
+        if self.n as usize >= limit {
+            if writable {
+                self.writable_complete = false;
+            } else {
+                self.readable_complete = false;
+            }
+            return;
+        }
+        // Readable pieces all come before writable ones (the walker refuses
+        // the other order), so the readable count is the kept count so far.
+        self.pieces[self.n as usize] = MaybeUninit::new(Piece { ptr, len: len as u32 });
+        self.n += 1;
+        if !writable {
+            self.n_readable = self.n;
+        }
+    }
+}
+
+/// Reads the readable part of a chain front to back.
+pub struct ChainReader<'c> {
+    pieces: &'c [Piece],
+    /// Current piece and offset in it.
+    at: usize,
+    off: usize,
+}
+
+impl ChainReader<'_> {
+    /// Bytes left in the kept pieces.
+    pub fn remaining(&self) -> usize {
+        self.pieces[self.at.min(self.pieces.len())..].iter().map(Piece::len).sum::<usize>() - self.off
+    }
+
+    /// Advance by up to `n` bytes without reading them; returns the advance.
+    pub fn skip(&mut self, n: usize) -> usize {
+        let mut left = n;
+        while left > 0 && self.at < self.pieces.len() {
+            let k = (self.pieces[self.at].len() - self.off).min(left);
+            self.advance(k);
+            left -= k;
+        }
+        n - left
+    }
+
+    #[inline]
+    fn advance(&mut self, k: usize) {
+        self.off += k;
+        if self.off == self.pieces[self.at].len() {
+            self.at += 1;
+            self.off = 0;
+        }
+    }
+
+    /// Copy the next bytes into `out` (a slot or a local); returns bytes
+    /// copied, fewer than `out.len()` when the kept pieces end.
+    pub fn read(&mut self, out: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < out.len() && self.at < self.pieces.len() {
+            let p = self.pieces[self.at];
+            let k = (p.len() - self.off).min(out.len() - done);
+            // SAFETY: `p` is valid for `p.len` readable bytes while the
+            // chain's guard lives (the reader borrows the chain), and
+            // off + k <= p.len; `out[done..done + k]` is in bounds. memmove,
+            // no reference over guest memory (see the module docs).
+            unsafe { std::ptr::copy(p.ptr.add(self.off), out.as_mut_ptr().add(done), k) };
+            done += k;
+            self.advance(k);
+        }
+        done
+    }
+
+    /// Copy up to `n` bytes from this chain's readable part into `to`'s
+    /// writable part (chain to chain, overlap-safe); returns bytes copied.
+    pub fn copy_to(&mut self, to: &mut ChainWriter<'_>, n: usize) -> usize {
+        let mut done = 0;
+        while done < n && self.at < self.pieces.len() && to.at < to.pieces.len() {
+            let (s, d) = (self.pieces[self.at], to.pieces[to.at]);
+            let k = (s.len() - self.off).min(d.len() - to.off).min(n - done);
+            // SAFETY: `s` is valid for s.len readable bytes and `d` for
+            // d.len writable bytes while both chains' guards live (the
+            // cursors borrow the chains); the offsets plus k stay within
+            // each. The two may overlap when the driver points them at the
+            // same memory: ptr::copy is memmove.
+            unsafe { std::ptr::copy(s.ptr.add(self.off), d.ptr.add(to.off), k) };
+            done += k;
+            self.advance(k);
+            to.advance(k);
+        }
+        done
+    }
+}
+
+/// Writes the writable part of a chain front to back.
+pub struct ChainWriter<'c> {
+    pieces: &'c [Piece],
+    at: usize,
+    off: usize,
+    written: usize,
+}
+
+impl ChainWriter<'_> {
+    /// Room left in the kept pieces.
+    pub fn remaining(&self) -> usize {
+        self.pieces[self.at.min(self.pieces.len())..].iter().map(Piece::len).sum::<usize>() - self.off
+    }
+
+    /// Bytes written (or skipped) so far: the used length to report.
+    pub fn written(&self) -> usize {
+        self.written
+    }
+
+    #[inline]
+    fn advance(&mut self, k: usize) {
+        self.off += k;
+        self.written += k;
+        if self.off == self.pieces[self.at].len() {
+            self.at += 1;
+            self.off = 0;
+        }
+    }
+
+    /// Advance by up to `n` bytes, leaving them as they are.
+    pub fn skip(&mut self, n: usize) -> usize {
+        let mut left = n;
+        while left > 0 && self.at < self.pieces.len() {
+            let k = (self.pieces[self.at].len() - self.off).min(left);
+            self.advance(k);
+            left -= k;
+        }
+        n - left
+    }
+
+    /// Copy `data` (a local or a port slot, never guest memory: no
+    /// reference over guest memory exists) into the next writable bytes;
+    /// returns bytes copied, fewer when the kept pieces end.
+    pub fn write(&mut self, data: &[u8]) -> usize {
+        let mut done = 0;
+        while done < data.len() && self.at < self.pieces.len() {
+            let p = self.pieces[self.at];
+            let k = (p.len() - self.off).min(data.len() - done);
+            // SAFETY: `p` is valid for `p.len` device-writable bytes while
+            // the chain's guard lives and off + k <= p.len; data[done..done
+            // + k] is in bounds.
+            unsafe { std::ptr::copy(data.as_ptr().add(done), p.ptr.add(self.off), k) };
+            done += k;
+            self.advance(k);
+        }
+        done
+    }
+}
+
+impl SplitQueue {
+    /// Walk the chain at `head` once and return its pieces. On error
+    /// nothing is kept and the caller must stop the queue.
+    #[inline]
+    pub fn read_chain<'g>(
         &self,
-        head: u16,
+        head: Head,
         dir: Direction,
         space: &AddressSpace,
-        guard: &ReadGuard<'_>,
-        mut f: F,
-    ) -> Result<ChainInfo, QueueError>
-    where
-        F: FnMut(*mut u8, usize, bool),
-    {
+        guard: &'g ReadGuard<'_>,
+    ) -> Result<Chain<'g>, QueueError> {
         let size = self.size();
-        let mut info = ChainInfo { head, ..Default::default() };
+        let mut chain = Chain::new(head);
         let mut seen_writable = false;
         // (host pointer, entries) of the indirect table once we entered one.
         let mut table: Option<(*const VringDesc, u16)> = None;
-        let mut d = self.desc(head);
+        // A head checked against another queue's size is refused here.
+        let mut d = self.desc(head.index())?;
         loop {
-            info.descriptors += 1;
-            if info.descriptors > size as u32 + 1 {
+            chain.descriptors += 1;
+            if chain.descriptors > size as u32 + 1 {
                 // size buffers plus one indirect descriptor at most.
                 return Err(Malformed::ChainTooLong.into());
             }
@@ -101,12 +398,12 @@ impl SplitQueue {
             seen_writable |= writable;
             if d.len > 0 {
                 let access = if writable { Access::Write } else { Access::Read };
-                visit_buffer(space, guard, d.addr, d.len, access, writable, &mut f)?;
-                let total = if writable { &mut info.writable } else { &mut info.readable };
+                let total = if writable { &mut chain.writable } else { &mut chain.readable };
                 *total = total.checked_add(d.len).ok_or(Malformed::LengthOverflow)?;
+                add_buffer(&mut chain, space, guard, d.addr, d.len, access, writable)?;
             }
             if d.flags & VRING_DESC_F_NEXT == 0 {
-                return Ok(info);
+                return Ok(chain);
             }
             d = match table {
                 Some((p, n)) => {
@@ -115,12 +412,7 @@ impl SplitQueue {
                     }
                     read_indirect(p, d.next)
                 }
-                None => {
-                    if d.next >= size {
-                        return Err(Malformed::NextOutOfRange(d.next).into());
-                    }
-                    self.desc(d.next)
-                }
+                None => self.desc(d.next).map_err(|_| Malformed::NextOutOfRange(d.next))?,
             };
         }
     }
@@ -133,25 +425,25 @@ fn read_indirect(table: *const VringDesc, i: u16) -> VringDesc {
     from_le(unsafe { std::ptr::read_volatile(table.add(i as usize)) })
 }
 
-/// Hand the host pieces of one buffer to `f`. The common case, one region,
-/// costs one table search; spanning or missing regions take the slow path.
+/// Translate one buffer into pieces. The common case, one region, costs one
+/// table search; spanning or missing regions take the slow path.
 #[inline]
-fn visit_buffer<F: FnMut(*mut u8, usize, bool)>(
+fn add_buffer(
+    chain: &mut Chain<'_>,
     space: &AddressSpace,
     guard: &ReadGuard<'_>,
     addr: u64,
     len: u32,
     access: Access,
     writable: bool,
-    f: &mut F,
 ) -> Result<(), QueueError> {
     match space.load(guard).translate(addr, len as u64, access) {
         Ok(p) => {
-            f(p, len as usize, writable);
+            chain.push(p, len as usize, writable);
             Ok(())
         }
         Err(XlateError::Unmapped { .. }) | Err(XlateError::Discontiguous { .. }) => {
-            space.for_each_piece(guard, addr, len as u64, access, |p, n| f(p, n, writable))?;
+            space.for_each_piece(guard, addr, len as u64, access, |p, n| chain.push(p, n, writable))?;
             Ok(())
         }
         Err(e) => Err(e.into()),

@@ -1,7 +1,10 @@
 //! Device-side virtqueues over untrusted ring memory.
 //!
 //! - [`split`]: the split ring (avail/used access, notification suppression).
-//! - [`chain`]: descriptor-chain walking and validation.
+//! - [`chain`]: descriptor-chain walking and validation into a [`Chain`] of
+//!   guest memory pieces, and the overlap-safe copies in and out of it
+//!   ([`ChainReader`], [`ChainWriter`]): the only code besides `src/mem`
+//!   that dereferences guest pointers.
 //!
 //! Every field the driver wrote is read once into a local, validated, and
 //! only then used. Anything malformed is a [`QueueError`]; the caller stops
@@ -9,9 +12,11 @@
 
 pub mod chain;
 pub mod split;
+#[cfg(all(test, not(loom)))]
+mod tests;
 
-pub use chain::{ChainInfo, Direction, MAX_INDIRECT_LEN};
-pub use split::{QueueConfig, SplitQueue};
+pub use chain::{Chain, ChainReader, ChainWriter, Direction, Piece, MAX_INDIRECT_LEN, MAX_PIECES, MAX_READABLE_PIECES};
+pub use split::{Head, QueueConfig, SplitQueue};
 
 use crate::mem::XlateError;
 

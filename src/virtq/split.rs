@@ -17,7 +17,7 @@
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
 use super::{Malformed, QueueError};
-use crate::mem::{Access, AddressSpace, ReadGuard};
+use crate::mem::{Access, AddressSpace, ReadGuard, XlateError};
 use crate::uapi::virtio::{
     avail_ring_size, desc_table_size, used_ring_size, vring_need_event, VringDesc, VRING_AVAIL_F_NO_INTERRUPT,
     VRING_USED_F_NO_NOTIFY,
@@ -31,6 +31,20 @@ pub(crate) fn from_le(d: VringDesc) -> VringDesc {
         len: u32::from_le(d.len),
         flags: u16::from_le(d.flags),
         next: u16::from_le(d.next),
+    }
+}
+
+/// A head index taken from the avail ring and checked against the queue
+/// size. Only [`SplitQueue::pop_head`] makes one, so a chain walk or a used
+/// element can only name a head the ring handed out; the walk still
+/// re-checks it against its own queue's size (one compare), so a head from
+/// another queue cannot index past a descriptor table either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head(u16);
+
+impl Head {
+    pub fn index(self) -> u16 {
+        self.0
     }
 }
 
@@ -140,14 +154,52 @@ impl SplitQueue {
         if c.used_addr % 4 != 0 {
             return Err(Malformed::MisalignedRing(c.used_addr).into());
         }
-        // Translation may resolve misses and publish new tables; take the
-        // table id after the last one so the cache matches what we used.
-        let desc = space.translate(guard, c.desc_addr, desc_table_size(n) as u64, Access::Read)?;
-        let avail = space.translate(guard, c.avail_addr, avail_ring_size(n) as u64, Access::Read)?;
-        let used = space.translate(guard, c.used_addr, used_ring_size(n) as u64, Access::Write)?;
-        let table_id = space.load(guard).id();
-        self.ptrs = Some(RingPtrs { table_id, desc: desc as *const VringDesc, avail, used });
-        Ok(())
+        let rings = [
+            (c.desc_addr, desc_table_size(n) as u64, Access::Read),
+            (c.avail_addr, avail_ring_size(n) as u64, Access::Read),
+            (c.used_addr, used_ring_size(n) as u64, Access::Write),
+        ];
+        // All three from one table, tagged with that table's id: a table
+        // published between two translations (a miss resolved, a region
+        // invalidated by the slow path) must not leave a pointer cached
+        // against a table that does not hold its mapping. A miss resolves
+        // the region and starts over with the then-current table; each
+        // round maps one more region, so three rounds plus a few lost races
+        // with invalidations are enough.
+        for _ in 0..8 {
+            let table = space.load(guard);
+            let mut ptrs = [std::ptr::null_mut(); 3];
+            let mut missing = None;
+            for (i, &(addr, len, access)) in rings.iter().enumerate() {
+                match table.translate(addr, len, access) {
+                    Ok(p) => ptrs[i] = p,
+                    Err(XlateError::Unmapped { iova, .. }) => {
+                        missing = Some(iova);
+                        break;
+                    }
+                    Err(XlateError::Discontiguous { .. }) => {
+                        // Mapped at its start but running past that region:
+                        // fetch the region holding the end.
+                        missing = Some(addr + len - 1);
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let Some(iova) = missing else {
+                self.ptrs = Some(RingPtrs {
+                    table_id: table.id(),
+                    desc: ptrs[0] as *const VringDesc,
+                    avail: ptrs[1],
+                    used: ptrs[2],
+                });
+                return Ok(());
+            };
+            if space.resolve(iova).is_err() {
+                return Err(XlateError::Unmapped { asid: space.asid(), iova }.into());
+            }
+        }
+        Err(XlateError::Retry { asid: space.asid() }.into())
     }
 
     #[inline]
@@ -194,44 +246,37 @@ impl SplitQueue {
         Ok(n)
     }
 
-    /// Take the next head from the avail ring. The caller checked
-    /// `pending() > 0`.
+    /// Take the next head from the avail ring: the slot is read once, the
+    /// value checked, and only then is the entry consumed. The caller
+    /// checked `pending() > 0`.
     #[inline]
-    pub fn pop_head(&mut self) -> Result<u16, QueueError> {
+    pub fn pop_head(&mut self) -> Result<Head, QueueError> {
         let slot = (self.last_avail % self.cfg.size) as usize;
-        // SAFETY: slot < size, so 4 + 2*slot lies within the avail ring.
-        let head = unsafe { std::ptr::read_volatile(self.ptrs().avail.add(4 + 2 * slot) as *const u16) };
-        let head = u16::from_le(head);
-        if head >= self.cfg.size {
-            return Err(Malformed::HeadOutOfRange(head).into());
-        }
-        self.last_avail = self.last_avail.wrapping_add(1);
-        Ok(head)
-    }
-
-    /// The next head without consuming it (the caller checked `pending`).
-    #[inline]
-    pub fn peek_head(&self) -> Result<u16, QueueError> {
-        let slot = (self.last_avail % self.cfg.size) as usize;
-        // SAFETY: slot < size, so 4 + 2*slot lies within the avail ring.
+        // SAFETY: slot < size, so 4 + 2*slot lies within the avail ring
+        // (translated for avail_ring_size, 2-aligned).
         let head = u16::from_le(unsafe { std::ptr::read_volatile(self.ptrs().avail.add(4 + 2 * slot) as *const u16) });
         if head >= self.cfg.size {
             return Err(Malformed::HeadOutOfRange(head).into());
         }
-        Ok(head)
+        self.last_avail = self.last_avail.wrapping_add(1);
+        Ok(Head(head))
     }
 
-    /// Read descriptor `i` (< size) of the main table once.
+    /// Read descriptor `i` of the main table once; `i` is checked against
+    /// the queue size (a [`Head`] from another queue, a bad `next`).
     #[inline]
-    pub(crate) fn desc(&self, i: u16) -> VringDesc {
-        debug_assert!(i < self.cfg.size);
+    pub(crate) fn desc(&self, i: u16) -> Result<VringDesc, Malformed> {
+        if i >= self.cfg.size {
+            return Err(Malformed::HeadOutOfRange(i));
+        }
         // SAFETY: i < size and the table spans size descriptors, 16-aligned.
-        from_le(unsafe { std::ptr::read_volatile(self.ptrs().desc.add(i as usize)) })
+        Ok(from_le(unsafe { std::ptr::read_volatile(self.ptrs().desc.add(i as usize)) }))
     }
 
     /// Write a used element (not yet visible: see `publish_used`).
     #[inline]
-    pub fn push_used(&mut self, id: u16, len: u32) {
+    pub fn push_used(&mut self, head: Head, len: u32) {
+        let id = head.0;
         let slot = (self.used_idx % self.cfg.size) as usize;
         let at = 4 + 8 * slot;
         let used = self.ptrs().used;

@@ -63,12 +63,17 @@ impl Rig {
     }
 
     pub fn with(opts: DeviceOptions, cfg: ModelConfig) -> Rig {
+        let pairs = opts.queue_pairs;
+        let ports: Vec<Box<dyn Port>> =
+            (0..pairs).map(|_| Box::new(Loopback::new(256, true)) as Box<dyn Port>).collect();
+        Self::with_ports(opts, cfg, ports)
+    }
+
+    /// Like [`Rig::with`], with the caller's ports (one per pair).
+    pub fn with_ports(opts: DeviceOptions, cfg: ModelConfig, ports: Vec<Box<dyn Port>>) -> Rig {
         let model = KernelModel::new(cfg.with_timeout(Duration::from_secs(5)));
         let name = opts.name.clone();
         let dev = NetDevice::create(model.control(), opts).expect("create device");
-        let pairs = dev.layout().pairs;
-        let ports: Vec<Box<dyn Port>> =
-            (0..pairs).map(|_| Box::new(Loopback::new(256, true)) as Box<dyn Port>).collect();
         let running = dev.start(ports).expect("start device");
         let t = model.attach_vhost_vdpa(&name).expect("attach vhost-vdpa");
         Rig { model, running: Some(running), t, name }

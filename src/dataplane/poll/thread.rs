@@ -1,0 +1,336 @@
+//! The poll thread's life: spawn and pin, the main loop, mailbox commands,
+//! adaptive idle (re-enable notifications, sleep on the kick eventfds), and
+//! supervision.
+//!
+//! Supervision: the loop runs under `catch_unwind`, inside the thread, so a
+//! panic (a bug; the driver's input is never a reason to panic) costs the
+//! pair, not the process. The thread keeps its port and mailbox: it logs
+//! the panic, counts it (`panics`), shows the pair as failed (`failed` = 1
+//! in the pair's stats), asks the driver for a reset (NEEDS_RESET), forgets
+//! its queues and goes on answering mailbox commands, so the slow path
+//! keeps answering control messages. The next Stop (device reset) clears
+//! the failure; the next Start runs the pair again.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+
+use crossbeam::channel::Sender;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+
+use super::super::mailbox::{Ack, Command};
+use super::super::stats::bump;
+use super::super::{rx_vq, tx_vq, IdlePolicy, IDLE_SLEEP};
+use super::burst::fail_queue;
+use super::{PollSetup, PollThread, Queue};
+use crate::mem::{ReadGuard, Reader};
+use crate::virtq::SplitQueue;
+
+enum Flow {
+    Continue,
+    Exit,
+}
+
+impl PollThread {
+    pub fn spawn(setup: PollSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let name = format!("vduse-poll-{}", setup.pair);
+        std::thread::Builder::new().name(name).spawn(move || {
+            if let Some(core) = setup.core {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                    log::warn!("pair {}: could not pin to core {core}", setup.pair);
+                }
+            }
+            let reader = setup.reader;
+            let t = PollThread {
+                pair: setup.pair,
+                device: setup.device,
+                space: setup.space,
+                mailbox: setup.mailbox,
+                wake: setup.wake,
+                kick_rx: setup.kick_rx,
+                kick_tx: setup.kick_tx,
+                port: setup.port,
+                filter: setup.filter,
+                stats: setup.stats,
+                burst: setup.burst.max(1),
+                idle: setup.idle,
+                rx: Queue::new(rx_vq(setup.pair)),
+                tx: Queue::new(tx_vq(setup.pair)),
+                suspended: false,
+                pair_active: true,
+                crashed: false,
+            };
+            t.supervise(reader);
+        })
+    }
+
+    /// Run the loop until `Exit`; a panic stops the pair (see the module
+    /// docs) and the loop resumes serving the mailbox only.
+    fn supervise(mut self, mut reader: Reader) {
+        loop {
+            match catch_unwind(AssertUnwindSafe(|| self.run(&mut reader))) {
+                Ok(()) => return,
+                Err(payload) => {
+                    let what = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    self.crash(&what, &mut reader);
+                }
+            }
+        }
+    }
+
+    #[cold]
+    fn crash(&mut self, what: &str, reader: &mut Reader) {
+        // The unwound guard held no table any more; leave the read side so
+        // no grace period waits for this thread.
+        reader.offline();
+        self.crashed = true;
+        self.rx = Queue::new(self.rx.vq);
+        self.tx = Queue::new(self.tx.vq);
+        bump(&self.stats.panics, 1);
+        self.stats.failed.store(1, Ordering::Relaxed);
+        let shown = self.device.signal_needs_reset();
+        log::error!(
+            "pair {}: poll thread panicked ({what}); pair stopped until the device is reset{}",
+            self.pair,
+            if shown { ", device needs reset" } else { "" }
+        );
+    }
+
+    fn active(&self) -> bool {
+        !self.crashed && !self.suspended && self.pair_active && (self.rx.runnable() || self.tx.runnable())
+    }
+
+    fn run(&mut self, reader: &mut Reader) {
+        let mut idle_polls = 0u32;
+        loop {
+            while let Ok((cmd, reply)) = self.mailbox.try_recv() {
+                if let Flow::Exit = self.handle(cmd, &reply, reader) {
+                    return;
+                }
+            }
+            if !self.active() {
+                reader.offline();
+                self.wait(false);
+                continue;
+            }
+            let work = {
+                let g = reader.read();
+                self.poll_once(&g)
+            };
+            // One QSBR quiescent state (and its fence) per burst.
+            reader.quiescent();
+            if work > 0 {
+                idle_polls = 0;
+                continue;
+            }
+            match self.idle {
+                IdlePolicy::Busy => std::hint::spin_loop(),
+                IdlePolicy::Adaptive { spins } => {
+                    idle_polls += 1;
+                    if idle_polls >= spins {
+                        idle_polls = 0;
+                        self.sleep(reader);
+                    } else if idle_polls % 64 == 0 {
+                        // Share a core politely while spinning.
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command, reply: &Sender<Ack>, reader: &mut Reader) -> Flow {
+        let mut flow = Flow::Continue;
+        match cmd {
+            Command::Start { rx, tx, space, active } => {
+                self.rx = Queue::new(self.rx.vq);
+                self.tx = Queue::new(self.tx.vq);
+                self.rx.enabled = rx.is_some();
+                self.tx.enabled = tx.is_some();
+                self.rx.q = rx.map(SplitQueue::new);
+                self.tx.q = tx.map(SplitQueue::new);
+                self.space = space;
+                self.suspended = false;
+                self.pair_active = active;
+                if self.crashed {
+                    log::warn!("pair {}: start refused until the device is reset (the pair failed)", self.pair);
+                } else {
+                    self.stats.started.store(1, Ordering::Relaxed);
+                    log::debug!("pair {}: started (rx {}, tx {})", self.pair, self.rx.enabled, self.tx.enabled);
+                    // Poll mode: tell the driver not to kick while we spin.
+                    let g = reader.read();
+                    self.with_queues(&g, |q| q.disable_notifications());
+                }
+            }
+            Command::Stop => {
+                self.rx = Queue::new(self.rx.vq);
+                self.tx = Queue::new(self.tx.vq);
+                self.suspended = false;
+                self.stats.started.store(0, Ordering::Relaxed);
+                if self.crashed {
+                    self.crashed = false;
+                    self.stats.failed.store(0, Ordering::Relaxed);
+                    log::info!("pair {}: restarted by reset after a failure", self.pair);
+                }
+            }
+            Command::Suspend => self.suspended = true,
+            Command::Resume => self.suspended = false,
+            Command::SetAddressSpace(space) => {
+                // The rings are re-translated in the new space on next use.
+                self.space = space;
+                for q in [&mut self.rx, &mut self.tx] {
+                    if let Some(q) = q.q.as_mut() {
+                        q.unmap();
+                    }
+                }
+            }
+            Command::SetQueueEnabled { vq, enabled } => {
+                if vq == self.rx.vq {
+                    self.rx.enabled = enabled;
+                } else if vq == self.tx.vq {
+                    self.tx.enabled = enabled;
+                }
+            }
+            Command::EnableQueue(cfg) => {
+                let queue = if cfg.index == self.rx.vq { &mut self.rx } else { &mut self.tx };
+                // Same rings and base as the stopped queue: resume at its
+                // kept position (what GET_VQ_STATE reported meanwhile); any
+                // other configuration is a new queue. A failed queue stays
+                // failed until reset.
+                if queue.q.as_ref().map(|q| *q.config()) != Some(cfg) {
+                    queue.q = Some(SplitQueue::new(cfg));
+                }
+                queue.enabled = true;
+                log::debug!(
+                    "pair {}: vq {} enabled (size {}, base {})",
+                    self.pair,
+                    cfg.index,
+                    cfg.size,
+                    cfg.avail_base
+                );
+                if !self.crashed {
+                    let g = reader.read();
+                    self.with_queues(&g, |q| q.disable_notifications());
+                }
+            }
+            Command::SetPairActive(on) => self.pair_active = on,
+            Command::Positions => {}
+            Command::Exit => flow = Flow::Exit,
+        }
+        let _ = reply.send(Ack { rx: self.rx.position(), tx: self.tx.position() });
+        flow
+    }
+
+    /// Map rings (if needed) and apply `f` to every runnable queue.
+    fn with_queues(&mut self, g: &ReadGuard<'_>, mut f: impl FnMut(&mut SplitQueue)) {
+        for which in [0, 1] {
+            let queue = if which == 0 { &mut self.rx } else { &mut self.tx };
+            if !queue.runnable() {
+                continue;
+            }
+            let q = queue.q.as_mut().expect("runnable");
+            match q.refresh(&self.space, g) {
+                Ok(()) => f(q),
+                Err(e) => fail_queue(&*self.device, &self.stats, queue, e),
+            }
+        }
+    }
+
+    fn poll_once(&mut self, g: &ReadGuard<'_>) -> usize {
+        let mut work = 0;
+        let mut tx_via_port = true;
+        if let (Some(swap), true, true) = (self.port.reflect(), self.rx.runnable(), self.tx.runnable()) {
+            // Reflector: drain what waits in the port first, so the direct
+            // path (which needs an empty port to keep order) gets its turn.
+            if self.port.rx_pending() > 0 {
+                work += self.process_rx(g);
+            }
+            if self.port.rx_pending() == 0 && self.tx.runnable() && self.rx.runnable() {
+                work += self.process_reflect(g, swap);
+                // Out of RX buffers: TX stays on its ring (the driver's TX
+                // ring is the buffer) rather than copying twice via the port.
+                tx_via_port = false;
+            }
+        }
+        if self.tx.runnable() && tx_via_port {
+            work += self.process_tx(g);
+        }
+        if self.rx.runnable() && self.port.rx_pending() > 0 {
+            work += self.process_rx(g);
+        }
+        work
+    }
+
+    /// Adaptive idle: re-enable notifications, re-check, and sleep on the
+    /// kick eventfds, the mailbox wake-up and the port's wake-up.
+    fn sleep(&mut self, reader: &mut Reader) {
+        // A reflector with an empty port holds TX back until RX buffers
+        // arrive, so it wants RX kicks too.
+        let reflector = self.port.reflect().is_some() && self.port.rx_pending() == 0;
+        let rx_wanted = self.port.rx_pending() > 0 || reflector;
+        let (mut tx_more, mut rx_more) = (false, false);
+        {
+            // Right after the loop's quiescent state: the fence in
+            // `Reader::quiescent` orders that store before this load.
+            let g = reader.read();
+            let tx_runnable = self.tx.runnable();
+            let rx_runnable = self.rx.runnable();
+            for (is_tx, wanted) in [(true, tx_runnable), (false, rx_runnable && rx_wanted)] {
+                if !wanted {
+                    continue;
+                }
+                let queue = if is_tx { &mut self.tx } else { &mut self.rx };
+                let q = queue.q.as_mut().expect("runnable");
+                match q.refresh(&self.space, &g).and_then(|_| q.enable_notifications()) {
+                    Ok(m) if is_tx => tx_more = m,
+                    Ok(m) => rx_more = m,
+                    Err(e) => {
+                        fail_queue(&*self.device, &self.stats, queue, e);
+                        return;
+                    }
+                }
+            }
+        }
+        // A reflector has work only when a TX frame and an RX buffer are both
+        // there; otherwise any pending side with the port's frames is work.
+        let mut more = if reflector && self.rx.runnable() { tx_more && rx_more } else { tx_more || rx_more };
+        if self.port.arm_rx_wakeup() {
+            more = true;
+        }
+        if !more {
+            reader.offline();
+            bump(&self.stats.sleeps, 1);
+            self.wait(rx_wanted);
+            bump(&self.stats.wakeups, 1);
+        }
+        self.port.disarm_rx_wakeup();
+        let g = reader.read();
+        self.with_queues(&g, |q| q.disable_notifications());
+    }
+
+    /// Block until a kick, a mailbox command, a port wake-up or the idle
+    /// timeout. The caller is offline (holds no table pointer).
+    fn wait(&self, rx_kicks: bool) {
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(4);
+        fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
+        if self.tx.runnable() {
+            fds.push(PollFd::new(self.kick_tx.as_fd(), PollFlags::POLLIN));
+        }
+        if self.rx.runnable() && rx_kicks {
+            fds.push(PollFd::new(self.kick_rx.as_fd(), PollFlags::POLLIN));
+        }
+        let port_fd: Option<BorrowedFd<'_>> = self.port.rx_wake_fd();
+        if let Some(fd) = port_fd {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        let _ = nix::poll::poll(&mut fds, PollTimeout::from(IDLE_SLEEP.as_millis() as u16));
+        // Drain whatever fired; eventfds are non-blocking.
+        let _ = self.wake.read();
+        let _ = self.kick_tx.read();
+        let _ = self.kick_rx.read();
+    }
+}
