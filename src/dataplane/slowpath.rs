@@ -279,9 +279,13 @@ impl SlowPath {
                 return id.map(Response::failed);
             }
         };
-        log::debug!("request {id}: {req:?}");
+        log::debug!("{}: request {id}: {req:?}", self.layout.name);
         let resp = match self.apply(req) {
-            Ok(Some(state)) => Response::vq_state(id, state),
+            Ok(Some(state)) => {
+                // What the driver is told (QEMU resumes a migrated queue from it).
+                log::debug!("{}: request {id}: reply {state:?}", self.layout.name);
+                Response::vq_state(id, state)
+            }
             Ok(None) => Response::ok(id),
             Err(why) => {
                 bump(&self.stats.failed_replies, 1);
