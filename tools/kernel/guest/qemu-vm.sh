@@ -65,6 +65,9 @@ qv_start() {
 }
 
 qv_pid() { cat "$QV/$1.pid" 2>/dev/null; }
+# seconds of uptime: the waits below are bounded by the clock, not by counting sleeps (each
+# round of a loop takes far longer than its sleep on a loaded TCG guest)
+_qv_now() { cut -d. -f1 /proc/uptime; }
 
 qv_alive() {
 	_qv_p=$(qv_pid "$1")
@@ -73,12 +76,11 @@ qv_alive() {
 
 # qv_wait_ready NAME SECS
 qv_wait_ready() {
-	_qv_left=$(($2 * 10))
+	_qv_end=$(($(_qv_now) + $2))
 	while ! grep -q 'VM: READY' "$QV/$1.console" 2>/dev/null; do
 		qv_alive "$1" || return 1
-		[ "$_qv_left" -gt 0 ] || return 1
-		_qv_left=$((_qv_left - 1))
-		sleep 0.1
+		[ "$(_qv_now)" -lt "$_qv_end" ] || return 1
+		sleep 0.2
 	done
 }
 
@@ -88,16 +90,15 @@ qv_run() {
 	shift 2
 	QV_ID=$((QV_ID + 1))
 	printf 'RUN %s %s\n' "$QV_ID" "$*" >"$QV/$_qv_n.con.in"
-	_qv_left=$((_qv_s * 10))
+	_qv_end=$(($(_qv_now) + _qv_s))
 	QV_RC=timeout
-	while [ "$_qv_left" -gt 0 ]; do
+	while [ "$(_qv_now)" -lt "$_qv_end" ]; do
 		_qv_l=$(grep "^VM-RC $QV_ID " "$QV/$_qv_n.console" 2>/dev/null | tr -d '\r')
 		if [ -n "$_qv_l" ]; then
 			QV_RC=${_qv_l##* }
 			break
 		fi
 		qv_alive "$_qv_n" || break
-		_qv_left=$((_qv_left - 1))
 		sleep 0.1
 	done
 	QV_OUT=$(tr -d '\r' <"$QV/$_qv_n.console" | sed -n "s/^VM-OUT $QV_ID: //p")
@@ -110,13 +111,12 @@ qv_qmp() {
 	_qv_n=$1 _qv_s=$2
 	QV_ID=$((QV_ID + 1))
 	printf '{%s, "id": %s}\n' "$3" "$QV_ID" >"$QV/$_qv_n.mon.in"
-	_qv_left=$((_qv_s * 10))
+	_qv_end=$(($(_qv_now) + _qv_s))
 	QV_QMP=""
-	while [ "$_qv_left" -gt 0 ]; do
+	while [ "$(_qv_now)" -lt "$_qv_end" ]; do
 		QV_QMP=$(grep "\"id\": $QV_ID[,}]" "$QV/$_qv_n.monitor" 2>/dev/null | tr -d '\r')
 		[ -n "$QV_QMP" ] && break
 		qv_alive "$_qv_n" || break
-		_qv_left=$((_qv_left - 1))
 		sleep 0.1
 	done
 	case $QV_QMP in *'"return"'*) return 0 ;; esac
