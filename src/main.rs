@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cli;
 
@@ -32,18 +32,28 @@ enum Command {
     Latency(cli::latency::LatencyArgs),
     /// Cache-line round trip between two cores: the floor for any round trip.
     Floor(cli::floor::FloorArgs),
+    /// Live counters and state of a running vduse-net (run, pktgen, latency) from its stats socket.
+    Stats(cli::stats::StatsCmdArgs),
+    /// Check a config file for `run --config` without creating anything.
+    CheckConfig(cli::config::CheckConfigArgs),
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    vduse_net::ops::log::init(log::LevelFilter::Warn);
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let r = match cli.command {
-        Command::Run(a) => cli::run::run(a),
+        Command::Run(a) => cli::run::run(a, matches.subcommand_matches("run").expect("run was parsed")),
         Command::Features(a) => cli::features::run(a),
         Command::Probe(a) => cli::probe::run(a),
         Command::Pktgen(a) => cli::pktgen::run(a),
         Command::Latency(a) => cli::latency::run(a),
         Command::Floor(a) => cli::floor::run(a),
+        Command::Stats(a) => cli::stats::run(a),
+        Command::CheckConfig(a) => cli::config::check(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -314,7 +314,7 @@ fn malformed_commands_get_err_and_the_queue_goes_on() {
     let bad: &[(u8, u8, &[u8])] = &[
         (99, 0, &[]),                                                    // unknown class
         (RX, 9, &[1]),                                                   // unknown command
-        (MQ, vn::VIRTIO_NET_CTRL_MQ_RSS_CONFIG as u8, &[0; 8]),          // not supported
+        (MQ, vn::VIRTIO_NET_CTRL_MQ_RSS_CONFIG as u8, &[0; 8]),          // too short, RSS not negotiated
         (RX, ALLUNI, &[1]),                                              // needs CTRL_RX_EXTRA
         (VLAN, vn::VIRTIO_NET_CTRL_VLAN_ADD as u8, &5u16.to_le_bytes()), // needs CTRL_VLAN
         (ANNOUNCE, vn::VIRTIO_NET_CTRL_ANNOUNCE_ACK as u8, &[]),         // needs GUEST_ANNOUNCE

@@ -7,6 +7,7 @@
 //!   data queues;
 //! - DPDK's virtio-user: pair 0 and the control queue first, the other
 //!   pairs after VQ_PAIRS_SET.
+//!
 //! On 7.3 the device hears of a late queue through SET_VQ_READY; on 7.2 and
 //! 6.12 it finds it by polling VQ_GET_INFO. A queue disabled after DRIVER_OK
 //! stops where it is (GET_VQ_STATE shows that position) while the other

@@ -60,6 +60,7 @@ pub fn run(a: LatencyArgs) -> CliResult {
     let mut plot = a.plot.as_deref().map(create).transpose()?;
 
     let mut tb = b.testbed("latency0", &mut |_| Box::new(Loopback::new(1024, true)) as Box<dyn Port>)?;
+    let (_reg, _servers) = b.serve_stats(&tb, "latency")?;
     let mut pairs = tb.take_pairs();
     if pairs.is_empty() {
         return Err(CliError("the device has no queue pair".into()));

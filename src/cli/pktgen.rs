@@ -112,6 +112,8 @@ pub struct BenchArgs {
     pub enable_order: OrderArg,
     #[command(flatten)]
     pub dev: DeviceArgs,
+    #[command(flatten)]
+    pub stats: super::stats::StatsArgs,
 }
 
 impl BenchArgs {
@@ -154,6 +156,23 @@ impl BenchArgs {
         };
         tb.map_err(|e| CliError(format!("setting up the device: {e}")))
     }
+
+    /// The stats socket (and `/metrics`) for the model device, when there is one.
+    pub fn serve_stats(
+        &self,
+        tb: &Testbed,
+        command: &str,
+    ) -> Result<(Arc<vduse_net::ops::Registry>, super::stats::OpsServers), CliError> {
+        let name = format!("{command}0");
+        let reg = vduse_net::ops::Registry::new(command, &name);
+        let Some(src) = tb.stats_source() else {
+            return Ok((reg, super::stats::OpsServers::default()));
+        };
+        reg.add(src, &format!("{command} model device"));
+        let servers = self.stats.start(&reg, &name)?;
+        reg.set_state("running");
+        Ok((reg, servers))
+    }
 }
 
 #[derive(Args)]
@@ -175,6 +194,10 @@ pub struct PktgenArgs {
     /// vq with the driver's view ("suspend").
     #[arg(long)]
     suspend_check: bool,
+    /// After traffic, keep the device and its stats socket for up to SECS seconds
+    /// (SIGINT/SIGTERM end the wait) so a reader sees the final counters.
+    #[arg(long, value_name = "SECS")]
+    linger: Option<f64>,
     #[command(flatten)]
     bench: BenchArgs,
 }
@@ -221,8 +244,15 @@ pub fn run(a: PktgenArgs) -> CliResult {
         busy: b.dev.idle == Idle::Busy,
         stall: Duration::from_secs(2),
     };
+    let linger = match a.linger {
+        None => None,
+        Some(s) if s.is_finite() && (0.0..=3600.0).contains(&s) => Some(Duration::from_secs_f64(s)),
+        Some(s) => return Err(CliError(format!("--linger {s} must be in [0, 3600] seconds"))),
+    };
     let tb = b.testbed("pktgen0", &mut |i| mode.port(i, &sizes))?;
-    let ctl = Arc::new(Control::new(pairs, stop_flag()?));
+    let (reg, _servers) = b.serve_stats(&tb, "pktgen")?;
+    let stop = stop_flag()?;
+    let ctl = Arc::new(Control::new(pairs, stop.clone()));
     let mut tick = pktgen::progress_printer();
     let cores = b.gen_cores.clone().unwrap_or_default();
     let (fcheck, scheck) = (a.foreign_iova_check, a.suspend_check);
@@ -234,9 +264,16 @@ pub fn run(a: PktgenArgs) -> CliResult {
         if scheck {
             m.extend(checks::suspend(tb, pairs)?);
         }
+        if let Some(d) = linger {
+            reg.set_state("finished");
+            let until = std::time::Instant::now() + d;
+            while std::time::Instant::now() < until && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         Ok(m)
     };
-    let post: Option<pktgen::PostCheck<'_>> = (fcheck || scheck).then_some(&mut post);
+    let post: Option<pktgen::PostCheck<'_>> = (fcheck || scheck || linger.is_some()).then_some(&mut post);
     let rep = pktgen::run_on(tb, &o, &cores, &ctl, &mut tick, post).map_err(|e| CliError(e.to_string()))?;
     if b.json {
         println!("{}", serde_json::to_string(&rep).map_err(|e| CliError(e.to_string()))?);

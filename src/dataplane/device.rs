@@ -208,6 +208,7 @@ impl NetDevice {
     /// Negotiate the API version, create the device (dropping the control
     /// queue if the kernel refuses it) and set up its vqs and groups.
     pub fn create(control: Arc<dyn VduseControl>, opts: DeviceOptions) -> Result<NetDevice, DeviceError> {
+        let _log = crate::ops::log::scope(&opts.name);
         opts.validate()?;
         let offered_api = control.api_version()?;
         let api = match opts.api {
@@ -296,7 +297,9 @@ impl NetDevice {
         if let Some(note) = features::qemu_shadow_note(layout.features) {
             log::warn!("device {}: {note}", layout.name);
         }
-        if let Some(note) = bounce_note(layout.pairs, opts.ring_size, layout.nas, layout.api) {
+        // Without MQ a driver uses one pair, however many the device has.
+        let usable = if layout.features & features::MQ != 0 { layout.pairs } else { 1 };
+        if let Some(note) = bounce_note(usable, opts.ring_size, layout.nas, layout.api) {
             log::warn!("device {}: {note}", layout.name);
         }
         log::info!(
@@ -333,6 +336,23 @@ impl NetDevice {
         let stopping = Arc::new(AtomicBool::new(false));
         let pair_stats: Vec<Arc<PairCell>> = (0..self.layout.pairs).map(|_| Arc::new(PairCell::default())).collect();
         let slow_stats = Arc::new(SlowPathCounters::default());
+        let source = Arc::new(crate::ops::DeviceSource {
+            layout: self.layout.clone(),
+            info: crate::ops::source::DeviceInfo {
+                mac: self.opts.mac,
+                mtu: self.opts.mtu,
+                ring_size: self.opts.ring_size,
+                burst: self.opts.burst,
+                idle: crate::ops::source::idle_name(self.opts.idle),
+                cores: self.opts.cores.clone(),
+            },
+            pairs: pair_stats.clone(),
+            slow: slow_stats.clone(),
+            control: Arc::default(),
+            ports: ports.iter().map(|p| p.stats()).collect(),
+            started: std::time::Instant::now(),
+            stopped: AtomicBool::new(false),
+        });
         let slow = SlowPath::new(
             self.device.clone(),
             self.layout.clone(),
@@ -342,10 +362,15 @@ impl NetDevice {
             slow_stats.clone(),
             stop.clone(),
             stopping.clone(),
+            source.control.clone(),
         )?;
+        let name = self.layout.name.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vduse-slow-{}", self.layout.name))
-            .spawn(move || slow.run())
+            .spawn(move || {
+                crate::ops::log::set_device(&name);
+                slow.run()
+            })
             .map_err(DeviceError::Thread)?;
         Ok(RunningDevice {
             control: self.control,
@@ -356,6 +381,7 @@ impl NetDevice {
             thread: Some(thread),
             pair_stats,
             slow_stats,
+            source,
         })
     }
 }
@@ -370,6 +396,7 @@ pub struct RunningDevice {
     thread: Option<JoinHandle<()>>,
     pair_stats: Vec<Arc<PairCell>>,
     slow_stats: Arc<SlowPathCounters>,
+    source: Arc<crate::ops::DeviceSource>,
 }
 
 /// Counters of a running device.
@@ -382,6 +409,11 @@ pub struct DeviceStats {
 impl RunningDevice {
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// What the stats socket and `/metrics` read (stays readable after stop).
+    pub fn stats_source(&self) -> Arc<crate::ops::DeviceSource> {
+        self.source.clone()
     }
 
     pub fn stats(&self) -> DeviceStats {
@@ -397,6 +429,7 @@ impl RunningDevice {
         let stats = self.stats();
         self.device = None;
         self.control.destroy_device(&self.layout.name)?;
+        self.source.stopped.store(true, Ordering::Relaxed);
         Ok(stats)
     }
 

@@ -87,6 +87,8 @@ pub struct SlowPath {
     stop: Arc<EventFd>,
     stopping: Arc<AtomicBool>,
     cmd_buf: Vec<u8>,
+    /// What the stats reader sees of this thread's state.
+    ops: crate::ops::control::ControlPublisher,
 }
 
 /// How often queues not ready at DRIVER_OK are looked at on kernels that do
@@ -108,6 +110,7 @@ impl SlowPath {
         stats: Arc<SlowPathCounters>,
         stop: Arc<EventFd>,
         stopping: Arc<AtomicBool>,
+        control: Arc<crate::ops::control::ControlCell>,
     ) -> Result<SlowPath, DeviceError> {
         let source: Arc<dyn RegionSource> = Arc::new(dev.clone());
         let iotlb = Arc::new(Iotlb::new(layout.nas, source));
@@ -174,6 +177,7 @@ impl SlowPath {
             stop,
             stopping,
             cmd_buf: Vec::with_capacity(ctrlq::MAX_COMMAND),
+            ops: crate::ops::control::ControlPublisher::new(control),
         };
         sp.register_kickfds();
         Ok(sp)
@@ -247,6 +251,7 @@ impl SlowPath {
                     let _ = s.reclaim();
                 }
             }
+            self.publish_ops();
             if err {
                 // A broken device reports POLLERR forever; don't spin on it.
                 std::thread::sleep(Duration::from_millis(50));
@@ -459,7 +464,12 @@ impl SlowPath {
         }
         self.publish_filter();
         self.suspended = false;
-        log::info!("{}: DRIVER_OK, dataplane started", self.layout.name);
+        log::info!(
+            "{}: driver bound (DRIVER_OK), dataplane started: features {}; vq group -> address space: {}",
+            self.layout.name,
+            features::describe(self.features),
+            self.group_asid.iter().enumerate().map(|(g, a)| format!("{g}->{a}")).collect::<Vec<_>>().join(" ")
+        );
         Ok(())
     }
 
@@ -624,6 +634,27 @@ impl SlowPath {
                 Err(e) => log::warn!("vq {vq}: VQ_GET_INFO: {e}"),
             }
         }
+    }
+
+    /// Heartbeat, and the state the stats reader shows, when it changed.
+    /// Never waits for a reader (see `ops::control`).
+    fn publish_ops(&mut self) {
+        let s = crate::ops::control::ControlState {
+            status: self.status,
+            features: self.features,
+            group_asid: self.group_asid.clone(),
+            suspended: self.suspended,
+            link_status: self.config.status,
+            mac: self.config.mac,
+            active_pairs: self.ctrl.queue_pairs().max(1),
+            cvq: self.cvq.as_ref().map(|c| crate::ops::control::CvqState {
+                vq: c.vq,
+                group: c.group,
+                ready: c.enabled && c.q.is_some(),
+                failed: c.failed,
+            }),
+        };
+        self.ops.update(s);
     }
 
     fn publish_filter(&self) {

@@ -213,7 +213,7 @@ pub fn qemu_shadow_note(offer: u64) -> Option<String> {
     let bad = qemu_shadow_refuses(offer);
     (bad != 0).then(|| {
         format!(
-            "offering {} (outside what QEMU's shadow virtqueues accept): when the guest accepts it, QEMU \
+            "offering {} (outside what QEMU's shadow virtqueues accept): when the guest accepts them, QEMU \
              will not shadow the control queue in its own address space, x-svq=on fails, and the VM cannot \
              be live-migrated",
             names(bad).join(", ")

@@ -94,6 +94,7 @@ impl<'a> Burst<'a> {
 pub(super) fn fail_queue(device: &dyn VduseDevice, stats: &PairCell, queue: &mut Queue, e: QueueError) {
     queue.failed = true;
     bump(&stats.queue_errors, 1);
+    stats.state.fail(queue.vq, e);
     let shown = device.signal_needs_reset();
     log::error!(
         "vq {}: {e}; queue stopped{}",

@@ -35,6 +35,7 @@ impl PollThread {
     pub fn spawn(setup: PollSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
         let name = format!("vduse-poll-{}", setup.pair);
         std::thread::Builder::new().name(name).spawn(move || {
+            crate::ops::log::set_device(setup.device.name());
             if let Some(core) = setup.core {
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                     log::warn!("pair {}: could not pin to core {core}", setup.pair);
@@ -146,6 +147,13 @@ impl PollThread {
         }
     }
 
+    /// Queue state for the stats reader (cold: after mailbox commands only).
+    fn publish_state(&self) {
+        let f =
+            |q: &Queue| crate::ops::state::QueueFlags { ready: q.q.is_some(), enabled: q.enabled, failed: q.failed };
+        self.stats.state.publish(f(&self.rx), f(&self.tx), self.suspended, self.pair_active);
+    }
+
     fn handle(&mut self, cmd: Command, reply: &Sender<Ack>, reader: &mut Reader) -> Flow {
         let mut flow = Flow::Continue;
         match cmd {
@@ -224,6 +232,7 @@ impl PollThread {
             Command::Positions => {}
             Command::Exit => flow = Flow::Exit,
         }
+        self.publish_state();
         let _ = reply.send(Ack { rx: self.rx.position(), tx: self.tx.position() });
         flow
     }
