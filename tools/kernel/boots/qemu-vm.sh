@@ -248,8 +248,8 @@ if want qemu-migrate; then
 	echo "$(cut -d' ' -f1 /proc/uptime)" >"$E/migrate-start"
 	qv_qmp A 20 "\"execute\": \"migrate\", \"arguments\": {\"uri\": \"unix:$QV/mig.sock\"}" ||
 		fatal migrate-start "QEMU A refused to migrate: $QV_QMP"
-	# at most 240 s (outer guest time); then cancel, and judge what there is
-	status="" t_end=$(($(cut -d. -f1 /proc/uptime) + 240))
+	# at most 150 s (outer guest time); then cancel, and judge what there is
+	status="" t_end=$(($(cut -d. -f1 /proc/uptime) + 150))
 	[ $t_end -lt $DEADLINE ] || t_end=$DEADLINE
 	while [ "$(cut -d. -f1 /proc/uptime)" -lt $t_end ]; do
 		qv_qmp A 10 '"execute": "query-migrate"'
@@ -258,13 +258,24 @@ if want qemu-migrate; then
 		sleep 0.5
 	done
 	case $status in completed | failed | cancelled) ;; *)
-		vt_info "$B: migration still '$status' after 240 s: cancelling; $QV_QMP"
+		vt_info "$B: migration still '$status' after 150 s: cancelling; $QV_QMP"
 		qv_qmp A 10 '"execute": "migrate_cancel"'
 		;;
 	esac
 	echo "$QV_QMP" >"$E/query-migrate"
 	echo "$(cut -d' ' -f1 /proc/uptime)" >"$E/migrate-end"
 	step "migration $status"
+	if [ "$status" != completed ]; then
+		# what the devices were asked during the migration: the judges cannot explain a
+		# failure without it
+		n=$(wc -l <"$E/va.before-migration.log")
+		echo "---- va0 requests during the migration ----"
+		tail -n +"$((n + 1))" "$E/va.log" | grep -v ' TRACE ' | tail -n 80 | sed 's/^/va.log| /'
+		for p in ma ms; do
+			echo "---- $p requests ----"
+			grep -v ' TRACE ' "$E/$p.log" | tail -n 60 | sed "s/^/$p.log| /"
+		done
+	fi
 	qv_qmp B 10 '"execute": "query-status"'
 	echo "$QV_QMP" >"$E/B-status"
 	if [ "$status" = completed ]; then

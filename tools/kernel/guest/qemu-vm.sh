@@ -61,7 +61,7 @@ qv_start() {
 		"$@" </dev/null >"$QV/$_qv_n.stderr" 2>&1 &
 	echo $! >"$QV/$_qv_n.pid"
 	# QMP: leave capabilities negotiation first (QEMU reads it after its greeting)
-	printf '{"execute": "qmp_capabilities"}\n' >"$QV/$_qv_n.mon.in"
+	printf '{"execute": "qmp_capabilities"}\n' 1<>"$QV/$_qv_n.mon.in"
 }
 
 qv_pid() { cat "$QV/$1.pid" 2>/dev/null; }
@@ -89,7 +89,7 @@ qv_run() {
 	_qv_n=$1 _qv_s=$2
 	shift 2
 	QV_ID=$((QV_ID + 1))
-	printf 'RUN %s %s\n' "$QV_ID" "$*" >"$QV/$_qv_n.con.in"
+	printf 'RUN %s %s\n' "$QV_ID" "$*" 1<>"$QV/$_qv_n.con.in"
 	_qv_end=$(($(_qv_now) + _qv_s))
 	QV_RC=timeout
 	while [ "$(_qv_now)" -lt "$_qv_end" ]; do
@@ -110,7 +110,7 @@ qv_run() {
 qv_qmp() {
 	_qv_n=$1 _qv_s=$2
 	QV_ID=$((QV_ID + 1))
-	printf '{%s, "id": %s}\n' "$3" "$QV_ID" >"$QV/$_qv_n.mon.in"
+	printf '{%s, "id": %s}\n' "$3" "$QV_ID" 1<>"$QV/$_qv_n.mon.in"
 	_qv_end=$(($(_qv_now) + _qv_s))
 	QV_QMP=""
 	while [ "$(_qv_now)" -lt "$_qv_end" ]; do
@@ -143,7 +143,7 @@ qv_quit() {
 	_qv_p=$(qv_pid "$1")
 	[ -n "$_qv_p" ] || return 0
 	if vt_running "$_qv_p"; then
-		printf '{"execute": "quit"}\n' >"$QV/$1.mon.in" 2>/dev/null
+		printf '{"execute": "quit"}\n' 1<>"$QV/$1.mon.in" 2>/dev/null
 	fi
 	vt_reap "$_qv_p" "$2"
 }
