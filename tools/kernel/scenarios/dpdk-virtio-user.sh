@@ -5,7 +5,7 @@
 # bundles: dpdk
 # modules: +pktgen
 # cpu: qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt
-# timeout: 300
+# timeout: 200
 #
 # DPDK as a second, independent driver of vduse-net: Debian's dpdk-testpmd with `--no-huge
 # --vdev net_virtio_user0,path=/dev/vhost-vdpa-N,queues=2` drives device dp0 (2 pairs +
@@ -125,14 +125,17 @@ if [ $ok = 0 ]; then
 	exit 0
 fi
 vt_pass $S.testpmd-start
+# testpmd's stdout is a file, so its printf output is block-buffered: what "show port info"
+# prints arrives only later (at the latest when testpmd quits). The frames go to the MAC
+# virtio-user should have read from the device's config space; the port info is checked
+# once testpmd has quit.
+DEVMAC=02:00:00:0e:00:01
 tp "show port info 0"
-TPMAC=$(sed -n 's/.*MAC address: \([0-9A-Fa-f:]*\).*/\1/p' "$TP_OUT" | tail -n 1)
-vt_info "$S: $(grep -o "RTE Version: .*" "$TP_OUT" | head -n 1); port 0 MAC ${TPMAC:-?}; $(grep -E 'Max possible number of RXQs|Current number of RX queues' "$TP_OUT" | tr '\n' ' ')"
 tp "start"
 
 # --- the frames: pktgen, FRAMES in all, half on each TX queue of the interface (one pktgen
 # thread per queue), paced 50 us apart
-step "pktgen: $FRAMES frames to ${TPMAC:-?}"
+step "pktgen: $FRAMES frames to $DEVMAC"
 tx0=$(cat "/sys/class/net/$IF/statistics/tx_packets")
 rx0=$(cat "/sys/class/net/$IF/statistics/rx_packets")
 pg() { echo "$2" >"/proc/net/pktgen/$1"; }
@@ -145,9 +148,18 @@ for q in 0 1; do
 	pg "$IF@$q" "queue_map_min $q"
 	pg "$IF@$q" "queue_map_max $q"
 	pg "$IF@$q" "dst 10.98.0.2"
-	pg "$IF@$q" "dst_mac ${TPMAC:-02:00:00:0e:00:01}"
+	pg "$IF@$q" "dst_mac $DEVMAC"
 done
-echo start >/proc/net/pktgen/pgctrl
+# "start" returns when every frame is out; a queue that never drains would block it for
+# good: stop pktgen after 60 s
+echo start >/proc/net/pktgen/pgctrl &
+PG=$!
+pg_done() { ! vt_running "$PG"; }
+if ! vt_wait 60 pg_done; then
+	echo stop >/proc/net/pktgen/pgctrl
+	vt_fail $S.pktgen "pktgen had not sent $FRAMES frames after 60 s (a TX queue of $IF stalled)"
+fi
+vt_reap "$PG" 10
 for q in 0 1; do
 	vt_info "$S: pktgen queue $q: $(grep -E 'Result|pkts-sofar' "/proc/net/pktgen/$IF@$q" | tr -s ' \n' ' ')"
 done
@@ -163,6 +175,13 @@ kill $HOLD 2>/dev/null
 vt_reap "$TP" 30 || vt_fail $S.testpmd-exit "testpmd did not quit (killed)"
 tp_rc=$VT_RC
 TP=""
+TPMAC=$(sed -n 's/.*MAC address: \([0-9A-Fa-f:]*\).*/\1/p' "$TP_OUT" | tail -n 1 | tr 'A-F' 'a-f')
+vt_info "$S: $(grep -o "RTE Version: .*" "$TP_OUT" | head -n 1); port 0 MAC ${TPMAC:-?}; $(grep -E 'Max possible number of RXQs|Current number of RX queues' "$TP_OUT" | tr '\n' ' ')"
+if [ "$TPMAC" = "$DEVMAC" ]; then
+	vt_pass $S.config-mac
+else
+	vt_fail $S.config-mac "testpmd's port 0 has MAC ${TPMAC:-?}, not the device's $DEVMAC (config space not read?)"
+fi
 tp_rx=$(sed -n 's/.*RX-packets: *\([0-9]*\).*/\1/p' "$TP_OUT" | tail -n 1)
 tp_tx=$(sed -n 's/.*TX-packets: *\([0-9]*\).*/\1/p' "$TP_OUT" | tail -n 1)
 tp_rxerr=$(sed -n 's/.*RX-errors: *\([0-9]*\).*/\1/p' "$TP_OUT" | tail -n 1)
