@@ -7,7 +7,7 @@
 # vm: inner
 # modules: +bridge ?kvm_amd
 # cpu: qemu64,+npt
-# timeout: 900
+# timeout: 780
 #
 # The shared boot of the QEMU scenarios (qemu-cvq, qemu-svq, qemu-migrate): one outer 7.3
 # guest, one inner VM run by Debian trixie's QEMU (10.x) on vduse-net devices, then live
@@ -69,7 +69,7 @@ bridge_of() { case $1 in va | ma) echo br0 ;; vs | ms) echo br1 ;; esac; }
 
 cleanup() {
 	step cleanup
-	for q in A B; do qv_alive $q && qv_quit $q 20; done
+	for q in A B; do [ -e "$QV/$q.pid" ] && qv_quit $q 20; done
 	for p in $PAIRS; do
 		for d in ${p}0 ${p}1; do
 			[ -e /sys/bus/vdpa/devices/$d ] || continue
@@ -235,19 +235,26 @@ if want qemu-migrate; then
 	step "QEMU B: waiting for the migration on ma0 and ms0"
 	# shellcheck disable=SC2046,SC2086
 	qv_start B $VM_MEM $(qemu_net "$(cat $E/ma0.node)" "$(cat $E/ms0.node)") $TRACE -incoming "unix:$QV/mig.sock"
-	ok=0
-	for _ in $(seq 60); do
+	ok=0 t_end=$(($(cut -d. -f1 /proc/uptime) + 60))
+	while [ "$(cut -d. -f1 /proc/uptime)" -lt $t_end ]; do
 		if qv_qmp B 10 '"execute": "query-status"' && [ "$(qv_json_str "$QV_QMP" status)" = inmigrate ]; then
 			ok=1
 			break
 		fi
 		sleep 0.5
 	done
-	[ $ok = 1 ] || fatal migrate-start "QEMU B never waited for the migration: $QV_QMP $(tail -n 3 $QV/B.stderr | tr '\n' '|')"
-	step "migrate A -> B"
-	echo "$(cut -d' ' -f1 /proc/uptime)" >"$E/migrate-start"
-	qv_qmp A 20 "\"execute\": \"migrate\", \"arguments\": {\"uri\": \"unix:$QV/mig.sock\"}" ||
-		fatal migrate-start "QEMU A refused to migrate: $QV_QMP"
+	# A failed migration fails the qemu-migrate row only (its judge finds no evidence); the
+	# other rows are judged on what phase 1 recorded.
+	if [ $ok = 1 ]; then
+		step "migrate A -> B"
+		echo "$(cut -d' ' -f1 /proc/uptime)" >"$E/migrate-start"
+		qv_qmp A 20 "\"execute\": \"migrate\", \"arguments\": {\"uri\": \"unix:$QV/mig.sock\"}" ||
+			{ vt_fail qemu-migrate.start "QEMU A refused to migrate: $QV_QMP"; ok=0; }
+	else
+		vt_fail qemu-migrate.start "QEMU B never waited for the migration: $QV_QMP $(tail -n 3 $QV/B.stderr | tr '\n' '|')"
+	fi
+fi
+if want qemu-migrate && [ $ok = 1 ]; then
 	# at most 150 s (outer guest time); then cancel, and judge what there is
 	status="" t_end=$(($(cut -d. -f1 /proc/uptime) + 150))
 	[ $t_end -lt $DEADLINE ] || t_end=$DEADLINE

@@ -48,6 +48,13 @@ qv_start() {
 	shift 2
 	rm -f "$QV/$_qv_n".*
 	mkfifo "$QV/$_qv_n.con.in" "$QV/$_qv_n.con.out" "$QV/$_qv_n.mon.in" "$QV/$_qv_n.mon.out"
+	# A holder keeps each input FIFO open read-write: a line written before QEMU opens it
+	# (qmp_capabilities) stays in the pipe instead of vanishing with the last open file,
+	# and a write never waits for a reader, even when QEMU has died.
+	for _qv_f in con.in mon.in; do
+		sleep 1000000 <>"$QV/$_qv_n.$_qv_f" >/dev/null 2>&1 &
+		echo $! >>"$QV/$_qv_n.holders"
+	done
 	# readers first, so QEMU's output never waits for one
 	cat "$QV/$_qv_n.con.out" >"$QV/$_qv_n.console" &
 	cat "$QV/$_qv_n.mon.out" >"$QV/$_qv_n.monitor" &
@@ -146,6 +153,13 @@ qv_quit() {
 		printf '{"execute": "quit"}\n' 1<>"$QV/$1.mon.in" 2>/dev/null
 	fi
 	vt_reap "$_qv_p" "$2"
+	_qv_rc=$?
+	for _qv_h in $(cat "$QV/$1.holders" 2>/dev/null); do
+		kill "$_qv_h" 2>/dev/null
+		wait "$_qv_h" 2>/dev/null
+	done
+	rm -f "$QV/$1.holders"
+	return $_qv_rc
 }
 
 # qv_dump NAME: the logs, prefixed, for the serial console of the outer guest (and so for
