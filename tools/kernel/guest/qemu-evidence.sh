@@ -2,7 +2,7 @@
 # as /lib/qemu-evidence.sh; they read what tools/kernel/boots/qemu-vm.sh recorded in $E.
 # shellcheck shell=sh
 #
-#   ev_dec MAC                 "52:54:00:00:01:01" -> "[82, 84, 0, 0, 1, 1]" (the device log's form)
+#   ev_dec MAC                 "52:54:00:00:01:01" -> "\[82, 84, 0, 0, 1, 1\]" (the device log's form, as a grep pattern)
 #   ev_from FILE PATTERN       FILE from the first line matching PATTERN (grep -e) on
 #   ev_until FILE PATTERN      FILE up to (not including) the first line matching PATTERN
 #   ev_has TEXT PATTERN        grep -q PATTERN in TEXT
@@ -14,7 +14,7 @@
 #                              else vt_fail NAME REASON
 
 ev_dec() {
-	echo "$1" | awk -F: '{ printf "["; for (i = 1; i <= NF; i++) printf "%s%d", (i > 1 ? ", " : ""), ("0x" $i) + 0; printf "]" }'
+	echo "$1" | awk -F: '{ printf "\\["; for (i = 1; i <= NF; i++) printf "%s%d", (i > 1 ? ", " : ""), ("0x" $i) + 0; printf "\\]" }'
 }
 
 ev_from() { awk -v p="$2" 'f || $0 ~ p { f = 1; print }' "$1"; }
@@ -32,6 +32,11 @@ ev_ping() {
 	sed -n 's/^\([0-9]*\) packets transmitted, \([0-9]*\) packets received.*/\1 \2/p' "$1" | tail -n 1
 }
 
+# COND is eval'd here: it must not use positional parameters ($1...: this function's own).
+# EV_FAILED is set after a failed check.
 ev_check() {
-	if eval "$2"; then vt_pass "$1"; else vt_fail "$1" "$3"; fi
+	if eval "$2"; then vt_pass "$1"; else
+		vt_fail "$1" "$3"
+		EV_FAILED=1
+	fi
 }

@@ -69,9 +69,11 @@ ev_check $S.no-refused '[ -z "$refused" ]' "$refused"
 
 for i in 1 2; do
 	set -- $(ev_ping "$E/vm-ping-cvq-$i.out")
-	ev_check $S.ping-vm-to-outer-$i '[ "${2:-0}" -ge 3 ]' "VM -> 10.1.0.1: ${1:-?} sent, ${2:-?} answered: $(tail -n 2 "$E/vm-ping-cvq-$i.out" | tr '\n' ' ')"
+	sent=${1:-?} got=${2:-0}
+	ev_check $S.ping-vm-to-outer-$i '[ "$got" -ge 3 ]' "VM -> 10.1.0.1: $sent sent, $got answered: $(tail -n 2 "$E/vm-ping-cvq-$i.out" | tr '\n' ' ')"
 	set -- $(ev_ping "$E/outer-ping-cvq-$i.out")
-	ev_check $S.ping-outer-to-vm-$i '[ "${2:-0}" -ge 3 ]' "outer -> 10.1.0.2: ${1:-?} sent, ${2:-?} answered: $(tail -n 2 "$E/outer-ping-cvq-$i.out" | tr '\n' ' ')"
+	sent=${1:-?} got=${2:-0}
+	ev_check $S.ping-outer-to-vm-$i '[ "$got" -ge 3 ]' "outer -> 10.1.0.2: $sent sent, $got answered: $(tail -n 2 "$E/outer-ping-cvq-$i.out" | tr '\n' ' ')"
 done
 
 st=$(ev_stats "$E/va.log" $D)
@@ -82,3 +84,9 @@ ev_check $S.frames '[ "${rx:-0}" -gt 0 ] && [ "${tx:-0}" -gt 0 ]' "pair 0 of $D:
 fr=$(ev_slow "$st" failed_replies)
 ev_check $S.no-failed-replies '[ "$fr" = 0 ]' "$D failed_replies ${fr:-?}"
 ev_check $S.device-exit '[ "$(cat "$E/va.rc" 2>/dev/null)" = 0 ]' "vduse-net (va) exited $(cat "$E/va.rc" 2>/dev/null)"
+# When anything failed: the device's requests and control commands (no IOTLB lines), for
+# the reader of the console log.
+if [ -n "${EV_FAILED:-}" ]; then
+	echo "---- $D requests before the migration ----"
+	grep "$D: " "$L" | grep -v UpdateIotlb | sed 's/^\[[^]]*\] //' | head -n 150 | sed "s/^/$D| /"
+fi
