@@ -143,15 +143,18 @@ vt_info "$B: nodes va0=$(cat $E/va0.node) vs0=$(cat $E/vs0.node); peers $(for p 
 
 # ---------------------------------------------------------------- QEMU A boots the VM
 VM_MEM=192
-# The NICs' MACs are the devices' (QEMU reads a vhost-vdpa device's config space; its own
-# mac= cannot be written into a VDUSE device's config): va0's and vs0's.
+# The NICs' MACs are the devices' (va0's and vs0's), given to QEMU as mac= too: the guest
+# sees the device's config space MAC, but QEMU replays its own NIC model's MAC through the
+# control queue (MAC_ADDR_SET) at every start; without mac= that is QEMU's default
+# 52:54:00:12:34:56, the device then filters out the guest's unicast frames until the guest
+# sets a MAC itself. QEMU cannot write a VDUSE device's config space, so mac= must equal it.
 NIC0_MAC=$(mac_of va) NIC1_MAC=$(mac_of vs)
 NIC0_NEW=52:54:00:00:01:99 NIC1_NEW=52:54:00:00:02:99
 # qemu_net DEV_CVQ DEV_SVQ: the two vhost-vdpa netdevs and their NICs. mq=on with vectors for
 # 2 pairs + control queue; romfile= (no iPXE option ROM: nothing boots from the network).
 qemu_net() {
-	echo "-netdev type=vhost-vdpa,vhostdev=$1,id=hn0 -device virtio-net-pci,netdev=hn0,id=nic0,mq=on,vectors=6,romfile=" \
-		"-netdev type=vhost-vdpa,vhostdev=$2,id=hn1,x-svq=on -device virtio-net-pci,netdev=hn1,id=nic1,mq=on,vectors=6,romfile="
+	echo "-netdev type=vhost-vdpa,vhostdev=$1,id=hn0 -device virtio-net-pci,netdev=hn0,id=nic0,mac=$NIC0_MAC,mq=on,vectors=6,romfile=" \
+		"-netdev type=vhost-vdpa,vhostdev=$2,id=hn1,x-svq=on -device virtio-net-pci,netdev=hn1,id=nic1,mac=$NIC1_MAC,mq=on,vectors=6,romfile="
 }
 # QEMU's view of the vhost-vdpa calls (its "log" trace backend, to stderr): ring bases read
 # and set, suspends, DMA maps with their address space.
