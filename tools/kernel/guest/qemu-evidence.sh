@@ -3,8 +3,8 @@
 # shellcheck shell=sh
 #
 #   ev_dec MAC                 "52:54:00:00:01:01" -> "\[82, 84, 0, 0, 1, 1\]" (the device log's form, as a grep pattern)
-#   ev_from FILE PATTERN       FILE from the first line matching PATTERN (grep -e) on
-#   ev_until FILE PATTERN      FILE up to (not including) the first line matching PATTERN
+#   ev_from FILE TEXT          FILE from the first line containing TEXT (a fixed string) on
+#   ev_until FILE TEXT         FILE up to (not including) the first line containing TEXT
 #   ev_has TEXT PATTERN        grep -q PATTERN in TEXT
 #   ev_stats LOG DEV           DEV's counters as vduse-net printed them when it stopped (JSON)
 #   ev_pair JSON N FIELD       FIELD of pair N in those counters
@@ -17,8 +17,8 @@ ev_dec() {
 	echo "$1" | awk -F: '{ printf "\\["; for (i = 1; i <= NF; i++) printf "%s%d", (i > 1 ? ", " : ""), ("0x" $i) + 0; printf "\\]" }'
 }
 
-ev_from() { awk -v p="$2" 'f || $0 ~ p { f = 1; print }' "$1"; }
-ev_until() { awk -v p="$2" '$0 ~ p { exit } { print }' "$1"; }
+ev_from() { awk -v p="$2" 'f || index($0, p) { f = 1; print }' "$1"; }
+ev_until() { awk -v p="$2" 'index($0, p) { exit } { print }' "$1"; }
 ev_has() { printf '%s\n' "$1" | grep -q -e "$2"; }
 
 ev_stats() { grep "vduse-net: $2: {" "$1" | tail -n 1 | sed "s/^.*vduse-net: $2: //"; }

@@ -53,7 +53,14 @@ qv_start() {
 	# and a write never waits for a reader, even when QEMU has died.
 	for _qv_f in con.in mon.in; do
 		sleep 1000000 <>"$QV/$_qv_n.$_qv_f" >/dev/null 2>&1 &
-		echo $! >>"$QV/$_qv_n.holders"
+		_qv_h=$!
+		echo $_qv_h >>"$QV/$_qv_n.holders"
+		# the holder opens the FIFO in its own time: a line written before that would
+		# still vanish (QEMU B once never saw its qmp_capabilities)
+		_qv_end=$(($(_qv_now) + 10))
+		while [ "$(readlink "/proc/$_qv_h/fd/0" 2>/dev/null)" != "$QV/$_qv_n.$_qv_f" ] && [ "$(_qv_now)" -lt "$_qv_end" ]; do
+			sleep 0.05
+		done
 	done
 	# readers first, so QEMU's output never waits for one
 	cat "$QV/$_qv_n.con.out" >"$QV/$_qv_n.console" &
