@@ -7,7 +7,7 @@
 # vm: inner
 # modules: +bridge ?kvm_amd
 # cpu: qemu64,+npt
-# timeout: 780
+# timeout: 600
 #
 # The shared boot of the QEMU scenarios (qemu-cvq, qemu-svq, qemu-migrate): one outer 7.3
 # guest, one inner VM run by Debian trixie's QEMU (10.x) on vduse-net devices, then live
