@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use vduse_net::driver::net::DriverError;
+use vduse_net::driver::net::{DriverError, NetDriverConfig};
 use vduse_net::driver::{DmaMemory, DriverTransport};
 use vduse_net::uapi::vhost_vdpa::VHOST_ACCESS_RW;
 use vduse_net::uapi::virtio::{status, VRING_DESC_F_WRITE};
@@ -159,6 +159,35 @@ fn control_buffer_in_data_address_space_is_refused() {
     }));
     assert_eq!(rig.queue_errors(0), 0);
     drop(q);
+    drop(d);
+    rig.finish();
+}
+
+/// QEMU's live-migration restart: the control queue's group was in ASID 1;
+/// after a reset QEMU sets the device up again with every queue shadowed in
+/// ASID 0 and never moves the group back. A 7.3 kernel keeps its own
+/// group -> ASID table and sends nothing, so the device must put every
+/// group back in ASID 0 at the reset, or the control queue in ASID 0 cannot
+/// be translated (seen with QEMU 10.0: "IOVA 0x23000 is not mapped in
+/// address space 1", and the migration hung).
+#[test]
+fn reset_puts_the_control_queue_group_back_in_asid_0() {
+    let _s = serial();
+    let rig = Rig::new("asid-reset", 1);
+    let (class, cmd) = (vn::VIRTIO_NET_CTRL_MAC as u8, vn::VIRTIO_NET_CTRL_MAC_ADDR_SET as u8);
+    let mut d = rig.probe(driver_config());
+    assert_eq!(d.cvq_asid(), 1);
+    assert_eq!(d.ctrl(class, cmd, &[0x02, 0, 0, 0, 0, 0x51]).unwrap(), 0);
+    drop(d); // SET_STATUS 0 and unmaps, as QEMU's stop
+
+    let mut d = rig.probe(NetDriverConfig { cvq_asid: Some(0), ..driver_config() });
+    assert_eq!(d.cvq_asid(), 0, "no SET_VQ_GROUP_ASID this time");
+    let mac = [0x02, 0, 0, 0, 0, 0x52];
+    assert_eq!(d.ctrl(class, cmd, &mac).unwrap(), 0, "the control queue is served from ASID 0");
+    let mut got = [0u8; 6];
+    rig.t.read_config(0, &mut got).unwrap();
+    assert_eq!(got, mac);
+    assert_eq!(rig.stats().slow_path.needs_reset, 0);
     drop(d);
     rig.finish();
 }

@@ -322,9 +322,13 @@ impl SlowPath {
                 return id.map(Response::failed);
             }
         };
-        log::debug!("request {id}: {req:?}");
+        log::debug!("{}: request {id}: {req:?}", self.layout.name);
         let resp = match self.apply(req) {
-            Ok(Some(state)) => Response::vq_state(id, state),
+            Ok(Some(state)) => {
+                // What the driver is told (QEMU resumes a migrated queue from it).
+                log::debug!("{}: request {id}: reply {state:?}", self.layout.name);
+                Response::vq_state(id, state)
+            }
             Ok(None) => Response::ok(id),
             Err(why) => {
                 bump(&self.stats.failed_replies, 1);
@@ -520,6 +524,15 @@ impl SlowPath {
             c.failed = false;
         }
         self.vq_started.fill(false);
+        // A reset puts every group back in address space 0, as vDPA devices
+        // do (and VDUSE itself after 7.3). A 7.3 kernel keeps its own table
+        // and sends nothing, but QEMU relies on it: when it restarts the
+        // device with every queue shadowed (live migration, x-svq) it maps
+        // the control queue in ASID 0 without moving the group back.
+        if self.group_asid.iter().any(|&a| a != 0) {
+            log::info!("{}: reset: every vq group back to address space 0", self.layout.name);
+            self.group_asid.fill(0);
+        }
         if let Err(e) = self.iotlb.clear() {
             log::error!("reset: {e}; old mappings freed once the readers move on");
         }

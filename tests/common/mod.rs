@@ -336,6 +336,14 @@ pub fn desc(addr: u64, len: u32, flags: u16, next: u16) -> VringDesc {
 pub fn reinit(d: &mut NetDriver, pairs: &mut [QueuePair], desc_shift: impl Fn(u32) -> u64) -> u8 {
     let t = d.transport().clone();
     t.set_status(0).expect("reset");
+    // A reset puts every vq group back in address space 0 (vduse-net does so even on a
+    // 7.3 kernel, which keeps its own table): move the control queue's group again, as
+    // QEMU does at each start that isolates it.
+    if let (Some(group), asid) = (d.cvq_group(), d.cvq_asid()) {
+        if asid != 0 {
+            t.set_group_asid(group, asid).expect("control queue group back to its ASID");
+        }
+    }
     let mut st = status::ACKNOWLEDGE;
     t.set_status(st).unwrap();
     st |= status::DRIVER;

@@ -117,7 +117,7 @@ impl PollThread {
             }
             if !self.active() {
                 reader.offline();
-                self.wait(false, false);
+                let _ = self.wait(false, false);
                 continue;
             }
             let t0 = cycles::now();
@@ -138,8 +138,11 @@ impl PollThread {
                 IdlePolicy::Adaptive { spins } => {
                     idle_polls += 1;
                     if idle_polls >= spins {
-                        idle_polls = 0;
-                        self.sleep(reader);
+                        // A sleep that timed out with nothing to do is followed by one
+                        // poll, not another round of spins: an idle device must not
+                        // spin for `spins` polls every IDLE_SLEEP (with a few idle
+                        // devices that kept a 2-CPU guest busy).
+                        idle_polls = if self.sleep(reader) { 0 } else { spins - 1 };
                     } else if idle_polls % 64 == 0 {
                         // Share a core politely while spinning.
                         std::thread::yield_now();
@@ -287,8 +290,9 @@ impl PollThread {
     }
 
     /// Adaptive idle: re-enable notifications, re-check, and sleep on the
-    /// kick eventfds, the mailbox wake-up and the port's wake-up.
-    fn sleep(&mut self, reader: &mut Reader) {
+    /// kick eventfds, the mailbox wake-up and the port's wake-up. Returns
+    /// false only when it slept until the idle timeout and nothing fired.
+    fn sleep(&mut self, reader: &mut Reader) -> bool {
         // A reflector with an empty port holds TX back until RX buffers
         // arrive, so it wants RX kicks too.
         let reflector = self.port.reflect().is_some() && self.port.rx_pending() == 0;
@@ -311,7 +315,7 @@ impl PollThread {
                     Ok(m) => rx_more = m,
                     Err(e) => {
                         fail_queue(&*self.device, &self.stats, queue, e);
-                        return;
+                        return true;
                     }
                 }
             }
@@ -322,21 +326,24 @@ impl PollThread {
         if self.port.arm_rx_wakeup() {
             more = true;
         }
+        let mut woken = true;
         if !more {
             reader.offline();
             bump(&self.stats.sleeps, 1);
-            self.wait(rx_wanted, true);
+            woken = self.wait(rx_wanted, true);
             bump(&self.stats.wakeups, 1);
         }
         self.port.disarm_rx_wakeup();
         let g = reader.read();
         self.with_queues(&g, |q| q.disable_notifications());
+        woken
     }
 
     /// Block until a kick, a mailbox command, a port wake-up (with
     /// `port_events`) or the idle timeout. The caller is offline (holds no
-    /// table pointer).
-    fn wait(&self, rx_kicks: bool, port_events: bool) {
+    /// table pointer). Returns false when the timeout passed with nothing
+    /// ready.
+    fn wait(&self, rx_kicks: bool, port_events: bool) -> bool {
         let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(4);
         fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
         if self.tx.runnable() {
@@ -353,10 +360,11 @@ impl PollThread {
         if let (Some(w), true) = (port, port_events) {
             fds.push(PollFd::new(w.fd, w.events));
         }
-        let _ = nix::poll::poll(&mut fds, PollTimeout::from(IDLE_SLEEP.as_millis() as u16));
+        let fired = nix::poll::poll(&mut fds, PollTimeout::from(IDLE_SLEEP.as_millis() as u16));
         // Drain whatever fired; eventfds are non-blocking.
         let _ = self.wake.read();
         let _ = self.kick_tx.read();
         let _ = self.kick_rx.read();
+        !matches!(fired, Ok(0))
     }
 }
