@@ -24,7 +24,7 @@ use super::super::{rx_vq, tx_vq, IdlePolicy, IDLE_SLEEP};
 use super::burst::fail_queue;
 use super::{PollSetup, PollThread, Queue};
 use crate::mem::{ReadGuard, Reader};
-use crate::virtq::SplitQueue;
+use crate::virtq::{PackedQueue, Ring, RingFormat, SplitQueue, VirtQueue};
 
 enum Flow {
     Continue,
@@ -56,6 +56,7 @@ impl PollThread {
                 idle: setup.idle,
                 rx: Queue::new(rx_vq(setup.pair)),
                 tx: Queue::new(tx_vq(setup.pair)),
+                format: RingFormat::Split,
                 suspended: false,
                 pair_active: true,
                 crashed: false,
@@ -151,8 +152,10 @@ impl PollThread {
                 self.tx = Queue::new(self.tx.vq);
                 self.rx.enabled = rx.is_some();
                 self.tx.enabled = tx.is_some();
-                self.rx.q = rx.map(SplitQueue::new);
-                self.tx.q = tx.map(SplitQueue::new);
+                // Both queues of a device share the negotiated format.
+                self.format = rx.or(tx).map(|c| c.format).unwrap_or_default();
+                self.rx.q = rx.map(VirtQueue::new);
+                self.tx.q = tx.map(VirtQueue::new);
                 self.space = space;
                 self.suspended = false;
                 self.pair_active = active;
@@ -204,7 +207,7 @@ impl PollThread {
     }
 
     /// Map rings (if needed) and apply `f` to every runnable queue.
-    fn with_queues(&mut self, g: &ReadGuard<'_>, mut f: impl FnMut(&mut SplitQueue)) {
+    fn with_queues(&mut self, g: &ReadGuard<'_>, mut f: impl FnMut(&mut VirtQueue)) {
         for which in [0, 1] {
             let queue = if which == 0 { &mut self.rx } else { &mut self.tx };
             if !queue.runnable() {
@@ -218,27 +221,38 @@ impl PollThread {
         }
     }
 
+    /// One poll iteration. The one place the ring format is chosen: the
+    /// paths below are compiled once per format, so nothing per chain
+    /// dispatches on it.
+    #[inline]
     fn poll_once(&mut self, g: &ReadGuard<'_>) -> usize {
+        match self.format {
+            RingFormat::Split => self.poll_rings::<SplitQueue>(g),
+            RingFormat::Packed => self.poll_rings::<PackedQueue>(g),
+        }
+    }
+
+    fn poll_rings<R: Ring>(&mut self, g: &ReadGuard<'_>) -> usize {
         let mut work = 0;
         let mut tx_via_port = true;
         if let (Some(swap), true, true) = (self.port.reflect(), self.rx.runnable(), self.tx.runnable()) {
             // Reflector: drain what waits in the port first, so the direct
             // path (which needs an empty port to keep order) gets its turn.
             if self.port.rx_pending() > 0 {
-                work += self.process_rx(g);
+                work += self.process_rx::<R>(g);
             }
             if self.port.rx_pending() == 0 && self.tx.runnable() && self.rx.runnable() {
-                work += self.process_reflect(g, swap);
+                work += self.process_reflect::<R>(g, swap);
                 // Out of RX buffers: TX stays on its ring (the driver's TX
                 // ring is the buffer) rather than copying twice via the port.
                 tx_via_port = false;
             }
         }
         if self.tx.runnable() && tx_via_port {
-            work += self.process_tx(g);
+            work += self.process_tx::<R>(g);
         }
         if self.rx.runnable() && self.port.rx_pending() > 0 {
-            work += self.process_rx(g);
+            work += self.process_rx::<R>(g);
         }
         work
     }
