@@ -13,8 +13,9 @@ use vduse_net::bench::pktgen::{self, Control, GenOptions, Mode, PktgenReport, Si
 use vduse_net::bench::testbed::Testbed;
 use vduse_net::driver::net::NetDriverConfig;
 use vduse_net::vduse::model::ModelConfig;
+use vduse_net::virtq::RingFormat;
 
-use super::run::DeviceArgs;
+use super::run::{DeviceArgs, RingArg};
 use super::{parse_cores, CliError, CliResult, Idle};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -119,16 +120,33 @@ impl BenchArgs {
     ) -> Result<Testbed, CliError> {
         let opts = self.dev.options(name, vduse_net::bench::testbed::DEVICE_MAC);
         opts.validate()?;
-        let dcfg = NetDriverConfig {
+        let mut dcfg = NetDriverConfig {
             ring_size: self.dev.ring_size,
             pairs: Some(self.dev.queues),
             ..NetDriverConfig::default()
         };
+        if self.dev.ring == RingArg::Packed {
+            dcfg.features |= vduse_net::net::features::RING_PACKED;
+        }
         let tb = match &self.vhost_vdpa {
             Some(path) => Testbed::vhost_vdpa(path, dcfg),
             None => Testbed::model(self.kernel_model.config(), opts, port, dcfg),
         };
-        tb.map_err(|e| CliError(format!("setting up the device: {e}")))
+        let tb = tb.map_err(|e| CliError(format!("setting up the device: {e}")))?;
+        let got = self.ring_format(&tb);
+        if self.dev.ring == RingArg::Packed && got != Some(RingFormat::Packed) {
+            return Err(CliError(
+                "--ring packed: the device does not offer VIRTIO_F_RING_PACKED (serve it with `vduse-net run --ring \
+                 packed`)"
+                    .into(),
+            ));
+        }
+        Ok(tb)
+    }
+
+    /// The ring layout the driver negotiated.
+    pub fn ring_format(&self, tb: &Testbed) -> Option<RingFormat> {
+        tb.driver().map(|d| RingFormat::of_features(d.features()))
     }
 }
 
@@ -198,6 +216,7 @@ pub fn run(a: PktgenArgs) -> CliResult {
         stall: Duration::from_secs(2),
     };
     let tb = b.testbed("pktgen0", &mut |i| mode.port(i, &sizes))?;
+    let ring = b.ring_format(&tb).unwrap_or_default();
     let ctl = Arc::new(Control::new(pairs, stop_flag()?));
     let mut tick = pktgen::progress_printer();
     let cores = b.gen_cores.clone().unwrap_or_default();
@@ -213,7 +232,8 @@ pub fn run(a: PktgenArgs) -> CliResult {
         Ok(m)
     };
     let post: Option<pktgen::PostCheck<'_>> = (fcheck || scheck).then_some(&mut post);
-    let rep = pktgen::run_on(tb, &o, &cores, &ctl, &mut tick, post).map_err(|e| CliError(e.to_string()))?;
+    let mut rep = pktgen::run_on(tb, &o, &cores, &ctl, &mut tick, post).map_err(|e| CliError(e.to_string()))?;
+    rep.checks.insert("ring".into(), ring.name().into());
     if b.json {
         println!("{}", serde_json::to_string(&rep).map_err(|e| CliError(e.to_string()))?);
     } else {
@@ -229,7 +249,11 @@ pub fn run(a: PktgenArgs) -> CliResult {
 }
 
 fn print_text(r: &PktgenReport, size: &str) {
-    println!("pktgen {:?}: {} queue pair(s), sizes {size}, measured {:.2} s", r.mode, r.queue_pairs, r.duration_s);
+    let ring = r.checks.get("ring").and_then(|v| v.as_str()).unwrap_or("split");
+    println!(
+        "pktgen {:?}: {} queue pair(s), {ring} rings, sizes {size}, measured {:.2} s",
+        r.mode, r.queue_pairs, r.duration_s
+    );
     println!(
         "  total: tx {:.3} Mpps {:.2} Gbit/s, rx {:.3} Mpps {:.2} Gbit/s ({} / {} frames)",
         r.mpps_tx, r.gbps_tx, r.mpps_rx, r.gbps_rx, r.tx_frames, r.rx_frames

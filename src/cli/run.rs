@@ -15,6 +15,16 @@ use vduse_net::vduse::VduseControl;
 
 use super::{parse_cores, parse_mac, CliError, CliResult, Idle};
 
+/// The virtqueue layout (`--ring`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum RingArg {
+    /// Split rings (descriptor table, avail and used rings).
+    #[default]
+    Split,
+    /// Packed rings (VIRTIO_F_RING_PACKED).
+    Packed,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
     /// TX of each pair comes back on its RX (a reflector).
@@ -53,6 +63,11 @@ pub struct DeviceArgs {
     /// Do not offer the control queue (and the features that need it).
     #[arg(long)]
     pub no_ctrl_vq: bool,
+    /// Virtqueue layout. packed: the device also offers VIRTIO_F_RING_PACKED
+    /// (not in the default offer: QEMU's shadow virtqueues refuse it), and
+    /// pktgen/latency's driver asks for it.
+    #[arg(long, value_enum, default_value_t = RingArg::Split)]
+    pub ring: RingArg,
 }
 
 impl DeviceArgs {
@@ -72,6 +87,10 @@ impl DeviceArgs {
         };
         if self.no_ctrl_vq {
             o.features = features::without_ctrl_vq(o.features);
+        }
+        if self.ring == RingArg::Packed {
+            // With feature selection by name this is `+ring_packed`.
+            o.features |= features::RING_PACKED;
         }
         o
     }
