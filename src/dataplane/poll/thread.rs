@@ -232,6 +232,10 @@ impl PollThread {
         }
     }
 
+    /// One iteration on rings of format `R`. Not inlined, so each format's
+    /// copy of the paths is one function (and can be checked to hold no
+    /// call into the other format's code).
+    #[inline(never)]
     fn poll_rings<R: Ring>(&mut self, g: &ReadGuard<'_>) -> usize {
         let mut work = 0;
         let mut tx_via_port = true;
