@@ -11,6 +11,7 @@
 //! - [`backend`]: ports where packets go (loopback, patch).
 //! - [`driver`]: the driver side (transports and a virtio-net driver).
 //! - [`bench`]: pktgen and latency.
+//! - [`ops`]: operating: stats socket, Prometheus, systemd, logs.
 
 pub mod backend;
 pub mod bench;
@@ -18,6 +19,7 @@ pub mod dataplane;
 pub mod driver;
 pub mod mem;
 pub mod net;
+pub mod ops;
 pub mod uapi;
 pub mod vduse;
 pub mod virtq;

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cli;
 
@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Create device(s) on the real kernel (/dev/vduse) and serve them until SIGINT/SIGTERM.
     Run(cli::run::RunArgs),
+    /// List the virtio features the device can offer, by the names --features takes.
+    Features(cli::features::FeaturesArgs),
     /// Report what the VDUSE kernel side offers (API version, VDUSE features).
     Probe(cli::probe::ProbeArgs),
     /// Traffic generator: drive a device as a virtio driver would (embedded kernel model by default).
@@ -30,17 +32,28 @@ enum Command {
     Latency(cli::latency::LatencyArgs),
     /// Cache-line round trip between two cores: the floor for any round trip.
     Floor(cli::floor::FloorArgs),
+    /// Live counters and state of a running vduse-net (run, pktgen, latency) from its stats socket.
+    Stats(cli::stats::StatsCmdArgs),
+    /// Check a config file for `run --config` without creating anything.
+    CheckConfig(cli::config::CheckConfigArgs),
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    vduse_net::ops::log::init(log::LevelFilter::Warn);
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let r = match cli.command {
-        Command::Run(a) => cli::run::run(a),
+        Command::Run(a) => cli::run::run(a, matches.subcommand_matches("run").expect("run was parsed")),
+        Command::Features(a) => cli::features::run(a),
         Command::Probe(a) => cli::probe::run(a),
         Command::Pktgen(a) => cli::pktgen::run(a),
         Command::Latency(a) => cli::latency::run(a),
         Command::Floor(a) => cli::floor::run(a),
+        Command::Stats(a) => cli::stats::run(a),
+        Command::CheckConfig(a) => cli::config::check(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,5 +86,10 @@ mod tests {
         assert!(Cli::try_parse_from(["vduse-net", "latency", "--gen-cores", "0", "--load", "1000"]).is_ok());
         assert!(Cli::try_parse_from(["vduse-net", "pktgen", "--mode", "sideways"]).is_err());
         assert!(Cli::try_parse_from(["vduse-net", "pktgen", "--gen-cores", "x"]).is_err());
+        // A leading '-' in the list is a value, not a flag.
+        let c = Cli::try_parse_from(["vduse-net", "run", "--features", "-mq,+indirect_desc"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let Command::Run(_) = c.command else { panic!("not run") };
+        assert!(Cli::try_parse_from(["vduse-net", "features"]).is_ok());
     }
 }

@@ -12,6 +12,7 @@ use common::*;
 use vduse_net::driver::net::{NetDriver, NetDriverConfig, QueuePair};
 use vduse_net::driver::DriverTransport;
 use vduse_net::net::features;
+use vduse_net::vduse::model::ModelConfig;
 use virtio_bindings::bindings::virtio_net as vn;
 
 const T: Duration = Duration::from_secs(5);
@@ -58,7 +59,9 @@ struct Ctl {
 
 impl Ctl {
     fn new(name: &str, pairs: u16, fmt: RingFormat, cfg: NetDriverConfig) -> Ctl {
-        let rig = Rig::new_fmt(name, pairs, fmt);
+        // GUEST_ANNOUNCE is not in the default offer: ask for it by name.
+        let list = if cfg.features & features::GUEST_ANNOUNCE != 0 { "+guest_announce" } else { "-guest_announce" };
+        let rig = Rig::with_fmt(device_offering(name, pairs, list), ModelConfig::patched_7_3(), fmt);
         let mut d = rig.probe(cfg);
         let q = d.take_pairs();
         Ctl { rig, d, q }
@@ -306,7 +309,7 @@ fn malformed_commands_get_err_and_the_queue_goes_on(fmt: RingFormat) {
     let bad: &[(u8, u8, &[u8])] = &[
         (99, 0, &[]),                                                    // unknown class
         (RX, 9, &[1]),                                                   // unknown command
-        (MQ, vn::VIRTIO_NET_CTRL_MQ_RSS_CONFIG as u8, &[0; 8]),          // not supported
+        (MQ, vn::VIRTIO_NET_CTRL_MQ_RSS_CONFIG as u8, &[0; 8]),          // too short, RSS not negotiated
         (RX, ALLUNI, &[1]),                                              // needs CTRL_RX_EXTRA
         (VLAN, vn::VIRTIO_NET_CTRL_VLAN_ADD as u8, &5u16.to_le_bytes()), // needs CTRL_VLAN
         (ANNOUNCE, vn::VIRTIO_NET_CTRL_ANNOUNCE_ACK as u8, &[]),         // needs GUEST_ANNOUNCE

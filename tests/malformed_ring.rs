@@ -21,6 +21,7 @@ use vduse_net::net::features;
 use vduse_net::uapi::virtio::{
     PackedDesc, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_PACKED_DESC_F_AVAIL,
 };
+use vduse_net::vduse::model::ModelConfig;
 use vduse_net::virtq::packed::avail_bits;
 
 const T: Duration = Duration::from_secs(5);
@@ -34,7 +35,9 @@ struct Case {
 
 /// Two pairs, both shown to carry traffic first.
 fn case(name: &str, fmt: RingFormat, cfg: NetDriverConfig) -> Case {
-    let rig = Rig::new_fmt(name, 2, fmt);
+    // Indirect descriptors are not in the default offer: ask for them by name.
+    let list = if cfg.features & features::INDIRECT_DESC != 0 { "+indirect_desc" } else { "-indirect_desc" };
+    let rig = Rig::with_fmt(device_offering(name, 2, list), ModelConfig::patched_7_3(), fmt);
     let mut d = rig.probe(cfg);
     assert_eq!(d.pairs(), 2);
     let mut q = d.take_pairs();

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::*;
 use vduse_net::driver::net::NetDriverConfig;
-use vduse_net::driver::DriverTransport;
 use vduse_net::vduse::Request;
 use vduse_net::virtq::RingPos;
 

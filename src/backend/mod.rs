@@ -62,6 +62,11 @@ pub trait Port: Send {
     }
     /// Woke up (or decided not to sleep).
     fn disarm_rx_wakeup(&mut self) {}
+    /// The port's own counters for the stats socket, taken once before the
+    /// port moves to its poll thread.
+    fn stats(&self) -> Option<std::sync::Arc<dyn crate::ops::PortStats>> {
+        None
+    }
 }
 
 /// Swap destination and source MAC addresses (testpmd's macswap).

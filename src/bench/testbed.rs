@@ -88,6 +88,11 @@ impl Testbed {
         self.running.as_ref().map(|r| r.stats())
     }
 
+    /// The device's stats cells (for the stats socket), when it runs here.
+    pub fn stats_source(&self) -> Option<Arc<crate::ops::DeviceSource>> {
+        self.running.as_ref().map(|r| r.stats_source())
+    }
+
     /// Reset the driver, detach it and stop the device. The queue pairs
     /// must have been dropped (their threads joined).
     pub fn finish(mut self) -> Result<Option<DeviceStats>, BenchError> {

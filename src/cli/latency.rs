@@ -61,6 +61,7 @@ pub fn run(a: LatencyArgs) -> CliResult {
 
     let mut tb = b.testbed("latency0", &mut |_| Box::new(Loopback::new(1024, true)) as Box<dyn Port>)?;
     let ring = b.ring_format(&tb).unwrap_or_default();
+    let (_reg, _servers) = b.serve_stats(&tb, "latency")?;
     let mut pairs = tb.take_pairs();
     if pairs.is_empty() {
         return Err(CliError("the device has no queue pair".into()));

@@ -1,11 +1,16 @@
 //! Command-line front ends. Parsing helpers give clear messages for bad
 //! input; every subcommand returns an error instead of panicking.
 
+pub mod config;
+pub mod daemon;
+pub mod features;
 pub mod floor;
 pub mod latency;
 pub mod pktgen;
+pub mod plan;
 pub mod probe;
 pub mod run;
+pub mod stats;
 
 use std::fmt;
 

@@ -11,11 +11,12 @@ use clap::{Args, ValueEnum};
 use vduse_net::bench::checks;
 use vduse_net::bench::pktgen::{self, Control, GenOptions, Mode, PktgenReport, Sizes};
 use vduse_net::bench::testbed::Testbed;
-use vduse_net::driver::net::NetDriverConfig;
+use vduse_net::driver::net::{EnableOrder, NetDriverConfig};
+use vduse_net::net::features;
 use vduse_net::vduse::model::ModelConfig;
 use vduse_net::virtq::RingFormat;
 
-use super::run::{DeviceArgs, RingArg};
+use super::run::DeviceArgs;
 use super::{parse_cores, CliError, CliResult, Idle};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -63,6 +64,27 @@ impl From<ModeArg> for Mode {
     }
 }
 
+/// When the bundled driver enables its queues relative to DRIVER_OK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OrderArg {
+    /// Every queue before DRIVER_OK (the kernel's virtio_vdpa).
+    VirtioVdpa,
+    /// After DRIVER_OK: the control queue, MAC_ADDR_SET and VQ_PAIRS_SET answered, then the data queues (QEMU).
+    Qemu,
+    /// Pair 0 and the control queue before DRIVER_OK, the other pairs after VQ_PAIRS_SET (DPDK's virtio-user).
+    VirtioUser,
+}
+
+impl From<OrderArg> for EnableOrder {
+    fn from(o: OrderArg) -> EnableOrder {
+        match o {
+            OrderArg::VirtioVdpa => EnableOrder::VirtioVdpa,
+            OrderArg::Qemu => EnableOrder::Qemu,
+            OrderArg::VirtioUser => EnableOrder::VirtioUser,
+        }
+    }
+}
+
 /// Options shared by `pktgen` and `latency`.
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -87,8 +109,13 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// When the driver enables its queues relative to DRIVER_OK.
+    #[arg(long, value_enum, default_value_t = OrderArg::VirtioVdpa)]
+    pub enable_order: OrderArg,
     #[command(flatten)]
     pub dev: DeviceArgs,
+    #[command(flatten)]
+    pub stats: super::stats::StatsArgs,
 }
 
 impl BenchArgs {
@@ -118,15 +145,19 @@ impl BenchArgs {
         name: &str,
         port: &mut dyn FnMut(u16) -> Box<dyn vduse_net::backend::Port>,
     ) -> Result<Testbed, CliError> {
-        let opts = self.dev.options(name, vduse_net::bench::testbed::DEVICE_MAC);
-        opts.validate()?;
+        let opts = self.dev.options(name, vduse_net::bench::testbed::DEVICE_MAC)?;
+        // One switch for both ends: the driver asks for packed rings exactly
+        // when the offer holds RING_PACKED (`--features +ring_packed` or its
+        // shorthand `--ring packed`).
+        let packed = opts.features & features::RING_PACKED != 0;
         let mut dcfg = NetDriverConfig {
             ring_size: self.dev.ring_size,
             pairs: Some(self.dev.queues),
+            enable_order: self.enable_order.into(),
             ..NetDriverConfig::default()
         };
-        if self.dev.ring == RingArg::Packed {
-            dcfg.features |= vduse_net::net::features::RING_PACKED;
+        if packed {
+            dcfg.features |= features::RING_PACKED;
         }
         let tb = match &self.vhost_vdpa {
             Some(path) => Testbed::vhost_vdpa(path, dcfg),
@@ -134,10 +165,10 @@ impl BenchArgs {
         };
         let tb = tb.map_err(|e| CliError(format!("setting up the device: {e}")))?;
         let got = self.ring_format(&tb);
-        if self.dev.ring == RingArg::Packed && got != Some(RingFormat::Packed) {
+        if packed && got != Some(RingFormat::Packed) {
             return Err(CliError(
-                "--ring packed: the device does not offer VIRTIO_F_RING_PACKED (serve it with `vduse-net run --ring \
-                 packed`)"
+                "packed rings asked for (--ring packed / +ring_packed), but the device does not offer \
+                 VIRTIO_F_RING_PACKED (serve it with `vduse-net run --ring packed`)"
                     .into(),
             ));
         }
@@ -147,6 +178,23 @@ impl BenchArgs {
     /// The ring layout the driver negotiated.
     pub fn ring_format(&self, tb: &Testbed) -> Option<RingFormat> {
         tb.driver().map(|d| RingFormat::of_features(d.features()))
+    }
+
+    /// The stats socket (and `/metrics`) for the model device, when there is one.
+    pub fn serve_stats(
+        &self,
+        tb: &Testbed,
+        command: &str,
+    ) -> Result<(Arc<vduse_net::ops::Registry>, super::stats::OpsServers), CliError> {
+        let name = format!("{command}0");
+        let reg = vduse_net::ops::Registry::new(command, &name);
+        let Some(src) = tb.stats_source() else {
+            return Ok((reg, super::stats::OpsServers::default()));
+        };
+        reg.add(src, &format!("{command} model device"));
+        let servers = self.stats.start(&reg, &name)?;
+        reg.set_state("running");
+        Ok((reg, servers))
     }
 }
 
@@ -169,6 +217,10 @@ pub struct PktgenArgs {
     /// vq with the driver's view ("suspend").
     #[arg(long)]
     suspend_check: bool,
+    /// After traffic, keep the device and its stats socket for up to SECS seconds
+    /// (SIGINT/SIGTERM end the wait) so a reader sees the final counters.
+    #[arg(long, value_name = "SECS")]
+    linger: Option<f64>,
     #[command(flatten)]
     bench: BenchArgs,
 }
@@ -215,9 +267,16 @@ pub fn run(a: PktgenArgs) -> CliResult {
         busy: b.dev.idle == Idle::Busy,
         stall: Duration::from_secs(2),
     };
+    let linger = match a.linger {
+        None => None,
+        Some(s) if s.is_finite() && (0.0..=3600.0).contains(&s) => Some(Duration::from_secs_f64(s)),
+        Some(s) => return Err(CliError(format!("--linger {s} must be in [0, 3600] seconds"))),
+    };
     let tb = b.testbed("pktgen0", &mut |i| mode.port(i, &sizes))?;
     let ring = b.ring_format(&tb).unwrap_or_default();
-    let ctl = Arc::new(Control::new(pairs, stop_flag()?));
+    let (reg, _servers) = b.serve_stats(&tb, "pktgen")?;
+    let stop = stop_flag()?;
+    let ctl = Arc::new(Control::new(pairs, stop.clone()));
     let mut tick = pktgen::progress_printer();
     let cores = b.gen_cores.clone().unwrap_or_default();
     let (fcheck, scheck) = (a.foreign_iova_check, a.suspend_check);
@@ -229,9 +288,16 @@ pub fn run(a: PktgenArgs) -> CliResult {
         if scheck {
             m.extend(checks::suspend(tb, pairs)?);
         }
+        if let Some(d) = linger {
+            reg.set_state("finished");
+            let until = std::time::Instant::now() + d;
+            while std::time::Instant::now() < until && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         Ok(m)
     };
-    let post: Option<pktgen::PostCheck<'_>> = (fcheck || scheck).then_some(&mut post);
+    let post: Option<pktgen::PostCheck<'_>> = (fcheck || scheck || linger.is_some()).then_some(&mut post);
     let mut rep = pktgen::run_on(tb, &o, &cores, &ctl, &mut tick, post).map_err(|e| CliError(e.to_string()))?;
     rep.checks.insert("ring".into(), ring.name().into());
     if b.json {

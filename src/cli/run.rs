@@ -1,18 +1,24 @@
 //! `vduse-net run`: serve device(s) on the real kernel until SIGINT/SIGTERM.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use log::LevelFilter;
 use vduse_net::backend::loopback::Loopback;
 use vduse_net::backend::patch::patch_pair;
 use vduse_net::backend::Port;
+use vduse_net::dataplane::device::DEFAULT_RING_SIZE;
 use vduse_net::dataplane::{DeviceOptions, NetDevice};
 use vduse_net::net::features;
 use vduse_net::vduse::kernel::KernelControl;
+use vduse_net::vduse::model::KernelModel;
 use vduse_net::vduse::VduseControl;
 
+use super::pktgen::KernelKind;
+use super::plan::RunPlan;
+use super::stats::StatsArgs;
 use super::{parse_cores, parse_mac, CliError, CliResult, Idle};
 
 /// The virtqueue layout (`--ring`).
@@ -39,8 +45,9 @@ pub struct DeviceArgs {
     /// Queue pairs per device (each its own vq group and poll thread).
     #[arg(long = "queues", default_value_t = 1)]
     pub queues: u16,
-    /// Largest queue size the device accepts.
-    #[arg(long, default_value_t = 256)]
+    /// Largest queue size the device accepts (a power of two up to 32768). The
+    /// kernel's virtio_vdpa sizes its rings to it; QEMU programs 1024.
+    #[arg(long, default_value_t = DEFAULT_RING_SIZE)]
     pub ring_size: u16,
     /// Chains per burst.
     #[arg(long, default_value_t = 32)]
@@ -63,15 +70,20 @@ pub struct DeviceArgs {
     /// Do not offer the control queue (and the features that need it).
     #[arg(long)]
     pub no_ctrl_vq: bool,
-    /// Virtqueue layout. packed: the device also offers VIRTIO_F_RING_PACKED
-    /// (not in the default offer: QEMU's shadow virtqueues refuse it), and
-    /// pktgen/latency's driver asks for it.
+    /// Change the offered features by name, e.g. +indirect_desc,-mq (`vduse-net features` lists them).
+    #[arg(long, value_name = "LIST", allow_hyphen_values = true)]
+    pub features: Option<String>,
+    /// Virtqueue layout. packed: shorthand for `--features +ring_packed` (not in
+    /// the default offer: QEMU's shadow virtqueues refuse it); pktgen/latency's
+    /// driver asks for packed rings whenever the offer holds it.
     #[arg(long, value_enum, default_value_t = RingArg::Split)]
     pub ring: RingArg,
 }
 
 impl DeviceArgs {
-    pub fn options(&self, name: &str, mac: [u8; 6]) -> DeviceOptions {
+    /// The device options, validated: bad values (a feature list, an MTU the
+    /// ports cannot carry, ...) are refused before anything is opened.
+    pub fn options(&self, name: &str, mac: [u8; 6]) -> Result<DeviceOptions, CliError> {
         let mut o = DeviceOptions {
             name: name.to_string(),
             queue_pairs: self.queues,
@@ -85,81 +97,98 @@ impl DeviceArgs {
             mac,
             ..DeviceOptions::default()
         };
+        if let Some(list) = &self.features {
+            o.features = features::select(o.features, list).map_err(|e| CliError(format!("--features {list}: {e}")))?;
+        }
         if self.no_ctrl_vq {
             o.features = features::without_ctrl_vq(o.features);
         }
         if self.ring == RingArg::Packed {
-            // With feature selection by name this is `+ring_packed`.
-            o.features |= features::RING_PACKED;
+            // The same selection as `--features +ring_packed`, after the list;
+            // a list that removes it contradicts the flag.
+            if self.features.as_deref().is_some_and(|l| {
+                features::select(features::DEFAULT_OFFER | features::RING_PACKED, l)
+                    .is_ok_and(|f| f & features::RING_PACKED == 0)
+            }) {
+                return Err(CliError("--ring packed contradicts --features -ring_packed".into()));
+            }
+            o.features =
+                features::select(o.features, "+ring_packed").map_err(|e| CliError(format!("--ring packed: {e}")))?;
         }
-        o
+        o.validate()?;
+        Ok(o)
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Clone, Debug)]
 pub struct RunArgs {
     /// Device name (/dev/vduse/NAME); with --devices N, NAME0..NAME{N-1}.
     #[arg(long, default_value = "vduse-net")]
-    name: String,
+    pub name: String,
     /// Number of devices served by this process.
     #[arg(long, default_value_t = 1)]
-    devices: usize,
+    pub devices: usize,
     #[arg(long, value_enum, default_value_t = Backend::Loopback)]
-    backend: Backend,
+    pub backend: Backend,
     /// MAC address of the (first) device; later devices count up.
     #[arg(long, value_parser = parse_mac, default_value = "02:00:00:00:00:01")]
-    mac: [u8; 6],
+    pub mac: [u8; 6],
     /// Loopback: return frames unchanged instead of swapping MAC addresses.
     #[arg(long)]
-    no_macswap: bool,
+    pub no_macswap: bool,
     #[command(flatten)]
-    dev: DeviceArgs,
+    pub dev: DeviceArgs,
+    /// Devices and settings from a TOML file (README, "Operating vduse-net"); SIGHUP re-reads it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// error, warn, info (the default of run), debug, trace or off; RUST_LOG, when set, decides instead.
+    #[arg(long, value_name = "LEVEL", value_parser = vduse_net::ops::log::parse_level)]
+    pub log_level: Option<LevelFilter>,
+    #[command(flatten)]
+    pub stats: StatsArgs,
+    /// Create the devices on the embedded kernel model instead of /dev/vduse: the daemon's
+    /// plumbing (stats, systemd, reload) without VDUSE. No driver ever attaches.
+    #[arg(long, value_enum, hide = true)]
+    pub kernel_model: Option<KernelKind>,
 }
 
-pub fn run(a: RunArgs) -> CliResult {
-    if a.devices == 0 || a.devices > 64 {
-        return Err(CliError(format!("--devices {} must be in 1..=64", a.devices)));
+pub fn run(a: RunArgs, m: &clap::ArgMatches) -> CliResult {
+    let (plan, warnings) = match &a.config {
+        Some(path) => super::config::plan_for_run(path, &a, m)?,
+        None => (RunPlan::from_args(&a)?, Vec::new()),
+    };
+    vduse_net::ops::log::set_level(plan.process.log_level.unwrap_or(LevelFilter::Info));
+    for w in &warnings {
+        log::warn!("{w}");
     }
-    if a.backend == Backend::Patch && a.devices != 2 {
-        return Err(CliError("--backend patch wires two devices: use --devices 2".into()));
-    }
-    let control: Arc<dyn VduseControl> = Arc::new(KernelControl::open()?);
+    // Every device's options (feature lists, MTU, ring size) are checked
+    // before anything is opened.
+    let opts = plan.devices.iter().map(|d| d.args.dev.options(&d.name, d.mac)).collect::<Result<Vec<_>, _>>()?;
+    let model = plan.process.kernel_model.map(|k| KernelModel::new(k.config()));
+    let control: Arc<dyn VduseControl> = match &model {
+        Some(m) => m.control(),
+        None => Arc::new(KernelControl::open()?),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
 
-    let names: Vec<String> =
-        if a.devices == 1 { vec![a.name.clone()] } else { (0..a.devices).map(|i| format!("{}{i}", a.name)).collect() };
-    let pairs = a.dev.queues as usize;
-    let mut ports: Vec<Vec<Box<dyn Port>>> = (0..a.devices).map(|_| Vec::new()).collect();
-    for _ in 0..pairs {
-        match a.backend {
-            Backend::Loopback => {
-                for p in ports.iter_mut() {
-                    p.push(Box::new(Loopback::new(1024, !a.no_macswap)));
-                }
-            }
-            Backend::Patch => {
-                let (x, y) = patch_pair(1024)?;
-                ports[0].push(Box::new(x));
-                ports[1].push(Box::new(y));
-            }
-        }
-    }
+    let ports = make_ports(&plan)?;
     let mut running = Vec::new();
-    for (i, (name, ports)) in names.iter().zip(ports).enumerate() {
-        let mut mac = a.mac;
-        mac[5] = mac[5].wrapping_add(i as u8);
-        let dev = NetDevice::create(control.clone(), a.dev.options(name, mac))?;
+    for ((d, ports), opts) in plan.devices.iter().zip(ports).zip(opts) {
+        let dev = NetDevice::create(control.clone(), opts)?;
         let l = dev.layout().clone();
         eprintln!(
-            "vduse-net: device {} ready: API v{}, {} pair(s){}, {} groups, {} address spaces, vduse features {}{}",
+            "vduse-net: device {} ready: API v{}, {} pair(s){}, {} groups, {} address spaces, max queue size {}, vduse features {}{}",
             l.name,
             l.api,
             l.pairs,
             if l.has_cvq { " + control queue" } else { "" },
             l.ngroups,
             l.nas,
+            l.max_queue_size,
             vduse_net::dataplane::device::vduse_features_name(l.vduse_features),
             if l.dropped_features != 0 {
                 format!("; kernel refused: {}", features::describe(l.dropped_features))
@@ -167,23 +196,37 @@ pub fn run(a: RunArgs) -> CliResult {
                 String::new()
             }
         );
+        eprintln!("vduse-net: device {} offers {}", l.name, features::describe(l.features));
         running.push(dev.start(ports)?);
+        log::info!("device {} created: port {}", l.name, d.port_description(&plan.devices));
     }
     eprintln!("vduse-net: add with `vdpa dev add name NAME mgmtdev vduse`; stop with Ctrl-C");
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    eprintln!("vduse-net: stopping");
-    let mut result = Ok(());
-    for r in running {
-        let name = r.layout().name.clone();
-        match r.stop() {
-            Ok(stats) => eprintln!("vduse-net: {name}: {}", serde_json::to_string(&stats).unwrap_or_default()),
-            Err(e) => {
-                eprintln!("vduse-net: {name}: {e}");
-                result = Err(CliError(format!("destroying {name}: {e}")));
+    super::daemon::serve(running, plan, &a, m, stop, hup)
+}
+
+/// Each device's ports, one per queue pair. A `patch` pair is built once,
+/// when its first device comes up.
+fn make_ports(plan: &RunPlan) -> Result<Vec<Vec<Box<dyn Port>>>, CliError> {
+    let mut ports: Vec<Vec<Box<dyn Port>>> = plan.devices.iter().map(|_| Vec::new()).collect();
+    for (i, d) in plan.devices.iter().enumerate() {
+        match d.args.backend {
+            Backend::Loopback => {
+                for _ in 0..d.args.dev.queues {
+                    ports[i].push(Box::new(Loopback::new(1024, !d.args.no_macswap)));
+                }
+            }
+            Backend::Patch => {
+                let j = d.peer.ok_or_else(|| CliError(format!("{}: patch without a peer", d.name)))?;
+                if j < i {
+                    continue;
+                }
+                for _ in 0..d.args.dev.queues {
+                    let (x, y) = patch_pair(1024)?;
+                    ports[i].push(Box::new(x));
+                    ports[j].push(Box::new(y));
+                }
             }
         }
     }
-    result
+    Ok(ports)
 }

@@ -35,6 +35,53 @@ pub enum DeviceError {
     Panicked,
 }
 
+/// Default largest queue size (VDUSE_VQ_SETUP `max_size`). QEMU programs
+/// 1024 on every queue, the control queue included, and falls back to
+/// userspace virtio when the device's maximum is smaller; DPDK's virtio-user
+/// asks for 256 by default. The kernel's virtio_vdpa makes every ring as
+/// large as this maximum: 1024 keeps a virtio_vdpa netdev's RX buffers (and
+/// their share of VDUSE's bounce buffer) moderate; README "Queue sizes".
+pub const DEFAULT_RING_SIZE: u16 = 1024;
+/// Largest split-ring size (virtio 1.3 §2.7). Nothing in the device scales
+/// with the queue size, so any power of two up to this is accepted.
+pub const MAX_RING_SIZE: u16 = 32768;
+
+/// VDUSE's bounce buffer per device (sysfs `bounce_size`, 1 MiB..1 GiB), split
+/// evenly over the address spaces under API 1.
+const KERNEL_BOUNCE_DEFAULT: u64 = 64 << 20;
+/// Bounce space one mapped buffer takes: the kernel bounces in 4 KiB pages.
+const BOUNCE_PAGE: u64 = 4096;
+
+/// A note when a virtio_vdpa netdev on this device could exhaust the bounce
+/// buffer of its address space with RX buffers alone. virtio_vdpa makes each
+/// ring as large as the device's maximum and virtio-net fills every RX ring
+/// of the pairs it uses, one 4 KiB bounce page per buffer; once the region
+/// is full every TX mapping fails with ENOMEM (seen on 7.3 with 32768).
+pub fn bounce_note(pairs: u16, ring_size: u16, nas: u32, api: u64) -> Option<String> {
+    let share =
+        if api >= VDUSE_API_VERSION_1 { KERNEL_BOUNCE_DEFAULT / nas.max(1) as u64 } else { KERNEL_BOUNCE_DEFAULT };
+    let rx = pairs as u64 * ring_size as u64 * BOUNCE_PAGE;
+    (rx * 4 >= share * 3).then(|| {
+        format!(
+            "bound to virtio_vdpa, {pairs} pair(s) of {ring_size}-entry RX rings pin {} MiB of the {} MiB bounce buffer \
+             of address space 0 (kernel default), and TX then fails with ENOMEM: raise \
+             /sys/class/vduse/NAME/bounce_size before `vdpa dev add`, or lower --ring-size or --queues \
+             (vhost-vdpa users such as QEMU do not use the bounce buffer)",
+            rx >> 20,
+            share >> 20
+        )
+    })
+}
+
+/// Ethernet header and one 802.1Q tag: what a frame carries beyond the MTU.
+const ETH_OVERHEAD: usize = 14 + 4;
+
+/// Largest MTU the device advertises: a frame of MTU + Ethernet header + one
+/// VLAN tag must fit in one port slot ([`crate::backend::SLOT_SIZE`]); a
+/// larger frame would be dropped on every path. Jumbo frames need larger
+/// slots (or chained ones) first.
+pub const MAX_MTU: u16 = (crate::backend::SLOT_SIZE - ETH_OVERHEAD) as u16;
+
 /// What the user asked for.
 #[derive(Clone, Debug)]
 pub struct DeviceOptions {
@@ -63,10 +110,10 @@ impl Default for DeviceOptions {
         DeviceOptions {
             name: "vduse-net0".into(),
             queue_pairs: 1,
-            ring_size: 256,
+            ring_size: DEFAULT_RING_SIZE,
             mac: [0x02, 0x00, 0x00, 0x00, 0x00, 0x01],
             mtu: 1500,
-            features: features::OFFERED,
+            features: features::DEFAULT_OFFER,
             nas: 2,
             api: None,
             vduse_features: (1 << VDUSE_F_QUEUE_READY) | (1 << VDUSE_F_SUSPEND),
@@ -86,8 +133,8 @@ impl DeviceOptions {
         if self.queue_pairs == 0 || self.queue_pairs > 256 {
             return bad(format!("--queues {} must be in 1..=256", self.queue_pairs));
         }
-        if !self.ring_size.is_power_of_two() || self.ring_size < 2 || self.ring_size > 32768 {
-            return bad(format!("--ring-size {} must be a power of two in 2..=32768", self.ring_size));
+        if !self.ring_size.is_power_of_two() || self.ring_size < 2 || self.ring_size > MAX_RING_SIZE {
+            return bad(format!("--ring-size {} must be a power of two in 2..={MAX_RING_SIZE}", self.ring_size));
         }
         if self.burst == 0 || self.burst > 1024 {
             return bad(format!("--burst {} must be in 1..=1024", self.burst));
@@ -97,6 +144,14 @@ impl DeviceOptions {
         }
         if self.mtu < 68 {
             return bad(format!("--mtu {} is below 68", self.mtu));
+        }
+        if self.mtu > MAX_MTU {
+            return bad(format!(
+                "--mtu {} is above {MAX_MTU}, the largest these ports carry: a port slot holds a {}-byte frame \
+                 (MTU + {ETH_OVERHEAD} bytes of Ethernet header and VLAN tag); jumbo frames are not supported yet",
+                self.mtu,
+                crate::backend::SLOT_SIZE
+            ));
         }
         Ok(())
     }
@@ -117,6 +172,8 @@ pub struct Layout {
     pub vduse_features: u64,
     /// Offered features the kernel refused, for the log.
     pub dropped_features: u64,
+    /// Largest queue size each vq accepts (VQ_SETUP max_size).
+    pub max_queue_size: u16,
 }
 
 impl Layout {
@@ -151,6 +208,7 @@ impl NetDevice {
     /// Negotiate the API version, create the device (dropping the control
     /// queue if the kernel refuses it) and set up its vqs and groups.
     pub fn create(control: Arc<dyn VduseControl>, opts: DeviceOptions) -> Result<NetDevice, DeviceError> {
+        let _log = crate::ops::log::scope(&opts.name);
         opts.validate()?;
         let offered_api = control.api_version()?;
         let api = match opts.api {
@@ -220,6 +278,7 @@ impl NetDevice {
             features,
             vduse_features,
             dropped_features: dropped,
+            max_queue_size: opts.ring_size,
         };
         let device = match control.open_device(&opts.name) {
             Ok(d) => d,
@@ -234,6 +293,14 @@ impl NetDevice {
                 let _ = control.destroy_device(&opts.name);
                 return Err(e.into());
             }
+        }
+        if let Some(note) = features::qemu_shadow_note(layout.features) {
+            log::warn!("device {}: {note}", layout.name);
+        }
+        // Without MQ a driver uses one pair, however many the device has.
+        let usable = if layout.features & features::MQ != 0 { layout.pairs } else { 1 };
+        if let Some(note) = bounce_note(usable, opts.ring_size, layout.nas, layout.api) {
+            log::warn!("device {}: {note}", layout.name);
         }
         log::info!(
             "device {}: API v{}, {} queue pair(s){}, {} vq groups, {} address spaces, vduse features {}, features {}",
@@ -269,6 +336,23 @@ impl NetDevice {
         let stopping = Arc::new(AtomicBool::new(false));
         let pair_stats: Vec<Arc<PairCell>> = (0..self.layout.pairs).map(|_| Arc::new(PairCell::default())).collect();
         let slow_stats = Arc::new(SlowPathCounters::default());
+        let source = Arc::new(crate::ops::DeviceSource {
+            layout: self.layout.clone(),
+            info: crate::ops::source::DeviceInfo {
+                mac: self.opts.mac,
+                mtu: self.opts.mtu,
+                ring_size: self.opts.ring_size,
+                burst: self.opts.burst,
+                idle: crate::ops::source::idle_name(self.opts.idle),
+                cores: self.opts.cores.clone(),
+            },
+            pairs: pair_stats.clone(),
+            slow: slow_stats.clone(),
+            control: Arc::default(),
+            ports: ports.iter().map(|p| p.stats()).collect(),
+            started: std::time::Instant::now(),
+            stopped: AtomicBool::new(false),
+        });
         let slow = SlowPath::new(
             self.device.clone(),
             self.layout.clone(),
@@ -278,10 +362,15 @@ impl NetDevice {
             slow_stats.clone(),
             stop.clone(),
             stopping.clone(),
+            source.control.clone(),
         )?;
+        let name = self.layout.name.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vduse-slow-{}", self.layout.name))
-            .spawn(move || slow.run())
+            .spawn(move || {
+                crate::ops::log::set_device(&name);
+                slow.run()
+            })
             .map_err(DeviceError::Thread)?;
         Ok(RunningDevice {
             control: self.control,
@@ -292,6 +381,7 @@ impl NetDevice {
             thread: Some(thread),
             pair_stats,
             slow_stats,
+            source,
         })
     }
 }
@@ -306,6 +396,7 @@ pub struct RunningDevice {
     thread: Option<JoinHandle<()>>,
     pair_stats: Vec<Arc<PairCell>>,
     slow_stats: Arc<SlowPathCounters>,
+    source: Arc<crate::ops::DeviceSource>,
 }
 
 /// Counters of a running device.
@@ -318,6 +409,11 @@ pub struct DeviceStats {
 impl RunningDevice {
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// What the stats socket and `/metrics` read (stays readable after stop).
+    pub fn stats_source(&self) -> Arc<crate::ops::DeviceSource> {
+        self.source.clone()
     }
 
     pub fn stats(&self) -> DeviceStats {
@@ -333,6 +429,7 @@ impl RunningDevice {
         let stats = self.stats();
         self.device = None;
         self.control.destroy_device(&self.layout.name)?;
+        self.source.stopped.store(true, Ordering::Relaxed);
         Ok(stats)
     }
 
@@ -374,5 +471,40 @@ pub fn vduse_features_name(f: u64) -> String {
         "none".into()
     } else {
         v.join("|")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 8, fix 7: `--mtu 9000` used to be advertised while every frame
+    /// above the slot size was dropped.
+    #[test]
+    fn an_mtu_the_ports_cannot_carry_is_refused() {
+        let with = |mtu| DeviceOptions { mtu, ..DeviceOptions::default() };
+        assert_eq!(MAX_MTU as usize, crate::backend::SLOT_SIZE - 18);
+        with(1500).validate().unwrap();
+        with(MAX_MTU).validate().unwrap();
+        for mtu in [MAX_MTU + 1, 9000, u16::MAX] {
+            let e = with(mtu).validate().unwrap_err().to_string();
+            assert!(e.contains(&format!("--mtu {mtu} is above {MAX_MTU}")), "{e}");
+            assert!(e.contains("jumbo frames are not supported"), "{e}");
+        }
+        assert!(with(67).validate().is_err());
+    }
+
+    /// The arithmetic behind the warning, against what 7.3 showed: two
+    /// devices, one pair each, 32768-entry rings, API 1 with 2 address
+    /// spaces: TX failed with ENOMEM; 4096 and 1024 worked.
+    #[test]
+    fn the_bounce_note_fires_where_the_kernel_ran_out() {
+        assert!(bounce_note(1, 32768, 2, 1).is_some_and(|n| n.contains("128 MiB of the 32 MiB")));
+        assert!(bounce_note(1, 4096, 2, 1).is_none());
+        assert!(bounce_note(1, DEFAULT_RING_SIZE, 2, 1).is_none());
+        assert!(bounce_note(6, DEFAULT_RING_SIZE, 2, 1).is_some(), "24 of 32 MiB leaves too little for TX");
+        assert!(bounce_note(4, DEFAULT_RING_SIZE, 2, 1).is_none());
+        // API 0: the whole 64 MiB in one address space.
+        assert!(bounce_note(8, DEFAULT_RING_SIZE, 2, 0).is_none());
     }
 }

@@ -51,6 +51,11 @@ pub enum Command {
         vq: u32,
         enabled: bool,
     },
+    /// A queue made ready after DRIVER_OK (SET_VQ_READY, or seen ready by
+    /// polling VQ_GET_INFO): serve it with this configuration, read from
+    /// VQ_GET_INFO at that moment. A queue stopped earlier with the same
+    /// rings and base resumes where it stopped.
+    EnableQueue(QueueConfig),
     /// Pair enable/disable (MQ VQ_PAIRS_SET).
     SetPairActive(bool),
     /// Report positions only.

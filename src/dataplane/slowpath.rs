@@ -37,7 +37,7 @@ use crate::net::config::{NetConfig, MAC_OFFSET, STATUS_OFFSET, VIRTIO_NET_S_ANNO
 use crate::net::ctrl::{CtrlEffect, CtrlState};
 use crate::net::features;
 use crate::net::filter::{FilterCell, RxFilter};
-use crate::uapi::vduse::REQUEST_SIZE;
+use crate::uapi::vduse::{REQUEST_SIZE, VDUSE_F_QUEUE_READY};
 use crate::uapi::virtio::status;
 use crate::vduse::request::VqState;
 use crate::vduse::{Request, Response, VduseDevice};
@@ -53,6 +53,9 @@ struct Cvq {
     vq: u32,
     group: u32,
     q: Option<VirtQueue>,
+    /// Served (ready). A queue disabled after DRIVER_OK keeps `q`, so its
+    /// position survives for GET_VQ_STATE and a later re-enable.
+    enabled: bool,
     failed: bool,
     reader: Option<Reader>,
     kick: Arc<EventFd>,
@@ -69,6 +72,11 @@ pub struct SlowPath {
     threads: Vec<PollHandle>,
     /// Kick eventfd per vq, registered with VQ_SETUP_KICKFD.
     kicks: Vec<Arc<EventFd>>,
+    /// Per vq: handed to the dataplane since DRIVER_OK (ready then, or
+    /// enabled later). Kernels without VDUSE_F_QUEUE_READY send no message
+    /// when a queue becomes ready after DRIVER_OK; the others are polled.
+    vq_started: Vec<bool>,
+    last_ready_poll: Instant,
     cvq: Option<Cvq>,
     ctrl: CtrlState,
     mac: [u8; 6],
@@ -79,7 +87,13 @@ pub struct SlowPath {
     stop: Arc<EventFd>,
     stopping: Arc<AtomicBool>,
     cmd_buf: Vec<u8>,
+    /// What the stats reader sees of this thread's state.
+    ops: crate::ops::control::ControlPublisher,
 }
+
+/// How often queues not ready at DRIVER_OK are looked at on kernels that do
+/// not announce them (no VDUSE_F_QUEUE_READY).
+const READY_POLL: Duration = Duration::from_millis(100);
 
 fn eventfd() -> Result<Arc<EventFd>, DeviceError> {
     EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).map(Arc::new).map_err(DeviceError::EventFd)
@@ -96,6 +110,7 @@ impl SlowPath {
         stats: Arc<SlowPathCounters>,
         stop: Arc<EventFd>,
         stopping: Arc<AtomicBool>,
+        control: Arc<crate::ops::control::ControlCell>,
     ) -> Result<SlowPath, DeviceError> {
         let source: Arc<dyn RegionSource> = Arc::new(dev.clone());
         let iotlb = Arc::new(Iotlb::new(layout.nas, source));
@@ -131,6 +146,7 @@ impl SlowPath {
                 vq,
                 group: layout.group_of(vq),
                 q: None,
+                enabled: false,
                 failed: false,
                 reader: Some(iotlb.qsbr().register()),
                 kick: kicks[vq as usize].clone(),
@@ -148,6 +164,8 @@ impl SlowPath {
             status: 0,
             features: 0,
             threads,
+            vq_started: vec![false; kicks.len()],
+            last_ready_poll: Instant::now(),
             kicks,
             cvq,
             ctrl,
@@ -159,6 +177,7 @@ impl SlowPath {
             stop,
             stopping,
             cmd_buf: Vec::with_capacity(ctrlq::MAX_COMMAND),
+            ops: crate::ops::control::ControlPublisher::new(control),
         };
         sp.register_kickfds();
         Ok(sp)
@@ -218,8 +237,12 @@ impl SlowPath {
                     }
                 }
             }
-            if let Some(c) = &self.cvq {
-                let _ = c.kick.read();
+            let cvq_kicked = self.cvq.as_ref().is_some_and(|c| c.kick.read().is_ok());
+            // A kick on a control queue not started yet may be the first
+            // sign that it became ready: look now rather than at the tick.
+            if self.awaits_ready() && (cvq_kicked || self.last_ready_poll.elapsed() >= READY_POLL) {
+                self.last_ready_poll = Instant::now();
+                self.poll_ready();
             }
             self.serve_cvq();
             if last_reclaim.elapsed() > Duration::from_millis(200) {
@@ -228,6 +251,7 @@ impl SlowPath {
                     let _ = s.reclaim();
                 }
             }
+            self.publish_ops();
             if err {
                 // A broken device reports POLLERR forever; don't spin on it.
                 std::thread::sleep(Duration::from_millis(50));
@@ -368,15 +392,23 @@ impl SlowPath {
         Ok(())
     }
 
+    /// The queue as VQ_GET_INFO shows it, if it is ready.
     fn queue_config(&self, vq: u32) -> Result<Option<QueueConfig>, String> {
         let info = self.dev.vq_info(vq).map_err(|e| e.to_string())?;
         if !info.ready || info.num == 0 {
             return Ok(None);
         }
-        if info.num > 32768 || !info.num.is_power_of_two() {
-            return Err(format!("vq {vq}: size {} is not a power of two <= 32768", info.num));
+        self.config_of(&info).map(Some)
+    }
+
+    /// A queue's configuration from VQ_GET_INFO, whatever its ready flag
+    /// (during a SET_VQ_READY message the kernel still shows the old one).
+    fn config_of(&self, info: &crate::vduse::VqInfo) -> Result<QueueConfig, String> {
+        let vq = info.index;
+        if info.num == 0 || info.num > 32768 || !info.num.is_power_of_two() {
+            return Err(format!("vq {vq}: size {} is not a power of two in 1..=32768", info.num));
         }
-        Ok(Some(QueueConfig {
+        Ok(QueueConfig {
             index: vq,
             size: info.num as u16,
             desc_addr: info.desc_addr,
@@ -386,7 +418,7 @@ impl SlowPath {
             event_idx: self.features & features::EVENT_IDX != 0,
             indirect: self.features & features::INDIRECT_DESC != 0,
             format: RingFormat::of_features(self.features),
-        }))
+        })
     }
 
     /// One command per poll thread, all at once, one shared deadline.
@@ -415,6 +447,10 @@ impl SlowPath {
             Some(c) if cvq_negotiated => self.queue_config(c.vq)?,
             _ => None,
         };
+        for (pair, (rx, tx, _)) in configs.iter().enumerate() {
+            self.vq_started[rx_vq(pair as u16) as usize] = rx.is_some();
+            self.vq_started[tx_vq(pair as u16) as usize] = tx.is_some();
+        }
         // Multiqueue starts with one pair until VQ_PAIRS_SET (spec 5.1.6.5.5).
         let mut configs = configs.into_iter();
         let acks = self.to_all(|pair| {
@@ -435,11 +471,18 @@ impl SlowPath {
         self.ctrl = CtrlState::new(self.mac, self.features);
         if let Some(c) = self.cvq.as_mut() {
             c.q = cvq_cfg.map(VirtQueue::new);
+            c.enabled = cvq_cfg.is_some();
             c.failed = false;
+            self.vq_started[c.vq as usize] = cvq_cfg.is_some();
         }
         self.publish_filter();
         self.suspended = false;
-        log::info!("{}: DRIVER_OK, dataplane started", self.layout.name);
+        log::info!(
+            "{}: driver bound (DRIVER_OK), dataplane started: features {}; vq group -> address space: {}",
+            self.layout.name,
+            features::describe(self.features),
+            self.group_asid.iter().enumerate().map(|(g, a)| format!("{g}->{a}")).collect::<Vec<_>>().join(" ")
+        );
         Ok(())
     }
 
@@ -452,8 +495,10 @@ impl SlowPath {
         }
         if let Some(c) = self.cvq.as_mut() {
             c.q = None;
+            c.enabled = false;
             c.failed = false;
         }
+        self.vq_started.fill(false);
         if let Err(e) = self.iotlb.clear() {
             log::error!("reset: {e}; old mappings freed once the readers move on");
         }
@@ -497,17 +542,132 @@ impl SlowPath {
             // Applied at DRIVER_OK from VQ_GET_INFO.
             return Ok(());
         }
-        if let Some(c) = self.cvq.as_mut() {
-            if c.vq == index {
-                if !ready {
-                    c.q = None;
-                }
+        if ready {
+            // The kernel sets the queue's ready flag only after this reply,
+            // so VQ_GET_INFO still says "not ready": take the rest from it.
+            let info = self.dev.vq_info(index).map_err(|e| e.to_string())?;
+            self.enable_queue(&info)
+        } else {
+            self.disable_queue(index)
+        }
+    }
+
+    /// Start a queue made ready after DRIVER_OK (QEMU enables every queue
+    /// then, DPDK's virtio-user the pairs beyond the first): a data queue on
+    /// its poll thread, the control queue here. A queue stopped earlier
+    /// with the same rings and base resumes where it stopped.
+    fn enable_queue(&mut self, info: &crate::vduse::VqInfo) -> Result<(), String> {
+        let vq = info.index;
+        let cfg = match self.config_of(info) {
+            Ok(c) => c,
+            Err(why) => {
+                // Replying FAILED would break the whole device (the kernel
+                // can do nothing else); a queue the driver set up wrong is
+                // left stopped instead, and the driver told.
+                bump(&self.stats.needs_reset, 1);
+                let shown = self.dev.signal_needs_reset();
+                log::error!("{why}; queue not started{}", if shown { ", device needs reset" } else { "" });
                 return Ok(());
             }
+        };
+        let is_cvq = self.cvq.as_ref().is_some_and(|c| c.vq == vq);
+        if is_cvq {
+            if self.features & features::CTRL_VQ == 0 {
+                return Ok(());
+            }
+            let c = self.cvq.as_mut().expect("checked");
+            if c.q.as_ref().map(|q| *q.config()) != Some(cfg) {
+                c.q = Some(VirtQueue::new(cfg));
+            }
+            c.enabled = true;
+        } else {
+            let t = &self.threads[(vq / 2) as usize];
+            t.mailbox.send(Command::EnableQueue(cfg)).map_err(|e| e.to_string())?;
         }
-        let t = &self.threads[(index / 2) as usize];
-        t.mailbox.send(Command::SetQueueEnabled { vq: index, enabled: ready }).map_err(|e| e.to_string())?;
+        self.vq_started[vq as usize] = true;
+        bump(&self.stats.late_enables, 1);
+        log::info!(
+            "{}: vq {vq}{} enabled after DRIVER_OK: size {}, avail base {}",
+            self.layout.name,
+            if is_cvq { " (control queue)" } else { "" },
+            cfg.size,
+            cfg.avail_base
+        );
         Ok(())
+    }
+
+    /// Stop a queue at a chain boundary, keeping its position.
+    fn disable_queue(&mut self, vq: u32) -> Result<(), String> {
+        match self.cvq.as_mut() {
+            Some(c) if c.vq == vq => c.enabled = false,
+            _ => {
+                let t = &self.threads[(vq / 2) as usize];
+                t.mailbox.send(Command::SetQueueEnabled { vq, enabled: false }).map_err(|e| e.to_string())?;
+            }
+        }
+        self.vq_started[vq as usize] = false;
+        log::info!("{}: vq {vq} disabled", self.layout.name);
+        Ok(())
+    }
+
+    /// Whether queues may still become ready without telling us: after
+    /// DRIVER_OK, on a kernel without VDUSE_F_QUEUE_READY, with a used queue
+    /// not started yet.
+    fn awaits_ready(&self) -> bool {
+        self.status & status::DRIVER_OK != 0
+            && self.layout.vduse_features & (1 << VDUSE_F_QUEUE_READY) == 0
+            && self.unstarted().next().is_some()
+    }
+
+    /// Queues the driver may still enable: the data queues and, when
+    /// negotiated, the control queue, not handed to the dataplane yet.
+    fn unstarted(&self) -> impl Iterator<Item = u32> + '_ {
+        let cvq = self.cvq.as_ref().map(|c| c.vq);
+        let ctrl = self.features & features::CTRL_VQ != 0;
+        (0..self.layout.vq_num()).filter(move |&vq| Some(vq) != cvq || ctrl).filter(|&vq| !self.vq_started[vq as usize])
+    }
+
+    /// What DPDK's VDUSE device does on such kernels: look at VQ_GET_INFO
+    /// for the queues not started and start those now ready.
+    fn poll_ready(&mut self) {
+        let pending: Vec<u32> = self.unstarted().collect();
+        for vq in pending {
+            match self.dev.vq_info(vq) {
+                Ok(info) if info.ready => {
+                    log::info!(
+                        "{}: vq {vq} became ready after DRIVER_OK (seen in VQ_GET_INFO; this kernel sends no \
+                         SET_VQ_READY)",
+                        self.layout.name
+                    );
+                    if let Err(e) = self.enable_queue(&info) {
+                        log::error!("vq {vq}: {e}");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("vq {vq}: VQ_GET_INFO: {e}"),
+            }
+        }
+    }
+
+    /// Heartbeat, and the state the stats reader shows, when it changed.
+    /// Never waits for a reader (see `ops::control`).
+    fn publish_ops(&mut self) {
+        let s = crate::ops::control::ControlState {
+            status: self.status,
+            features: self.features,
+            group_asid: self.group_asid.clone(),
+            suspended: self.suspended,
+            link_status: self.config.status,
+            mac: self.config.mac,
+            active_pairs: self.ctrl.queue_pairs().max(1),
+            cvq: self.cvq.as_ref().map(|c| crate::ops::control::CvqState {
+                vq: c.vq,
+                group: c.group,
+                ready: c.enabled && c.q.is_some(),
+                failed: c.failed,
+            }),
+        };
+        self.ops.update(s);
     }
 
     fn publish_filter(&self) {
@@ -520,7 +680,7 @@ impl SlowPath {
             return;
         }
         let Some(mut cvq) = self.cvq.take() else { return };
-        if cvq.failed || cvq.q.is_none() {
+        if cvq.failed || !cvq.enabled || cvq.q.is_none() {
             self.cvq = Some(cvq);
             return;
         }

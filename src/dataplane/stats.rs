@@ -67,6 +67,7 @@ counters!(
         update_iotlb,
         set_group_asid,
         set_vq_ready,
+        late_enables,
         suspend,
         ctrl_ok,
         ctrl_err,
@@ -74,8 +75,21 @@ counters!(
     }
 );
 
-/// Per-pair counters, padded to their own cache lines.
-pub type PairCell = CachePadded<PairCounters>;
+/// Per-pair counters, padded to their own cache lines, and the pair's queue
+/// state (written by the poll thread on changes only, on lines of its own).
+/// Derefs to the counters, so `cell.tx_frames` reads as before.
+#[derive(Debug, Default)]
+pub struct PairCell {
+    counters: CachePadded<PairCounters>,
+    pub state: CachePadded<crate::ops::state::PairState>,
+}
+
+impl std::ops::Deref for PairCell {
+    type Target = PairCounters;
+    fn deref(&self) -> &PairCounters {
+        &self.counters
+    }
+}
 
 /// Add to a counter that only the calling thread writes: a plain load and
 /// store, no locked read-modify-write on the fast path.

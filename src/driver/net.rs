@@ -84,6 +84,22 @@ pub enum DriverError {
     Timeout { what: &'static str, after: Duration },
 }
 
+/// When the driver enables its queues (VHOST_VDPA_SET_VRING_ENABLE) relative
+/// to DRIVER_OK. The three drivers a vduse-net device meets do it three ways.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EnableOrder {
+    /// Every queue before DRIVER_OK: the kernel's virtio_vdpa.
+    #[default]
+    VirtioVdpa,
+    /// DRIVER_OK first; then the control queue, the device state replayed
+    /// through it (MAC_ADDR_SET with CTRL_MAC_ADDR, VQ_PAIRS_SET with MQ),
+    /// each reply awaited; then the data queues: QEMU's vhost-vdpa backend.
+    Qemu,
+    /// Pair 0 and the control queue before DRIVER_OK; the other pairs after
+    /// DRIVER_OK, once VQ_PAIRS_SET was answered: DPDK's virtio-user.
+    VirtioUser,
+}
+
 #[derive(Debug, Clone)]
 pub struct NetDriverConfig {
     /// Features to accept when offered. VERSION_1 and ACCESS_PLATFORM are
@@ -105,8 +121,13 @@ pub struct NetDriverConfig {
     pub pairs: Option<u16>,
     /// Overall wait for one control command.
     pub ctrl_timeout: Duration,
-    /// After DRIVER_OK, send MQ VQ_PAIRS_SET when more than one pair is used.
+    /// After DRIVER_OK, send MQ VQ_PAIRS_SET when more than one pair is used
+    /// (with [`EnableOrder::Qemu`], whenever MQ is negotiated). With
+    /// [`EnableOrder::VirtioUser`] and `false`, pairs beyond the first stay
+    /// disabled (see [`NetDriver::set_pair_enabled`]).
     pub set_mq_pairs: bool,
+    /// When queues are enabled relative to DRIVER_OK.
+    pub enable_order: EnableOrder,
 }
 
 impl NetDriverConfig {
@@ -134,6 +155,7 @@ impl Default for NetDriverConfig {
             pairs: None,
             ctrl_timeout: Duration::from_secs(2),
             set_mq_pairs: true,
+            enable_order: EnableOrder::VirtioVdpa,
         }
     }
 }
@@ -453,11 +475,8 @@ impl NetDriver {
         match Self::probe_inner(&transport, &cfg, &mut maps) {
             Ok(mut d) => {
                 d.maps = maps;
-                if d.npairs > 1 && d.cvq.is_some() && d.has(vn::VIRTIO_NET_F_MQ) && cfg.set_mq_pairs {
-                    let pairs = d.npairs;
-                    // Drop (reset + unmap) runs if this fails.
-                    d.set_queue_pairs(pairs)?;
-                }
+                // Drop (reset + unmap) runs if this fails.
+                d.after_driver_ok()?;
                 Ok(d)
             }
             Err(e) => {
@@ -473,6 +492,59 @@ impl NetDriver {
                 Err(e)
             }
         }
+    }
+
+    /// What the driver does between DRIVER_OK and having traffic, in its
+    /// [`EnableOrder`].
+    fn after_driver_ok(&mut self) -> Result<(), DriverError> {
+        let mq = self.cvq.is_some() && self.has(vn::VIRTIO_NET_F_MQ) && self.cfg.set_mq_pairs;
+        let t = self.transport.clone();
+        match self.cfg.enable_order {
+            EnableOrder::VirtioVdpa => {
+                if mq && self.npairs > 1 {
+                    self.set_queue_pairs(self.npairs)?;
+                }
+            }
+            EnableOrder::Qemu => {
+                if let Some(vq) = self.cvq_index() {
+                    t.set_vring_enable(vq, true)?;
+                    if self.has(vn::VIRTIO_NET_F_CTRL_MAC_ADDR) {
+                        let (class, cmd) = (vn::VIRTIO_NET_CTRL_MAC as u8, vn::VIRTIO_NET_CTRL_MAC_ADDR_SET as u8);
+                        match self.ctrl(class, cmd, &self.mac.clone())? {
+                            0 => {}
+                            ack => return Err(DriverError::CtrlRefused { class, cmd, ack }),
+                        }
+                    }
+                    if mq {
+                        self.set_queue_pairs(self.npairs)?;
+                    }
+                }
+                for vq in 0..2 * self.npairs as u32 {
+                    t.set_vring_enable(vq, true)?;
+                }
+            }
+            EnableOrder::VirtioUser => {
+                if mq && self.npairs > 1 {
+                    self.set_queue_pairs(self.npairs)?;
+                    for pair in 1..self.npairs {
+                        self.set_pair_enabled(pair, true)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Enable or disable both queues of `pair` (VHOST_VDPA_SET_VRING_ENABLE),
+    /// as DPDK's virtio-user does after DRIVER_OK (VQ_PAIRS_SET, memory
+    /// hotplug). The device stops a disabled queue where it is.
+    pub fn set_pair_enabled(&self, pair: u16, on: bool) -> Result<(), DriverError> {
+        if pair >= self.npairs {
+            return Err(DriverError::InvalidConfig(format!("pair {pair} of {}", self.npairs)));
+        }
+        self.transport.set_vring_enable(2 * pair as u32, on)?;
+        self.transport.set_vring_enable(2 * pair as u32 + 1, on)?;
+        Ok(())
     }
 
     fn probe_inner(
@@ -607,11 +679,20 @@ impl NetDriver {
             maps.push((cvq_asid, cfg.cvq_iova, m.len() as u64));
         }
 
+        // Which queues are enabled before DRIVER_OK; the others follow in
+        // `after_driver_ok`.
+        let enable_now = |vq: u32| match cfg.enable_order {
+            EnableOrder::VirtioVdpa => true,
+            EnableOrder::Qemu => false,
+            EnableOrder::VirtioUser => vq < 2 || vq == cvq_index,
+        };
         let setup = |vq: u32, q: &DriverRing| -> Result<(), DriverError> {
             t.set_vring_num(vq, q.size())?;
             t.set_vring_addr(vq, q.desc_iova(), q.driver_area_iova(), q.device_area_iova())?;
             t.set_vring_base(vq, q.initial_base())?;
-            t.set_vring_enable(vq, true)?;
+            if enable_now(vq) {
+                t.set_vring_enable(vq, true)?;
+            }
             Ok(())
         };
         let mut pairs = Vec::with_capacity(npairs as usize);
@@ -1282,6 +1363,64 @@ mod tests {
         }
         // Two pairs in use: the device is told through the control queue.
         assert_eq!(fake.with(|f| f.ctrl_cmds.clone()), vec![(4, 0, vec![2, 0])]);
+    }
+
+    /// Where each SET_VRING_ENABLE(true) lies relative to DRIVER_OK.
+    fn enables(calls: &[Call]) -> (Vec<u32>, Vec<u32>) {
+        let ok = pos(calls, &Call::SetStatus(0xf));
+        let on = |r: &[Call]| {
+            r.iter().filter_map(|c| if let Call::SetVringEnable(vq, true) = c { Some(*vq) } else { None }).collect()
+        };
+        (on(&calls[..ok]), on(&calls[ok..]))
+    }
+
+    #[test]
+    fn qemu_order_enables_everything_after_driver_ok_cvq_first_with_the_state_replayed() {
+        let fake = FakeTransport::new(2, 2, 2);
+        let d = probe(&fake, NetDriverConfig { enable_order: EnableOrder::Qemu, ..small_cfg() }).unwrap();
+        let calls = fake.calls();
+        let (before, after) = enables(&calls);
+        assert!(before.is_empty(), "{before:?}");
+        assert_eq!(after, vec![4, 0, 1, 2, 3]);
+        // MAC_ADDR_SET with the config MAC, then VQ_PAIRS_SET 2, both before any data queue.
+        let mac = d.mac().to_vec();
+        assert_eq!(fake.with(|f| f.ctrl_cmds.clone()), vec![(1, 1, mac), (4, 0, vec![2, 0])]);
+        let kicks: Vec<usize> =
+            calls.iter().enumerate().filter(|(_, c)| **c == Call::Kick(4)).map(|(i, _)| i).collect();
+        assert_eq!(kicks.len(), 2);
+        assert!(pos(&calls, &Call::SetVringEnable(4, true)) < kicks[0]);
+        assert!(kicks[1] < pos(&calls, &Call::SetVringEnable(0, true)));
+    }
+
+    #[test]
+    fn virtio_user_order_enables_pair_0_and_the_cvq_first_and_the_rest_after_vq_pairs_set() {
+        let fake = FakeTransport::new(3, 2, 2);
+        probe(&fake, NetDriverConfig { enable_order: EnableOrder::VirtioUser, ..small_cfg() }).unwrap();
+        let calls = fake.calls();
+        let (before, after) = enables(&calls);
+        assert_eq!(before, vec![0, 1, 6]);
+        assert_eq!(after, vec![2, 3, 4, 5]);
+        assert_eq!(fake.with(|f| f.ctrl_cmds.clone()), vec![(4, 0, vec![3, 0])]);
+        assert!(pos(&calls, &Call::Kick(6)) < pos(&calls, &Call::SetVringEnable(2, true)));
+        // Without VQ_PAIRS_SET the other pairs stay disabled.
+        let fake = FakeTransport::new(2, 2, 2);
+        let d =
+            probe(&fake, NetDriverConfig { enable_order: EnableOrder::VirtioUser, set_mq_pairs: false, ..small_cfg() })
+                .unwrap();
+        assert_eq!(enables(&fake.calls()), (vec![0, 1, 4], vec![]));
+        d.set_pair_enabled(1, true).unwrap();
+        d.set_pair_enabled(1, false).unwrap();
+        let tail: Vec<Call> = fake.calls().into_iter().rev().take(4).collect();
+        assert_eq!(
+            tail,
+            vec![
+                Call::SetVringEnable(3, false),
+                Call::SetVringEnable(2, false),
+                Call::SetVringEnable(3, true),
+                Call::SetVringEnable(2, true)
+            ]
+        );
+        assert!(matches!(d.set_pair_enabled(2, true), Err(DriverError::InvalidConfig(_))));
     }
 
     #[test]

@@ -763,8 +763,10 @@ mod tests {
                         }
                         _ => Response::ok(id),
                     };
-                    dev.write_response(&resp.encode()).unwrap();
+                    // Recorded before the reply: the test checks `seen` as
+                    // soon as its ioctl returns, which the reply allows.
                     seen.lock().unwrap().push(req);
+                    dev.write_response(&resp.encode()).unwrap();
                 }
             })
         };

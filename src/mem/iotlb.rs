@@ -58,23 +58,25 @@ unsafe impl Send for Mapping {}
 // SAFETY: as above; `&Mapping` only exposes the pointer value.
 unsafe impl Sync for Mapping {}
 
-/// Largest single region we map; the kernel's IOVA space per domain is
-/// about 1.1 GiB, vhost-vdpa regions are what the driver registered.
-const MAX_REGION: u64 = 64 << 30;
-
 impl Mapping {
     /// mmap an [`IotlbRegion`] returned by `IOTLB_GET_FD(2)`.
+    ///
+    /// Any size the kernel hands out is mapped whole: a vhost-vdpa region is
+    /// a VM's RAM block and may be hundreds of GiB. The mapping only reserves
+    /// address space (the file is shared, nothing is copied or committed), so
+    /// the limits are the process's address space and `vm.max_map_count`,
+    /// both reported by mmap itself. Only a range that cannot be expressed
+    /// (`last < start`, or `[0, u64::MAX]`, 2^64 bytes) is refused here.
     pub fn map(region: &IotlbRegion) -> Result<Mapping, MapError> {
-        if region.last < region.start || region.last - region.start >= MAX_REGION {
-            return Err(MapError::BadRange { start: region.start, last: region.last });
-        }
-        let len = region.last - region.start + 1;
+        let bad = || MapError::BadRange { start: region.start, last: region.last };
+        let len = region.last.checked_sub(region.start).and_then(|d| d.checked_add(1)).ok_or_else(bad)?;
         // mmap needs a page-aligned file offset; keep the remainder as a
         // pointer adjustment.
         let page = 4096u64;
         let skew = region.offset % page;
+        let map_len = len.checked_add(skew).and_then(|l| usize::try_from(l).ok()).ok_or_else(bad)?;
         let mut opts = MmapOptions::new();
-        opts.offset(region.offset - skew).len((len + skew) as usize);
+        opts.offset(region.offset - skew).len(map_len);
         let map = if region.perm & VDUSE_ACCESS_WO != 0 {
             opts.map_raw(&region.fd)
         } else {
@@ -106,7 +108,7 @@ impl Mapping {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
-    #[error("region [{start:#x}, {last:#x}] is empty or too large")]
+    #[error("region [{start:#x}, {last:#x}] is inverted or larger than the address space")]
     BadRange { start: u64, last: u64 },
     #[error("mmap of region at {start:#x} failed: {kind:?}")]
     Mmap { start: u64, kind: std::io::ErrorKind },
@@ -675,6 +677,71 @@ mod tests {
         assert_eq!(space.stats.unmaps.load(Ordering::Relaxed), 1);
         assert!(space.snapshot().is_empty());
         drop(reader);
+    }
+
+    /// One file region handed out whole, like a VM's RAM block through
+    /// vhost-vdpa.
+    struct OneRegion {
+        fd: std::os::fd::OwnedFd,
+        start: u64,
+        last: u64,
+    }
+
+    impl RegionSource for OneRegion {
+        fn region(&self, _asid: u32, iova: u64) -> Result<IotlbRegion, VduseError> {
+            if iova < self.start || iova > self.last {
+                return Err(VduseError::os("IOTLB_GET_FD2", Errno::EINVAL));
+            }
+            let fd = self.fd.try_clone().map_err(|_| VduseError::os("IOTLB_GET_FD2", Errno::EBADF))?;
+            Ok(IotlbRegion { fd, offset: 0, start: self.start, last: self.last, perm: VDUSE_ACCESS_RW })
+        }
+    }
+
+    /// Issue 8, fix 6: a region larger than 64 GiB used to be refused
+    /// (`BadRange`), which failed every queue of a VM with that much RAM.
+    /// The memfd is sparse: only the pages written here take memory.
+    #[test]
+    fn a_region_larger_than_64_gib_is_mapped_and_used_at_its_far_end() {
+        use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+        const LEN: u64 = 80 << 30;
+        const START: u64 = 1 << 32;
+        let fd = memfd_create(c"iotlb-80g", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+        nix::unistd::ftruncate(&fd, LEN as i64).unwrap();
+        let far = LEN - 4096 + 100;
+        assert_eq!(nix::sys::uio::pwrite(&fd, b"far end", far as i64).unwrap(), 7);
+        let src = Arc::new(OneRegion { fd, start: START, last: START + LEN - 1 });
+        let iotlb = Iotlb::new(1, src.clone());
+        let space = iotlb.space(0).unwrap();
+        let mut reader = iotlb.qsbr().register();
+        let g = reader.read();
+        let p = space.translate(&g, START + far, 7, Access::Read).unwrap();
+        // SAFETY: translate checked that 7 bytes at p lie in a mapped region.
+        assert_eq!(unsafe { std::slice::from_raw_parts(p, 7) }, b"far end");
+        let w = space.translate(&g, START + 70 * (1 << 30), 5, Access::Write).unwrap();
+        // SAFETY: translate checked 5 writable bytes at w.
+        unsafe { std::ptr::copy_nonoverlapping(b"hello".as_ptr(), w, 5) };
+        let mut back = [0u8; 5];
+        nix::sys::uio::pread(&src.fd, &mut back, 70 * (1 << 30)).unwrap();
+        assert_eq!(&back, b"hello", "written through the shared mapping");
+        assert_eq!(space.snapshot(), vec![(START, START + LEN - 1, VDUSE_ACCESS_RW)], "one mapping, whole");
+    }
+
+    #[test]
+    fn ranges_that_cannot_be_mapped_are_refused_cleanly() {
+        let mem = DmaMemory::new("iotlb-bad", 4096).unwrap();
+        let region = |start: u64, last: u64, offset: u64| IotlbRegion {
+            fd: mem.fd().as_fd().try_clone_to_owned().unwrap(),
+            offset,
+            start,
+            last,
+            perm: VDUSE_ACCESS_RW,
+        };
+        // 2^64 bytes cannot be expressed, let alone mapped.
+        assert!(matches!(Mapping::map(&region(0, u64::MAX, 0)), Err(MapError::BadRange { .. })));
+        assert!(matches!(Mapping::map(&region(0x2000, 0x1fff, 0)), Err(MapError::BadRange { .. })));
+        // Larger than the address space: mmap says no, nothing panics.
+        assert!(Mapping::map(&region(0, u64::MAX - 1, 0)).is_err());
+        assert!(Mapping::map(&region(0x1000, 0x1fff, 0)).is_ok());
     }
 
     /// Regression (issue 8 fix 8): `clear` used to stop at the first space

@@ -15,13 +15,20 @@
 //! - VLAN (§5.1.6.5.3): ADD / DEL, `le16` vid below 4096; needs CTRL_VLAN.
 //! - ANNOUNCE (§5.1.6.5.4): ACK, no data; needs GUEST_ANNOUNCE.
 //! - MQ (§5.1.6.5.5): VQ_PAIRS_SET, `le16` in `1..=max_virtqueue_pairs`; needs MQ.
+//!   RSS_CONFIG (§5.1.6.5.7.1, `struct virtio_net_rss_config`; needs RSS)
+//!   and HASH_CONFIG (§5.1.6.5.6.4, `struct virtio_net_hash_config`; needs
+//!   HASH_REPORT). As in QEMU, each MQ command replaces the multiqueue mode:
+//!   VQ_PAIRS_SET clears RSS and hash configuration, RSS_CONFIG clears the
+//!   hash configuration (and sets the queue pairs to `max_tx_vq`),
+//!   HASH_CONFIG clears RSS.
 //! - GUEST_OFFLOADS (§5.1.6.5.6): SET, `le64` mask of negotiated GUEST_*
 //!   offloads; needs CTRL_GUEST_OFFLOADS.
 //!
-//! Spec-defined commands of features this device never offers (RSS, hash
-//! config, notification coalescing, statistics) are [`CtrlError::Unsupported`].
+//! Spec-defined commands of features this device never offers (notification
+//! coalescing, statistics) are [`CtrlError::Unsupported`].
 
 use super::features as f;
+use super::rss;
 use virtio_bindings::bindings::virtio_net as vn;
 
 pub const VIRTIO_NET_OK: u8 = vn::VIRTIO_NET_OK as u8;
@@ -128,7 +135,104 @@ pub enum CtrlCommand {
     VlanDel(u16),
     AnnounceAck,
     MqPairsSet(u16),
+    RssConfig(RssConfig),
+    HashConfig(HashConfig),
     GuestOffloadsSet(u64),
+}
+
+/// `struct virtio_net_rss_config` (§5.1.6.5.7.1). Parsing guarantees: the
+/// table has a power-of-two length in `1..=rss::MAX_INDIRECTION_TABLE_LEN`,
+/// no queue id has the reserved bit 15 set, the key has at most
+/// `rss::MAX_KEY_SIZE` bytes. Queue ids are receive queue numbers (0 =
+/// receiveq1), the spec's `vq_index_1_16`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RssConfig {
+    pub hash_types: u32,
+    pub indirection_table: Vec<u16>,
+    pub unclassified_queue: u16,
+    pub max_tx_vq: u16,
+    pub key: Vec<u8>,
+}
+
+/// `struct virtio_net_hash_config` (§5.1.6.5.6.4). `reserved` is kept as
+/// sent: the spec asks drivers for zeroes, but Linux fills the bytes that
+/// overlay `virtio_net_rss_config` (max_tx_vq), and QEMU ignores them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HashConfig {
+    pub hash_types: u32,
+    pub reserved: [u8; 8],
+    pub key: Vec<u8>,
+}
+
+const RSS_CMD: &str = "MQ_RSS_CONFIG";
+const HASH_CMD: &str = "MQ_HASH_CONFIG";
+/// Reserved bit of `struct rss_rq_id`.
+const RQ_ID_RESERVED: u16 = 0x8000;
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+/// Parses `virtio_net_rss_config`: lengths are checked from the fields
+/// present before anything is allocated.
+fn parse_rss(data: &[u8]) -> Result<RssConfig, CtrlError> {
+    let short = |expected: usize| CtrlError::BadLength { command: RSS_CMD, expected: expected as u64, got: data.len() };
+    // hash_types, indirection_table_mask, unclassified_queue, then at least
+    // one table entry, max_tx_vq and hash_key_length.
+    if data.len() < 8 + 2 + 3 {
+        return Err(short(8 + 2 + 3));
+    }
+    let hash_types = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+    let mask = le16(data, 4);
+    let entries = mask as usize + 1;
+    if !entries.is_power_of_two() || entries > rss::MAX_INDIRECTION_TABLE_LEN {
+        return Err(CtrlError::OutOfRange { command: RSS_CMD, value: mask.into() });
+    }
+    let unclassified_queue = le16(data, 6);
+    let tail = 8 + 2 * entries;
+    if data.len() < tail + 3 {
+        return Err(short(tail + 3));
+    }
+    let key_len = data[tail + 2] as usize;
+    if key_len > rss::MAX_KEY_SIZE {
+        return Err(CtrlError::OutOfRange { command: RSS_CMD, value: key_len as u64 });
+    }
+    if data.len() != tail + 3 + key_len {
+        return Err(short(tail + 3 + key_len));
+    }
+    let indirection_table: Vec<u16> = data[8..tail].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    if let Some(&q) = indirection_table.iter().chain([&unclassified_queue]).find(|&&q| q & RQ_ID_RESERVED != 0) {
+        return Err(CtrlError::OutOfRange { command: RSS_CMD, value: q.into() });
+    }
+    Ok(RssConfig {
+        hash_types,
+        indirection_table,
+        unclassified_queue,
+        max_tx_vq: le16(data, tail),
+        key: data[tail + 3..].to_vec(),
+    })
+}
+
+fn parse_hash(data: &[u8]) -> Result<HashConfig, CtrlError> {
+    let short =
+        |expected: usize| CtrlError::BadLength { command: HASH_CMD, expected: expected as u64, got: data.len() };
+    if data.len() < 13 {
+        return Err(short(13));
+    }
+    let key_len = data[12] as usize;
+    if key_len > rss::MAX_KEY_SIZE {
+        return Err(CtrlError::OutOfRange { command: HASH_CMD, value: key_len as u64 });
+    }
+    if data.len() != 13 + key_len {
+        return Err(short(13 + key_len));
+    }
+    let mut reserved = [0u8; 8];
+    reserved.copy_from_slice(&data[4..12]);
+    Ok(HashConfig {
+        hash_types: u32::from_le_bytes([data[0], data[1], data[2], data[3]]),
+        reserved,
+        key: data[13..].to_vec(),
+    })
 }
 
 fn exact<const N: usize>(command: &'static str, data: &[u8]) -> Result<[u8; N], CtrlError> {
@@ -209,7 +313,8 @@ impl CtrlCommand {
                     }
                     Ok(CtrlCommand::MqPairsSet(n))
                 }
-                CMD_MQ_RSS_CONFIG | CMD_MQ_HASH_CONFIG => Err(CtrlError::Unsupported { class, cmd }),
+                CMD_MQ_RSS_CONFIG => Ok(CtrlCommand::RssConfig(parse_rss(data)?)),
+                CMD_MQ_HASH_CONFIG => Ok(CtrlCommand::HashConfig(parse_hash(data)?)),
                 _ => Err(unknown),
             },
             CLASS_GUEST_OFFLOADS => match cmd {
@@ -248,6 +353,28 @@ impl CtrlCommand {
             CtrlCommand::VlanDel(v) => (CLASS_VLAN, CMD_VLAN_DEL, v.to_le_bytes().to_vec()),
             CtrlCommand::AnnounceAck => (CLASS_ANNOUNCE, CMD_ANNOUNCE_ACK, Vec::new()),
             CtrlCommand::MqPairsSet(n) => (CLASS_MQ, CMD_MQ_VQ_PAIRS_SET, n.to_le_bytes().to_vec()),
+            CtrlCommand::RssConfig(r) => {
+                // A hand-built table of a length parse() refuses still
+                // encodes its real length - 1 as the mask (saturated).
+                let mask = r.indirection_table.len().saturating_sub(1).min(u16::MAX as usize) as u16;
+                let mut d = Vec::with_capacity(11 + 2 * r.indirection_table.len() + r.key.len());
+                d.extend_from_slice(&r.hash_types.to_le_bytes());
+                d.extend_from_slice(&mask.to_le_bytes());
+                d.extend_from_slice(&r.unclassified_queue.to_le_bytes());
+                r.indirection_table.iter().for_each(|q| d.extend_from_slice(&q.to_le_bytes()));
+                d.extend_from_slice(&r.max_tx_vq.to_le_bytes());
+                d.push(r.key.len().min(u8::MAX as usize) as u8);
+                d.extend_from_slice(&r.key);
+                (CLASS_MQ, CMD_MQ_RSS_CONFIG, d)
+            }
+            CtrlCommand::HashConfig(h) => {
+                let mut d = Vec::with_capacity(13 + h.key.len());
+                d.extend_from_slice(&h.hash_types.to_le_bytes());
+                d.extend_from_slice(&h.reserved);
+                d.push(h.key.len().min(u8::MAX as usize) as u8);
+                d.extend_from_slice(&h.key);
+                (CLASS_MQ, CMD_MQ_HASH_CONFIG, d)
+            }
             CtrlCommand::GuestOffloadsSet(o) => {
                 (CLASS_GUEST_OFFLOADS, CMD_GUEST_OFFLOADS_SET, o.to_le_bytes().to_vec())
             }
@@ -272,6 +399,8 @@ impl CtrlCommand {
             CtrlCommand::VlanDel(_) => "VLAN_DEL",
             CtrlCommand::AnnounceAck => "ANNOUNCE_ACK",
             CtrlCommand::MqPairsSet(_) => "MQ_VQ_PAIRS_SET",
+            CtrlCommand::RssConfig(_) => RSS_CMD,
+            CtrlCommand::HashConfig(_) => HASH_CMD,
             CtrlCommand::GuestOffloadsSet(_) => "GUEST_OFFLOADS_SET",
         }
     }
@@ -289,6 +418,8 @@ impl CtrlCommand {
             CtrlCommand::VlanAdd(_) | CtrlCommand::VlanDel(_) => f::CTRL_VLAN,
             CtrlCommand::AnnounceAck => f::GUEST_ANNOUNCE,
             CtrlCommand::MqPairsSet(_) => f::MQ,
+            CtrlCommand::RssConfig(_) => f::RSS,
+            CtrlCommand::HashConfig(_) => f::HASH_REPORT,
             CtrlCommand::GuestOffloadsSet(_) => f::CTRL_GUEST_OFFLOADS,
         }
     }
@@ -314,7 +445,16 @@ pub enum CtrlEffect {
     /// config space when VIRTIO_NET_F_MAC was negotiated (§5.1.6.5.2.1).
     MacChanged(Mac),
     /// Only the first `n` queue pairs may be used from now on (§5.1.6.5.5).
+    /// RSS and hash-report configuration were cleared: publish a new
+    /// `rss::Steering::from_ctrl` (now `None`).
     PairsChanged(u16),
+    /// RSS configuration set (`CtrlState::rss`): publish a new
+    /// `rss::Steering`; the transmit queues in use are now the first `n`
+    /// (`max_tx_vq`).
+    RssChanged(u16),
+    /// Hash-report configuration set (`CtrlState::hash_config`), RSS off:
+    /// publish a new `rss::Steering`.
+    HashChanged,
     /// Clear VIRTIO_NET_S_ANNOUNCE in config space (§5.1.6.5.4).
     AnnounceAcked,
     /// The enabled guest offloads are now this mask.
@@ -355,14 +495,17 @@ pub struct CtrlState {
     queue_pairs: u16,
     guest_offloads: u64,
     announce_pending: bool,
+    rss: Option<RssConfig>,
+    hash: Option<HashConfig>,
 }
 
 impl CtrlState {
     /// The state after reset, for a driver that negotiated `negotiated`:
     /// promiscuous (so a driver without CTRL_RX sees every frame, as with
     /// QEMU's virtio-net), empty MAC tables (§5.1.6.5.2.1), empty VLAN table
-    /// (only consulted with CTRL_VLAN), one queue pair (§5.1.6.5.5), and every
-    /// negotiated guest offload enabled (§5.1.6.5.6).
+    /// (only consulted with CTRL_VLAN), one queue pair (§5.1.6.5.5), every
+    /// negotiated guest offload enabled (§5.1.6.5.6), and no RSS or hash
+    /// calculation (§5.1.6.5.6.4: "initially ... all hash types disabled").
     pub fn new(mac: Mac, negotiated: u64) -> Self {
         CtrlState {
             rx: RxFlags { promisc: true, ..RxFlags::default() },
@@ -375,6 +518,8 @@ impl CtrlState {
             queue_pairs: 1,
             guest_offloads: negotiated & f::GUEST_OFFLOAD_MASK,
             announce_pending: false,
+            rss: None,
+            hash: None,
         }
     }
 
@@ -413,6 +558,15 @@ impl CtrlState {
     }
     pub fn announce_pending(&self) -> bool {
         self.announce_pending
+    }
+    /// The RSS configuration in force (last MQ command was RSS_CONFIG).
+    pub fn rss(&self) -> Option<&RssConfig> {
+        self.rss.as_ref()
+    }
+    /// The hash-report configuration in force (last MQ command was
+    /// HASH_CONFIG).
+    pub fn hash_config(&self) -> Option<&HashConfig> {
+        self.hash.as_ref()
     }
 
     /// The device wants the driver to announce itself (e.g. after the backend
@@ -502,7 +656,40 @@ impl CtrlState {
                     return Err(CtrlError::OutOfRange { command: "MQ_VQ_PAIRS_SET", value: n.into() });
                 }
                 self.queue_pairs = n;
+                self.rss = None;
+                self.hash = None;
                 CtrlEffect::PairsChanged(n)
+            }
+            CtrlCommand::RssConfig(r) => {
+                check_hash_types(RSS_CMD, r.hash_types)?;
+                let oor = |v: u16| CtrlError::OutOfRange { command: RSS_CMD, value: v.into() };
+                if r.max_tx_vq < PAIRS_MIN || r.max_tx_vq > max_pairs {
+                    return Err(oor(r.max_tx_vq));
+                }
+                // Hand-built commands bypass parse(): recheck its guarantees.
+                let n = r.indirection_table.len();
+                if !n.is_power_of_two() || n > rss::MAX_INDIRECTION_TABLE_LEN || r.key.len() > rss::MAX_KEY_SIZE {
+                    return Err(CtrlError::OutOfRange { command: RSS_CMD, value: n as u64 });
+                }
+                // Every queue named must exist (a queue not yet enabled by
+                // the driver drops what is steered to it, §5.1.6.5.7.2).
+                if let Some(&q) = r.indirection_table.iter().chain([&r.unclassified_queue]).find(|&&q| q >= max_pairs) {
+                    return Err(oor(q));
+                }
+                let pairs = r.max_tx_vq;
+                self.queue_pairs = pairs;
+                self.rss = Some(r);
+                self.hash = None;
+                CtrlEffect::RssChanged(pairs)
+            }
+            CtrlCommand::HashConfig(h) => {
+                check_hash_types(HASH_CMD, h.hash_types)?;
+                if h.key.len() > rss::MAX_KEY_SIZE {
+                    return Err(CtrlError::OutOfRange { command: HASH_CMD, value: h.key.len() as u64 });
+                }
+                self.hash = Some(h);
+                self.rss = None;
+                CtrlEffect::HashChanged
             }
             CtrlCommand::GuestOffloadsSet(o) => {
                 // §5.1.6.5.6.2: only offloads whose feature was negotiated.
@@ -541,6 +728,15 @@ impl CtrlState {
     }
 }
 
+/// "A driver MUST NOT set any VIRTIO_NET_HASH_TYPE_ flags that are not
+/// supported by a device" (§5.1.6.5.7.1): refuse them.
+fn check_hash_types(command: &'static str, types: u32) -> Result<(), CtrlError> {
+    if types & !rss::SUPPORTED_HASH_TYPES != 0 {
+        return Err(CtrlError::OutOfRange { command, value: types.into() });
+    }
+    Ok(())
+}
+
 /// A MAC address as a number, for compact comparisons and error values.
 #[inline]
 pub fn mac_u64(m: &Mac) -> u64 {
@@ -551,8 +747,22 @@ pub fn mac_u64(m: &Mac) -> u64 {
 mod tests {
     use super::*;
 
-    const ALL: u64 = f::OFFERED;
+    const ALL: u64 = f::SUPPORTED | f::RSS | f::HASH_REPORT;
     const MAC0: Mac = [0x52, 0x54, 0, 0, 0, 1];
+
+    fn rss_cfg(table: Vec<u16>, max_tx_vq: u16, key_len: usize) -> RssConfig {
+        RssConfig {
+            hash_types: rss::HASH_TYPE_TCPV4 | rss::HASH_TYPE_IPV6,
+            indirection_table: table,
+            unclassified_queue: 1,
+            max_tx_vq,
+            key: (0..key_len as u8).collect(),
+        }
+    }
+
+    fn hash_cfg(reserved: [u8; 8], key_len: usize) -> HashConfig {
+        HashConfig { hash_types: rss::SUPPORTED_HASH_TYPES, reserved, key: vec![0x6d; key_len] }
+    }
 
     fn samples() -> Vec<CtrlCommand> {
         let mut v: Vec<CtrlCommand> = RxMode::ALL
@@ -573,6 +783,11 @@ mod tests {
             CtrlCommand::AnnounceAck,
             CtrlCommand::MqPairsSet(1),
             CtrlCommand::MqPairsSet(0x8000),
+            CtrlCommand::RssConfig(rss_cfg(vec![0], 1, 0)),
+            CtrlCommand::RssConfig(rss_cfg(vec![0, 1, 2, 3], 4, 40)),
+            CtrlCommand::RssConfig(rss_cfg((0..128).map(|i| i % 3).collect(), 3, 13)),
+            CtrlCommand::HashConfig(hash_cfg([0; 8], 40)),
+            CtrlCommand::HashConfig(hash_cfg([0, 0, 0, 0, 0, 0, 4, 0], 0)),
             CtrlCommand::GuestOffloadsSet(0),
             CtrlCommand::GuestOffloadsSet(u64::MAX),
         ]);
@@ -672,7 +887,7 @@ mod tests {
             CtrlCommand::parse(CLASS_GUEST_OFFLOADS, 1, &[0; 8]),
             Err(CtrlError::UnknownCommand { class: CLASS_GUEST_OFFLOADS, cmd: 1 })
         );
-        for (class, cmd) in [(CLASS_MQ, CMD_MQ_RSS_CONFIG), (CLASS_MQ, CMD_MQ_HASH_CONFIG), (6, 0), (8, 1)] {
+        for (class, cmd) in [(6, 0), (8, 1)] {
             assert_eq!(CtrlCommand::parse(class, cmd, &[]), Err(CtrlError::Unsupported { class, cmd }));
         }
     }
@@ -692,6 +907,8 @@ mod tests {
             (CtrlCommand::VlanDel(1), f::CTRL_VLAN),
             (CtrlCommand::AnnounceAck, f::GUEST_ANNOUNCE),
             (CtrlCommand::MqPairsSet(1), f::MQ),
+            (CtrlCommand::RssConfig(rss_cfg(vec![0, 1], 2, 40)), f::RSS),
+            (CtrlCommand::HashConfig(hash_cfg([0; 8], 40)), f::HASH_REPORT),
             (CtrlCommand::GuestOffloadsSet(0), f::CTRL_GUEST_OFFLOADS),
         ];
         for (c, feat) in cases {
@@ -845,5 +1062,106 @@ mod tests {
             assert_eq!(ack(&r), VIRTIO_NET_ERR, "{bad:?}");
             assert_eq!(s, before, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn rss_config_wire_layout() {
+        // virtio_net_rss_config: le32 hash_types, le16 mask, le16
+        // unclassified, le16 table[mask + 1], le16 max_tx_vq, u8 key length, key.
+        let c = CtrlCommand::RssConfig(RssConfig {
+            hash_types: 0x0102_0304,
+            indirection_table: vec![0x0a, 0x0b],
+            unclassified_queue: 0x0c,
+            max_tx_vq: 0x0d,
+            key: vec![0xee, 0xff],
+        });
+        let want = [4, 1, 4, 3, 2, 1, 1, 0, 0x0c, 0, 0x0a, 0, 0x0b, 0, 0x0d, 0, 2, 0xee, 0xff];
+        assert_eq!(c.encode_message(), want);
+        assert_eq!(CtrlCommand::parse_message(&want), Ok(c));
+        // virtio_net_hash_config: le32 hash_types, le16 reserved[4], u8 key length, key.
+        let h = CtrlCommand::HashConfig(HashConfig { hash_types: 0x1ff, reserved: [9; 8], key: vec![7] });
+        assert_eq!(h.encode_message(), [4, 2, 0xff, 1, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 1, 7]);
+    }
+
+    #[test]
+    fn rss_parse_refusals() {
+        let oor =
+            |d: &[u8]| matches!(CtrlCommand::parse(CLASS_MQ, CMD_MQ_RSS_CONFIG, d), Err(CtrlError::OutOfRange { .. }));
+        let good = CtrlCommand::RssConfig(rss_cfg(vec![0, 1, 2, 3], 4, 40)).encode().2;
+        assert!(CtrlCommand::parse(CLASS_MQ, CMD_MQ_RSS_CONFIG, &good).is_ok());
+        // Table lengths that are not powers of two, or above the maximum.
+        for mask in [2u16, 4, 126, 255, 0xffff] {
+            let mut d = good.clone();
+            d[4..6].copy_from_slice(&mask.to_le_bytes());
+            assert!(oor(&d), "mask {mask}");
+        }
+        // A maximum-size table parses; a huge mask is refused before any
+        // allocation or length arithmetic.
+        let max = CtrlCommand::RssConfig(rss_cfg(vec![0; rss::MAX_INDIRECTION_TABLE_LEN], 1, 40)).encode().2;
+        assert!(CtrlCommand::parse(CLASS_MQ, CMD_MQ_RSS_CONFIG, &max).is_ok());
+        // Reserved bit of a queue id, in the table and in unclassified_queue.
+        let mut d = good.clone();
+        d[9] = 0x80;
+        assert!(oor(&d));
+        let mut d = good.clone();
+        d[7] = 0x80;
+        assert!(oor(&d));
+        // Key longer than rss_max_key_size.
+        let long = CtrlCommand::RssConfig(rss_cfg(vec![0], 1, 41)).encode().2;
+        assert!(oor(&long));
+        let long = CtrlCommand::HashConfig(hash_cfg([0; 8], 41)).encode().2;
+        assert!(matches!(CtrlCommand::parse(CLASS_MQ, CMD_MQ_HASH_CONFIG, &long), Err(CtrlError::OutOfRange { .. })));
+        // The key length byte disagrees with the bytes present.
+        let mut d = good.clone();
+        let kl = d.len() - 41;
+        d[kl] = 39;
+        assert!(is_bad_length(CtrlCommand::parse(CLASS_MQ, CMD_MQ_RSS_CONFIG, &d)));
+        // Every truncation is an error.
+        for cut in 0..good.len() {
+            assert!(CtrlCommand::parse(CLASS_MQ, CMD_MQ_RSS_CONFIG, &good[..cut]).is_err(), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn rss_apply_and_mode_switches() {
+        let mut s = CtrlState::new(MAC0, ALL);
+        assert!(s.rss().is_none() && s.hash_config().is_none());
+        let r = rss_cfg(vec![0, 1, 2, 3], 3, 40);
+        assert_eq!(s.apply(CtrlCommand::RssConfig(r.clone()), ALL, 4), Ok(CtrlEffect::RssChanged(3)));
+        assert_eq!(s.rss(), Some(&r));
+        assert_eq!(s.queue_pairs(), 3);
+        // Refusals leave the state as it was.
+        let before = s.clone();
+        for bad in [
+            rss_cfg(vec![0, 1, 2, 4], 3, 40),                               // queue 4 of 4
+            RssConfig { unclassified_queue: 4, ..rss_cfg(vec![0], 1, 40) }, // unclassified 4 of 4
+            rss_cfg(vec![0], 0, 40),                                        // max_tx_vq 0
+            rss_cfg(vec![0], 5, 40),                                        // max_tx_vq 5 of 4
+            RssConfig { hash_types: 1 << 9, ..rss_cfg(vec![0], 1, 40) },    // unknown hash type
+            rss_cfg(vec![0, 1, 2], 1, 40),                                  // hand-built: not a power of two
+            rss_cfg(vec![0], 1, 41),                                        // hand-built: key too long
+        ] {
+            assert!(
+                matches!(s.apply(CtrlCommand::RssConfig(bad.clone()), ALL, 4), Err(CtrlError::OutOfRange { .. })),
+                "{bad:?}"
+            );
+            assert_eq!(s, before, "{bad:?}");
+        }
+        let bad_hash = HashConfig { hash_types: 1 << 12, ..hash_cfg([0; 8], 4) };
+        assert!(s.apply(CtrlCommand::HashConfig(bad_hash), ALL, 4).is_err());
+        assert_eq!(s, before);
+        // HASH_CONFIG replaces RSS, keeps the queue pairs.
+        let h = hash_cfg([0; 8], 40);
+        assert_eq!(s.apply(CtrlCommand::HashConfig(h.clone()), ALL, 4), Ok(CtrlEffect::HashChanged));
+        assert_eq!((s.rss(), s.hash_config(), s.queue_pairs()), (None, Some(&h), 3));
+        // RSS_CONFIG replaces the hash config; VQ_PAIRS_SET clears both.
+        s.apply(CtrlCommand::RssConfig(r.clone()), ALL, 4).unwrap();
+        assert_eq!((s.rss(), s.hash_config()), (Some(&r), None));
+        s.apply(CtrlCommand::HashConfig(h), ALL, 4).unwrap();
+        assert_eq!(s.apply(CtrlCommand::MqPairsSet(2), ALL, 4), Ok(CtrlEffect::PairsChanged(2)));
+        assert_eq!((s.rss(), s.hash_config()), (None, None));
+        s.apply(CtrlCommand::RssConfig(r), ALL, 4).unwrap();
+        s.apply(CtrlCommand::MqPairsSet(2), ALL, 4).unwrap();
+        assert!(s.rss().is_none());
     }
 }

@@ -54,23 +54,178 @@ pub const ACCESS_PLATFORM: u64 = bit(cfg::VIRTIO_F_ACCESS_PLATFORM);
 pub const RING_PACKED: u64 = bit(cfg::VIRTIO_F_RING_PACKED);
 pub const IN_ORDER: u64 = bit(cfg::VIRTIO_F_IN_ORDER);
 
-/// What this device offers. No checksum/GSO offloads: frames are always
-/// complete on both paths, which keeps the dataplane copy-only.
-pub const OFFERED: u64 = VERSION_1
-    | ACCESS_PLATFORM
-    | INDIRECT_DESC
-    | EVENT_IDX
-    | MAC
-    | STATUS
+pub const ANY_LAYOUT: u64 = bit(cfg::VIRTIO_F_ANY_LAYOUT);
+pub const ORDER_PLATFORM: u64 = bit(cfg::VIRTIO_F_ORDER_PLATFORM);
+
+/// How the device stands to one feature it implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Support {
+    /// Always offered: VDUSE refuses a device without it.
+    Required,
+    /// In the default offer; `--features -NAME` removes it.
+    Default,
+    /// Implemented, offered only with `--features +NAME`.
+    Optional,
+}
+
+/// One feature the device can offer, for `vduse-net features` and
+/// `--features`.
+#[derive(Clone, Copy, Debug)]
+pub struct Feature {
+    pub mask: u64,
+    /// Name on the command line: the spec's name without its prefix, lower case.
+    pub name: &'static str,
+    /// One line for `vduse-net features`.
+    pub meaning: &'static str,
+    pub support: Support,
+}
+
+const fn feat(mask: u64, name: &'static str, support: Support, meaning: &'static str) -> Feature {
+    Feature { mask, name, meaning, support }
+}
+
+/// Everything this device implements. Feature sets are data: the default
+/// offer, the `--features` choices and the QEMU notes are all derived from
+/// this table and the QEMU tables below, not written out elsewhere.
+///
+/// The default offer is one QEMU accepts for shadowing the control queue in
+/// its own address space and for `x-svq=on` (live migration): no
+/// INDIRECT_DESC, no GUEST_ANNOUNCE (see [`qemu_shadow_refuses`]). No
+/// checksum/GSO offloads either: frames are complete on both paths, which
+/// keeps the dataplane copy-only.
+pub const CATALOG: &[Feature] = &[
+    feat(
+        VERSION_1,
+        "version_1",
+        Support::Required,
+        "virtio 1.x device (little endian, 12-byte net header); VDUSE requires it",
+    ),
+    feat(
+        ACCESS_PLATFORM,
+        "access_platform",
+        Support::Required,
+        "buffers are addressed through the IOTLB (IOVAs), as VDUSE requires",
+    ),
+    feat(EVENT_IDX, "event_idx", Support::Default, "used/avail event indices suppress kicks and interrupts"),
+    feat(INDIRECT_DESC, "indirect_desc", Support::Optional, "chains may point at indirect descriptor tables"),
+    feat(MAC, "mac", Support::Default, "config space carries the device's MAC address (--mac)"),
+    feat(STATUS, "status", Support::Default, "config space carries the link status"),
+    feat(MTU, "mtu", Support::Default, "config space advertises the MTU (--mtu)"),
+    feat(
+        CTRL_VQ,
+        "ctrl_vq",
+        Support::Default,
+        "control virtqueue, in its own vq group (a VMM can give it its own address space)",
+    ),
+    feat(CTRL_RX, "ctrl_rx", Support::Default, "control queue: promiscuous and all-multicast RX modes"),
+    feat(
+        CTRL_RX_EXTRA,
+        "ctrl_rx_extra",
+        Support::Default,
+        "control queue: all-unicast, no-multicast, no-unicast, no-broadcast",
+    ),
+    feat(CTRL_VLAN, "ctrl_vlan", Support::Default, "control queue: VLAN filter table"),
+    feat(CTRL_MAC_ADDR, "ctrl_mac_addr", Support::Default, "control queue: set the MAC address"),
+    feat(
+        CTRL_GUEST_OFFLOADS,
+        "ctrl_guest_offloads",
+        Support::Default,
+        "control queue: guest offload switching (no offloads are offered)",
+    ),
+    feat(MQ, "mq", Support::Default, "several queue pairs (--queues), chosen by the driver with VQ_PAIRS_SET"),
+    feat(
+        GUEST_ANNOUNCE,
+        "guest_announce",
+        Support::Optional,
+        "the device may ask the driver to announce itself (gratuitous ARP)",
+    ),
+    feat(
+        RING_PACKED,
+        "ring_packed",
+        Support::Optional,
+        "packed virtqueues (virtio 1.3 §2.8) instead of split ones; `--ring packed` is the same",
+    ),
+];
+
+const fn fold(support: Support) -> u64 {
+    let mut m = 0;
+    let mut i = 0;
+    while i < CATALOG.len() {
+        if CATALOG[i].support as u8 == support as u8 {
+            m |= CATALOG[i].mask;
+        }
+        i += 1;
+    }
+    m
+}
+
+/// Offered whatever the user asks.
+pub const REQUIRED: u64 = fold(Support::Required);
+/// What the device offers without `--features`.
+pub const DEFAULT_OFFER: u64 = REQUIRED | fold(Support::Default);
+/// Everything the device can offer.
+pub const SUPPORTED: u64 = DEFAULT_OFFER | fold(Support::Optional);
+
+/// Device feature bits QEMU's shadow virtqueues accept
+/// (`vdpa_svq_device_features` in QEMU 10.0's net/vhost-vdpa.c). QEMU shadows
+/// the control queue in its own address space, and runs `x-svq=on` (its
+/// live-migration path), only when every negotiated device feature is here.
+pub const QEMU_SVQ_DEVICE: u64 = CSUM
+    | GUEST_CSUM
+    | CTRL_GUEST_OFFLOADS
     | MTU
-    | MQ
+    | MAC
+    | GUEST_TSO4
+    | GUEST_TSO6
+    | GUEST_ECN
+    | GUEST_UFO
+    | HOST_TSO4
+    | HOST_TSO6
+    | HOST_ECN
+    | HOST_UFO
+    | MRG_RXBUF
+    | STATUS
     | CTRL_VQ
     | CTRL_RX
-    | CTRL_RX_EXTRA
     | CTRL_VLAN
+    | CTRL_RX_EXTRA
+    | MQ
+    | ANY_LAYOUT
     | CTRL_MAC_ADDR
-    | GUEST_ANNOUNCE
-    | CTRL_GUEST_OFFLOADS;
+    | HASH_REPORT
+    | RSS
+    | RSC_EXT
+    | STANDBY
+    | SPEED_DUPLEX;
+
+/// Transport bits (28..=41) a shadow virtqueue accepts
+/// (`vhost_svq_valid_features` in QEMU 10.0): INDIRECT_DESC, RING_PACKED,
+/// IN_ORDER and the rest make QEMU refuse to shadow (newer QEMU development
+/// trees accept INDIRECT_DESC too).
+pub const QEMU_SVQ_TRANSPORT: u64 = EVENT_IDX | VERSION_1 | ACCESS_PLATFORM | ORDER_PLATFORM;
+
+const TRANSPORT_BITS: u64 =
+    ((1u64 << (cfg::VIRTIO_TRANSPORT_F_END + 1)) - 1) & !((1u64 << cfg::VIRTIO_TRANSPORT_F_START) - 1);
+
+/// The bits of `features` that stop QEMU from shadowing virtqueues: with any
+/// of them negotiated QEMU passes the control queue through unshadowed (no
+/// address-space isolation), refuses `x-svq=on`, and cannot migrate the VM.
+pub fn qemu_shadow_refuses(features: u64) -> u64 {
+    (features & TRANSPORT_BITS & !QEMU_SVQ_TRANSPORT) | (features & !TRANSPORT_BITS & !QEMU_SVQ_DEVICE)
+}
+
+/// A log line for an offer QEMU cannot shadow, or `None` when it can.
+pub fn qemu_shadow_note(offer: u64) -> Option<String> {
+    let bad = qemu_shadow_refuses(offer);
+    (bad != 0).then(|| {
+        format!(
+            "offering {} (outside what QEMU's shadow virtqueues accept): when the guest accepts them, QEMU \
+             will not shadow the control queue in its own address space, x-svq=on fails, and the VM cannot \
+             be live-migrated",
+            names(bad).join(", ")
+        )
+    })
+}
 
 /// Features that only add control-queue commands or need the control queue
 /// to be configured; meaningless (and, where §5.1.3.1 says so, invalid)
@@ -190,16 +345,18 @@ const NAMES: &[(u64, &str)] = &[
     (MQ, "MQ"),
     (CTRL_MAC_ADDR, "CTRL_MAC_ADDR"),
     (bit(cfg::VIRTIO_F_NOTIFY_ON_EMPTY), "NOTIFY_ON_EMPTY"),
-    (bit(cfg::VIRTIO_F_ANY_LAYOUT), "ANY_LAYOUT"),
-    (INDIRECT_DESC, "RING_INDIRECT_DESC"),
-    (EVENT_IDX, "RING_EVENT_IDX"),
+    (ANY_LAYOUT, "ANY_LAYOUT"),
+    (INDIRECT_DESC, "INDIRECT_DESC"),
+    (EVENT_IDX, "EVENT_IDX"),
     (VERSION_1, "VERSION_1"),
     (ACCESS_PLATFORM, "ACCESS_PLATFORM"),
     (RING_PACKED, "RING_PACKED"),
     (IN_ORDER, "IN_ORDER"),
-    (bit(cfg::VIRTIO_F_ORDER_PLATFORM), "ORDER_PLATFORM"),
+    (ORDER_PLATFORM, "ORDER_PLATFORM"),
     (bit(cfg::VIRTIO_F_SR_IOV), "SR_IOV"),
     (bit(cfg::VIRTIO_F_NOTIFICATION_DATA), "NOTIFICATION_DATA"),
+    (bit(cfg::VIRTIO_F_RING_RESET), "RING_RESET"),
+    (bit(cfg::VIRTIO_F_ADMIN_VQ), "ADMIN_VQ"),
     (DEVICE_STATS, "DEVICE_STATS"),
     (VQ_NOTF_COAL, "VQ_NOTF_COAL"),
     (NOTF_COAL, "NOTF_COAL"),
@@ -236,6 +393,73 @@ pub fn describe(features: u64) -> String {
     format!("{features:#018x} [{}]", parts.join(" "))
 }
 
+/// Why a `--features` list was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SelectError {
+    #[error("unknown feature {0:?} (`vduse-net features` lists them)")]
+    Unknown(String),
+    #[error("feature {0} is known but this device does not implement it")]
+    NotImplemented(String),
+    #[error("feature {0} cannot be removed: VDUSE requires it")]
+    Required(&'static str),
+    #[error("feature list {0:?} has an empty item (expected +NAME or -NAME, comma separated)")]
+    Empty(String),
+    #[error("feature {feature} needs {requires}, which the list removes")]
+    MissingDependency { feature: &'static str, requires: &'static str },
+}
+
+/// The catalog entry called `name`: the spec's name with or without its
+/// `VIRTIO_NET_F_`/`VIRTIO_F_`/`VIRTIO_RING_F_` prefix, any case.
+pub fn lookup(name: &str) -> Result<&'static Feature, SelectError> {
+    let up = name.trim().to_ascii_uppercase();
+    let bare = ["VIRTIO_NET_F_", "VIRTIO_RING_F_", "VIRTIO_F_"].iter().find_map(|p| up.strip_prefix(p)).unwrap_or(&up);
+    if let Some(f) = CATALOG.iter().find(|f| f.name.eq_ignore_ascii_case(bare)) {
+        return Ok(f);
+    }
+    if NAMES.iter().any(|(_, n)| *n == bare) {
+        return Err(SelectError::NotImplemented(bare.to_ascii_lowercase()));
+    }
+    Err(SelectError::Unknown(name.trim().to_string()))
+}
+
+/// Apply a `--features` list to `base`: comma-separated `+name` (add),
+/// `-name` (remove) or `name` (add), left to right. Removing `ctrl_vq`
+/// removes the control-queue features that need it, as `--no-ctrl-vq` does;
+/// adding one of those back without `ctrl_vq` is refused. The result is a
+/// self-consistent offer (every dependency of §5.1.3.1 present).
+pub fn select(base: u64, list: &str) -> Result<u64, SelectError> {
+    let mut offer = base | REQUIRED;
+    for item in list.split(',') {
+        let item = item.trim();
+        let (add, name) = match item.as_bytes().first() {
+            Some(b'+') => (true, &item[1..]),
+            Some(b'-') => (false, &item[1..]),
+            _ => (true, item),
+        };
+        if name.trim().is_empty() {
+            return Err(SelectError::Empty(list.to_string()));
+        }
+        let f = lookup(name)?;
+        if add {
+            offer |= f.mask;
+        } else if f.support == Support::Required {
+            return Err(SelectError::Required(f.name));
+        } else if f.mask == CTRL_VQ {
+            offer = without_ctrl_vq(offer);
+        } else {
+            offer &= !f.mask;
+        }
+    }
+    match validate_driver_features(offer, offer) {
+        Ok(()) => Ok(offer),
+        Err(FeatureError::MissingDependency { feature, requires }) => {
+            Err(SelectError::MissingDependency { feature, requires })
+        }
+        // `offer` is offered by construction and always holds VERSION_1.
+        Err(e) => unreachable!("{e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,23 +478,88 @@ mod tests {
     }
 
     #[test]
-    fn offered_set_is_self_consistent() {
+    fn offers_are_self_consistent_and_derived_from_the_catalog() {
         // A device must not offer a feature whose dependency it does not offer.
-        validate_driver_features(OFFERED, OFFERED).unwrap();
-        validate_driver_features(without_ctrl_vq(OFFERED), without_ctrl_vq(OFFERED)).unwrap();
+        for offer in [DEFAULT_OFFER, SUPPORTED, without_ctrl_vq(DEFAULT_OFFER), without_ctrl_vq(SUPPORTED)] {
+            validate_driver_features(offer, offer).unwrap();
+        }
         // No offloads: the dataplane never parses GSO/csum metadata.
-        assert_eq!(OFFERED & (CSUM | GUEST_CSUM | MRG_RXBUF | HOST_TSO4 | GUEST_TSO4), 0);
-        for f in [VERSION_1, ACCESS_PLATFORM, MAC, STATUS, MTU, MQ, CTRL_VQ, CTRL_RX, CTRL_RX_EXTRA] {
-            assert_ne!(OFFERED & f, 0, "{:?}", name(f));
+        assert_eq!(SUPPORTED & (CSUM | GUEST_CSUM | MRG_RXBUF | HOST_TSO4 | GUEST_TSO4), 0);
+        for f in [VERSION_1, ACCESS_PLATFORM, MAC, STATUS, MTU, MQ, CTRL_VQ, CTRL_RX, CTRL_RX_EXTRA, EVENT_IDX] {
+            assert_ne!(DEFAULT_OFFER & f, 0, "{:?}", name(f));
         }
-        for f in [CTRL_VLAN, CTRL_MAC_ADDR, GUEST_ANNOUNCE, CTRL_GUEST_OFFLOADS, EVENT_IDX, INDIRECT_DESC] {
-            assert_ne!(OFFERED & f, 0, "{:?}", name(f));
+        for f in [CTRL_VLAN, CTRL_MAC_ADDR, CTRL_GUEST_OFFLOADS] {
+            assert_ne!(DEFAULT_OFFER & f, 0, "{:?}", name(f));
         }
+        assert_eq!(REQUIRED, VERSION_1 | ACCESS_PLATFORM);
+        assert_eq!(SUPPORTED & !DEFAULT_OFFER, INDIRECT_DESC | GUEST_ANNOUNCE | RING_PACKED);
+        // Every catalog entry has a distinct mask and a spec name.
+        for (i, f) in CATALOG.iter().enumerate() {
+            assert_eq!(f.mask.count_ones(), 1, "{}", f.name);
+            assert!(CATALOG[..i].iter().all(|g| g.mask != f.mask), "{} twice", f.name);
+            assert_eq!(name(f.mask).map(str::to_ascii_lowercase).as_deref(), Some(f.name));
+        }
+    }
+
+    /// The issue's requirement: a VM works out of the box with QEMU's
+    /// control-queue isolation and x-svq=on, so the default offer holds
+    /// nothing QEMU's shadow virtqueues refuse.
+    #[test]
+    fn the_default_offer_is_one_qemu_can_shadow() {
+        assert_eq!(qemu_shadow_refuses(DEFAULT_OFFER), 0, "{}", describe(qemu_shadow_refuses(DEFAULT_OFFER)));
+        assert!(qemu_shadow_note(DEFAULT_OFFER).is_none());
+        for f in [INDIRECT_DESC, GUEST_ANNOUNCE, RING_PACKED, IN_ORDER, HOST_USO, GUEST_USO4, GUEST_USO6] {
+            assert_eq!(qemu_shadow_refuses(DEFAULT_OFFER | f), f, "{:?}", name(f));
+        }
+        // What QEMU 10.0 was seen refusing with x-svq=on: "features 0x200000".
+        assert_eq!(qemu_shadow_refuses(DEFAULT_OFFER | GUEST_ANNOUNCE), 0x20_0000);
+        let note = qemu_shadow_note(DEFAULT_OFFER | INDIRECT_DESC | GUEST_ANNOUNCE).unwrap();
+        assert!(note.contains("GUEST_ANNOUNCE, INDIRECT_DESC"), "{note}");
+        assert!(note.contains("will not shadow the control queue") && note.contains("live-migrated"), "{note}");
+        // Offloads and RSS are fine for QEMU (when the device grows them).
+        assert_eq!(qemu_shadow_refuses(CSUM | GUEST_CSUM | HOST_TSO4 | RSS | HASH_REPORT | MRG_RXBUF), 0);
+    }
+
+    #[test]
+    fn feature_lists_add_and_remove_by_name() {
+        assert_eq!(select(DEFAULT_OFFER, "+indirect_desc,-mq"), Ok((DEFAULT_OFFER | INDIRECT_DESC) & !MQ));
+        assert_eq!(select(DEFAULT_OFFER, "guest_announce"), Ok(DEFAULT_OFFER | GUEST_ANNOUNCE));
+        assert_eq!(select(DEFAULT_OFFER, "+ring_packed"), Ok(DEFAULT_OFFER | RING_PACKED));
+        assert_eq!(select(DEFAULT_OFFER, "+VIRTIO_F_RING_PACKED,-ring_packed"), Ok(DEFAULT_OFFER));
+        // Spec spellings and any case; spaces around items.
+        assert_eq!(
+            select(DEFAULT_OFFER, " +VIRTIO_RING_F_INDIRECT_DESC , -VIRTIO_NET_F_MQ"),
+            select(DEFAULT_OFFER, "+indirect_desc,-mq")
+        );
+        assert_eq!(select(DEFAULT_OFFER, "-EVENT_IDX"), Ok(DEFAULT_OFFER & !EVENT_IDX));
+        // Left to right.
+        assert_eq!(select(DEFAULT_OFFER, "-status,+status"), Ok(DEFAULT_OFFER));
+        // Removing the control queue takes its dependents along, like --no-ctrl-vq.
+        assert_eq!(select(SUPPORTED, "-ctrl_vq"), Ok(without_ctrl_vq(SUPPORTED)));
+        assert_eq!(select(DEFAULT_OFFER, "-ctrl_vq,+mac"), Ok(without_ctrl_vq(DEFAULT_OFFER)));
+    }
+
+    #[test]
+    fn bad_feature_lists_say_why() {
+        assert_eq!(select(DEFAULT_OFFER, "+bogus"), Err(SelectError::Unknown("bogus".into())));
+        assert_eq!(select(DEFAULT_OFFER, "+in_order"), Err(SelectError::NotImplemented("in_order".into())));
+        assert_eq!(select(DEFAULT_OFFER, "+csum"), Err(SelectError::NotImplemented("csum".into())));
+        assert_eq!(select(DEFAULT_OFFER, "-version_1"), Err(SelectError::Required("version_1")));
+        assert_eq!(select(DEFAULT_OFFER, "-access_platform"), Err(SelectError::Required("access_platform")));
+        assert!(matches!(select(DEFAULT_OFFER, "+mq,,-mtu"), Err(SelectError::Empty(_))));
+        assert!(matches!(select(DEFAULT_OFFER, ""), Err(SelectError::Empty(_))));
+        assert!(matches!(select(DEFAULT_OFFER, "+"), Err(SelectError::Empty(_))));
+        assert_eq!(
+            select(DEFAULT_OFFER, "-ctrl_vq,+mq"),
+            Err(SelectError::MissingDependency { feature: "MQ", requires: "CTRL_VQ" })
+        );
+        let e = select(DEFAULT_OFFER, "+bogus").unwrap_err().to_string();
+        assert!(e.contains("vduse-net features"), "{e}");
     }
 
     #[test]
     fn without_ctrl_vq_strips_all_dependents() {
-        let f = without_ctrl_vq(OFFERED);
+        let f = without_ctrl_vq(SUPPORTED);
         for d in [CTRL_VQ, CTRL_RX, CTRL_VLAN, CTRL_RX_EXTRA, GUEST_ANNOUNCE, MQ, CTRL_MAC_ADDR, CTRL_GUEST_OFFLOADS] {
             assert_eq!(f & d, 0, "{:?} kept", name(d));
         }
@@ -289,15 +578,15 @@ mod tests {
 
     #[test]
     fn validate_requires_version_1() {
-        assert_eq!(validate_driver_features(OFFERED, MAC), Err(FeatureError::MissingVersion1));
+        assert_eq!(validate_driver_features(SUPPORTED, MAC), Err(FeatureError::MissingVersion1));
     }
 
     #[test]
     fn validate_checks_ctrl_vq_dependencies() {
         for f in [CTRL_RX, CTRL_VLAN, GUEST_ANNOUNCE, MQ, CTRL_MAC_ADDR] {
-            let err = validate_driver_features(OFFERED, VERSION_1 | f).unwrap_err();
+            let err = validate_driver_features(SUPPORTED, VERSION_1 | f).unwrap_err();
             assert_eq!(err, FeatureError::MissingDependency { feature: name(f).unwrap(), requires: "CTRL_VQ" });
-            validate_driver_features(OFFERED, VERSION_1 | f | CTRL_VQ).unwrap();
+            validate_driver_features(SUPPORTED, VERSION_1 | f | CTRL_VQ).unwrap();
         }
     }
 
@@ -318,6 +607,6 @@ mod tests {
         let d = describe(MAC | (1 << 49));
         assert!(d.contains("MAC") && d.contains("bit49"), "{d}");
         // Every offered bit has a name, so logs never hide one.
-        assert_eq!(names(OFFERED).len(), OFFERED.count_ones() as usize);
+        assert_eq!(names(SUPPORTED).len(), SUPPORTED.count_ones() as usize);
     }
 }

@@ -212,7 +212,7 @@ mod tests {
     const BCAST: Mac = [0xff; 6];
     const MCAST: Mac = [0x01, 0, 0x5e, 0, 0, 1];
     const MCAST2: Mac = [0x33, 0x33, 0, 0, 0, 1];
-    const NEG: u64 = features::OFFERED;
+    const NEG: u64 = features::SUPPORTED;
 
     fn frame(dst: Mac) -> Vec<u8> {
         let mut f = dst.to_vec();

@@ -8,6 +8,37 @@ use super::features;
 use virtio_bindings::bindings::virtio_net as vn;
 
 pub const HDR_LEN: usize = 12;
+/// With VIRTIO_NET_F_HASH_REPORT the header is `virtio_net_hdr_v1_hash`:
+/// the 12 bytes, then `le32 hash_value`, `le16 hash_report`, `le16
+/// padding`. Linux uses this size on both queues, so TX buffers carry it
+/// too (the device ignores the hash fields there).
+pub const HASH_HDR_LEN: usize = 20;
+
+/// The header length every buffer starts with for `negotiated` features.
+pub fn hdr_len(negotiated: u64) -> usize {
+    if negotiated & features::HASH_REPORT != 0 {
+        HASH_HDR_LEN
+    } else {
+        HDR_LEN
+    }
+}
+
+/// Writes `hash_value`, `hash_report` and zero padding to bytes 12..20 of
+/// `b`, the hash part of `virtio_net_hdr_v1_hash`.
+pub fn encode_hash(b: &mut [u8], value: u32, report: u16) -> Result<(), HdrError> {
+    let got = b.len();
+    let h = b.get_mut(HDR_LEN..HASH_HDR_LEN).ok_or(HdrError::HashTooShort { got })?;
+    h[..4].copy_from_slice(&value.to_le_bytes());
+    h[4..6].copy_from_slice(&report.to_le_bytes());
+    h[6..].copy_from_slice(&[0, 0]);
+    Ok(())
+}
+
+/// Reads `(hash_value, hash_report)` from a 20-byte header (driver side).
+pub fn parse_hash(b: &[u8]) -> Result<(u32, u16), HdrError> {
+    let h = b.get(HDR_LEN..HASH_HDR_LEN).ok_or(HdrError::HashTooShort { got: b.len() })?;
+    Ok((u32::from_le_bytes([h[0], h[1], h[2], h[3]]), u16::from_le_bytes([h[4], h[5]])))
+}
 
 pub const F_NEEDS_CSUM: u8 = vn::VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
 pub const F_DATA_VALID: u8 = vn::VIRTIO_NET_HDR_F_DATA_VALID as u8;
@@ -23,6 +54,8 @@ pub const GSO_ECN: u8 = vn::VIRTIO_NET_HDR_GSO_ECN as u8;
 pub enum HdrError {
     #[error("buffer of {got} bytes is shorter than the {HDR_LEN}-byte virtio-net header")]
     TooShort { got: usize },
+    #[error("buffer of {got} bytes is shorter than the {HASH_HDR_LEN}-byte hash-report header")]
+    HashTooShort { got: usize },
     #[error("TX header asks for checksum offload, but VIRTIO_NET_F_CSUM was not negotiated")]
     CsumNotNegotiated,
     #[error("TX header has gso_type {0:#x}, but no matching host GSO feature was negotiated")]
@@ -173,5 +206,21 @@ mod tests {
         ecn.check_tx(features::HOST_TSO6 | features::HOST_ECN).unwrap();
         assert!(NetHdr { gso_type: GSO_ECN, ..plain }.check_tx(u64::MAX).is_err());
         assert!(NetHdr { gso_type: 7, ..plain }.check_tx(u64::MAX).is_err());
+    }
+
+    #[test]
+    fn hash_report_header() {
+        use virtio_bindings::bindings::virtio_net::virtio_net_hdr_v1_hash;
+        assert_eq!(size_of::<virtio_net_hdr_v1_hash>(), HASH_HDR_LEN);
+        assert_eq!(hdr_len(0), HDR_LEN);
+        assert_eq!(hdr_len(features::HASH_REPORT), HASH_HDR_LEN);
+        let mut b = [0xeeu8; 24];
+        NetHdr::rx(1).encode(&mut b).unwrap();
+        encode_hash(&mut b, 0x5101_c1cc, 2).unwrap();
+        assert_eq!(b[12..20], [0xcc, 0xc1, 0x01, 0x51, 2, 0, 0, 0]);
+        assert_eq!(b[20..], [0xee; 4]);
+        assert_eq!(parse_hash(&b), Ok((0x5101_c1cc, 2)));
+        assert_eq!(encode_hash(&mut [0; 19], 1, 1), Err(HdrError::HashTooShort { got: 19 }));
+        assert_eq!(parse_hash(&[0; 12]), Err(HdrError::HashTooShort { got: 12 }));
     }
 }

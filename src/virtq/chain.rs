@@ -88,6 +88,11 @@ impl Piece {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// The host address, for oracles that check where a piece points (the
+    /// fuzz chain walker, tests); copies go through the cursors.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
 }
 
 /// A validated chain: its head, its pieces, its totals. Valid while the
@@ -475,6 +480,9 @@ impl SplitQueue {
                     size,
                 )?;
                 let p = space.translate(guard, d.addr, d.len as u64, Access::Read)?;
+                if p as usize % std::mem::align_of::<VringDesc>() != 0 {
+                    return Err(Malformed::MisalignedHost(d.addr).into());
+                }
                 table = Some((p as *const VringDesc, n));
                 d = read_indirect(p as *const VringDesc, 0);
                 continue;

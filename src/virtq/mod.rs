@@ -63,6 +63,10 @@ pub enum Malformed {
     UnexpectedReadable,
     #[error("ring address {0:#x} misaligned")]
     MisalignedRing(u64),
+    /// The IOVA is aligned, but its region's file offset is not, so the host
+    /// address is: an aligned access there would be undefined behaviour.
+    #[error("ring address {0:#x} maps to a misaligned host address")]
+    MisalignedHost(u64),
     #[error("chain total length overflows")]
     LengthOverflow,
 }

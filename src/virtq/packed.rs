@@ -255,6 +255,16 @@ impl PackedQueue {
                 // One table maps one IOVA to one host address, whatever the
                 // access checked.
                 debug_assert_eq!(ptrs[0], ptrs[1]);
+                // Aligned IOVAs can still map to misaligned host addresses
+                // (a region whose file offset is not aligned like its IOVA),
+                // as in SplitQueue::map_rings: descriptors are read whole and
+                // the event areas as u32 words, so fail instead.
+                let aligns = [std::mem::align_of::<PackedDesc>(), std::mem::align_of::<PackedDesc>(), 4, 4];
+                for ((p, &(addr, ..)), align) in ptrs.iter().zip(&areas).zip(aligns) {
+                    if *p as usize % align != 0 {
+                        return Err(Malformed::MisalignedHost(addr).into());
+                    }
+                }
                 self.ptrs = Some(Ptrs {
                     table_id: table.id(),
                     desc: ptrs[1] as *mut PackedDesc,
@@ -287,8 +297,8 @@ impl PackedQueue {
     #[inline]
     fn flags_atomic(&self, slot: u16) -> &AtomicU16 {
         // SAFETY: the flags field lies inside descriptor `slot` of the
-        // translated ring, at offset 14 of a 16-aligned descriptor, so it is
-        // 2-aligned; AtomicU16 has u16's layout. The driver writes it
+        // translated ring, at offset 14 of a descriptor whose host address is
+        // 8-aligned (checked in map_rings), so it is 2-aligned; AtomicU16 has u16's layout. The driver writes it
         // concurrently, which is what an atomic allows.
         unsafe { AtomicU16::from_ptr(std::ptr::addr_of_mut!((*self.desc_ptr(slot)).flags)) }
     }
@@ -299,8 +309,8 @@ impl PackedQueue {
     fn read_desc(&self, slot: u16) -> PackedDesc {
         let flags = u16::from_le(self.flags_atomic(slot).load(Ordering::Acquire));
         let p = self.desc_ptr(slot);
-        // SAFETY: `p` is descriptor `slot` of the translated, 16-aligned
-        // ring; volatile, because the driver may write it at any time.
+        // SAFETY: `p` is descriptor `slot` of the translated ring, its host
+        // address 8-aligned (checked in map_rings); volatile, because the driver may write it at any time.
         unsafe {
             PackedDesc {
                 addr: u64::from_le(std::ptr::read_volatile(std::ptr::addr_of!((*p).addr))),
@@ -395,11 +405,16 @@ impl PackedQueue {
                 let n =
                     indirect_entries(false, self.cfg.indirect, d.flags & VRING_DESC_F_NEXT != 0, d.addr, d.len, size)?;
                 let table = space.translate(guard, d.addr, d.len as u64, Access::Read)? as *const PackedDesc;
+                // An aligned IOVA can map to a misaligned host address.
+                if table as usize % std::mem::align_of::<PackedDesc>() != 0 {
+                    return Err(Malformed::MisalignedHost(d.addr).into());
+                }
                 // The table's entries follow one another; WRITE is the only
                 // flag that counts in them (§2.8.8), INDIRECT is refused.
                 for i in 0..n {
                     // SAFETY: i < n entries of a table translated for n * 16
-                    // bytes with read access, 8-byte aligned (checked).
+                    // bytes with read access, its IOVA and host address
+                    // 8-byte aligned (both checked).
                     let e = unsafe { std::ptr::read_volatile(table.add(i as usize)) };
                     let (flags, addr, len) = (u16::from_le(e.flags), u64::from_le(e.addr), u32::from_le(e.len));
                     b.visit()?;
@@ -476,8 +491,9 @@ impl PackedQueue {
 
     #[inline]
     fn event_atomic(&self, p: *const u8) -> &AtomicU32 {
-        // SAFETY: `p` is one of the event areas, translated for 4 bytes and
-        // 4-aligned (checked in map_rings); AtomicU32 has u32's layout.
+        // SAFETY: `p` is one of the event areas, translated for 4 bytes, its
+        // IOVA and host address 4-aligned (both checked in map_rings);
+        // AtomicU32 has u32's layout.
         unsafe { AtomicU32::from_ptr(p as *mut u32) }
     }
 

@@ -211,6 +211,15 @@ impl SplitQueue {
                 }
             }
             let Some(iova) = missing else {
+                // Aligned IOVAs can still map to misaligned host addresses
+                // (a region whose file offset is not aligned like its IOVA):
+                // the rings are read as u16/u32/descriptors, so fail instead.
+                let aligns = [std::mem::align_of::<VringDesc>(), 2, 4];
+                for ((p, &(addr, ..)), align) in ptrs.iter().zip(&rings).zip(aligns) {
+                    if *p as usize % align != 0 {
+                        return Err(Malformed::MisalignedHost(addr).into());
+                    }
+                }
                 self.ptrs = Some(RingPtrs {
                     table_id: table.id(),
                     desc: ptrs[0] as *const VringDesc,
@@ -293,7 +302,8 @@ impl SplitQueue {
         if i >= self.cfg.size {
             return Err(Malformed::HeadOutOfRange(i));
         }
-        // SAFETY: i < size and the table spans size descriptors, 16-aligned.
+        // SAFETY: i < size and the table spans size descriptors at a host
+        // address aligned for VringDesc (checked in map_rings).
         Ok(from_le(unsafe { std::ptr::read_volatile(self.ptrs().desc.add(i as usize)) }))
     }
 

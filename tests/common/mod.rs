@@ -38,6 +38,14 @@ pub fn device_options(name: &str, pairs: u16) -> DeviceOptions {
     }
 }
 
+/// [`device_options`] with the default offer changed by name, as
+/// `--features LIST` does (e.g. "+indirect_desc").
+pub fn device_offering(name: &str, pairs: u16, list: &str) -> DeviceOptions {
+    let mut o = device_options(name, pairs);
+    o.features = vduse_net::net::features::select(o.features, list).expect("feature list");
+    o
+}
+
 pub fn driver_config() -> NetDriverConfig {
     NetDriverConfig { ring_size: 64, ctrl_timeout: Duration::from_secs(2), ..NetDriverConfig::default() }
 }
@@ -45,11 +53,16 @@ pub fn driver_config() -> NetDriverConfig {
 /// [`device_options`] offering packed rings when `fmt` is packed (they are
 /// not in the default offer).
 pub fn device_options_fmt(name: &str, pairs: u16, fmt: RingFormat) -> DeviceOptions {
-    let mut o = device_options(name, pairs);
+    offering_fmt(device_options(name, pairs), fmt)
+}
+
+/// `opts` with packed rings added by name, as `--features +ring_packed`
+/// does, when `fmt` is packed.
+pub fn offering_fmt(mut opts: DeviceOptions, fmt: RingFormat) -> DeviceOptions {
     if fmt == RingFormat::Packed {
-        o.features |= features::RING_PACKED;
+        opts.features = features::select(opts.features, "+ring_packed").expect("ring_packed by name");
     }
-    o
+    opts
 }
 
 /// [`driver_config`] asking for packed rings when `fmt` is packed.
@@ -94,7 +107,12 @@ impl Rig {
 
     /// Like [`Rig::new`], offering packed rings when `fmt` is packed.
     pub fn new_fmt(name: &str, pairs: u16, fmt: RingFormat) -> Rig {
-        Rig { fmt, ..Self::with(device_options_fmt(name, pairs, fmt), ModelConfig::patched_7_3()) }
+        Self::with_fmt(device_options(name, pairs), ModelConfig::patched_7_3(), fmt)
+    }
+
+    /// Like [`Rig::with`], offering packed rings too when `fmt` is packed.
+    pub fn with_fmt(opts: DeviceOptions, cfg: ModelConfig, fmt: RingFormat) -> Rig {
+        Rig { fmt, ..Self::with(offering_fmt(opts, fmt), cfg) }
     }
 
     pub fn with(opts: DeviceOptions, cfg: ModelConfig) -> Rig {

@@ -99,6 +99,7 @@ pub(super) fn fail_queue(device: &dyn VduseDevice, stats: &PairCell, queue: &mut
 fn fail(device: &dyn VduseDevice, stats: &PairCell, vq: u32, failed: &mut bool, e: QueueError) {
     *failed = true;
     bump(&stats.queue_errors, 1);
+    stats.state.fail(vq, e);
     let shown = device.signal_needs_reset();
     log::error!(
         "vq {vq}: {e}; queue stopped{}",

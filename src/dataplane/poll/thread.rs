@@ -35,6 +35,7 @@ impl PollThread {
     pub fn spawn(setup: PollSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
         let name = format!("vduse-poll-{}", setup.pair);
         std::thread::Builder::new().name(name).spawn(move || {
+            crate::ops::log::set_device(setup.device.name());
             if let Some(core) = setup.core {
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                     log::warn!("pair {}: could not pin to core {core}", setup.pair);
@@ -144,6 +145,13 @@ impl PollThread {
         }
     }
 
+    /// Queue state for the stats reader (cold: after mailbox commands only).
+    fn publish_state(&self) {
+        let f =
+            |q: &Queue| crate::ops::state::QueueFlags { ready: q.q.is_some(), enabled: q.enabled, failed: q.failed };
+        self.stats.state.publish(f(&self.rx), f(&self.tx), self.suspended, self.pair_active);
+    }
+
     fn handle(&mut self, cmd: Command, reply: &Sender<Ack>, reader: &mut Reader) -> Flow {
         let mut flow = Flow::Continue;
         match cmd {
@@ -198,10 +206,33 @@ impl PollThread {
                     self.tx.enabled = enabled;
                 }
             }
+            Command::EnableQueue(cfg) => {
+                let queue = if cfg.index == self.rx.vq { &mut self.rx } else { &mut self.tx };
+                // Same rings and base as the stopped queue: resume at its
+                // kept position (what GET_VQ_STATE reported meanwhile); any
+                // other configuration is a new queue. A failed queue stays
+                // failed until reset.
+                if queue.q.as_ref().map(|q| *q.config()) != Some(cfg) {
+                    queue.q = Some(VirtQueue::new(cfg));
+                }
+                queue.enabled = true;
+                log::debug!(
+                    "pair {}: vq {} enabled (size {}, base {})",
+                    self.pair,
+                    cfg.index,
+                    cfg.size,
+                    cfg.avail_base
+                );
+                if !self.crashed {
+                    let g = reader.read();
+                    self.with_queues(&g, |q| q.disable_notifications());
+                }
+            }
             Command::SetPairActive(on) => self.pair_active = on,
             Command::Positions => {}
             Command::Exit => flow = Flow::Exit,
         }
+        self.publish_state();
         let _ = reply.send(Ack { rx: self.rx.position(), tx: self.tx.position() });
         flow
     }

@@ -230,6 +230,16 @@ impl Dev {
         lock(&self.st).log.clone()
     }
 
+    /// Take the log and start a new one; `None` while a message is queued
+    /// or unanswered (its entry is still to be filled in).
+    pub fn take_log(&self) -> Option<Vec<LoggedMessage>> {
+        let mut st = lock(&self.st);
+        if !st.send_list.is_empty() || !st.recv_list.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(&mut st.log))
+    }
+
     pub fn busy(&self) -> bool {
         let st = lock(&self.st);
         st.open || st.attached

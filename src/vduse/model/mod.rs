@@ -161,6 +161,13 @@ impl KernelModel {
         dev.detach_driver()
     }
 
+    /// The messages logged for `name` so far, forgetting them (a soak would
+    /// otherwise keep every message it ever sent). `None` for an unknown
+    /// device or while a message is in flight.
+    pub fn take_message_log(&self, name: &str) -> Option<Vec<LoggedMessage>> {
+        self.find(name)?.take_log()
+    }
+
     /// Every control message sent to the device, in order, with its reply.
     pub fn message_log(&self, name: &str) -> Vec<LoggedMessage> {
         let reg = lock(&self.registry);

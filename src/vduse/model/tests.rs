@@ -908,3 +908,60 @@ fn packed_rings_use_the_packed_vq_state() {
     r.drv.set_features(FEAT).unwrap();
     assert_eq!(terrno(r.drv.set_vring_base(0, 0x1_0000)), Errno::EINVAL);
 }
+
+/// The driver face enables queues after DRIVER_OK as a 7.3 kernel does
+/// (QEMU's order): with VDUSE_F_QUEUE_READY a SET_VQ_READY message after the
+/// DRIVER_OK one, answered before the queue counts as ready, so VQ_GET_INFO
+/// still says "not ready" while the device handles it; without the feature
+/// nothing reaches the device and only VQ_GET_INFO shows the change.
+#[test]
+fn queues_enabled_after_driver_ok_as_the_kernel_does() {
+    for (features, messages) in [(3u64, true), (0, false)] {
+        let r = rig_with(cfg73(), net("late"), 1, features);
+        let seen_ready = Arc::new(Mutex::new(Vec::new()));
+        let s = seen_ready.clone();
+        r.resp.set(move |dev, q| {
+            if let Request::SetVqReady { index, .. } = q {
+                s.lock().unwrap().push(dev.vq_info(*index).unwrap().ready);
+            }
+            Answer::Ok
+        });
+        let kick = eventfd();
+        r.dev.set_vq_kickfd(2, Some(kick.as_fd())).unwrap();
+        r.drv.set_status(status::ACKNOWLEDGE | status::DRIVER).unwrap();
+        r.drv.set_features(FEAT).unwrap();
+        r.drv.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK).unwrap();
+        for q in [2, 0] {
+            r.drv.set_vring_num(q, 256).unwrap();
+            r.drv.set_vring_addr(q, 0x1000, 0x2000, 0x3000).unwrap();
+        }
+        r.drv.set_status(0x0f).unwrap();
+        // A kick on a queue not enabled yet is dropped.
+        r.drv.kick(2).unwrap();
+        assert_eq!(eventfd_count(&kick), 0);
+        r.drv.set_vring_enable(2, true).unwrap();
+        r.drv.set_vring_enable(0, true).unwrap();
+        assert!(r.dev.vq_info(2).unwrap().ready && r.dev.vq_info(0).unwrap().ready);
+        r.drv.kick(2).unwrap();
+        assert_eq!(eventfd_count(&kick), 1, "kicks reach an enabled queue");
+        let seen = r.resp.seen();
+        let ok = seen.iter().position(|q| *q == Request::SetStatus { status: 0x0f }).expect("DRIVER_OK");
+        let ready: Vec<Request> =
+            seen[ok..].iter().filter(|q| matches!(q, Request::SetVqReady { .. })).copied().collect();
+        if messages {
+            assert_eq!(
+                ready,
+                vec![Request::SetVqReady { index: 2, ready: true }, Request::SetVqReady { index: 0, ready: true }]
+            );
+            assert_eq!(*seen_ready.lock().unwrap(), vec![false, false], "ready only after the reply");
+        } else {
+            assert!(ready.is_empty() && seen.iter().all(|q| !matches!(q, Request::SetVqReady { .. })), "{seen:?}");
+        }
+        // Disabling after DRIVER_OK: the same, and kicks are dropped again.
+        r.drv.set_vring_enable(2, false).unwrap();
+        assert!(!r.dev.vq_info(2).unwrap().ready);
+        r.drv.kick(2).unwrap();
+        assert_eq!(eventfd_count(&kick), 0);
+        assert_eq!(r.resp.seen().last() == Some(&Request::SetVqReady { index: 2, ready: false }), messages);
+    }
+}
