@@ -334,7 +334,7 @@ fn run(data: &[u8]) -> ArbResult<()> {
                 seen_w |= writable;
             }
         }
-        let sum = |part: &[vduse_net::virtq::Piece<'_>]| part.iter().map(|p| p.len() as u64).sum::<u64>();
+        let sum = |part: &[vduse_net::virtq::Piece]| part.iter().map(|p| p.len() as u64).sum::<u64>();
         if c.readable_complete() {
             assert_eq!(sum(c.readable()), c.readable_len() as u64, "readable total");
         }

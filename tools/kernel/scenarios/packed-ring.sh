@@ -9,7 +9,7 @@
 #      have negotiated bit 34 (its sysfs `features` string), the device log names
 #      RING_PACKED among the accepted features; the interfaces go into two namespaces, ping
 #      both ways and a 1 MiB transfer (busybox nc) with a checksum compare.
-#   2. vduse-net's own driver through vhost_vdpa: a loopback device with `--ring packed`,
+#   2. vduse-net's own driver through vhost_vdpa: a loopback device with `--features +ring_packed`,
 #      `pktgen --vhost-vdpa --ring packed`: every frame back (lost 0, integrity_errors 0),
 #      "ring":"packed" in the report; on 7.3 (VDUSE_F_SUSPEND) also `--suspend-check`:
 #      after SUSPEND, VHOST_GET_VRING_BASE (GET_VQ_STATE, packed form: avail and used slots
@@ -121,9 +121,9 @@ case $st in *'"queue_errors":'[1-9]* | *'"failed_replies":'[1-9]*) vt_fail $T.pa
 grep ' ERROR \| WARN ' "$LOG" | grep -v 'refused the control queue' | sed 's/^/    /'
 
 # --- 2. vduse-net's own driver on packed rings through vhost_vdpa ---------------------------
-step "loopback with --ring packed, vhost_vdpa"
+step "loopback with --features +ring_packed, vhost_vdpa"
 LOG=/tmp/packed-vhost.log
-RUST_LOG=info /bin/vduse-net run --name vl --queues 2 --ring packed >"$LOG" 2>&1 &
+RUST_LOG=info /bin/vduse-net run --name vl --queues 2 --features +ring_packed >"$LOG" 2>&1 &
 VL=$!
 if ! vt_wait_log 15 "device vl ready"; then
 	vt_fail $T.vhost-start "vduse-net run did not come up: $(vt_log_tail)"
