@@ -7,6 +7,9 @@ Input: meta.json (machine, commit, settings) and raw.jsonl, one record per run:
    "error": "..."}
 For every scenario and round where both sides ran, ratio = vduse-net / DPDK of
 the scenario's main figure; the summary is the median of those ratios.
+Beside it, each side's busy cycles per frame (`device_cycles_per_frame`:
+vduse-net's poll thread, or testpmd's vhost side with --record-core-cycles;
+`generator_cycles_per_frame`: pktgen, or the virtio-user testpmd).
 """
 
 import argparse
@@ -78,6 +81,14 @@ def build(meta, records):
                 row[impl] = val
             v, d = row["vduse-net"], row["dpdk"]
             row["ratio"] = v / d if v is not None and d else None
+            for impl in ("vduse-net", "dpdk"):
+                rec = next((r for r in records if r["round"] == rd and r["scenario"] == s and r["impl"] == impl), None)
+                res = (rec or {}).get("result") or {} if rec and rec["status"] == "ok" else {}
+                row[f"{impl}_device_cpf"] = res.get("device_cycles_per_frame")
+                row[f"{impl}_generator_cpf"] = res.get("generator_cycles_per_frame")
+                row[f"{impl}_device_cpf_excl_long"] = res.get("device_cycles_per_frame_excl_long")
+            vc, dc = row["vduse-net_device_cpf"], row["dpdk_device_cpf"]
+            row["cycles_ratio"] = vc / dc if vc is not None and dc else None
             per_round.append(row)
         out["scenarios"][s] = {
             "title": title,
@@ -90,6 +101,11 @@ def build(meta, records):
             "vduse-net": summary([r["vduse-net"] for r in per_round]),
             "dpdk": summary([r["dpdk"] for r in per_round]),
             "ratio": summary([r["ratio"] for r in per_round]),
+            "cycles": {
+                k: summary([r[k] for r in per_round])
+                for k in ("vduse-net_device_cpf", "dpdk_device_cpf", "cycles_ratio", "vduse-net_device_cpf_excl_long",
+                          "vduse-net_generator_cpf", "dpdk_generator_cpf")
+            },
         }
 
     floor = [r for r in records if r["impl"] == "floor"]
@@ -122,7 +138,8 @@ def markdown(rep):
     lines.append(f"- load average before / after: {m.get('load_before', '?')} / {m.get('load_after', '?')}")
     lines.append(
         f"- {st['rounds']} rounds x {st['duration']} s per run, vduse-net and DPDK alternating (A B A B); "
-        f"device core {st['device_core']}, driver core {st['gen_core']}"
+        f"device core {st['device_core']}, driver core {st['gen_core']}; "
+        f"pktgen --check {st.get('check', 'full')}"
     )
     lines.append("")
     lines.append("Ratio = vduse-net / DPDK per round (same round, back to back), then the median over rounds.")
@@ -142,6 +159,35 @@ def markdown(rep):
         ratios = ", ".join("-" if r["ratio"] is None else f"{r['ratio']:.2f}" for r in sc["rounds"])
         med = "-" if sc["ratio"] is None else f"**{sc['ratio']['median']:.2f}**"
         lines.append(f"| {sc['title']} | {sc['metric']} ({unit}) | {cell('vduse-net')} | {cell('dpdk')} | {ratios} | {med} |")
+    lines.append("")
+
+    lines.append("## Busy cycles per frame")
+    lines.append("")
+    lines.append("testpmd's `--record-core-cycles` definition on both sides: TSC cycles of poll-loop iterations"
+                 " that moved frames, over the frames moved. Device = vduse-net's poll thread"
+                 " (`device_cycles_per_frame`) vs testpmd's vhost side; generator = `vduse-net pktgen`/`latency`"
+                 " vs the virtio-user testpmd. Medians over rounds (min-max); ratio = vduse-net / DPDK device"
+                 " cycles per round, then the median (below 1: vduse-net's device spends fewer cycles per frame).")
+    lines.append("")
+    lines.append("vduse-net's figure without iterations over 50 µs (mostly preemption on a shared machine; testpmd"
+                 " has no such figure) is in the last column.")
+    lines.append("")
+    lines.append("| scenario | vduse-net device | DPDK vhost | device ratio | vduse-net generator | DPDK virtio-user"
+                 " | vduse-net device excl. long |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for s, sc in rep["scenarios"].items():
+        cy = sc.get("cycles") or {}
+
+        def cc(k):
+            sm = cy.get(k)
+            return "-" if sm is None else f"{sm['median']:.0f} ({sm['min']:.0f}-{sm['max']:.0f})"
+
+        ratio = cy.get("cycles_ratio")
+        lines.append(
+            f"| {sc['title']} | {cc('vduse-net_device_cpf')} | {cc('dpdk_device_cpf')} | "
+            f"{'-' if ratio is None else format(ratio['median'], '.2f')} | {cc('vduse-net_generator_cpf')} | "
+            f"{cc('dpdk_generator_cpf')} | {cc('vduse-net_device_cpf_excl_long')} |"
+        )
     lines.append("")
 
     fl = rep.get("floor")

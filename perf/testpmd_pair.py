@@ -10,6 +10,13 @@ whose rate DPDK guesses at and which is unreliable in a VM).
 
 Directions follow `vduse-net pktgen`: tx = driver -> device (virtio-user TX),
 rx = device -> driver (virtio-user RX).
+
+Both testpmd processes run with --record-core-cycles: at `stop` each prints
+"CPU cycles/packet" over the iterations of its forwarding loop that moved
+packets (busy TSC cycles / packets received, or sent in txonly/flowgen). The
+vhost side's figure is the device's cost per packet, the one vduse-net's
+device_cycles_per_frame is compared with; the virtio-user side's is the
+generator's.
 """
 
 import argparse
@@ -215,6 +222,32 @@ def rates(a, b):
     }
 
 
+# testpmd's --record-core-cycles line in the `stop` output (DPDK 21.11+):
+#   CPU cycles/packet=303.12 (busy cycles=1234 / total io packets=5678) at 2000 MHz Clock
+# Older releases said "total cycles" and "total RX packets"; the figure itself
+# is always "CPU cycles/packet=".
+CYCLES_RE = re.compile(
+    r"CPU cycles/packet=([0-9.]+)"
+    r"(?:\s*\((?:busy|total) cycles=(\d+) / total (.+?) packets=(\d+)\)(?: at (\d+) MHz Clock)?)?"
+)
+
+
+def parse_core_cycles(text):
+    """The last "CPU cycles/packet" figure of a `stop` output, or None."""
+    found = list(CYCLES_RE.finditer(text))
+    if not found:
+        return None
+    m = found[-1]
+    out = {"cycles_per_packet": float(m.group(1))}
+    if m.group(2):
+        out["busy_cycles"] = int(m.group(2))
+        out["packets_counted"] = m.group(3)
+        out["packets"] = int(m.group(4))
+    if m.group(5):
+        out["tsc_mhz"] = int(m.group(5))
+    return out
+
+
 def _on_term(signum, frame):
     raise KeyboardInterrupt
 
@@ -251,7 +284,7 @@ def main():
     # prompt is written straight to the fd: unbuffer stdout so that a prompt
     # means the command's output has arrived.
     unbuf = ["stdbuf", "-o0", "-e0"]
-    common = [f"--total-num-mbufs={args.mbufs}", "--txpkts=%d" % size]
+    common = [f"--total-num-mbufs={args.mbufs}", "--txpkts=%d" % size, "--record-core-cycles"]
     vh_argv = [*unbuf, args.testpmd, *eal,
                "--lcores", f"0@{args.vhost_core},1@{args.vhost_core}",
                "--file-prefix", f"vh{tag}",
@@ -289,8 +322,10 @@ def main():
         a = snapshot(pmds)
         time.sleep(args.duration)
         b = snapshot(pmds)
-        vu.cmd("stop")
-        vh.cmd("stop")
+        vu_stop, _, _ = vu.cmd("stop")
+        vh_stop, _, _ = vh.cmd("stop")
+        vh_cyc = parse_core_cycles(vh_stop)
+        vu_cyc = parse_core_cycles(vu_stop)
         r_vu = rates(a["virtio"], b["virtio"])
         r_vh = rates(a["vhost"], b["vhost"])
         result.update({
@@ -303,6 +338,11 @@ def main():
             "gbps_rx": r_vu["gbps_rx"],
             "virtio": r_vu,
             "vhost": r_vh,
+            # testpmd --record-core-cycles, from `start` to `stop` (warm-up
+            # included; a ratio, so the window matters little).
+            "device_cycles_per_frame": vh_cyc and vh_cyc["cycles_per_packet"],
+            "generator_cycles_per_frame": vu_cyc and vu_cyc["cycles_per_packet"],
+            "core_cycles": {"vhost": vh_cyc, "virtio": vu_cyc},
         })
         # txonly: the device side's receive count is the delivered rate.
         if args.scenario == "txonly":

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use vduse_net::backend::loopback::Loopback;
 use vduse_net::backend::source::Source;
-use vduse_net::backend::Port;
+use vduse_net::backend::{FrameMeta, Port, PortFrame};
 use vduse_net::bench::frame;
 use vduse_net::bench::latency::{run_pingpong, LatencyOptions};
 use vduse_net::bench::pktgen::{self, Control, GenOptions, Mode, PktgenReport, Sizes};
@@ -29,7 +29,7 @@ impl Port for Faulty {
     fn tx_slot(&mut self) -> Option<&mut [u8]> {
         self.inner.tx_slot()
     }
-    fn tx_commit(&mut self, len: usize) {
+    fn tx_commit(&mut self, len: usize, meta: FrameMeta) {
         self.n += 1;
         if self.n % self.drop_every == 0 {
             // Not committed: the slot is reused by the next frame.
@@ -40,12 +40,12 @@ impl Port for Faulty {
                 s[len - 1] ^= 0x5a;
             }
         }
-        self.inner.tx_commit(len);
+        self.inner.tx_commit(len, meta);
     }
     fn tx_flush(&mut self) {
         self.inner.tx_flush()
     }
-    fn rx_peek(&mut self) -> Option<&[u8]> {
+    fn rx_peek(&mut self) -> Option<PortFrame<'_>> {
         self.inner.rx_peek()
     }
     fn rx_consume(&mut self) {

@@ -6,14 +6,13 @@
 
 mod common;
 
-use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use vduse_net::backend::loopback::Loopback;
-use vduse_net::backend::Port;
+use vduse_net::backend::{FrameMeta, Port, PortFrame, PortWake};
 use vduse_net::driver::net::NetDriver;
 use vduse_net::driver::DriverTransport;
 use vduse_net::uapi::vduse::{VDUSE_REQ_RESULT_FAILED, VDUSE_REQ_RESULT_OK};
@@ -50,13 +49,13 @@ impl Port for TestPort {
     fn tx_slot(&mut self) -> Option<&mut [u8]> {
         self.inner.tx_slot()
     }
-    fn tx_commit(&mut self, len: usize) {
-        self.inner.tx_commit(len)
+    fn tx_commit(&mut self, len: usize, meta: FrameMeta) {
+        self.inner.tx_commit(len, meta)
     }
     fn tx_flush(&mut self) {
         self.inner.tx_flush()
     }
-    fn rx_peek(&mut self) -> Option<&[u8]> {
+    fn rx_peek(&mut self) -> Option<PortFrame<'_>> {
         self.inner.rx_peek()
     }
     fn rx_consume(&mut self) {
@@ -75,7 +74,7 @@ impl Port for TestPort {
         }
         self.inner.reflect()
     }
-    fn rx_wake_fd(&self) -> Option<BorrowedFd<'_>> {
+    fn wake(&self) -> Option<PortWake<'_>> {
         // Called when the thread is about to block (idle or stopped).
         if self.ctl.wedge.load(Ordering::SeqCst) {
             self.ctl.wedged.fetch_add(1, Ordering::SeqCst);

@@ -102,6 +102,10 @@ fn stats_follow_pktgen_and_end_at_its_totals() {
         for k in ["tx_frames", "tx_bytes", "rx_frames", "rx_bytes", "irqs", "queue_errors"] {
             assert_eq!(q["counters"][k], p[k], "pair {i} {k}");
         }
+        // Busy cycles per frame reach the stats sample (and so `stats` and /metrics).
+        let cpf = q["cycles_per_frame"].as_f64().unwrap_or(f64::NAN);
+        assert!(cpf.is_finite() && cpf > 0.0, "pair {i} cycles_per_frame {cpf}");
+        assert_eq!(q["counters"]["busy_frames"], p["busy_frames"], "pair {i} busy_frames");
     }
     // The socket is gone with the process.
     assert!(!sock.exists(), "{} left behind", sock.display());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use vduse_net::backend::slots::channel;
-use vduse_net::backend::SLOT_SIZE;
+use vduse_net::backend::{FrameMeta, SLOT_SIZE};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -76,7 +76,7 @@ proptest! {
                     if let Some(s) = slot {
                         prop_assert_eq!(s.len(), SLOT_SIZE);
                         fill(s, next_seq, len);
-                        p.commit(len);
+                        p.commit(len, FrameMeta::PLAIN);
                         unpublished.push_back((next_seq, len.min(SLOT_SIZE)));
                         next_seq += 1;
                     }
@@ -92,9 +92,9 @@ proptest! {
                         (None, None) => {}
                         (Some(f), Some((seq, len))) => {
                             prop_assert_eq!(seq, next_out, "order");
-                            prop_assert_eq!(&*f, &expected(seq, len)[..], "frame {} intact", seq);
+                            prop_assert_eq!(f.bytes, &expected(seq, len)[..], "frame {} intact", seq);
                         }
-                        (got, want) => prop_assert!(false, "peek {:?} but model has {:?}", got.map(|f| f.len()), want),
+                        (got, want) => prop_assert!(false, "peek {:?} but model has {:?}", got.map(|f| f.bytes.len()), want),
                     }
                     if matches!(op, Op::Consume) && want.is_some() {
                         c.consume();
@@ -114,7 +114,7 @@ proptest! {
         published.extend(unpublished.drain(..));
         while let Some((seq, len)) = published.pop_front() {
             let f = c.peek().expect("published frame present");
-            prop_assert_eq!(&*f, &expected(seq, len)[..]);
+            prop_assert_eq!(f.bytes, &expected(seq, len)[..]);
             c.consume();
         }
         prop_assert!(c.peek().is_none(), "a frame came out twice");
@@ -146,7 +146,7 @@ proptest! {
                     let Some(s) = p.slot() else { break };
                     let len = sizes2[seq as usize % sizes2.len()];
                     fill(s, seq, len);
-                    p.commit(len);
+                    p.commit(len, FrameMeta::PLAIN);
                     seq += 1;
                     k += 1;
                 }
@@ -166,7 +166,7 @@ proptest! {
             let mut k = 0;
             while let Some(f) = c.peek() {
                 let len = sizes[next as usize % sizes.len()];
-                prop_assert_eq!(&*f, &expected(next, len)[..], "frame {}", next);
+                prop_assert_eq!(f.bytes, &expected(next, len)[..], "frame {}", next);
                 c.consume();
                 next += 1;
                 k += 1;

@@ -3,7 +3,7 @@
 //! threads; the slot ring is used single-threaded.
 
 use super::slots::{channel, Consumer, Producer};
-use super::{mac_swap, Port};
+use super::{mac_swap, FrameMeta, Port, PortFrame};
 
 pub struct Loopback {
     tx: Producer,
@@ -25,22 +25,22 @@ impl Port for Loopback {
         self.tx.slot()
     }
     #[inline]
-    fn tx_commit(&mut self, len: usize) {
+    fn tx_commit(&mut self, len: usize, meta: FrameMeta) {
         if self.mac_swap {
             if let Some(s) = self.tx.slot() {
                 let n = len.min(s.len());
                 mac_swap(&mut s[..n]);
             }
         }
-        self.tx.commit(len);
+        self.tx.commit(len, meta);
     }
     #[inline]
     fn tx_flush(&mut self) {
         self.tx.flush();
     }
     #[inline]
-    fn rx_peek(&mut self) -> Option<&[u8]> {
-        self.rx.peek().map(|f| &*f)
+    fn rx_peek(&mut self) -> Option<PortFrame<'_>> {
+        self.rx.peek()
     }
     #[inline]
     fn rx_consume(&mut self) {
@@ -67,10 +67,10 @@ mod tests {
         let mut p = Loopback::new(8, true);
         let s = p.tx_slot().unwrap();
         s[..14].copy_from_slice(&[1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 8, 0]);
-        p.tx_commit(14);
+        p.tx_commit(14, FrameMeta::PLAIN);
         assert!(p.rx_peek().is_none(), "visible before flush");
         p.tx_flush();
-        assert_eq!(p.rx_peek().unwrap(), &[2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 8, 0]);
+        assert_eq!(p.rx_peek().unwrap().bytes, &[2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 8, 0]);
         p.rx_consume();
         p.rx_flush();
         assert_eq!(p.rx_pending(), 0);

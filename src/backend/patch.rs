@@ -9,14 +9,15 @@
 //! eventfd. The SeqCst fences on both sides make sure one of them sees the
 //! other.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 
+use nix::poll::PollFlags;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::slots::{channel, Consumer, Producer};
-use super::Port;
+use super::{FrameMeta, Port, PortFrame, PortWake};
 
 struct Wake {
     armed: AtomicBool,
@@ -55,8 +56,8 @@ impl Port for PatchPort {
         self.tx.slot()
     }
     #[inline]
-    fn tx_commit(&mut self, len: usize) {
-        self.tx.commit(len);
+    fn tx_commit(&mut self, len: usize, meta: FrameMeta) {
+        self.tx.commit(len, meta);
         self.flushed_since_signal = true;
     }
     #[inline]
@@ -73,8 +74,8 @@ impl Port for PatchPort {
         }
     }
     #[inline]
-    fn rx_peek(&mut self) -> Option<&[u8]> {
-        self.rx.peek().map(|f| &*f)
+    fn rx_peek(&mut self) -> Option<PortFrame<'_>> {
+        self.rx.peek()
     }
     #[inline]
     fn rx_consume(&mut self) {
@@ -87,8 +88,8 @@ impl Port for PatchPort {
     fn rx_pending(&self) -> usize {
         self.rx.pending()
     }
-    fn rx_wake_fd(&self) -> Option<BorrowedFd<'_>> {
-        Some(self.own.fd.as_fd())
+    fn wake(&self) -> Option<PortWake<'_>> {
+        Some(PortWake { fd: self.own.fd.as_fd(), events: PollFlags::POLLIN })
     }
     fn arm_rx_wakeup(&mut self) -> bool {
         self.own.armed.store(true, Ordering::Relaxed);
@@ -111,13 +112,20 @@ mod tests {
         let (mut a, mut b) = patch_pair(16).unwrap();
         assert!(!b.arm_rx_wakeup());
         a.tx_slot().unwrap()[..3].copy_from_slice(b"abc");
-        a.tx_commit(3);
+        a.tx_commit(3, FrameMeta { flags: 1, csum_start: 1, ..FrameMeta::PLAIN });
         a.tx_flush();
-        let mut fds = [nix::poll::PollFd::new(b.rx_wake_fd().unwrap(), nix::poll::PollFlags::POLLIN)];
+        let w = b.wake().unwrap();
+        let mut fds = [nix::poll::PollFd::new(w.fd, w.events)];
         let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16)).unwrap();
         assert_eq!(n, 1, "consumer was not woken");
         b.disarm_rx_wakeup();
-        assert_eq!(b.rx_peek().unwrap(), b"abc");
+        let f = b.rx_peek().unwrap();
+        assert_eq!(f.bytes, b"abc");
+        assert_eq!(
+            f.meta,
+            FrameMeta { flags: 1, csum_start: 1, ..FrameMeta::PLAIN },
+            "metadata crosses with the frame"
+        );
         b.rx_consume();
         b.rx_flush();
         assert!(a.rx_peek().is_none());

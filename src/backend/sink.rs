@@ -1,7 +1,7 @@
 //! Sink: the device consumes every TX frame and drops it (a TX-only
 //! benchmark's far end). Nothing ever arrives for RX.
 
-use super::{Port, SLOT_SIZE};
+use super::{FrameMeta, Port, PortFrame, SLOT_SIZE};
 
 pub struct Sink {
     /// One scratch slot, overwritten by every frame.
@@ -27,11 +27,11 @@ impl Port for Sink {
     }
     // The poll thread counts consumed frames in its own stats.
     #[inline]
-    fn tx_commit(&mut self, _len: usize) {}
+    fn tx_commit(&mut self, _len: usize, _meta: FrameMeta) {}
     #[inline]
     fn tx_flush(&mut self) {}
     #[inline]
-    fn rx_peek(&mut self) -> Option<&[u8]> {
+    fn rx_peek(&mut self) -> Option<PortFrame<'_>> {
         None
     }
     #[inline]
@@ -54,7 +54,7 @@ mod tests {
             let slot = s.tx_slot().unwrap();
             assert_eq!(slot.len(), SLOT_SIZE);
             slot[0] = 1;
-            s.tx_commit(64);
+            s.tx_commit(64, FrameMeta::PLAIN);
             s.tx_flush();
         }
         assert!(s.rx_peek().is_none());

@@ -1,5 +1,5 @@
 //! A bounded single-producer/single-consumer ring of fixed-size frame
-//! slots. The producer writes a slot in place and publishes it with a
+//! slots, each with its frame's [`FrameMeta`]. The producer writes a slot in place and publishes it with a
 //! Release store of `head`; the consumer reads it after an Acquire load of
 //! `head` and returns it with a Release store of `tail`. Each index is
 //! written by one side only and lives on its own cache line.
@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use crossbeam::utils::CachePadded;
 
-use super::SLOT_SIZE;
+use super::{FrameMeta, PortFrame, SLOT_SIZE};
 
 struct Slot {
     len: usize,
+    meta: FrameMeta,
     data: [u8; SLOT_SIZE],
 }
 
@@ -37,7 +38,8 @@ impl SlotRing {
     /// `capacity` is rounded up to a power of two.
     pub fn new(capacity: usize) -> Arc<SlotRing> {
         let cap = capacity.max(2).next_power_of_two();
-        let slots = (0..cap).map(|_| UnsafeCell::new(Slot { len: 0, data: [0; SLOT_SIZE] })).collect();
+        let slots =
+            (0..cap).map(|_| UnsafeCell::new(Slot { len: 0, meta: FrameMeta::PLAIN, data: [0; SLOT_SIZE] })).collect();
         Arc::new(SlotRing {
             slots,
             mask: cap - 1,
@@ -90,10 +92,14 @@ impl Producer {
     }
 
     #[inline]
-    pub fn commit(&mut self, len: usize) {
+    pub fn commit(&mut self, len: usize, meta: FrameMeta) {
         let cell = &self.ring.slots[self.local_head & self.ring.mask];
         // SAFETY: as in `slot`; still unpublished.
-        unsafe { (*cell.get()).len = len.min(SLOT_SIZE) };
+        unsafe {
+            let slot = &mut *cell.get();
+            slot.len = len.min(SLOT_SIZE);
+            slot.meta = meta;
+        }
         self.local_head = self.local_head.wrapping_add(1);
     }
 
@@ -116,7 +122,13 @@ impl Consumer {
     }
 
     #[inline]
-    pub fn peek(&mut self) -> Option<&mut [u8]> {
+    pub fn peek(&mut self) -> Option<PortFrame<'_>> {
+        self.peek_mut().map(|(bytes, meta)| PortFrame { bytes, meta })
+    }
+
+    /// The next frame, writable (a reflector swaps addresses in place).
+    #[inline]
+    pub fn peek_mut(&mut self) -> Option<(&mut [u8], FrameMeta)> {
         if self.local_tail == self.cached_head {
             // Acquire: pairs with the producer's Release in `flush`.
             self.cached_head = self.ring.head.load(Ordering::Acquire);
@@ -128,7 +140,7 @@ impl Consumer {
         // SAFETY: the slot is published (below head) and not yet freed, so
         // the producer does not touch it.
         let slot = unsafe { &mut *cell.get() };
-        Some(&mut slot.data[..slot.len])
+        Some((&mut slot.data[..slot.len], slot.meta))
     }
 
     #[inline]
@@ -158,7 +170,7 @@ mod tests {
                 while sent < N {
                     let Some(s) = p.slot() else { break };
                     s[..4].copy_from_slice(&sent.to_le_bytes());
-                    p.commit(4 + (sent as usize % 100));
+                    p.commit(4 + (sent as usize % 100), FrameMeta { gso_size: sent as u16, ..FrameMeta::PLAIN });
                     sent += 1;
                 }
                 p.flush();
@@ -170,8 +182,9 @@ mod tests {
         while expect < N {
             assert!(std::time::Instant::now() < deadline, "stalled at {expect}");
             while let Some(f) = c.peek() {
-                assert_eq!(f.len(), 4 + (expect as usize % 100));
-                assert_eq!(u32::from_le_bytes(f[..4].try_into().unwrap()), expect);
+                assert_eq!(f.bytes.len(), 4 + (expect as usize % 100));
+                assert_eq!(u32::from_le_bytes(f.bytes[..4].try_into().unwrap()), expect);
+                assert_eq!(f.meta.gso_size, expect as u16, "metadata travels with its frame");
                 c.consume();
                 expect += 1;
             }
@@ -186,7 +199,7 @@ mod tests {
         let (mut p, mut c) = channel(4);
         for _ in 0..4 {
             assert!(p.slot().is_some());
-            p.commit(1);
+            p.commit(1, FrameMeta::PLAIN);
         }
         assert!(p.slot().is_none());
         p.flush();

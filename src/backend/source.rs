@@ -3,7 +3,7 @@
 //! function into the port's own buffer when first peeked, so a frame the
 //! device could not deliver (no RX buffer) is offered again unchanged.
 
-use super::{Port, SLOT_SIZE};
+use super::{FrameMeta, Port, PortFrame, SLOT_SIZE};
 
 /// Writes frame `seq` into the buffer and returns its length (0 = none).
 pub type FrameFn = Box<dyn FnMut(u64, &mut [u8]) -> usize + Send>;
@@ -44,11 +44,11 @@ impl Port for Source {
         None
     }
     #[inline]
-    fn tx_commit(&mut self, _len: usize) {}
+    fn tx_commit(&mut self, _len: usize, _meta: FrameMeta) {}
     #[inline]
     fn tx_flush(&mut self) {}
     #[inline]
-    fn rx_peek(&mut self) -> Option<&[u8]> {
+    fn rx_peek(&mut self) -> Option<PortFrame<'_>> {
         if self.left == 0 {
             return None;
         }
@@ -59,7 +59,7 @@ impl Port for Source {
         if self.len == 0 {
             return None;
         }
-        Some(&self.buf[..self.len])
+        Some(PortFrame { bytes: &self.buf[..self.len], meta: FrameMeta::PLAIN })
     }
     #[inline]
     fn rx_consume(&mut self) {
@@ -91,11 +91,11 @@ mod tests {
     fn frames_are_numbered_and_repeated_until_consumed() {
         let mut s = Source::new(Some(2), numbered());
         assert_eq!(s.rx_pending(), 1);
-        assert_eq!(&s.rx_peek().unwrap()[..8], &0u64.to_le_bytes());
+        assert_eq!(&s.rx_peek().unwrap().bytes[..8], &0u64.to_le_bytes());
         // Not consumed (no RX buffer): the same frame again.
-        assert_eq!(&s.rx_peek().unwrap()[..8], &0u64.to_le_bytes());
+        assert_eq!(&s.rx_peek().unwrap().bytes[..8], &0u64.to_le_bytes());
         s.rx_consume();
-        let f = s.rx_peek().unwrap();
+        let f = s.rx_peek().unwrap().bytes;
         assert_eq!(f.len(), 60);
         assert_eq!(&f[..8], &1u64.to_le_bytes());
         s.rx_consume();

@@ -286,6 +286,20 @@ pub struct LatencyReport {
     pub integrity_errors: u64,
     pub duplicates_or_reordered: u64,
     pub threads: Vec<ThreadCpu>,
+    /// The device poll thread's busy ticks per frame (pair 0; set by the
+    /// caller from the device's `busy_cycles` / `busy_frames`).
+    pub device_cycles_per_frame: Option<f64>,
+    /// The same without iterations over `cycles::LONG_ITERATION`.
+    pub device_cycles_per_frame_excl_long: Option<f64>,
+    /// This thread's ticks in loop iterations that sent or received frames,
+    /// over the frames it sent (probes and load).
+    pub generator_cycles_per_frame: Option<f64>,
+    pub generator_busy_cycles: u64,
+    pub generator_busy_frames: u64,
+    /// Ticks per second of the cycle clock (measured once against the
+    /// monotonic clock) and what a tick is ("tsc" or "ns").
+    pub tsc_hz: f64,
+    pub cycles_unit: &'static str,
 }
 
 /// Measure round trips on `q` until the sample count, the duration or
@@ -306,8 +320,11 @@ pub fn run_pingpong(mut q: QueuePair, o: &LatencyOptions, stop: &AtomicBool) -> 
     let (mut bad_probes, mut late_probes) = (0u64, 0u64);
     let mut tokens = 0.0f64;
     let mut last_refill = start;
+    let (mut busy_cycles, mut busy_frames) = (0u64, 0u64);
     q.post_rx();
     let end = loop {
+        let t0 = crate::dataplane::cycles::now();
+        let mut sent = 0u64;
         let now = Instant::now();
         let measuring = now >= warm_end;
         if measuring && load_tx_at_window.is_none() {
@@ -331,6 +348,7 @@ pub fn run_pingpong(mut q: QueuePair, o: &LatencyOptions, stop: &AtomicBool) -> 
             let n = q.tx_burst(&mut |_, buf| frame::build(buf, size, PEER_MAC, DEVICE_MAC, PROBE_PAIR, seq), 1);
             if n == 1 {
                 in_flight = Some(t);
+                sent += 1;
             }
         }
         if o.load_pps > 0.0 {
@@ -349,11 +367,12 @@ pub fn run_pingpong(mut q: QueuePair, o: &LatencyOptions, stop: &AtomicBool) -> 
                 );
                 tokens -= n as f64;
                 load_tx += n as u64;
+                sent += n as u64;
             }
         }
         let expect = probe_seq;
         let mut back = None;
-        q.rx_burst(
+        let got = q.rx_burst(
             &mut |f| match frame::check(f) {
                 Check::Ok { pair: PROBE_PAIR, seq } if seq == expect => back = Some(Instant::now()),
                 // Back after its timeout: already counted lost.
@@ -370,6 +389,10 @@ pub fn run_pingpong(mut q: QueuePair, o: &LatencyOptions, stop: &AtomicBool) -> 
             }
             probe_seq += 1;
             in_flight = None;
+        }
+        if sent > 0 || got > 0 {
+            busy_cycles += crate::dataplane::cycles::now().saturating_sub(t0);
+            busy_frames += sent;
         }
     };
     // Let background frames in flight come back before counting losses.
@@ -394,6 +417,11 @@ pub fn run_pingpong(mut q: QueuePair, o: &LatencyOptions, stop: &AtomicBool) -> 
     rep.probes_late = late_probes;
     rep.duplicates_or_reordered = load.duplicates_or_reordered;
     rep.threads = vec![cpu::current_thread("latency-0")];
+    rep.generator_busy_cycles = busy_cycles;
+    rep.generator_busy_frames = busy_frames;
+    rep.generator_cycles_per_frame = crate::dataplane::cycles::per_frame(busy_cycles, busy_frames);
+    rep.tsc_hz = crate::dataplane::cycles::hz();
+    rep.cycles_unit = crate::dataplane::cycles::UNIT;
     (rep, rec)
 }
 

@@ -22,6 +22,7 @@ use crate::backend::loopback::Loopback;
 use crate::backend::sink::Sink;
 use crate::backend::source::Source;
 use crate::backend::Port;
+use crate::dataplane::cycles;
 use crate::dataplane::device::DeviceStats;
 use crate::driver::net::QueuePair;
 
@@ -78,6 +79,31 @@ impl Mode {
     }
 }
 
+/// How much of each received frame the generator checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckMode {
+    /// Header and whole payload of every frame (the default, and what every
+    /// test uses).
+    #[default]
+    Full,
+    /// Sequence number, pair and length of every frame; the payload of every
+    /// [`frame::SAMPLE`]-th only. Frames that are not sampled are sent with
+    /// their header written over the buffer's old bytes. For rate runs where
+    /// the generator must not be the bottleneck.
+    Seq,
+}
+
+impl CheckMode {
+    pub fn parse(s: &str) -> Result<CheckMode, String> {
+        match s {
+            "full" => Ok(CheckMode::Full),
+            "seq" => Ok(CheckMode::Seq),
+            _ => Err(format!("--check {s:?}: expected full or seq")),
+        }
+    }
+}
+
 /// What each generator thread does.
 #[derive(Clone, Debug)]
 pub struct GenOptions {
@@ -95,6 +121,7 @@ pub struct GenOptions {
     pub busy: bool,
     /// No progress for this long ends a queue's run.
     pub stall: Duration,
+    pub check: CheckMode,
 }
 
 impl Default for GenOptions {
@@ -109,6 +136,7 @@ impl Default for GenOptions {
             warmup: Duration::ZERO,
             busy: false,
             stall: Duration::from_secs(2),
+            check: CheckMode::Full,
         }
     }
 }
@@ -149,6 +177,7 @@ pub struct RxCheck {
     pub duplicates_or_reordered: u64,
     /// Sequence numbers skipped over (frames never seen).
     pub gaps: u64,
+    pub mode: CheckMode,
 }
 
 impl RxCheck {
@@ -156,9 +185,17 @@ impl RxCheck {
         RxCheck { pair, ..Default::default() }
     }
 
+    pub fn with_mode(pair: u16, mode: CheckMode) -> RxCheck {
+        RxCheck { pair, mode, ..Default::default() }
+    }
+
     #[inline]
     pub fn frame(&mut self, f: &[u8]) {
-        self.checked(frame::check(f), f.len());
+        let c = match self.mode {
+            CheckMode::Full => frame::check(f),
+            CheckMode::Seq => frame::check_sampled(f),
+        };
+        self.checked(c, f.len());
     }
 
     /// Account a frame of `len` bytes already checked as `c`.
@@ -249,6 +286,25 @@ pub struct QueueReport {
     pub gbps_tx: f64,
     pub gbps_rx: f64,
     pub cpu: ThreadCpu,
+    /// Generator clock ticks ([`cycles::UNIT`]) in loop iterations that moved
+    /// frames, and the frames they moved (sent; received in rxonly).
+    pub generator_busy_cycles: u64,
+    pub generator_busy_frames: u64,
+    pub generator_cycles_per_frame: Option<f64>,
+    /// The device poll thread's busy ticks per frame for this pair (from its
+    /// `busy_cycles` / `busy_frames`), when the device runs in this process.
+    pub device_cycles_per_frame: Option<f64>,
+    /// Both figures without iterations longer than `cycles::LONG_ITERATION`
+    /// (on a shared machine mostly preemption; not testpmd's definition).
+    pub device_cycles_per_frame_excl_long: Option<f64>,
+    pub generator_cycles_per_frame_excl_long: Option<f64>,
+    pub generator_long_cycles: u64,
+    pub generator_long_frames: u64,
+    /// Seconds from the generator's start to its end (warm-up included).
+    pub run_s: f64,
+    /// Busy ticks over `run_s`, per side.
+    pub generator_busy_fraction: f64,
+    pub device_busy_fraction: Option<f64>,
 }
 
 /// Run one queue pair until its frame count, its duration, a stall or the
@@ -261,7 +317,10 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
     let warm_end = start + o.warmup;
     let deadline = o.duration.map(|d| warm_end + d);
     let limit = o.frames.unwrap_or(u64::MAX);
-    let mut chk = RxCheck::new(pair);
+    let mut chk = RxCheck::with_mode(pair, o.check);
+    let seq_mode = o.check == CheckMode::Seq;
+    let (mut busy_cycles, mut busy_frames) = (0u64, 0u64);
+    let (mut long_cycles, mut long_frames, long) = (0u64, 0u64, cycles::long_ticks());
     let mut tx = Counts::default();
     let mut win_start: Option<(Instant, Counts)> = None;
     let mut win_end: Option<(Instant, Counts)> = None;
@@ -272,6 +331,7 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
         q.post_rx();
     }
     loop {
+        let t0 = cycles::now();
         let now = Instant::now();
         let counts = Counts { rx: chk.frames, rx_bytes: chk.bytes, ..tx };
         if win_start.is_none() && now >= warm_end {
@@ -290,7 +350,12 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
                     let (mut seq, mut bytes) = (tx.tx, 0u64);
                     let n = q.tx_burst(
                         &mut |_, buf| {
-                            let n = frame::build(buf, o.sizes.of(seq), PEER_MAC, DEVICE_MAC, pair, seq);
+                            let size = o.sizes.of(seq);
+                            let n = if seq_mode && !frame::sampled(seq) {
+                                frame::stamp(buf, size, PEER_MAC, DEVICE_MAC, pair, seq)
+                            } else {
+                                frame::build(buf, size, PEER_MAC, DEVICE_MAC, pair, seq)
+                            };
                             seq += 1;
                             bytes += n as u64;
                             n
@@ -306,8 +371,13 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
                 work += q.reclaim_tx();
             }
         }
+        let mut moved = work as u64;
         if o.mode != Mode::TxOnly {
-            work += q.rx_burst(&mut |f| chk.frame(f), burst);
+            let got = q.rx_burst(&mut |f| chk.frame(f), burst);
+            work += got;
+            if o.mode == Mode::RxOnly {
+                moved = got as u64;
+            }
         }
         prog.tx.store(tx.tx, Ordering::Relaxed);
         prog.rx.store(chk.frames, Ordering::Relaxed);
@@ -320,6 +390,17 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
             Mode::TxOnly => !sending && q.tx_free() >= q.ring_size() as usize,
             Mode::RxOnly => win_end.is_some() || chk.seen() >= limit,
         };
+        if work > 0 {
+            // Busy ticks as testpmd counts them: iterations that did work.
+            // `moved` counts each frame once (sent, or received in rxonly).
+            let dt = cycles::now().saturating_sub(t0);
+            busy_cycles += dt;
+            busy_frames += moved;
+            if dt > long {
+                long_cycles += dt;
+                long_frames += moved;
+            }
+        }
         if done {
             break;
         }
@@ -366,6 +447,17 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
     let s = q.stats();
     r.driver_errors = s.tx_errors + s.rx_errors + s.kick_errors;
     r.cpu = cpu::current_thread(&format!("pktgen-{pair}"));
+    r.generator_busy_cycles = busy_cycles;
+    r.generator_busy_frames = busy_frames;
+    r.generator_cycles_per_frame = cycles::per_frame(busy_cycles, busy_frames);
+    r.generator_long_cycles = long_cycles;
+    r.generator_long_frames = long_frames;
+    r.generator_cycles_per_frame_excl_long =
+        cycles::per_frame_excl_long(busy_cycles, busy_frames, long_cycles, long_frames);
+    r.run_s = start.elapsed().as_secs_f64();
+    if r.run_s > 0.0 {
+        r.generator_busy_fraction = busy_cycles as f64 / cycles::hz() / r.run_s;
+    }
     r
 }
 
@@ -391,6 +483,26 @@ pub struct PktgenReport {
     pub queues: Vec<QueueReport>,
     /// CPU time of the generator threads and of the device's threads.
     pub threads: Vec<ThreadCpu>,
+    /// `--check` mode of the receive side.
+    pub check: CheckMode,
+    /// Device poll threads' busy ticks per frame, all pairs (testpmd's
+    /// `--record-core-cycles` definition: only iterations that moved frames).
+    /// None when the device runs elsewhere (`--vhost-vdpa`).
+    pub device_cycles_per_frame: Option<f64>,
+    /// Generator threads' busy ticks per frame, all pairs.
+    pub generator_cycles_per_frame: Option<f64>,
+    /// Both without iterations longer than `long_iteration_us` (on a shared
+    /// machine mostly preemption; not testpmd's definition).
+    pub device_cycles_per_frame_excl_long: Option<f64>,
+    pub generator_cycles_per_frame_excl_long: Option<f64>,
+    pub long_iteration_us: u64,
+    /// Which side spent more ticks per frame: "device" or "generator".
+    pub busier: Option<&'static str>,
+    /// Ticks per second used for the busy fractions, measured once against
+    /// the monotonic clock; `cycles_unit` says what a tick is ("tsc" cycles
+    /// on x86_64, "ns" elsewhere).
+    pub tsc_hz: f64,
+    pub cycles_unit: &'static str,
     pub device: Option<DeviceStats>,
     /// Results of post-traffic checks (`foreign_iova`, `suspend`), flattened
     /// into the JSON object.
@@ -502,10 +614,38 @@ pub fn summarize(
             }
         }
     }
+    let hz = cycles::hz();
+    let (mut dev_c, mut dev_f, mut dev_lc, mut dev_lf) = (0u64, 0u64, 0u64, 0u64);
+    for q in queues.iter_mut() {
+        if let Some(p) = device.as_ref().and_then(|d| d.pairs.get(q.pair as usize)) {
+            q.device_cycles_per_frame = cycles::per_frame(p.busy_cycles, p.busy_frames);
+            if q.run_s > 0.0 {
+                q.device_busy_fraction = Some(p.busy_cycles as f64 / hz / q.run_s);
+            }
+            q.device_cycles_per_frame_excl_long =
+                cycles::per_frame_excl_long(p.busy_cycles, p.busy_frames, p.busy_long_cycles, p.busy_long_frames);
+            dev_c += p.busy_cycles;
+            dev_f += p.busy_frames;
+            dev_lc += p.busy_long_cycles;
+            dev_lf += p.busy_long_frames;
+        }
+    }
     let sum_u = |f: fn(&QueueReport) -> u64| queues.iter().map(f).sum::<u64>();
     let sum_f = |f: fn(&QueueReport) -> f64| queues.iter().map(f).sum::<f64>();
     let mut threads: Vec<ThreadCpu> = queues.iter().map(|q| q.cpu.clone()).collect();
     threads.extend(device_threads);
+    let device_cpf = cycles::per_frame(dev_c, dev_f);
+    let gen_cpf = cycles::per_frame(sum_u(|q| q.generator_busy_cycles), sum_u(|q| q.generator_busy_frames));
+    let gen_excl = cycles::per_frame_excl_long(
+        sum_u(|q| q.generator_busy_cycles),
+        sum_u(|q| q.generator_busy_frames),
+        sum_u(|q| q.generator_long_cycles),
+        sum_u(|q| q.generator_long_frames),
+    );
+    let busier = match (device_cpf, gen_cpf) {
+        (Some(d), Some(g)) => Some(if d >= g { "device" } else { "generator" }),
+        _ => None,
+    };
     PktgenReport {
         mode,
         queue_pairs: queues.len(),
@@ -525,6 +665,15 @@ pub fn summarize(
         threads,
         device,
         checks: serde_json::Map::new(),
+        check: CheckMode::Full,
+        device_cycles_per_frame: device_cpf,
+        generator_cycles_per_frame: gen_cpf,
+        device_cycles_per_frame_excl_long: cycles::per_frame_excl_long(dev_c, dev_f, dev_lc, dev_lf),
+        generator_cycles_per_frame_excl_long: gen_excl,
+        long_iteration_us: cycles::LONG_ITERATION.as_micros() as u64,
+        busier,
+        tsc_hz: hz,
+        cycles_unit: cycles::UNIT,
     }
 }
 
@@ -555,6 +704,7 @@ pub fn run_on(
     let device = tb.finish()?;
     let mut rep = summarize(o.mode, queues, device, dev_threads);
     rep.checks = extra;
+    rep.check = o.check;
     Ok(rep)
 }
 
@@ -627,7 +777,7 @@ mod tests {
     #[test]
     fn txonly_loss_comes_from_device_counters() {
         let q = QueueReport { pair: 0, tx_frames: 100, ..Default::default() };
-        let mut stats = DeviceStats { pairs: vec![Default::default()], slow_path: Default::default() };
+        let mut stats = DeviceStats { pairs: vec![Default::default()], slow_path: Default::default(), link: None };
         stats.pairs[0].tx_frames = 97;
         let r = summarize(Mode::TxOnly, vec![q], Some(stats), Vec::new());
         assert_eq!(r.lost, 3);

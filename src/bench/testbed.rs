@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::backend::link::LinkWatch;
 use crate::backend::Port;
 use crate::dataplane::device::DeviceStats;
 use crate::dataplane::{DeviceError, DeviceOptions, NetDevice, RunningDevice};
@@ -60,6 +61,25 @@ impl Testbed {
         let dev = NetDevice::create(model.control(), opts)?;
         let ports: Vec<Box<dyn Port>> = (0..dev.layout().pairs).map(&mut *port).collect();
         let running = dev.start(ports)?;
+        let transport: Arc<dyn DriverTransport> = model.attach_vhost_vdpa(&name)?;
+        let mut tb = Testbed { model: Some((model, name)), running: Some(running), driver: None };
+        tb.driver = Some(NetDriver::probe(transport, dcfg)?);
+        Ok(tb)
+    }
+
+    /// A device with `opts` (its MAC kept) on a fresh kernel model, with
+    /// `ports` and its link following `link`, probed by the driver.
+    pub fn model_with_ports(
+        cfg: ModelConfig,
+        opts: DeviceOptions,
+        ports: Vec<Box<dyn Port>>,
+        link: Option<Box<dyn LinkWatch>>,
+        dcfg: NetDriverConfig,
+    ) -> Result<Testbed, BenchError> {
+        let name = opts.name.clone();
+        let model = KernelModel::new(cfg);
+        let dev = NetDevice::create(model.control(), opts)?;
+        let running = dev.start_with_link(ports, link)?;
         let transport: Arc<dyn DriverTransport> = model.attach_vhost_vdpa(&name)?;
         let mut tb = Testbed { model: Some((model, name)), running: Some(running), driver: None };
         tb.driver = Some(NetDriver::probe(transport, dcfg)?);

@@ -407,6 +407,23 @@ pub fn parse(text: &str, path: &Path) -> Result<ConfigFile, ConfigError> {
                 msg.trim_start_matches("invalid option: ").to_string(),
             ));
         }
+        // Host ports: --iface goes with tap/af-packet only, one interface per
+        // device (`%d` stands for the device's index, as with --devices N).
+        let mut args = args;
+        let key_line = |k: &str| own.iter().chain(defaults.iter()).find(|e| e.key == k).and_then(|e| e.line);
+        match args.host.spec(args.backend) {
+            Err(e) => {
+                let line = key_line("iface").or_else(|| key_line("backend")).or(*tline);
+                return Err(ctx.err(line, Some(format!("device {name:?}")), e.0));
+            }
+            Ok(Some(spec)) => {
+                let index = if spec.contains("%d") { i } else { 0 };
+                let iface = vduse_net::backend::host::iface_for(spec, index, 1)
+                    .map_err(|m| ctx.err(key_line("iface").or(*tline), what("iface"), m))?;
+                args.host.iface = Some(iface);
+            }
+            Ok(None) => {}
+        }
         devs.push(Dev {
             plan: DevicePlan { name, mac, args, peer: None, keys, line: *tline },
             peer_name,
@@ -428,6 +445,18 @@ pub fn parse(text: &str, path: &Path) -> Result<ConfigFile, ConfigError> {
                     devs[j].name_line.map_or("?".into(), |l| l.to_string())
                 ),
             ));
+        }
+        if let Some(iface) = d.plan.args.host.iface.as_deref().filter(|_| d.plan.args.backend.host().is_some()) {
+            if let Some(o) = devs[..i]
+                .iter()
+                .find(|o| o.plan.args.backend.host().is_some() && o.plan.args.host.iface.as_deref() == Some(iface))
+            {
+                return Err(ctx.err(
+                    d.entries.iter().find(|e| e.key == "iface").and_then(|e| e.line).or(d.plan.line),
+                    Some(format!("device {:?}", d.plan.name)),
+                    format!("interface {iface} is also the interface of device {:?} (one per device)", o.plan.name),
+                ));
+            }
         }
         if let Some(j) = devs[..i].iter().position(|o| o.plan.mac == d.plan.mac) {
             return Err(ctx.err(
@@ -667,6 +696,18 @@ mod tests {
         ("metrics", "127.0.0.1:9477"),
         ("log-level", "debug"),
         ("kernel-model", "7.3"),
+        ("iface", "tap0"),
+        ("xdp-mode", "skb"),
+        ("xdp-ring-size", "4096"),
+    ];
+
+    /// Keys that only go with others: those, as flags and as TOML.
+    const WITH: &[(&str, &[&str], &str)] = &[
+        ("iface", &["--backend=tap"], "backend = \"tap\""),
+        ("no-promisc", &["--backend=af-packet", "--iface=eth0"], "backend = \"af-packet\"\niface = \"eth0\""),
+        ("xdp-mode", &["--backend=af-xdp", "--iface=eth0"], "backend = \"af-xdp\"\niface = \"eth0\""),
+        ("zero-copy", &["--backend=af-xdp", "--iface=eth0"], "backend = \"af-xdp\"\niface = \"eth0\""),
+        ("xdp-ring-size", &["--backend=af-xdp", "--iface=eth0"], "backend = \"af-xdp\"\niface = \"eth0\""),
     ];
 
     /// Every flag of `run` is a config key (or says what stands for it), and a
@@ -693,10 +734,11 @@ mod tests {
             } else {
                 panic!("run flag --{long} has no default: add a sample value to SAMPLE");
             };
-            let cli: Vec<String> = match &value {
+            let mut cli: Vec<String> = match &value {
                 None => vec![format!("--{long}")],
                 Some(v) => vec![format!("--{long}={v}")],
             };
+            let with = WITH.iter().find(|(k, _, _)| *k == long);
             let toml_value = match &value {
                 None => "true".to_string(),
                 Some(v) => format!("{v:?}"),
@@ -705,8 +747,12 @@ mod tests {
                 format!("{long} = {toml_value}\n[[device]]\nname = \"d\"\n")
             } else {
                 assert!(device.iter().any(|d| d == long), "--{long} is neither a device nor a process key");
-                format!("[[device]]\nname = \"d\"\n{long} = {toml_value}\n")
+                let extra = with.map(|(_, _, t)| format!("{t}\n")).unwrap_or_default();
+                format!("[[device]]\nname = \"d\"\n{extra}{long} = {toml_value}\n")
             };
+            if let Some((_, flags, _)) = with {
+                cli.extend(flags.iter().map(|f| f.to_string()));
+            }
             if long == "name" {
                 continue; // set by every table
             }
@@ -770,5 +816,40 @@ no-ctrl-vq = true
         assert!(e.contains(":3:") && e.contains("power of two"), "{e}");
         let e = parse_str("[[device]]\nname = \"a\"\nqueues = 2\nfeatures = \"+nosuch\"\n").unwrap_err().to_string();
         assert!(e.contains(":4:") && e.contains("unknown feature \"nosuch\""), "{e}");
+    }
+
+    #[test]
+    fn host_ports_take_one_interface_per_device() {
+        let f = parse_str(
+            r#"
+[defaults]
+backend = "tap"
+iface = "vn%d"
+[[device]]
+name = "a"
+[[device]]
+name = "b"
+[[device]]
+name = "c"
+backend = "af-packet"
+iface = "eth1"
+no-promisc = true
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let d = &f.plan.devices;
+        let ifaces: Vec<_> = d.iter().map(|d| d.args.host.iface.as_deref().unwrap()).collect();
+        assert_eq!(ifaces, ["vn0", "vn1", "eth1"]);
+        assert_eq!(d[2].args.backend, Backend::AfPacket);
+        assert!(d[2].args.host.no_promisc && !d[0].args.host.no_promisc);
+        let e = parse_str("[[device]]\nname = \"a\"\nbackend = \"tap\"\n").unwrap_err().to_string();
+        assert!(e.contains(":3:") && e.contains("needs --iface"), "{e}");
+        let e = parse_str("[[device]]\nname = \"a\"\niface = \"eth0\"\n").unwrap_err().to_string();
+        assert!(e.contains(":3:") && e.contains("only for --backend tap, af-packet or af-xdp"), "{e}");
+        let e = parse_str("[[device]]\nname = \"a\"\nbackend = \"tap\"\niface = \"x,y\"\n").unwrap_err().to_string();
+        assert!(e.contains(":4:") && e.contains("lists 2 interfaces"), "{e}");
+        let two = "[defaults]\nbackend = \"af-packet\"\niface = \"eth0\"\n[[device]]\nname = \"a\"\n[[device]]\nname = \"b\"\nmac = \"02:00:00:00:00:09\"\n";
+        let e = parse_str(two).unwrap_err().to_string();
+        assert!(e.contains("interface eth0 is also the interface of device \"a\""), "{e}");
     }
 }

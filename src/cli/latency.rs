@@ -87,7 +87,13 @@ pub fn run(a: LatencyArgs) -> CliResult {
     if tb.device_stats().is_some() {
         rep.threads.extend(cpu::threads_named(DEVICE_THREADS));
     }
-    tb.finish().map_err(|e| CliError(format!("tearing down: {e}")))?;
+    let dev = tb.finish().map_err(|e| CliError(format!("tearing down: {e}")))?;
+    if let Some(p) = dev.as_ref().and_then(|d| d.pairs.first()) {
+        use vduse_net::dataplane::cycles;
+        rep.device_cycles_per_frame = cycles::per_frame(p.busy_cycles, p.busy_frames);
+        rep.device_cycles_per_frame_excl_long =
+            cycles::per_frame_excl_long(p.busy_cycles, p.busy_frames, p.busy_long_cycles, p.busy_long_frames);
+    }
 
     if let Some((path, f)) = hgrm.as_mut() {
         rec.write_hgrm(f, 1000.0).map_err(|e| CliError(format!("writing {path}: {e}")))?;
@@ -126,6 +132,7 @@ pub fn run(a: LatencyArgs) -> CliResult {
             );
         }
         println!("  lost {} (probes {}), integrity errors {}", rep.lost, rep.probes_lost, rep.integrity_errors);
+        print_cycles(rep.device_cycles_per_frame, rep.generator_cycles_per_frame, rep.tsc_hz, rep.cycles_unit);
         for t in &rep.threads {
             println!("  cpu {:<16} user {:.3} s, sys {:.3} s", t.thread, t.user_s, t.sys_s);
         }
@@ -140,6 +147,12 @@ pub fn run(a: LatencyArgs) -> CliResult {
         )));
     }
     Ok(())
+}
+
+/// One line with both sides' busy ticks per frame.
+pub fn print_cycles(device: Option<f64>, generator: Option<f64>, hz: f64, unit: &str) {
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |c| format!("{c:.0}"));
+    println!("  busy {unit} ticks/frame: device {}, generator {} (clock {:.3} GHz)", f(device), f(generator), hz / 1e9);
 }
 
 fn create(path: &str) -> Result<(String, std::io::BufWriter<std::fs::File>), CliError> {

@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use vduse_net::bench::checks;
-use vduse_net::bench::pktgen::{self, Control, GenOptions, Mode, PktgenReport, Sizes};
+use vduse_net::bench::netgen::{self, NetDevice, NetGenOptions, NetReport};
+use vduse_net::bench::pktgen::{self, CheckMode, Control, GenOptions, Mode, PktgenReport, Sizes};
 use vduse_net::bench::testbed::Testbed;
 use vduse_net::driver::net::{EnableOrder, NetDriverConfig};
 use vduse_net::net::features;
 use vduse_net::vduse::model::ModelConfig;
 use vduse_net::virtq::RingFormat;
 
-use super::run::DeviceArgs;
+use super::run::{Backend, DeviceArgs, HostArgs};
 use super::{parse_cores, CliError, CliResult, Idle};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -217,10 +218,36 @@ pub struct PktgenArgs {
     /// vq with the driver's view ("suspend").
     #[arg(long)]
     suspend_check: bool,
+    /// Ports on a host interface (tap, af-packet, af-xdp; needs --iface): frames go
+    /// through the real kernel, which sends them back (e.g. a tc reflector)
+    /// or, with --iface a,b, on to the next device (one device per interface).
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
+    #[command(flatten)]
+    host: HostArgs,
+    /// With --backend: the link is expected to go down and come back during
+    /// the run (the interface deleted and made again); loss is then reported
+    /// but not a failure; the run fails unless both changes were seen and
+    /// frames came back after the link did.
+    #[arg(long)]
+    link_flap_check: bool,
+    /// With --backend: drive the ports directly, without a device (no
+    /// virtio, no poll thread): the same frames and checks, so the rate is
+    /// the ceiling of the port and its kernel path.
+    #[arg(long)]
+    port_only: bool,
+    /// With --backend: seconds to wait for the link to be up before sending.
+    #[arg(long, default_value_t = 5.0)]
+    link_wait: f64,
     /// After traffic, keep the device and its stats socket for up to SECS seconds
     /// (SIGINT/SIGTERM end the wait) so a reader sees the final counters.
     #[arg(long, value_name = "SECS")]
     linger: Option<f64>,
+    /// Receive-side checks: full (header and payload of every frame, the
+    /// default) or seq (sequence numbers of every frame, payload of every
+    /// 64th; for rate runs where the generator must not be the bottleneck).
+    #[arg(long, default_value = "full", value_name = "full|seq")]
+    check: String,
     #[command(flatten)]
     bench: BenchArgs,
 }
@@ -244,6 +271,15 @@ pub fn run(a: PktgenArgs) -> CliResult {
     if !(a.rate.is_finite() && a.rate >= 0.0) {
         return Err(CliError(format!("--rate {} must be a number of frames per second >= 0", a.rate)));
     }
+    let check = CheckMode::parse(&a.check).map_err(CliError)?;
+    if let Some(backend) = a.backend {
+        return run_host(&a, backend, sizes, duration, warmup);
+    }
+    if a.link_flap_check || a.port_only || a.host.iface.is_some() {
+        return Err(CliError(
+            "--iface, --port-only and --link-flap-check need --backend tap, af-packet or af-xdp".into(),
+        ));
+    }
     let mode: Mode = a.mode.into();
     if b.vhost_vdpa.is_some() && mode != Mode::Loopback {
         return Err(CliError(
@@ -266,6 +302,7 @@ pub fn run(a: PktgenArgs) -> CliResult {
         warmup,
         busy: b.dev.idle == Idle::Busy,
         stall: Duration::from_secs(2),
+        check,
     };
     let linger = match a.linger {
         None => None,
@@ -314,6 +351,136 @@ pub fn run(a: PktgenArgs) -> CliResult {
     Ok(())
 }
 
+/// `pktgen --backend tap|af-packet|af-xdp --iface ...`: model device(s) whose
+/// ports are host interfaces.
+fn run_host(a: &PktgenArgs, backend: Backend, sizes: Sizes, duration: Option<Duration>, warmup: Duration) -> CliResult {
+    let b = &a.bench;
+    let Some(kind) = backend.host() else {
+        return Err(CliError(format!(
+            "pktgen --backend takes a host port (tap, af-packet, af-xdp); for the in-process ports use --mode (loopback, txonly, rxonly), not --backend {backend:?}"
+        )));
+    };
+    let spec = a.host.spec(backend)?.unwrap_or_default();
+    if a.mode != ModeArg::Loopback {
+        return Err(CliError("with --backend the kernel sends the frames back: --mode does not apply".into()));
+    }
+    if b.vhost_vdpa.is_some() || a.foreign_iova_check || a.suspend_check {
+        return Err(CliError("--backend runs its own model device(s): no --vhost-vdpa or post-traffic checks".into()));
+    }
+    if spec.contains("%d") {
+        return Err(CliError("pktgen --iface takes a name or a list a,b (one device per interface)".into()));
+    }
+    if !(a.link_wait.is_finite() && a.link_wait >= 0.0 && a.link_wait < 3600.0) {
+        return Err(CliError(format!("--link-wait {} must be in [0, 3600) seconds", a.link_wait)));
+    }
+    let count = spec.split(',').count();
+    let pairs = b.dev.queues;
+    if pairs == 0 || pairs > 256 {
+        return Err(CliError(format!("--queues {pairs} must be in 1..=256")));
+    }
+    let frames = match (a.frames, duration) {
+        (None, None) => Some(200_000),
+        (f, _) => f,
+    };
+    let threads = count * pairs as usize;
+    let o = NetGenOptions {
+        sizes,
+        burst: b.dev.burst,
+        rate_pps: a.rate / threads as f64,
+        frames,
+        duration,
+        warmup,
+        busy: b.dev.idle == Idle::Busy,
+        stall: Duration::from_secs(2),
+        link_wait: Duration::from_secs_f64(a.link_wait),
+    };
+    let mut all_opts = Vec::with_capacity(count);
+    for d in 0..count {
+        all_opts.push(b.dev.options(&format!("pktgen{d}"), netgen::device_mac(d))?);
+    }
+    // Every port first: a bad interface leaves nothing behind.
+    let opened = a.host.open_all(kind, spec, count, pairs)?;
+    let cores = b.gen_cores.clone().unwrap_or_default();
+    if a.port_only {
+        if a.link_flap_check {
+            return Err(CliError("--link-flap-check needs the device (not --port-only)".into()));
+        }
+        let ports = opened.into_iter().map(|(n, hp)| (n, hp.ports)).collect();
+        let rep = netgen::run_ports(ports, &o, &cores, stop_flag()?).map_err(|e| CliError(e.to_string()))?;
+        return report_net(&rep, b, false);
+    }
+    let mut devices = Vec::new();
+    for ((iface, hp), opts) in opened.into_iter().zip(all_opts) {
+        let dcfg = NetDriverConfig { ring_size: b.dev.ring_size, pairs: Some(pairs), ..NetDriverConfig::default() };
+        let tb = Testbed::model_with_ports(b.kernel_model.config(), opts, hp.ports, Some(hp.watch), dcfg)
+            .map_err(|e| CliError(format!("setting up the device on {iface}: {e}")))?;
+        devices.push(NetDevice { tb, iface });
+    }
+    let rep = netgen::run_network(devices, &o, &cores, stop_flag()?).map_err(|e| CliError(e.to_string()))?;
+    report_net(&rep, b, a.link_flap_check)
+}
+
+/// Print a network run and judge it.
+fn report_net(rep: &NetReport, b: &BenchArgs, link_flap_check: bool) -> CliResult {
+    if b.json {
+        println!("{}", serde_json::to_string(&rep).map_err(|e| CliError(e.to_string()))?);
+    } else {
+        print_net(rep, &b.size);
+    }
+    if rep.failed(link_flap_check) {
+        return Err(CliError(format!(
+            "traffic check failed: lost {}, corrupt {}, dup/reordered {}, driver errors {}",
+            rep.lost, rep.integrity_errors, rep.duplicates_or_reordered, rep.driver_errors
+        )));
+    }
+    if link_flap_check {
+        let down = rep.link_events.iter().position(|e| !e.up);
+        let up_after = down.is_some_and(|i| rep.link_events[i..].iter().any(|e| e.up));
+        if !up_after {
+            return Err(CliError(format!(
+                "link flap check: expected the link to go down and come back, saw {:?}",
+                rep.link_events
+            )));
+        }
+        if rep.rx_after_link_up == 0 {
+            return Err(CliError("link flap check: no frame came back after the link did".into()));
+        }
+    } else if rep.lost > 0 {
+        return Err(CliError(format!("lost {} frames", rep.lost)));
+    }
+    Ok(())
+}
+
+fn print_net(r: &NetReport, size: &str) {
+    println!(
+        "pktgen {} over {}: {} queue pair(s) per device, sizes {size}, measured {:.2} s",
+        r.mode,
+        r.ifaces.join(", "),
+        r.queue_pairs,
+        r.duration_s
+    );
+    println!(
+        "  total: tx {:.3} Mpps {:.2} Gbit/s, rx {:.3} Mpps {:.2} Gbit/s ({} / {} frames)",
+        r.mpps_tx, r.gbps_tx, r.mpps_rx, r.gbps_rx, r.tx_frames, r.rx_frames
+    );
+    for s in &r.streams {
+        println!(
+            "  device {} pair {}: sent {}, received {}, lost {}, corrupt {}, dup/reordered {}",
+            s.device, s.pair, s.sent, s.received, s.lost, s.integrity_errors, s.duplicates_or_reordered
+        );
+    }
+    println!(
+        "  lost {}, integrity errors {}, duplicated/reordered {}, driver errors {}, foreign frames {}",
+        r.lost, r.integrity_errors, r.duplicates_or_reordered, r.driver_errors, r.foreign_frames
+    );
+    for e in &r.link_events {
+        println!("  link of device {} {} at {:.2} s", e.device, if e.up { "up" } else { "down" }, e.t_s);
+    }
+    for t in &r.cpu {
+        println!("  cpu {:<16} user {:.3} s, sys {:.3} s", t.thread, t.user_s, t.sys_s);
+    }
+}
+
 fn print_text(r: &PktgenReport, size: &str) {
     let ring = r.checks.get("ring").and_then(|v| v.as_str()).unwrap_or("split");
     println!(
@@ -339,5 +506,9 @@ fn print_text(r: &PktgenReport, size: &str) {
     );
     for t in &r.threads {
         println!("  cpu {:<16} user {:.3} s, sys {:.3} s", t.thread, t.user_s, t.sys_s);
+    }
+    super::latency::print_cycles(r.device_cycles_per_frame, r.generator_cycles_per_frame, r.tsc_hz, r.cycles_unit);
+    if let Some(b) = r.busier {
+        println!("  busier side: {b} (check mode {:?})", r.check);
     }
 }

@@ -35,6 +35,11 @@ impl DevicePlan {
             (Backend::Patch, Some(p)) => format!("patch <-> {}", all[p].name),
             (Backend::Loopback, _) if self.args.no_macswap => "loopback".into(),
             (Backend::Loopback, _) => "loopback (macswap)".into(),
+            (Backend::Tap | Backend::AfPacket | Backend::AfXdp, _) => format!(
+                "{} {}",
+                self.args.backend.host().map(|k| k.name()).unwrap_or_default(),
+                self.args.host.iface.as_deref().unwrap_or("?")
+            ),
             (b, _) => format!("{b:?}").to_lowercase(),
         }
     }
@@ -74,16 +79,28 @@ impl RunPlan {
         } else {
             (0..a.devices).map(|i| format!("{}{i}", a.name)).collect()
         };
+        // --iface a,b or tap%d: one interface per device, resolved here so
+        // each device's plan names its own (as a config file's would).
+        let spec = a.host.spec(a.backend)?;
+        let mut ifaces = Vec::new();
+        for i in 0..names.len() {
+            ifaces.push(match spec {
+                Some(s) => Some(vduse_net::backend::host::iface_for(s, i, names.len()).map_err(CliError)?),
+                None => None,
+            });
+        }
         let devices = names
             .iter()
             .enumerate()
             .map(|(i, name)| {
                 let mut mac = a.mac;
                 mac[5] = mac[5].wrapping_add(i as u8);
+                let mut args = a.clone();
+                args.host.iface = ifaces[i].clone();
                 DevicePlan {
                     name: name.clone(),
                     mac,
-                    args: a.clone(),
+                    args,
                     peer: (a.backend == Backend::Patch).then_some(1 - i),
                     keys: BTreeMap::new(),
                     line: None,

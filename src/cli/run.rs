@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use log::LevelFilter;
+use vduse_net::backend::af_xdp::XdpMode;
+use vduse_net::backend::host::{self, HostKind, HostOptions, HostPorts};
+use vduse_net::backend::link::LinkWatch;
 use vduse_net::backend::loopback::Loopback;
 use vduse_net::backend::patch::patch_pair;
 use vduse_net::backend::Port;
@@ -37,6 +40,114 @@ pub enum Backend {
     Loopback,
     /// Two devices wired together (needs --devices 2).
     Patch,
+    /// A tap device per device (--iface), one tap queue per pair; created
+    /// if missing.
+    Tap,
+    /// Packet sockets with mmapped rings on an Ethernet interface (--iface).
+    #[value(name = "af-packet")]
+    AfPacket,
+    /// AF_XDP sockets on a NIC (--iface): pair i on the NIC's queue i, fed
+    /// by an XDP program (--xdp-mode, --zero-copy).
+    #[value(name = "af-xdp")]
+    AfXdp,
+}
+
+impl Backend {
+    /// The host port kind, for backends on a host interface.
+    pub fn host(self) -> Option<HostKind> {
+        match self {
+            Backend::Loopback | Backend::Patch => None,
+            Backend::Tap => Some(HostKind::Tap),
+            Backend::AfPacket => Some(HostKind::AfPacket),
+            Backend::AfXdp => Some(HostKind::AfXdp),
+        }
+    }
+}
+
+/// Options of the host ports.
+#[derive(Args, Clone, Debug)]
+pub struct HostArgs {
+    /// Interface for --backend tap|af-packet|af-xdp: a name, a list a,b (one
+    /// per device) or a pattern like tap%d (%d = device index).
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// af-packet, af-xdp: do not put the interface in promiscuous mode.
+    #[arg(long)]
+    pub no_promisc: bool,
+    /// af-xdp: where the XDP program runs: native (in the driver; the
+    /// default) or skb (generic XDP, any interface, always copies).
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModeArg>,
+    /// af-xdp: require zero-copy sockets (native mode, driver support).
+    #[arg(long)]
+    pub zero_copy: bool,
+    /// af-xdp: entries of each AF_XDP ring, and frames per direction in each
+    /// pair's UMEM (2 KiB each): what the kernel can buffer while the device
+    /// is busy (power of two, 64..=16384; default 2048).
+    #[arg(long)]
+    pub xdp_ring_size: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    Native,
+    Skb,
+}
+
+impl HostArgs {
+    pub fn options(&self) -> HostOptions {
+        let mut o = HostOptions::default();
+        o.packet.promisc = !self.no_promisc;
+        if self.xdp_mode == Some(XdpModeArg::Skb) {
+            o.xdp.mode = XdpMode::Skb;
+        }
+        o.xdp.zero_copy = self.zero_copy;
+        o.xdp.promisc = !self.no_promisc;
+        if let Some(n) = self.xdp_ring_size {
+            o.xdp.ring_size = n;
+        }
+        o
+    }
+
+    /// Check --iface against the backend; `Some(spec)` for host backends.
+    pub fn spec(&self, backend: Backend) -> Result<Option<&str>, CliError> {
+        match (backend.host(), self.iface.as_deref()) {
+            (Some(k), None) => Err(CliError(format!("--backend {} needs --iface NAME", k.name()))),
+            (Some(_), Some(s)) => Ok(Some(s)),
+            (None, Some(_)) => Err(CliError("--iface is only for --backend tap, af-packet or af-xdp".into())),
+            (None, None) => Ok(None),
+        }
+        .and_then(|spec| {
+            if backend != Backend::AfXdp && (self.xdp_mode.is_some() || self.zero_copy || self.xdp_ring_size.is_some())
+            {
+                return Err(CliError("--xdp-mode, --zero-copy and --xdp-ring-size are for --backend af-xdp".into()));
+            }
+            Ok(spec)
+        })
+    }
+
+    /// Open the ports of `count` devices with `pairs` pairs each, all before
+    /// any device exists (a failure leaves nothing behind: taps created
+    /// here vanish with their queues, sockets close).
+    pub fn open_all(
+        &self,
+        kind: HostKind,
+        spec: &str,
+        count: usize,
+        pairs: u16,
+    ) -> Result<Vec<(String, HostPorts)>, CliError> {
+        let mut out = Vec::new();
+        for i in 0..count {
+            let name = host::iface_for(spec, i, count).map_err(CliError)?;
+            if out.iter().any(|(n, _): &(String, HostPorts)| *n == name) {
+                return Err(CliError(format!("--iface: {name} is given twice (one interface per device)")));
+            }
+            let p = host::open(kind, &name, pairs, &self.options())
+                .map_err(|e| CliError(format!("--backend {} --iface {name}: {e}", kind.name())))?;
+            out.push((name, p));
+        }
+        Ok(out)
+    }
 }
 
 /// Device options shared by `run` and the benchmarks.
@@ -137,6 +248,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_macswap: bool,
     #[command(flatten)]
+    pub host: HostArgs,
+    #[command(flatten)]
     pub dev: DeviceArgs,
     /// Devices and settings from a TOML file (README, "Operating vduse-net"); SIGHUP re-reads it.
     #[arg(long, value_name = "FILE")]
@@ -161,9 +274,12 @@ pub fn run(a: RunArgs, m: &clap::ArgMatches) -> CliResult {
     for w in &warnings {
         log::warn!("{w}");
     }
-    // Every device's options (feature lists, MTU, ring size) are checked
-    // before anything is opened.
+    // Every device's options (feature lists, MTU, ring size) are checked, and
+    // the interfaces opened, before VDUSE is touched: interface errors name
+    // their cause first, and a failure leaves no device (and no interface this
+    // process created) behind.
     let opts = plan.devices.iter().map(|d| d.args.dev.options(&d.name, d.mac)).collect::<Result<Vec<_>, _>>()?;
+    let mut hosts = open_host_ports(&plan)?;
     let model = plan.process.kernel_model.map(|k| KernelModel::new(k.config()));
     let control: Arc<dyn VduseControl> = match &model {
         Some(m) => m.control(),
@@ -175,13 +291,13 @@ pub fn run(a: RunArgs, m: &clap::ArgMatches) -> CliResult {
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
 
-    let ports = make_ports(&plan)?;
+    let ports = make_ports(&plan, &mut hosts)?;
     let mut running = Vec::new();
-    for ((d, ports), opts) in plan.devices.iter().zip(ports).zip(opts) {
+    for (((d, (ports, link)), host), opts) in plan.devices.iter().zip(ports).zip(&hosts).zip(opts) {
         let dev = NetDevice::create(control.clone(), opts)?;
         let l = dev.layout().clone();
         eprintln!(
-            "vduse-net: device {} ready: API v{}, {} pair(s){}, {} groups, {} address spaces, max queue size {}, vduse features {}{}",
+            "vduse-net: device {} ready: API v{}, {} pair(s){}, {} groups, {} address spaces, max queue size {}, vduse features {}{}{}",
             l.name,
             l.api,
             l.pairs,
@@ -194,25 +310,63 @@ pub fn run(a: RunArgs, m: &clap::ArgMatches) -> CliResult {
                 format!("; kernel refused: {}", features::describe(l.dropped_features))
             } else {
                 String::new()
+            },
+            match host {
+                Some((kind, iface, _)) => format!("; port {} {iface}", kind.name()),
+                None => String::new(),
             }
         );
         eprintln!("vduse-net: device {} offers {}", l.name, features::describe(l.features));
-        running.push(dev.start(ports)?);
+        running.push(dev.start_with_link(ports, link)?);
         log::info!("device {} created: port {}", l.name, d.port_description(&plan.devices));
     }
     eprintln!("vduse-net: add with `vdpa dev add name NAME mgmtdev vduse`; stop with Ctrl-C");
     super::daemon::serve(running, plan, &a, m, stop, hup)
 }
 
-/// Each device's ports, one per queue pair. A `patch` pair is built once,
-/// when its first device comes up.
-fn make_ports(plan: &RunPlan) -> Result<Vec<Vec<Box<dyn Port>>>, CliError> {
-    let mut ports: Vec<Vec<Box<dyn Port>>> = plan.devices.iter().map(|_| Vec::new()).collect();
+/// A device's ports on a host interface: the kind, the interface, and the
+/// ports with their link watch until the device takes them.
+type HostSlot = Option<(HostKind, String, Option<HostPorts>)>;
+
+/// Open the host ports of every device that has them (all or nothing).
+fn open_host_ports(plan: &RunPlan) -> Result<Vec<HostSlot>, CliError> {
+    let mut out: Vec<HostSlot> = Vec::new();
+    for d in &plan.devices {
+        let Some(kind) = d.args.backend.host() else {
+            out.push(None);
+            continue;
+        };
+        let iface = d.args.host.spec(d.args.backend)?.unwrap_or_default().to_string();
+        if out.iter().flatten().any(|(_, n, _)| *n == iface) {
+            return Err(CliError(format!(
+                "{}: interface {iface} is already another device's (one interface per device)",
+                d.name
+            )));
+        }
+        let p = host::open(kind, &iface, d.args.dev.queues, &d.args.host.options())
+            .map_err(|e| CliError(format!("{}: --backend {} --iface {iface}: {e}", d.name, kind.name())))?;
+        out.push(Some((kind, iface, Some(p))));
+    }
+    Ok(out)
+}
+
+/// A device's ports, one per queue pair, and its link watch (host ports).
+type DevicePorts = (Vec<Box<dyn Port>>, Option<Box<dyn LinkWatch>>);
+
+/// Each device's ports and link watch. A `patch` pair is built once, when
+/// its first device comes up.
+fn make_ports(plan: &RunPlan, hosts: &mut [HostSlot]) -> Result<Vec<DevicePorts>, CliError> {
+    let mut ports: Vec<DevicePorts> = plan.devices.iter().map(|_| (Vec::new(), None)).collect();
     for (i, d) in plan.devices.iter().enumerate() {
+        if let Some((_, _, hp)) = hosts[i].as_mut() {
+            let hp = hp.take().expect("opened once");
+            ports[i] = (hp.ports, Some(hp.watch));
+            continue;
+        }
         match d.args.backend {
             Backend::Loopback => {
                 for _ in 0..d.args.dev.queues {
-                    ports[i].push(Box::new(Loopback::new(1024, !d.args.no_macswap)));
+                    ports[i].0.push(Box::new(Loopback::new(1024, !d.args.no_macswap)));
                 }
             }
             Backend::Patch => {
@@ -222,9 +376,12 @@ fn make_ports(plan: &RunPlan) -> Result<Vec<Vec<Box<dyn Port>>>, CliError> {
                 }
                 for _ in 0..d.args.dev.queues {
                     let (x, y) = patch_pair(1024)?;
-                    ports[i].push(Box::new(x));
-                    ports[j].push(Box::new(y));
+                    ports[i].0.push(Box::new(x));
+                    ports[j].0.push(Box::new(y));
                 }
+            }
+            Backend::Tap | Backend::AfPacket | Backend::AfXdp => {
+                return Err(CliError(format!("{}: the host ports were not opened", d.name)));
             }
         }
     }

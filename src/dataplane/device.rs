@@ -14,6 +14,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use super::slowpath::SlowPath;
 use super::stats::{PairCell, PairStats, SlowPathCounters, SlowPathStats};
 use super::IdlePolicy;
+use crate::backend::link::{LinkStats, LinkStatsSource, LinkWatch};
 use crate::backend::Port;
 use crate::net::config::NetConfig;
 use crate::net::features;
@@ -327,6 +328,17 @@ impl NetDevice {
     /// Start the slow-path thread (which starts one poll thread per pair).
     /// `ports[i]` serves pair i.
     pub fn start(self, ports: Vec<Box<dyn Port>>) -> Result<RunningDevice, DeviceError> {
+        self.start_with_link(ports, None)
+    }
+
+    /// As `start`, with the device's link state following `link` (ports on
+    /// a host interface): its changes set VIRTIO_NET_S_LINK_UP and raise a
+    /// config interrupt.
+    pub fn start_with_link(
+        self,
+        ports: Vec<Box<dyn Port>>,
+        link: Option<Box<dyn LinkWatch>>,
+    ) -> Result<RunningDevice, DeviceError> {
         if ports.len() != self.layout.pairs as usize {
             return Err(DeviceError::Options(format!("{} ports for {} queue pairs", ports.len(), self.layout.pairs)));
         }
@@ -353,6 +365,7 @@ impl NetDevice {
             started: std::time::Instant::now(),
             stopped: AtomicBool::new(false),
         });
+        let link_stats = link.as_ref().map(|l| l.stats());
         let slow = SlowPath::new(
             self.device.clone(),
             self.layout.clone(),
@@ -363,6 +376,7 @@ impl NetDevice {
             stop.clone(),
             stopping.clone(),
             source.control.clone(),
+            link,
         )?;
         let name = self.layout.name.clone();
         let thread = std::thread::Builder::new()
@@ -382,6 +396,7 @@ impl NetDevice {
             pair_stats,
             slow_stats,
             source,
+            link_stats,
         })
     }
 }
@@ -397,6 +412,7 @@ pub struct RunningDevice {
     pair_stats: Vec<Arc<PairCell>>,
     slow_stats: Arc<SlowPathCounters>,
     source: Arc<crate::ops::DeviceSource>,
+    link_stats: Option<Arc<dyn LinkStatsSource>>,
 }
 
 /// Counters of a running device.
@@ -404,6 +420,9 @@ pub struct RunningDevice {
 pub struct DeviceStats {
     pub pairs: Vec<PairStats>,
     pub slow_path: SlowPathStats,
+    /// The link and the ports of a device on a host interface.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkStats>,
 }
 
 impl RunningDevice {
@@ -420,6 +439,7 @@ impl RunningDevice {
         DeviceStats {
             pairs: self.pair_stats.iter().map(|p| p.snapshot()).collect(),
             slow_path: self.slow_stats.snapshot(),
+            link: self.link_stats.as_ref().map(|l| l.link_stats()),
         }
     }
 

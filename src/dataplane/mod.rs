@@ -5,9 +5,10 @@
 //!   serves the control virtqueue ([`ctrlq`]).
 //! - [`poll`]: one pinned poll thread per data vq group (a queue pair).
 //! - [`mailbox`]: slow path -> poll thread commands, each acknowledged.
-//! - [`stats`]: counters.
+//! - [`stats`]: counters; [`cycles`]: the busy-cycle clock behind them.
 
 pub mod ctrlq;
+pub mod cycles;
 pub mod device;
 pub mod mailbox;
 pub mod poll;

@@ -31,6 +31,7 @@ use super::mailbox::{self, broadcast, mailbox, Command, MailboxTx, ACK_TIMEOUT};
 use super::poll::{PollSetup, PollThread};
 use super::stats::{bump, PairCell, SlowPathCounters};
 use super::{rx_vq, tx_vq};
+use crate::backend::link::LinkWatch;
 use crate::backend::Port;
 use crate::mem::{Iotlb, Reader, RegionSource};
 use crate::net::config::{NetConfig, MAC_OFFSET, STATUS_OFFSET, VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP};
@@ -89,6 +90,8 @@ pub struct SlowPath {
     cmd_buf: Vec<u8>,
     /// What the stats reader sees of this thread's state.
     ops: crate::ops::control::ControlPublisher,
+    /// The link of the host interface the ports use, if any.
+    link: Option<Box<dyn LinkWatch>>,
 }
 
 /// How often queues not ready at DRIVER_OK are looked at on kernels that do
@@ -111,6 +114,7 @@ impl SlowPath {
         stop: Arc<EventFd>,
         stopping: Arc<AtomicBool>,
         control: Arc<crate::ops::control::ControlCell>,
+        link: Option<Box<dyn LinkWatch>>,
     ) -> Result<SlowPath, DeviceError> {
         let source: Arc<dyn RegionSource> = Arc::new(dev.clone());
         let iotlb = Arc::new(Iotlb::new(layout.nas, source));
@@ -156,6 +160,13 @@ impl SlowPath {
         let cfg_pairs = if layout.features & features::MQ != 0 { layout.pairs } else { 1 };
         let mut config = NetConfig::new(opts.mac, cfg_pairs, opts.mtu);
         config.status = VIRTIO_NET_S_LINK_UP;
+        if link.as_ref().is_some_and(|l| !l.is_up()) {
+            config.status &= !VIRTIO_NET_S_LINK_UP;
+            if let Err(e) = dev.set_config(STATUS_OFFSET as u32, &config.status.to_le_bytes()) {
+                log::warn!("setting the link down in config space: {e}");
+            }
+            log::warn!("{}: the interface is down: link down", layout.name);
+        }
         let sp = SlowPath {
             group_asid: vec![0; layout.ngroups.max(1) as usize],
             dev,
@@ -178,6 +189,7 @@ impl SlowPath {
             stopping,
             cmd_buf: Vec::with_capacity(ctrlq::MAX_COMMAND),
             ops: crate::ops::control::ControlPublisher::new(control),
+            link,
         };
         sp.register_kickfds();
         Ok(sp)
@@ -209,6 +221,9 @@ impl SlowPath {
                 ];
                 if let Some(c) = &self.cvq {
                     fds.push(PollFd::new(c.kick.as_fd(), PollFlags::POLLIN));
+                }
+                if let Some(l) = &self.link {
+                    fds.push(PollFd::new(l.wake_fd(), PollFlags::POLLIN));
                 }
                 if nix::poll::poll(&mut fds, PollTimeout::from(100u16)).is_ok() {
                     let rev = fds[0].revents().unwrap_or(PollFlags::empty());
@@ -245,6 +260,7 @@ impl SlowPath {
                 self.poll_ready();
             }
             self.serve_cvq();
+            self.poll_link();
             if last_reclaim.elapsed() > Duration::from_millis(200) {
                 last_reclaim = Instant::now();
                 for s in self.iotlb.spaces() {
@@ -265,6 +281,28 @@ impl SlowPath {
                 }
                 // A wedged thread is left behind rather than hanging the exit.
                 Err(e) => log::error!("pair {i}: not stopped at exit: {e}"),
+            }
+        }
+    }
+
+    /// Let the link state follow the port's interface: on a change, the
+    /// status in config space and a config interrupt (virtio 1.3 §5.1.4).
+    fn poll_link(&mut self) {
+        let Some(up) = self.link.as_mut().and_then(|l| l.poll(Instant::now())) else { return };
+        if up {
+            self.config.status |= VIRTIO_NET_S_LINK_UP;
+        } else {
+            self.config.status &= !VIRTIO_NET_S_LINK_UP;
+        }
+        if let Err(e) = self.dev.set_config(STATUS_OFFSET as u32, &self.config.status.to_le_bytes()) {
+            log::warn!("{}: link {}: config space: {e}", self.layout.name, if up { "up" } else { "down" });
+            return;
+        }
+        // The driver reads the status when told; before DRIVER_OK it reads
+        // the config space anyway when it starts.
+        if self.status & status::DRIVER_OK != 0 && !self.suspended {
+            if let Err(e) = self.dev.inject_config_irq() {
+                log::warn!("{}: config interrupt for the link change: {e}", self.layout.name);
             }
         }
     }

@@ -41,6 +41,10 @@ counters!(
         rx_filtered,
         rx_no_buffer,
         rx_dropped_small,
+        /// TX frames asking for checksum/segmentation a port cannot do.
+        tx_offload_dropped,
+        /// Port frames still needing offload work the driver did not negotiate.
+        rx_offload_dropped,
         reflected,
         irqs,
         queue_errors,
@@ -54,6 +58,16 @@ counters!(
         failed,
         /// 1 while the pair serves queues (between DRIVER_OK and reset).
         started,
+        /// Clock ticks (`dataplane::cycles::UNIT`: TSC cycles on x86_64) of
+        /// poll iterations that moved at least one frame.
+        busy_cycles,
+        /// Frames those iterations moved (each frame once: driver TX chains
+        /// taken, plus port frames delivered unless the port reflects).
+        busy_frames,
+        /// The part of `busy_cycles` / `busy_frames` from iterations longer
+        /// than `cycles::LONG_ITERATION` (mostly preemption when shared).
+        busy_long_cycles,
+        busy_long_frames,
     }
 );
 

@@ -50,6 +50,10 @@ pub const PAIR: &[(&str, Class)] = &[
     ("rx_filtered", Class::Drop(Dir::Rx, "filtered")),
     // Frames longer than the RX chain the driver offered.
     ("rx_dropped_small", Class::Drop(Dir::Rx, "oversize")),
+    // A TX frame asking for checksum/segmentation work the port cannot do.
+    ("tx_offload_dropped", Class::Drop(Dir::Tx, "offload")),
+    // A port frame still needing offload work the driver did not negotiate.
+    ("rx_offload_dropped", Class::Drop(Dir::Rx, "offload")),
     // The port had no room: TX chains stay on the ring until it drains.
     ("tx_backpressure", Class::Backpressure(Dir::Tx, "port_full")),
     // The driver had no RX buffer: frames wait in the port.
@@ -63,6 +67,16 @@ pub const PAIR: &[(&str, Class)] = &[
     ),
     ("sleeps", Class::Event("poll_sleeps", "Times the poll thread went to sleep (adaptive idle).")),
     ("wakeups", Class::Event("poll_wakeups", "Times the poll thread woke from sleep.")),
+    (
+        "busy_cycles",
+        Class::Event(
+            "busy_cycles",
+            "Poll-thread clock ticks (TSC cycles on x86_64, else ns) in iterations that moved frames.",
+        ),
+    ),
+    ("busy_frames", Class::Event("busy_frames", "Frames moved by the iterations counted in busy_cycles.")),
+    ("busy_long_cycles", Class::Event("busy_long_cycles", "The part of busy_cycles from iterations over 50 us.")),
+    ("busy_long_frames", Class::Event("busy_long_frames", "The part of busy_frames from iterations over 50 us.")),
 ];
 
 pub fn pair(name: &str) -> Option<Class> {

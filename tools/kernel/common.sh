@@ -17,7 +17,8 @@ DEFAULT_KERNELS="6.12 7.2 7.3"
 KERNEL_FLAVOUR="${VDUSE_NET_KERNEL_FLAVOUR:-cloud-amd64}"
 
 # Modules the initramfs loads, in load order (the unpacked tree has no modules.dep).
-VDUSE_MODULES="vhost_iotlb vdpa vduse virtio_vdpa failover net_failover virtio_net irqbypass vhost vhost_vdpa"
+# tun and veth: the host ports (scenario ports).
+VDUSE_MODULES="vhost_iotlb vdpa vduse virtio_vdpa failover net_failover virtio_net irqbypass vhost vhost_vdpa tun veth"
 
 log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
 die() {

@@ -115,6 +115,8 @@ pub struct PollThread {
     pair_active: bool,
     /// The thread panicked: the pair stays stopped until a reset.
     crashed: bool,
+    /// Busy cycles and frames (iterations that moved something).
+    busy: super::cycles::BusyClock,
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 
 use super::burst::Burst;
 use super::{PollThread, RX_HDR};
-use crate::backend::{mac_swap, SLOT_SIZE};
+use crate::backend::meta::VNET_HDR_LEN;
+use crate::backend::{mac_swap, FrameMeta, SLOT_SIZE};
 use crate::mem::ReadGuard;
 use crate::net::hdr::HDR_LEN;
 use crate::virtq::{Direction, Ring};
@@ -41,7 +42,16 @@ impl PollThread {
             tb.tally.tx_frames += 1;
             tb.tally.tx_bytes += len as u64;
             let mut src = tchain.reader();
-            src.skip(HDR_LEN);
+            let mut hdr = [0u8; HDR_LEN];
+            src.read(&mut hdr);
+            let mut v = [0u8; VNET_HDR_LEN];
+            v.copy_from_slice(&hdr[..VNET_HDR_LEN]);
+            if FrameMeta::parse(&v).is_offloaded() {
+                // A reflector's RX side takes plain frames only.
+                tb.tally.tx_offload_dropped += 1;
+                tb.complete(tchain.head(), 0);
+                continue;
+            }
             let mut eth = [0u8; FILTER_PREFIX];
             let k = src.read(&mut eth[..len.min(FILTER_PREFIX)]);
             if swap {

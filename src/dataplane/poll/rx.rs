@@ -3,6 +3,7 @@
 
 use super::burst::Burst;
 use super::{PollThread, RX_HDR};
+use crate::backend::PortFrame;
 use crate::mem::ReadGuard;
 use crate::net::hdr::HDR_LEN;
 use crate::virtq::{Direction, Ring};
@@ -17,8 +18,16 @@ impl PollThread {
         let mut avail = b.pending();
         let mut done = 0;
         let mut filtered = 0;
+        let mut offload = 0;
         while done < *burst {
-            let Some(frame) = port.rx_peek() else { break };
+            let Some(PortFrame { bytes: frame, meta }) = port.rx_peek() else { break };
+            if meta.is_offloaded() {
+                // The driver negotiated no receive offloads (none are
+                // offered): a frame that still needs them cannot go up.
+                port.rx_consume();
+                offload += 1;
+                continue;
+            }
             if !filter.accepts(frame) {
                 port.rx_consume();
                 filtered += 1;
@@ -50,8 +59,9 @@ impl PollThread {
             done += 1;
         }
         b.tally.rx_filtered += filtered as u64;
+        b.tally.rx_offload_dropped += offload as u64;
         port.rx_flush();
         b.finish(&**device, stats);
-        done + filtered
+        done + filtered + offload
     }
 }

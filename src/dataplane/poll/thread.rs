@@ -11,13 +11,14 @@
 //! keeps answering control messages. The next Stop (device reset) clears
 //! the failure; the next Start runs the pair again.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 
 use crossbeam::channel::Sender;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
+use super::super::cycles::{self, BusyClock};
 use super::super::mailbox::{Ack, Command};
 use super::super::stats::bump;
 use super::super::{rx_vq, tx_vq, IdlePolicy, IDLE_SLEEP};
@@ -52,7 +53,7 @@ impl PollThread {
                 kick_tx: setup.kick_tx,
                 port: setup.port,
                 filter: setup.filter,
-                stats: setup.stats,
+                stats: setup.stats.clone(),
                 burst: setup.burst.max(1),
                 idle: setup.idle,
                 rx: Queue::new(rx_vq(setup.pair)),
@@ -61,6 +62,7 @@ impl PollThread {
                 suspended: false,
                 pair_active: true,
                 crashed: false,
+                busy: BusyClock::resume(&setup.stats),
             };
             t.supervise(reader);
         })
@@ -116,15 +118,18 @@ impl PollThread {
             }
             if !self.active() {
                 reader.offline();
-                self.wait(false);
+                self.wait(false, false);
                 continue;
             }
-            let work = {
+            let t0 = cycles::now();
+            let (work, frames) = {
                 let g = reader.read();
                 self.poll_once(&g)
             };
             // One QSBR quiescent state (and its fence) per burst.
             reader.quiescent();
+            // testpmd's --record-core-cycles: only iterations that moved frames.
+            self.busy.end(t0, frames, &self.stats);
             if work > 0 {
                 idle_polls = 0;
                 continue;
@@ -252,11 +257,13 @@ impl PollThread {
         }
     }
 
-    /// One poll iteration. The one place the ring format is chosen: the
-    /// paths below are compiled once per format, so nothing per chain
-    /// dispatches on it.
+    /// One pass over the pair: (chains and port frames handled, frames
+    /// moved as `busy_frames` counts them: each frame once, so frames a
+    /// reflecting port hands back from TX are not counted again on RX).
+    /// The one place the ring format is chosen: the paths below are
+    /// compiled once per format, so nothing per chain dispatches on it.
     #[inline]
-    fn poll_once(&mut self, g: &ReadGuard<'_>) -> usize {
+    fn poll_once(&mut self, g: &ReadGuard<'_>) -> (usize, u64) {
         match self.format {
             RingFormat::Split => self.poll_rings::<SplitQueue>(g),
             RingFormat::Packed => self.poll_rings::<PackedQueue>(g),
@@ -267,14 +274,17 @@ impl PollThread {
     /// copy of the paths is one function (and can be checked to hold no
     /// call into the other format's code).
     #[inline(never)]
-    fn poll_rings<R: Ring>(&mut self, g: &ReadGuard<'_>) -> usize {
+    fn poll_rings<R: Ring>(&mut self, g: &ReadGuard<'_>) -> (usize, u64) {
+        self.port.rx_fill();
         let mut work = 0;
+        let mut from_port = 0;
         let mut tx_via_port = true;
-        if let (Some(swap), true, true) = (self.port.reflect(), self.rx.runnable(), self.tx.runnable()) {
+        let reflector = self.port.reflect();
+        if let (Some(swap), true, true) = (reflector, self.rx.runnable(), self.tx.runnable()) {
             // Reflector: drain what waits in the port first, so the direct
             // path (which needs an empty port to keep order) gets its turn.
             if self.port.rx_pending() > 0 {
-                work += self.process_rx::<R>(g);
+                from_port += self.process_rx::<R>(g);
             }
             if self.port.rx_pending() == 0 && self.tx.runnable() && self.rx.runnable() {
                 work += self.process_reflect::<R>(g, swap);
@@ -287,9 +297,10 @@ impl PollThread {
             work += self.process_tx::<R>(g);
         }
         if self.rx.runnable() && self.port.rx_pending() > 0 {
-            work += self.process_rx::<R>(g);
+            from_port += self.process_rx::<R>(g);
         }
-        work
+        let frames = work as u64 + if reflector.is_some() { 0 } else { from_port as u64 };
+        (work + from_port, frames)
     }
 
     /// Adaptive idle: re-enable notifications, re-check, and sleep on the
@@ -331,7 +342,7 @@ impl PollThread {
         if !more {
             reader.offline();
             bump(&self.stats.sleeps, 1);
-            self.wait(rx_wanted);
+            self.wait(rx_wanted, true);
             bump(&self.stats.wakeups, 1);
         }
         self.port.disarm_rx_wakeup();
@@ -339,9 +350,10 @@ impl PollThread {
         self.with_queues(&g, |q| q.disable_notifications());
     }
 
-    /// Block until a kick, a mailbox command, a port wake-up or the idle
-    /// timeout. The caller is offline (holds no table pointer).
-    fn wait(&self, rx_kicks: bool) {
+    /// Block until a kick, a mailbox command, a port wake-up (with
+    /// `port_events`) or the idle timeout. The caller is offline (holds no
+    /// table pointer).
+    fn wait(&self, rx_kicks: bool, port_events: bool) {
         let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(4);
         fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
         if self.tx.runnable() {
@@ -350,9 +362,13 @@ impl PollThread {
         if self.rx.runnable() && rx_kicks {
             fds.push(PollFd::new(self.kick_rx.as_fd(), PollFlags::POLLIN));
         }
-        let port_fd: Option<BorrowedFd<'_>> = self.port.rx_wake_fd();
-        if let Some(fd) = port_fd {
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        // A stopped pair takes no frames, so a port with frames waiting (a
+        // readable socket) would end every wait at once: it waits on the
+        // mailbox and the timeout only. The port is still told the thread
+        // is about to block.
+        let port = self.port.wake();
+        if let (Some(w), true) = (port, port_events) {
+            fds.push(PollFd::new(w.fd, w.events));
         }
         let _ = nix::poll::poll(&mut fds, PollTimeout::from(IDLE_SLEEP.as_millis() as u16));
         // Drain whatever fired; eventfds are non-blocking.

@@ -4,6 +4,8 @@
 
 use super::burst::Burst;
 use super::PollThread;
+use crate::backend::meta::VNET_HDR_LEN;
+use crate::backend::FrameMeta;
 use crate::mem::ReadGuard;
 use crate::net::hdr::HDR_LEN;
 use crate::virtq::{Chain, Direction, Ring};
@@ -20,9 +22,10 @@ pub(super) enum TxDrop {
 }
 
 /// Copy the frame of a TX chain (its readable bytes after the 12-byte
-/// header) into `slot`; returns the frame length.
+/// header) into `slot`; returns the frame length and the header's offload
+/// fields (read once, into a local).
 #[inline]
-pub(super) fn gather_frame(chain: &Chain<'_>, slot: &mut [u8]) -> Result<usize, TxDrop> {
+pub(super) fn gather_frame(chain: &Chain<'_>, slot: &mut [u8]) -> Result<(usize, FrameMeta), TxDrop> {
     let total = chain.readable_len() as usize;
     if total <= HDR_LEN {
         return Err(TxDrop::Empty);
@@ -35,10 +38,13 @@ pub(super) fn gather_frame(chain: &Chain<'_>, slot: &mut [u8]) -> Result<usize, 
         return Err(TxDrop::TooManyPieces);
     }
     let mut r = chain.reader();
-    r.skip(HDR_LEN);
+    let mut hdr = [0u8; HDR_LEN];
+    r.read(&mut hdr);
+    let mut v = [0u8; VNET_HDR_LEN];
+    v.copy_from_slice(&hdr[..VNET_HDR_LEN]);
     let got = r.read(&mut slot[..len]);
     debug_assert_eq!(got, len, "a complete readable part holds readable_len bytes");
-    Ok(got)
+    Ok((got, FrameMeta::parse(&v)))
 }
 
 impl PollThread {
@@ -56,8 +62,12 @@ impl PollThread {
             };
             let Some(chain) = b.pop(Direction::DeviceReads, space, g) else { break };
             match gather_frame(&chain, slot) {
-                Ok(len) => {
-                    port.tx_commit(len);
+                Ok((_, meta)) if meta.is_offloaded() && !port.offloads() => {
+                    // The port cannot finish checksum/segmentation work.
+                    b.tally.tx_offload_dropped += 1;
+                }
+                Ok((len, meta)) => {
+                    port.tx_commit(len, meta);
                     b.tally.tx_frames += 1;
                     b.tally.tx_bytes += len as u64;
                 }

@@ -1,0 +1,538 @@
+//! TAP port: one queue of a multi-queue tap per queue pair.
+//!
+//! Each queue is its own fd (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR |
+//! IFF_MULTI_QUEUE`, non-blocking) with a 12-byte virtio-net header in front
+//! of every frame (`TUNSETVNETHDRSZ`), so offload metadata passes through
+//! unchanged. A tap has no batched read or write: the poll thread makes one
+//! `write` per TX frame at the end of a burst and one `read` per RX frame
+//! (plus one that finds nothing), the same as QEMU's tap backend.
+//!
+//! Back-pressure: TX frames wait in a small queue of the port until the
+//! kernel takes them; when `write` says EAGAIN the queue fills, `tx_slot`
+//! returns `None` and the driver's chains stay on its ring; the poll thread
+//! then sleeps until the tap is writable again. RX frames the driver has no
+//! buffers for stay in the port (and further ones in the tap's queue,
+//! which the kernel bounds by the tap's txqueuelen).
+//!
+//! Lifetime: a tap this process created is not persistent and disappears
+//! when the device stops; a tap that existed (e.g. `ip tuntap add ...
+//! multi_queue vnet_hdr`) is attached to and stays. A tap moved to another
+//! network namespace after the start keeps carrying frames (the queue fds
+//! follow it) and its link state is read in that namespace. A tap that is
+//! deleted fails its ports (logged once, counted) and sets the device's
+//! link down; when a tap of the same name exists again in this process's
+//! namespace, the ports attach to it and the link comes back.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::PollFlags;
+use nix::sys::stat::Mode;
+
+use super::bufq::BufQueue;
+use super::host::HostPorts;
+use super::iface::{self, IfQuery, PortError};
+use super::link::{self, Attach, Monitor, PortLink, Probe};
+use super::meta::FrameMeta;
+use super::{sys, Port, PortFrame, PortWake, SLOT_SIZE};
+use crate::net::hdr::HDR_LEN;
+
+/// A tap has at most this many queues (MAX_TAP_QUEUES).
+pub const MAX_QUEUES: u16 = 256;
+/// Frames a port keeps on each side.
+const QUEUE: usize = 256;
+/// Frames read from the tap in one pass.
+const RX_BATCH: usize = 32;
+/// Bytes past a slot in each RX buffer: a read that fills them was longer
+/// than a slot (the kernel cuts frames to the buffer).
+const RX_SLACK: usize = 64;
+
+const TUN_PATH: &str = "/dev/net/tun";
+
+/// errnos after which a tap queue fd is dead for good.
+fn is_gone(e: Errno) -> bool {
+    matches!(e, Errno::EBADFD | Errno::ENXIO | Errno::ENODEV | Errno::EPIPE)
+}
+
+/// The queue fds of tap `name`: created (not persistent) if there is no
+/// interface of that name, attached to otherwise. Returns the fds and
+/// whether the tap was created. On error every fd opened is closed, which
+/// also removes a tap this call created.
+pub fn open_queues(name: &str, pairs: u16) -> Result<(Vec<OwnedFd>, bool), PortError> {
+    iface::check_name(name)?;
+    if pairs == 0 || pairs > MAX_QUEUES {
+        return Err(PortError::TooManyQueues { name: name.into(), pairs, max: MAX_QUEUES });
+    }
+    let q = IfQuery::new().map_err(|e| PortError::os("socket", name, e))?;
+    let found = q.link(name).map_err(|e| PortError::os("RTM_GETLINK", name, e))?;
+    let mut multi_queue = true;
+    if let Some(l) = &found {
+        let Some(t) = l.tun.filter(|t| t.tap) else {
+            return Err(PortError::NotATap { name: name.into(), kind: l.describe() });
+        };
+        if t.queues > 0 {
+            // Someone else's queues would take part of our frames.
+            return Err(PortError::TapInUse { name: name.into(), queues: t.queues as usize });
+        }
+        if !t.multi_queue {
+            if pairs > 1 {
+                return Err(PortError::NotMultiQueue { name: name.into(), pairs });
+            }
+            multi_queue = false;
+        }
+    }
+    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+    if multi_queue {
+        flags |= libc::IFF_MULTI_QUEUE;
+    }
+    let mut fds = Vec::with_capacity(pairs as usize);
+    for _ in 0..pairs {
+        fds.push(open_queue(name, flags, found.is_some())?);
+    }
+    let created = found.is_none();
+    if created {
+        log::info!("tap {name}: created ({pairs} queue(s)); it goes away when the device stops");
+    } else if let Some(l) = found {
+        log::info!("tap {name} (ifindex {}): attached {pairs} queue(s)", l.index);
+    }
+    Ok((fds, created))
+}
+
+fn open_queue(name: &str, flags: libc::c_int, existed: bool) -> Result<OwnedFd, PortError> {
+    let fd = nix::fcntl::open(TUN_PATH, OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty()).map_err(
+        |e| match e {
+            Errno::ENOENT | Errno::ENODEV => PortError::NoTun,
+            Errno::EACCES | Errno::EPERM => PortError::Permission {
+                what: format!("opening {TUN_PATH}"),
+                cap: "read-write access to /dev/net/tun, and CAP_NET_ADMIN to create a tap",
+            },
+            e => PortError::os("open /dev/net/tun", name, e),
+        },
+    )?;
+    // SAFETY: open returned a new fd that nothing else owns.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut r = sys::ifreq(name);
+    r.ifr_ifru.ifru_flags = flags as libc::c_short;
+    sys::ioctl_ifreq(fd.as_fd(), libc::TUNSETIFF, &mut r).map_err(|e| match e {
+        Errno::EPERM | Errno::EACCES => PortError::Permission {
+            what: format!("{} tap {name}", if existed { "attaching to" } else { "creating" }),
+            cap: "CAP_NET_ADMIN (or ownership of a persistent tap)",
+        },
+        Errno::EBUSY => PortError::TapInUse { name: name.into(), queues: 1 },
+        Errno::E2BIG => PortError::TooManyQueues { name: name.into(), pairs: MAX_QUEUES + 1, max: MAX_QUEUES },
+        Errno::EINVAL if existed => PortError::NotATap { name: name.into(), kind: "not a tap of this mode".into() },
+        e => PortError::os("TUNSETIFF", name, e),
+    })?;
+    sys::ioctl_set_int(fd.as_fd(), libc::TUNSETVNETHDRSZ, HDR_LEN as libc::c_int)
+        .map_err(|e| PortError::os("TUNSETVNETHDRSZ", name, e))?;
+    Ok(fd)
+}
+
+/// The name a tap queue fd is attached to, or the errno (EBADFD: deleted).
+fn attached_name(fd: BorrowedFd<'_>) -> Result<String, Errno> {
+    let mut r = sys::ifreq("");
+    sys::ioctl_ifreq(fd, libc::TUNGETIFF, &mut r)?;
+    Ok(sys::ifreq_name(&r))
+}
+
+/// One tap queue as a port.
+pub struct TapPort {
+    fd: OwnedFd,
+    link: PortLink<OwnedFd>,
+    tx: BufQueue,
+    rx: BufQueue,
+    /// A write said EAGAIN: wait for POLLOUT.
+    tx_blocked: bool,
+    /// Where frames go while the port is failed.
+    scratch: Box<[u8]>,
+}
+
+impl TapPort {
+    fn new(fd: OwnedFd, link: PortLink<OwnedFd>) -> TapPort {
+        TapPort {
+            fd,
+            link,
+            tx: BufQueue::with_slots(QUEUE, HDR_LEN),
+            rx: BufQueue::new(QUEUE, HDR_LEN, SLOT_SIZE + RX_SLACK),
+            tx_blocked: false,
+            scratch: vec![0u8; SLOT_SIZE].into_boxed_slice(),
+        }
+    }
+
+    #[inline]
+    fn take_new(&mut self) {
+        if let Some(fd) = self.link.take_new() {
+            self.fd = fd;
+            self.tx_blocked = false;
+            self.rx.clear();
+            // Frames queued for the dead fd are lost with it.
+            let n = self.tx.len() as u64;
+            self.tx.clear();
+            self.link.count(|h| &h.tx_link_dropped, n);
+        }
+    }
+
+    /// Drop every queued TX frame (link down or port failed).
+    fn drop_tx(&mut self) {
+        let n = self.tx.len() as u64;
+        self.tx.clear();
+        self.link.count(|h| &h.tx_link_dropped, n);
+    }
+}
+
+impl Port for TapPort {
+    #[inline]
+    fn tx_slot(&mut self) -> Option<&mut [u8]> {
+        if self.link.failed() || self.link.down() {
+            // Consume and drop, as a NIC without link does.
+            return Some(&mut self.scratch);
+        }
+        self.tx.back_frame()
+    }
+
+    #[inline]
+    fn tx_commit(&mut self, len: usize, meta: FrameMeta) {
+        if self.link.failed() || self.link.down() {
+            self.link.count(|h| &h.tx_link_dropped, 1);
+            return;
+        }
+        if let Some(b) = self.tx.back_raw() {
+            b[..HDR_LEN].copy_from_slice(&meta.to_bytes12(0));
+            self.tx.push(HDR_LEN + len.min(SLOT_SIZE), meta);
+        }
+    }
+
+    fn tx_flush(&mut self) {
+        self.take_new();
+        while let Some((buf, _)) = self.tx.front() {
+            match nix::unistd::write(self.fd.as_fd(), buf) {
+                Ok(_) => {
+                    self.tx_blocked = false;
+                    self.tx.pop();
+                }
+                Err(Errno::EAGAIN) => {
+                    // Back-pressure: keep the rest; POLLOUT wakes us.
+                    self.tx_blocked = true;
+                    return;
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EIO) => {
+                    // Administratively down: it takes nothing.
+                    self.drop_tx();
+                    return;
+                }
+                Err(e) if is_gone(e) => {
+                    self.link.fail("write", e);
+                    self.drop_tx();
+                    return;
+                }
+                Err(_) => {
+                    self.link.count(|h| &h.tx_errors, 1);
+                    self.tx.pop();
+                }
+            }
+        }
+    }
+
+    fn rx_fill(&mut self) {
+        self.take_new();
+        if !self.rx.is_empty() || self.link.failed() {
+            return;
+        }
+        for _ in 0..RX_BATCH {
+            let Some(buf) = self.rx.back_raw() else { break };
+            match nix::unistd::read(self.fd.as_raw_fd(), buf) {
+                Ok(n) if n > HDR_LEN && n - HDR_LEN <= SLOT_SIZE => {
+                    let mut h = [0u8; super::meta::VNET_HDR_LEN];
+                    h.copy_from_slice(&buf[..super::meta::VNET_HDR_LEN]);
+                    self.rx.push(n, FrameMeta::parse(&h));
+                }
+                // Shorter than a header, or longer than a slot (cut).
+                Ok(_) => self.link.count(|h| &h.rx_dropped, 1),
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => {}
+                Err(e) if is_gone(e) => {
+                    self.link.fail("read", e);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    #[inline]
+    fn rx_peek(&mut self) -> Option<PortFrame<'_>> {
+        self.rx.front().map(|(b, meta)| PortFrame { bytes: &b[HDR_LEN..], meta })
+    }
+
+    #[inline]
+    fn rx_consume(&mut self) {
+        self.rx.pop();
+    }
+
+    #[inline]
+    fn rx_flush(&mut self) {}
+
+    fn rx_pending(&self) -> usize {
+        self.rx.len()
+    }
+
+    fn offloads(&self) -> bool {
+        // The tap's kernel side finishes checksums and segments GSO frames
+        // described by the header.
+        true
+    }
+
+    fn wake(&self) -> Option<PortWake<'_>> {
+        if self.link.failed() {
+            return Some(PortWake { fd: self.link.handover_fd(), events: PollFlags::POLLIN });
+        }
+        let mut events = PollFlags::empty();
+        if self.rx.is_empty() {
+            events |= PollFlags::POLLIN;
+        }
+        if self.tx_blocked {
+            events |= PollFlags::POLLOUT;
+        }
+        // Nothing to wait for on the tap (frames held for lack of RX
+        // buffers): the RX kick wakes the thread.
+        (!events.is_empty()).then(|| PortWake { fd: self.fd.as_fd(), events })
+    }
+
+    fn stats(&self) -> Option<std::sync::Arc<dyn crate::ops::PortStats>> {
+        Some(self.link.stats("tap"))
+    }
+
+    fn arm_rx_wakeup(&mut self) -> bool {
+        // The tap fd is level-triggered: nothing to arm, no lost wake-up.
+        false
+    }
+}
+
+/// The link watch's view of a tap.
+pub struct TapAttach {
+    name: String,
+    /// A duplicate of a live queue fd: TUNGETIFF on it fails with EBADFD
+    /// once the tap is deleted, wherever it lives.
+    probe_fd: Option<OwnedFd>,
+    own: IfQuery,
+    /// Queries in the tap's namespace when it moved away from ours.
+    moved: Option<(u64, IfQuery)>,
+    own_ns: u64,
+    ns_error_logged: bool,
+}
+
+impl TapAttach {
+    fn query(&mut self, fd: BorrowedFd<'_>) -> &IfQuery {
+        if let Ok(ns) = sys::ioctl_new_fd(fd, libc::TUNGETDEVNETNS) {
+            if let Ok(id) = iface::netns_id(ns.as_fd()) {
+                if id == self.own_ns {
+                    self.moved = None;
+                } else if self.moved.as_ref().map(|m| m.0) != Some(id) {
+                    match IfQuery::in_netns(ns) {
+                        Ok(q) => {
+                            log::info!(
+                                "tap {}: moved to another network namespace; its state is read there",
+                                self.name
+                            );
+                            self.moved = Some((id, q));
+                        }
+                        Err(e) if !self.ns_error_logged => {
+                            self.ns_error_logged = true;
+                            log::warn!("tap {}: cannot look into its new network namespace: {e}", self.name);
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
+        match &self.moved {
+            Some((_, q)) => q,
+            None => &self.own,
+        }
+    }
+}
+
+impl Attach for TapAttach {
+    type Res = OwnedFd;
+
+    fn probe(&mut self) -> Probe {
+        let Some(fd) = self.probe_fd.take() else { return Probe::Gone };
+        let r = match attached_name(fd.as_fd()) {
+            Ok(name) => match self.query(fd.as_fd()).link(&name) {
+                Ok(Some(l)) if l.link_up() => Probe::Up,
+                _ => Probe::Down,
+            },
+            Err(e) if is_gone(e) => Probe::Gone,
+            Err(_) => Probe::Down,
+        };
+        if r != Probe::Gone {
+            self.probe_fd = Some(fd);
+        }
+        r
+    }
+
+    fn is_back(&mut self) -> bool {
+        matches!(self.own.link(&self.name), Ok(Some(l)) if l.tun.is_some_and(|t| t.tap && t.queues == 0))
+    }
+
+    fn reopen(&mut self, pairs: usize) -> Result<Vec<OwnedFd>, PortError> {
+        let (fds, _) = open_queues(&self.name, pairs as u16)?;
+        self.probe_fd = Some(
+            fds[0]
+                .try_clone()
+                .map_err(|e| PortError::os("dup", &self.name, Errno::from_raw(e.raw_os_error().unwrap_or(0))))?,
+        );
+        self.moved = None;
+        Ok(fds)
+    }
+}
+
+/// Tap `name` with one queue per pair: the ports and the device's link
+/// watch.
+pub fn open(name: &str, pairs: u16) -> Result<HostPorts, PortError> {
+    let (fds, _created) = open_queues(name, pairs)?;
+    let oserr = |op: &'static str| {
+        move |e: std::io::Error| PortError::os(op, name, Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+    };
+    let probe_fd = fds[0].try_clone().map_err(oserr("dup"))?;
+    let own = IfQuery::new().map_err(|e| PortError::os("socket", name, e))?;
+    let own_ns =
+        iface::own_netns().and_then(|f| iface::netns_id(f.as_fd())).map_err(|e| PortError::os("netns", name, e))?;
+    let (shared, links, notify) =
+        link::port_links::<OwnedFd>(pairs, &format!("tap {name}")).map_err(oserr("eventfd"))?;
+    let ports: Vec<Box<dyn Port>> =
+        fds.into_iter().zip(links).map(|(fd, l)| Box::new(TapPort::new(fd, l)) as Box<dyn Port>).collect();
+    let mut attach =
+        TapAttach { name: name.into(), probe_fd: Some(probe_fd), own, moved: None, own_ns, ns_error_logged: false };
+    let up = attach.probe() == Probe::Up;
+    let watch = Monitor::new(attach, name, shared, notify, up).spawn().map_err(oserr("thread"))?;
+    Ok(HostPorts { ports, watch })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::link::port_links;
+    use crate::net::hdr::{F_NEEDS_CSUM, GSO_TCPV4};
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+    /// A tap queue stand-in: one end of a seqpacket socket pair keeps frame
+    /// boundaries, says EAGAIN when the other end's queue is full and EPIPE
+    /// once it is closed.
+    fn port() -> (TapPort, OwnedFd, Vec<std::sync::Arc<link::PortShared<OwnedFd>>>) {
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let (shared, mut links, _notify) = port_links::<OwnedFd>(1, "tap test").unwrap();
+        (TapPort::new(a, links.remove(0)), b, shared)
+    }
+
+    fn send(p: &mut TapPort, byte: u8, len: usize, meta: FrameMeta) -> bool {
+        let Some(s) = p.tx_slot() else { return false };
+        s[..len].fill(byte);
+        p.tx_commit(len, meta);
+        true
+    }
+
+    #[test]
+    fn tx_writes_header_and_frame_and_backs_off_on_eagain() {
+        let (mut p, peer, _s) = port();
+        let meta = FrameMeta {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        assert!(send(&mut p, 7, 100, meta));
+        p.tx_flush();
+        let mut buf = [0u8; 4096];
+        let n = nix::unistd::read(peer.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(n, HDR_LEN + 100, "one write: header and frame");
+        assert_eq!(&buf[..HDR_LEN], &meta.to_bytes12(0));
+        assert!(buf[HDR_LEN..n].iter().all(|&b| b == 7));
+        // Fill the peer's queue until the kernel says EAGAIN; the port then
+        // keeps what it could not write and refuses new frames when full.
+        let mut sent = 0;
+        while send(&mut p, 1, 60, FrameMeta::PLAIN) {
+            p.tx_flush();
+            sent += 1;
+            assert!(sent < 100_000, "never back-pressured");
+        }
+        assert!(p.tx_blocked);
+        assert_eq!(p.wake().unwrap().events, PollFlags::POLLIN | PollFlags::POLLOUT);
+        // Drain: everything queued goes out, none lost.
+        let mut got = 0;
+        let mut drain = |got: &mut usize| {
+            while let Ok(n) = nix::unistd::read(peer.as_raw_fd(), &mut buf) {
+                assert_eq!(n, HDR_LEN + 60);
+                *got += 1;
+            }
+        };
+        while !p.tx.is_empty() {
+            drain(&mut got);
+            p.tx_flush();
+        }
+        drain(&mut got);
+        assert_eq!(got, sent, "every frame written once");
+        assert!(!p.tx_blocked);
+        assert!(got >= sent - 1, "sent {sent}, got {got}");
+        assert!(p.tx_slot().is_some());
+    }
+
+    #[test]
+    fn rx_reads_frames_with_metadata_and_drops_bad_lengths() {
+        let (mut p, peer, s) = port();
+        let meta = FrameMeta { flags: crate::net::hdr::F_DATA_VALID, ..FrameMeta::PLAIN };
+        let mut f = meta.to_bytes12(1).to_vec();
+        f.extend_from_slice(&[9u8; 64]);
+        nix::unistd::write(&peer, &f).unwrap();
+        nix::unistd::write(&peer, &[0u8; 5]).unwrap(); // shorter than a header
+        nix::unistd::write(&peer, &vec![0u8; HDR_LEN + SLOT_SIZE + 1]).unwrap(); // longer than a slot
+        f[HDR_LEN] = 8;
+        nix::unistd::write(&peer, &f).unwrap();
+        p.rx_fill();
+        assert_eq!(p.rx_pending(), 2);
+        let fr = p.rx_peek().unwrap();
+        assert_eq!((fr.bytes.len(), fr.bytes[0], fr.meta), (64, 9, meta));
+        p.rx_consume();
+        assert_eq!(p.rx_peek().unwrap().bytes[0], 8);
+        p.rx_consume();
+        assert!(p.rx_peek().is_none());
+        assert_eq!(s[0].health.snapshot().rx_dropped, 2);
+    }
+
+    #[test]
+    fn a_dead_queue_fails_once_drops_and_takes_a_new_one() {
+        let (mut p, peer, s) = port();
+        drop(peer);
+        assert!(send(&mut p, 1, 60, FrameMeta::PLAIN));
+        p.tx_flush(); // EPIPE: gone
+        assert!(p.link.failed());
+        // Frames are consumed and dropped, no syscall, counted.
+        for _ in 0..3 {
+            assert!(send(&mut p, 1, 60, FrameMeta::PLAIN));
+            p.tx_flush();
+        }
+        let h = s[0].health.snapshot();
+        assert_eq!((h.failures, h.tx_link_dropped), (1, 4));
+        assert_eq!(p.wake().unwrap().fd.as_raw_fd(), s[0].handover.wake_fd_for_test());
+        // The watch hands over a new queue: the port uses it.
+        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_NONBLOCK).unwrap();
+        s[0].handover.give(a);
+        p.rx_fill();
+        assert!(!p.link.failed());
+        assert!(send(&mut p, 5, 60, FrameMeta::PLAIN));
+        p.tx_flush();
+        let mut buf = [0u8; 256];
+        assert_eq!(nix::unistd::read(b.as_raw_fd(), &mut buf).unwrap(), HDR_LEN + 60);
+        assert_eq!(s[0].health.snapshot().reattached, 1);
+    }
+}
