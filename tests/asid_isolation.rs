@@ -1,7 +1,7 @@
 //! Address-space isolation between the data queues (ASID 0) and the
 //! control queue, whose group the driver moved to ASID 1: each group reads
 //! and writes only through its current ASID, even where an IOVA is mapped
-//! in the other one.
+//! in the other one. Both tests run on both ring formats.
 
 mod common;
 
@@ -33,11 +33,10 @@ fn canary_intact(m: &DmaMemory) -> bool {
     b.chunks(16).all(|c| c == CANARY)
 }
 
-#[test]
-fn data_queues_cannot_reach_the_control_queue_address_space() {
+fn data_queues_cannot_reach_the_control_queue_address_space(fmt: RingFormat) {
     let _s = serial();
-    let rig = Rig::new("asid-data", 2);
-    let mut d = rig.probe(driver_config());
+    let rig = Rig::new_fmt("asid-data", 2, fmt);
+    let mut d = rig.probe(driver_config_fmt(fmt));
     assert_eq!((d.cvq_asid(), d.cvq_group()), (1, Some(2)));
     let mut q = d.take_pairs();
     let mut flows = vec![Flow::new(0), Flow::new(1)];
@@ -58,8 +57,7 @@ fn data_queues_cannot_reach_the_control_queue_address_space() {
     // 1. An RX buffer of pair 1 pointing at the canary: writing a frame
     //    there must fail, not overwrite the canary.
     let rx = q[1].raw_rx();
-    rx.write_desc(0, desc(CANARY_IOVA, 2048, VRING_DESC_F_WRITE, 0)).unwrap();
-    rx.push_avail_raw(0);
+    rx.push_raw_chain(0, &[(CANARY_IOVA, 2048, VRING_DESC_F_WRITE)], 0).unwrap();
     rx.publish();
     q[1].kick_rx().unwrap();
     assert_eq!(flows[1].send(&mut q[1], 1), 1);
@@ -73,8 +71,7 @@ fn data_queues_cannot_reach_the_control_queue_address_space() {
     //    byte of it goes out.
     let head = 10;
     let tx = q[1].raw_tx();
-    tx.write_desc(head, desc(CANARY_IOVA, 12 + 64, 0, 0)).unwrap();
-    tx.push_avail_raw(head);
+    tx.push_raw_chain(head, &[(CANARY_IOVA, 12 + 64, 0)], head).unwrap();
     tx.publish();
     q[1].kick_tx().unwrap();
     assert!(rig.wait_queue_errors(1, 2), "pair 1 TX stopped");
@@ -98,11 +95,10 @@ fn data_queues_cannot_reach_the_control_queue_address_space() {
     assert_eq!(stats.pairs[1].queue_errors, 2);
 }
 
-#[test]
-fn control_buffer_in_data_address_space_is_refused() {
+fn control_buffer_in_data_address_space_is_refused(fmt: RingFormat) {
     let _s = serial();
-    let rig = Rig::new("asid-cvq", 1);
-    let mut d = rig.probe(driver_config());
+    let rig = Rig::new_fmt("asid-cvq", 1, fmt);
+    let mut d = rig.probe(driver_config_fmt(fmt));
     assert_eq!(d.cvq_asid(), 1);
     let mut q = d.take_pairs();
     let (class, cmd) = (vn::VIRTIO_NET_CTRL_MAC as u8, vn::VIRTIO_NET_CTRL_MAC_ADDR_SET as u8);
@@ -191,3 +187,8 @@ fn reset_puts_the_control_queue_group_back_in_asid_0() {
     drop(d);
     rig.finish();
 }
+
+both_formats!(
+    data_queues_cannot_reach_the_control_queue_address_space,
+    control_buffer_in_data_address_space_is_refused
+);

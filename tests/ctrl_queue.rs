@@ -1,7 +1,8 @@
 //! The control virtqueue end to end: every command class through the
 //! driver's control queue (in ASID 1), the OK/ERR answer, and the effect on
 //! the dataplane (RX filter, config space, active pairs), plus malformed
-//! commands that must get ERR while the queue keeps working.
+//! commands that must get ERR while the queue keeps working. Every test
+//! runs with split and with packed rings (the control queue too).
 
 mod common;
 
@@ -38,14 +39,15 @@ const MCAST: [u8; 6] = [0x01, 0x00, 0x5e, 0, 0, 1];
 const MCAST2: [u8; 6] = [0x01, 0x00, 0x5e, 0, 0, 2];
 const BCAST: [u8; 6] = [0xff; 6];
 
-fn all_features() -> NetDriverConfig {
+fn all_features(fmt: RingFormat) -> NetDriverConfig {
+    let base = driver_config_fmt(fmt);
     NetDriverConfig {
-        features: NetDriverConfig::DEFAULT_FEATURES
+        features: base.features
             | features::CTRL_RX_EXTRA
             | features::CTRL_VLAN
             | features::GUEST_ANNOUNCE
             | features::CTRL_GUEST_OFFLOADS,
-        ..driver_config()
+        ..base
     }
 }
 
@@ -56,10 +58,10 @@ struct Ctl {
 }
 
 impl Ctl {
-    fn new(name: &str, pairs: u16, cfg: NetDriverConfig) -> Ctl {
+    fn new(name: &str, pairs: u16, fmt: RingFormat, cfg: NetDriverConfig) -> Ctl {
         // GUEST_ANNOUNCE is not in the default offer: ask for it by name.
         let list = if cfg.features & features::GUEST_ANNOUNCE != 0 { "+guest_announce" } else { "-guest_announce" };
-        let rig = Rig::with(device_offering(name, pairs, list), ModelConfig::patched_7_3());
+        let rig = Rig::with_fmt(device_offering(name, pairs, list), ModelConfig::patched_7_3(), fmt);
         let mut d = rig.probe(cfg);
         let q = d.take_pairs();
         Ctl { rig, d, q }
@@ -127,9 +129,8 @@ impl Ctl {
     }
 }
 
-#[test]
-fn rx_mode_commands_switch_the_filter() {
-    let mut c = Ctl::new("cq-rx", 1, all_features());
+fn rx_mode_commands_switch_the_filter(fmt: RingFormat) {
+    let mut c = Ctl::new("cq-rx", 1, fmt, all_features(fmt));
     // Promiscuous by default (as QEMU): anything is delivered.
     assert_eq!(c.deliver(OTHER_UNI, None, 4), 4);
     assert_eq!(c.cmd(RX, PROMISC, &[0]), OK);
@@ -183,9 +184,8 @@ fn mac_table(uni: &[[u8; 6]], multi: &[[u8; 6]]) -> Vec<u8> {
     v
 }
 
-#[test]
-fn mac_table_set_filters_unicast_and_multicast() {
-    let mut c = Ctl::new("cq-table", 1, all_features());
+fn mac_table_set_filters_unicast_and_multicast(fmt: RingFormat) {
+    let mut c = Ctl::new("cq-table", 1, fmt, all_features(fmt));
     assert_eq!(c.cmd(RX, PROMISC, &[0]), OK);
     let set = vn::VIRTIO_NET_CTRL_MAC_TABLE_SET as u8;
     assert_eq!(c.cmd(MAC, set, &mac_table(&[OTHER_UNI], &[MCAST])), OK);
@@ -212,9 +212,8 @@ fn mac_table_set_filters_unicast_and_multicast() {
     c.finish();
 }
 
-#[test]
-fn mac_addr_set_changes_config_space_and_filter() {
-    let mut c = Ctl::new("cq-mac", 1, all_features());
+fn mac_addr_set_changes_config_space_and_filter(fmt: RingFormat) {
+    let mut c = Ctl::new("cq-mac", 1, fmt, all_features(fmt));
     let read_mac = |c: &Ctl| {
         let mut m = [0u8; 6];
         c.rig.t.read_config(0, &mut m).unwrap();
@@ -238,9 +237,8 @@ fn mac_addr_set_changes_config_space_and_filter() {
     c.finish();
 }
 
-#[test]
-fn vlan_add_and_del() {
-    let mut c = Ctl::new("cq-vlan", 1, all_features());
+fn vlan_add_and_del(fmt: RingFormat) {
+    let mut c = Ctl::new("cq-vlan", 1, fmt, all_features(fmt));
     assert_eq!(c.cmd(RX, PROMISC, &[0]), OK);
     let (add, del) = (vn::VIRTIO_NET_CTRL_VLAN_ADD as u8, vn::VIRTIO_NET_CTRL_VLAN_DEL as u8);
     assert_eq!(c.deliver(DEV_MAC, Some(100), 3), 0, "VLAN 100 not in the table");
@@ -257,9 +255,8 @@ fn vlan_add_and_del() {
     c.finish();
 }
 
-#[test]
-fn mq_pairs_set_enables_and_disables_pairs() {
-    let mut c = Ctl::new("cq-mq", 2, all_features());
+fn mq_pairs_set_enables_and_disables_pairs(fmt: RingFormat) {
+    let mut c = Ctl::new("cq-mq", 2, fmt, all_features(fmt));
     let mut f1 = Flow::new(1);
     assert!(f1.exchange(&mut c.q[1], 50, T) && f1.clean(), "pair 1 runs after VQ_PAIRS_SET 2 in probe");
     assert!(f1.drain(&mut c.q[1], T));
@@ -287,9 +284,8 @@ fn mq_pairs_set_enables_and_disables_pairs() {
     c.finish();
 }
 
-#[test]
-fn announce_ack_and_guest_offloads() {
-    let mut c = Ctl::new("cq-misc", 1, all_features());
+fn announce_ack_and_guest_offloads(fmt: RingFormat) {
+    let mut c = Ctl::new("cq-misc", 1, fmt, all_features(fmt));
     let ack = vn::VIRTIO_NET_CTRL_ANNOUNCE_ACK as u8;
     assert_eq!(c.cmd(ANNOUNCE, ack, &[]), OK);
     assert_eq!(c.cmd(ANNOUNCE, ack, &[0]), ERR, "ACK carries no data");
@@ -306,10 +302,9 @@ fn announce_ack_and_guest_offloads() {
     c.finish();
 }
 
-#[test]
-fn malformed_commands_get_err_and_the_queue_goes_on() {
+fn malformed_commands_get_err_and_the_queue_goes_on(fmt: RingFormat) {
     // Without CTRL_RX_EXTRA, CTRL_VLAN, GUEST_ANNOUNCE, CTRL_GUEST_OFFLOADS.
-    let mut c = Ctl::new("cq-bad", 1, driver_config());
+    let mut c = Ctl::new("cq-bad", 1, fmt, driver_config_fmt(fmt));
     assert_eq!(c.d.features() & (features::CTRL_VLAN | features::CTRL_RX_EXTRA), 0);
     let bad: &[(u8, u8, &[u8])] = &[
         (99, 0, &[]),                                                    // unknown class
@@ -336,3 +331,13 @@ fn malformed_commands_get_err_and_the_queue_goes_on() {
     assert!(f.exchange(&mut c.q[0], 100, T) && f.clean());
     c.finish();
 }
+
+both_formats!(
+    rx_mode_commands_switch_the_filter,
+    mac_table_set_filters_unicast_and_multicast,
+    mac_addr_set_changes_config_space_and_filter,
+    vlan_add_and_del,
+    mq_pairs_set_enables_and_disables_pairs,
+    announce_ack_and_guest_offloads,
+    malformed_commands_get_err_and_the_queue_goes_on,
+);

@@ -1,7 +1,8 @@
 //! The end-to-end run: two queue pairs on the embedded kernel model with
 //! MAC-swapping loopback ports, over a million numbered frames of mixed
 //! sizes, every one checked: none lost, duplicated, reordered within its
-//! queue, or corrupted.
+//! queue, or corrupted. Every test runs on both ring formats
+//! (`split::NAME`, `packed::NAME`).
 
 mod common;
 
@@ -16,10 +17,9 @@ use vduse_net::driver::net::NetDriverConfig;
 
 const FRAMES_PER_PAIR: u64 = 500_000;
 
-#[test]
-fn a_million_mixed_frames_through_two_pairs() {
-    let rig = Rig::new("e2e0", 2);
-    let mut d = rig.probe(NetDriverConfig { ring_size: 256, ..driver_config() });
+fn a_million_mixed_frames_through_two_pairs(fmt: RingFormat) {
+    let rig = Rig::new_fmt("e2e0", 2, fmt);
+    let mut d = rig.probe(NetDriverConfig { ring_size: 256, ..driver_config_fmt(fmt) });
     assert_eq!(d.pairs(), 2, "both pairs enabled through VQ_PAIRS_SET");
     let sizes = Sizes(vec![64, 1518, 65, 128, 570, 1514, 256, 1000, 511, 1499, 100, 1024, 777]);
     let o = GenOptions {
@@ -48,7 +48,7 @@ fn a_million_mixed_frames_through_two_pairs() {
     let reports: Vec<_> = handles.into_iter().map(|h| h.join().expect("generator thread")).collect();
     let secs = start.elapsed().as_secs_f64();
     let total: u64 = reports.iter().map(|r| r.rx_frames).sum();
-    eprintln!("e2e: {total} frames in {secs:.2} s ({:.2} Mpps)", total as f64 / secs / 1e6);
+    eprintln!("e2e ({}): {total} frames in {secs:.2} s ({:.2} Mpps)", fmt.name(), total as f64 / secs / 1e6);
     for r in &reports {
         assert_eq!(r.tx_frames, FRAMES_PER_PAIR, "pair {}: {r:?}", r.pair);
         assert_eq!(r.rx_frames, FRAMES_PER_PAIR, "pair {}: {r:?}", r.pair);
@@ -75,10 +75,9 @@ fn a_million_mixed_frames_through_two_pairs() {
 /// once, across the resets vhost-vdpa does at open and probe (the kernel
 /// drops kick eventfds on reset). Without a working kick every round trip
 /// would wait for the idle timeout (100 ms).
-#[test]
-fn an_idle_device_wakes_on_each_kick() {
-    let rig = Rig::new("e2e-kick", 1);
-    let mut d = rig.probe(driver_config());
+fn an_idle_device_wakes_on_each_kick(fmt: RingFormat) {
+    let rig = Rig::new_fmt("e2e-kick", 1, fmt);
+    let mut d = rig.probe(driver_config_fmt(fmt));
     let mut q = d.take_pairs();
     let mut f = Flow::new(0);
     assert!(f.exchange(&mut q[0], 1, Duration::from_secs(5)));
@@ -106,17 +105,19 @@ fn an_idle_device_wakes_on_each_kick() {
 /// Linux's 19 per frame) must come back whole, with the stream in order
 /// around it. (Before the chain abstraction the direct path gathered only
 /// 8 pieces and sent this frame through the port's slot ring.)
-#[test]
-fn frames_in_many_pieces_come_back_whole_and_in_order() {
+fn frames_in_many_pieces_come_back_whole_and_in_order(fmt: RingFormat) {
     use vduse_net::bench::frame;
     use vduse_net::uapi::virtio::VRING_DESC_F_NEXT;
 
-    let rig = Rig::new("e2e-pieces", 1);
-    let mut d = rig.probe(driver_config());
+    let rig = Rig::new_fmt("e2e-pieces", 1, fmt);
+    let mut d = rig.probe(driver_config_fmt(fmt));
     let mut qs = d.take_pairs();
     let q = &mut qs[0];
     let mut f = Flow::new(0);
     assert!(f.exchange(q, 10, Duration::from_secs(5)));
+    // Every TX chain back, so the raw chain's buffer id (packed) is free.
+    q.reclaim_tx();
+    assert_eq!(q.tx_free(), q.ring_size() as usize);
     let mem = q.memory().clone();
     // Frame seq 10 of pair 0, after a zeroed 12-byte header, in the last slot's buffer.
     let mut bytes = vec![0u8; 12 + 300];
@@ -125,17 +126,19 @@ fn frames_in_many_pieces_come_back_whole_and_in_order() {
     let last = q.ring_size() - 1;
     let (off, iova) = (q.tx_slot_offset(last), q.tx_slot_iova(last));
     mem.write(off, &bytes);
-    // 12 descriptors of 26 bytes each (the header spans the first), chained.
+    // 12 descriptors of 26 bytes each (the header spans the first), chained
+    // (split: descriptors 40.., head 40; packed: buffer id 40).
     let pieces = 12u16;
     let base = 40u16;
     let per = (bytes.len() / pieces as usize) as u32;
-    for i in 0..pieces {
-        let last = i + 1 == pieces;
-        let len = if last { bytes.len() as u32 - per * (pieces as u32 - 1) } else { per };
-        let flags = if last { 0 } else { VRING_DESC_F_NEXT };
-        q.raw_tx().write_desc(base + i, desc(iova + (per * i as u32) as u64, len, flags, base + i + 1)).unwrap();
-    }
-    q.raw_tx().push_avail_raw(base);
+    let descs: Vec<(u64, u32, u16)> = (0..pieces)
+        .map(|i| {
+            let last = i + 1 == pieces;
+            let len = if last { bytes.len() as u32 - per * (pieces as u32 - 1) } else { per };
+            (iova + (per * i as u32) as u64, len, if last { 0 } else { VRING_DESC_F_NEXT })
+        })
+        .collect();
+    q.raw_tx().push_raw_chain(base, &descs, base).unwrap();
     q.raw_tx().publish();
     q.kick_tx().unwrap();
     f.next_tx = 11;
@@ -153,3 +156,9 @@ fn frames_in_many_pieces_come_back_whole_and_in_order() {
     drop(d);
     rig.finish();
 }
+
+both_formats!(
+    a_million_mixed_frames_through_two_pairs,
+    an_idle_device_wakes_on_each_kick,
+    frames_in_many_pieces_come_back_whole_and_in_order,
+);

@@ -236,9 +236,11 @@ fn the_reflector_reads_each_avail_entry_once() {
             f[18..24].copy_from_slice(&DEV_MAC);
             mem.write(p.tx_slot_offset(i), &f);
             let addr = p.tx_slot_iova(i);
-            p.raw_tx().write_desc(i, VringDesc { addr, len: frame_len as u32, flags: 0, next: 0 }).unwrap();
+            let tx = p.raw_tx().as_split().expect("split ring");
+            tx.write_desc(i, VringDesc { addr, len: frame_len as u32, flags: 0, next: 0 }).unwrap();
         }
-        let avail_ring = p.raw_tx().offset() + p.raw_tx().layout().avail + 4;
+        let tx = p.raw_tx().as_split().expect("split ring");
+        let avail_ring = tx.offset() + tx.layout().avail + 4;
         let stop = Arc::new(AtomicBool::new(false));
         let racer = {
             let (mem, stop) = (mem.clone(), stop.clone());
@@ -260,7 +262,7 @@ fn the_reflector_reads_each_avail_entry_once() {
         while rig.queue_errors(0) == errors_before && Instant::now() < episode_end {
             if published < 4 * size {
                 published += 8;
-                p.raw_tx().set_avail_idx_raw(base.wrapping_add(published));
+                p.raw_tx().as_split().unwrap().set_avail_idx_raw(base.wrapping_add(published));
                 let _ = p.kick_tx();
             }
             // Keep RX buffers coming so the reflector runs.
@@ -271,7 +273,7 @@ fn the_reflector_reads_each_avail_entry_once() {
         stop.store(true, Ordering::Relaxed);
         racer.join().unwrap();
         // The device's position (GET_VQ_STATE) and what it completed.
-        let last_avail = rig.t.vring_base(1).unwrap();
+        let last_avail = rig.t.vring_base(1).unwrap() as u16;
         let used = p.raw_tx().used_idx();
         processed += used.wrapping_sub(base) as u64;
         assert_eq!(

@@ -382,8 +382,8 @@ fn round(seed: u64) {
     let rx_bufs = (0..size).map(|s| p.rx_slot_iova(s)).collect();
     let tx_bufs = (0..size).map(|s| p.tx_slot_iova(s)).collect();
     let buf_len = p.buf_size() as u32;
-    let tx = RingView::new(p.raw_tx(), tx_vq, tx_bufs, 12 + 200, false);
-    let rx = RingView::new(p.raw_rx(), rx_vq, rx_bufs, buf_len, true);
+    let tx = RingView::new(p.raw_tx().as_split().expect("split ring"), tx_vq, tx_bufs, 12 + 200, false);
+    let rx = RingView::new(p.raw_rx().as_split().expect("split ring"), rx_vq, rx_bufs, buf_len, true);
     let (scratch_off, scratch_iova, _) = d.scratch();
 
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
@@ -462,7 +462,7 @@ fn round(seed: u64) {
         let _ = racer.transport.kick(rx_vq);
         let _ = racer.transport.kick(tx_vq);
         let tx_base = racer.tallies[0].base;
-        let consumed = rig.t.vring_base(tx_vq).map(|b| b.wrapping_sub(tx_base) as u64).unwrap_or(0);
+        let consumed = rig.t.vring_base(tx_vq).map(|b| (b as u16).wrapping_sub(tx_base) as u64).unwrap_or(0);
         consumed >= racer.tallies[0].posted || rig.queue_errors(0) > 0
     });
     assert!(settled, "seed {seed}: TX neither processed what was made available nor failed: {:?}", racer.tallies[0]);
@@ -473,8 +473,9 @@ fn round(seed: u64) {
 
     for (t, r) in racer.tallies.iter().zip(racer.rings.iter()) {
         assert!(t.violations.is_empty(), "seed {seed}: {:#?}", t.violations);
-        // The device's own position (GET_VQ_STATE through the slow path).
-        let pos = rig.t.vring_base(r.vq).expect("slow path answers GET_VQ_STATE");
+        // The device's own position (GET_VQ_STATE through the slow path;
+        // split rings: the avail index in the low 16 bits).
+        let pos = rig.t.vring_base(r.vq).expect("slow path answers GET_VQ_STATE") as u16;
         let consumed = pos.wrapping_sub(t.base) as u64;
         assert!(
             consumed <= t.max_exposed,
@@ -537,8 +538,8 @@ fn round_clean() {
     let (tx_vq, rx_vq, buf_len) = (p.tx_vq(), p.rx_vq(), p.buf_size() as u32);
     let tx_bufs = (0..size).map(|s| p.tx_slot_iova(s)).collect();
     let rx_bufs = (0..size).map(|s| p.rx_slot_iova(s)).collect();
-    let tx = RingView::new(p.raw_tx(), tx_vq, tx_bufs, 212, false);
-    let rx = RingView::new(p.raw_rx(), rx_vq, rx_bufs, buf_len, true);
+    let tx = RingView::new(p.raw_tx().as_split().expect("split ring"), tx_vq, tx_bufs, 212, false);
+    let rx = RingView::new(p.raw_rx().as_split().expect("split ring"), rx_vq, rx_bufs, buf_len, true);
     let (scratch_off, scratch_iova, _) = d.scratch();
     let mut racer = Racer {
         tallies: [Tally::new(&tx), Tally::new(&rx)],

@@ -123,8 +123,8 @@ impl Soak {
         self.t.suspend().expect("suspend");
         for p in self.q.iter_mut() {
             let (rx, tx) = (p.rx_vq(), p.tx_vq());
-            assert_eq!(self.t.vring_base(tx).unwrap(), p.raw_tx().used_idx(), "TX state");
-            assert_eq!(self.t.vring_base(rx).unwrap(), p.raw_rx().used_idx(), "RX state");
+            assert_eq!(self.t.vring_base(tx).unwrap(), p.raw_tx().device_base(), "TX state");
+            assert_eq!(self.t.vring_base(rx).unwrap(), p.raw_rx().device_base(), "RX state");
         }
         self.restart();
     }

@@ -1,6 +1,7 @@
 //! Control-plane events while frames flow, with integrity checks before
 //! and after each: IOTLB updates, reset + group ASID changes + a fresh
-//! DRIVER_OK, and suspend + GET_VQ_STATE.
+//! DRIVER_OK, and suspend + GET_VQ_STATE. Every test runs on both ring
+//! formats (`split::NAME`, `packed::NAME`).
 
 mod common;
 
@@ -77,10 +78,9 @@ fn split_data_mapping(d: &mut NetDriver, q: &mut [QueuePair]) -> Vec<(usize, usi
 /// re-maps pair 1's buffers while pair 0 keeps running, and resumes pair 1.
 /// Finally a TX chain pointing into an unmapped buffer region must stop the
 /// queue instead of reading it.
-#[test]
-fn iotlb_invalidate_and_remap_under_traffic() {
-    let rig = Rig::new("ut-iotlb", 2);
-    let mut d = rig.probe(driver_config());
+fn iotlb_invalidate_and_remap_under_traffic(fmt: RingFormat) {
+    let rig = Rig::new_fmt("ut-iotlb", 2, fmt);
+    let mut d = rig.probe(driver_config_fmt(fmt));
     let mut q = d.take_pairs();
     let regions = split_data_mapping(&mut d, &mut q);
     assert!(regions.len() >= 9);
@@ -155,11 +155,10 @@ fn iotlb_invalidate_and_remap_under_traffic() {
 /// DRIVER_OK is set, accepted after the reset) and a fresh DRIVER_OK by a
 /// new driver instance; the control queue works in its new ASID and data
 /// flows cleanly again.
-#[test]
-fn reset_then_asid_changes_and_fresh_driver_ok() {
-    let rig = Rig::new("ut-reset", 2);
+fn reset_then_asid_changes_and_fresh_driver_ok(fmt: RingFormat) {
+    let rig = Rig::new_fmt("ut-reset", 2, fmt);
     let t = rig.transport();
-    let mut d = rig.probe(driver_config());
+    let mut d = rig.probe(driver_config_fmt(fmt));
     assert_eq!(d.cvq_asid(), 1);
     // Refused while DRIVER_OK is set (kernels 7.x; the model too).
     let e = t.set_group_asid(2, 0).unwrap_err();
@@ -200,7 +199,7 @@ fn reset_then_asid_changes_and_fresh_driver_ok() {
     );
 
     // A fresh driver keeps the control queue in ASID 0 with the data.
-    let mut d = rig.probe(NetDriverConfig { cvq_asid: Some(0), ..driver_config() });
+    let mut d = rig.probe(NetDriverConfig { cvq_asid: Some(0), ..driver_config_fmt(fmt) });
     assert_eq!(d.cvq_asid(), 0);
     assert_eq!(d.pairs(), 2, "VQ_PAIRS_SET through the CVQ in ASID 0");
     assert!(t.set_group_asid(2, 1).is_err(), "refused while DRIVER_OK");
@@ -215,7 +214,7 @@ fn reset_then_asid_changes_and_fresh_driver_ok() {
     drop(d);
 
     // And once more with the default plan: control queue in ASID 1.
-    let mut d = rig.probe(driver_config());
+    let mut d = rig.probe(driver_config_fmt(fmt));
     assert_eq!(d.cvq_asid(), 1);
     assert_eq!(d.ctrl(rx, allmulti, &[0]).unwrap(), 0);
     let mut q = d.take_pairs();
@@ -233,14 +232,15 @@ fn reset_then_asid_changes_and_fresh_driver_ok() {
 
 /// (c) SUSPEND while frames flow: processing stops at a chain boundary,
 /// GET_VQ_STATE reports exactly where each queue stopped (the used index
-/// the device published), nothing moves while suspended, and a reset plus
-/// re-initialisation from those positions (what a VMM does after a
-/// migration) continues every stream without loss, duplicates or damage.
-#[test]
-fn suspend_and_vq_state_under_traffic() {
-    let rig = Rig::new("ut-susp", 2);
+/// the device published; packed: the avail and used positions with their
+/// wrap counters, both at the last used descriptor published), nothing
+/// moves while suspended, and a reset plus re-initialisation from those
+/// positions (what a VMM does after a migration) continues every stream
+/// without loss, duplicates or damage.
+fn suspend_and_vq_state_under_traffic(fmt: RingFormat) {
+    let rig = Rig::new_fmt("ut-susp", 2, fmt);
     let t = rig.transport();
-    let mut d = rig.probe(driver_config());
+    let mut d = rig.probe(driver_config_fmt(fmt));
     let mut q = d.take_pairs();
     let mut flows = vec![Flow::new(0), Flow::new(1)];
     for (f, p) in flows.iter_mut().zip(q.iter_mut()) {
@@ -253,10 +253,16 @@ fn suspend_and_vq_state_under_traffic() {
     t.suspend().unwrap();
     for p in q.iter_mut() {
         let (rx, tx) = (p.rx_vq(), p.tx_vq());
-        let (rx_used, tx_used) = (p.raw_rx().used_idx(), p.raw_tx().used_idx());
-        assert_eq!(t.vring_base(tx).unwrap(), tx_used, "TX vq {tx}: state = chains consumed and published");
-        assert_eq!(t.vring_base(rx).unwrap(), rx_used, "RX vq {rx}");
+        let (rx_base, tx_base) = (p.raw_rx().device_base(), p.raw_tx().device_base());
+        assert_eq!(t.vring_base(tx).unwrap(), tx_base, "TX vq {tx}: state = chains consumed and published");
+        assert_eq!(t.vring_base(rx).unwrap(), rx_base, "RX vq {rx}");
+        let tx_used = p.raw_tx().used_idx();
         assert!(tx_used <= p.raw_tx().avail_idx());
+        if fmt == RingFormat::Packed {
+            // Both halves agree: the device completed every chain it took.
+            let b = t.vring_base(tx).unwrap();
+            assert_eq!(b & 0xffff, b >> 16);
+        }
     }
     // Nothing moves while suspended (kicks are dropped, threads parked).
     let used: Vec<(u16, u16)> = q.iter_mut().map(|p| (p.raw_rx().used_idx(), p.raw_tx().used_idx())).collect();
@@ -272,8 +278,8 @@ fn suspend_and_vq_state_under_traffic() {
     for (f, p) in flows.iter_mut().zip(q.iter_mut()) {
         while f.receive(p) > 0 {}
         p.reclaim_tx();
-        assert_eq!(t.vring_base(p.rx_vq()).unwrap(), p.raw_rx().last_used());
-        assert_eq!(t.vring_base(p.tx_vq()).unwrap(), p.raw_tx().last_used());
+        assert_eq!(t.vring_base(p.rx_vq()).unwrap(), p.raw_rx().restart_base());
+        assert_eq!(t.vring_base(p.tx_vq()).unwrap(), p.raw_tx().restart_base());
         assert!(f.clean(), "{f:?}");
     }
     // Restore from those positions and carry on.
@@ -291,3 +297,9 @@ fn suspend_and_vq_state_under_traffic() {
     drop(d);
     rig.finish();
 }
+
+both_formats!(
+    iotlb_invalidate_and_remap_under_traffic,
+    reset_then_asid_changes_and_fresh_driver_ok,
+    suspend_and_vq_state_under_traffic,
+);

@@ -67,8 +67,9 @@ pub fn foreign_iova(tb: &mut Testbed, pairs: &mut [QueuePair]) -> Result<Map<Str
 }
 
 /// Suspend the device, then ask GET_VRING_BASE for every data vq and
-/// compare it with the used index the driver sees (every chain the device
-/// consumed, it returned: the device processes chains to completion).
+/// compare it with the used position the driver sees (every chain the
+/// device consumed, it returned: the device processes chains to
+/// completion), in the ring format's encoding.
 pub fn suspend(tb: &mut Testbed, pairs: &mut [QueuePair]) -> Result<Map<String, Value>, BenchError> {
     let drv = driver(tb)?;
     let t = drv.transport().clone();
@@ -84,13 +85,17 @@ pub fn suspend(tb: &mut Testbed, pairs: &mut [QueuePair]) -> Result<Map<String, 
     let mut vqs = Vec::new();
     let mut all = true;
     for (i, q) in pairs.iter_mut().enumerate() {
-        for (vq, used, avail) in [
-            (2 * i as u32, q.raw_rx().used_idx(), q.raw_rx().avail_idx()),
-            (2 * i as u32 + 1, q.raw_tx().used_idx(), q.raw_tx().avail_idx()),
-        ] {
+        for vq in [2 * i as u32, 2 * i as u32 + 1] {
+            let ring = if vq % 2 == 0 { q.raw_rx() } else { q.raw_tx() };
+            // Split: the used index; packed: the used position (slot | wrap
+            // << 15) in both halves, the device's avail position being the
+            // same once every chain it took is completed.
+            let (want, used, avail) = (ring.device_base(), ring.used_idx(), ring.avail_idx());
             let base = t.vring_base(vq)?;
-            all &= base == used;
-            vqs.push(json!({ "vq": vq, "driver_avail": avail, "driver_used": used, "device_base": base }));
+            all &= base == want;
+            vqs.push(json!({
+                "vq": vq, "driver_avail": avail, "driver_used": used, "device_base": base, "expected_base": want,
+            }));
         }
     }
     let mut out = Map::new();

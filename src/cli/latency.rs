@@ -60,6 +60,7 @@ pub fn run(a: LatencyArgs) -> CliResult {
     let mut plot = a.plot.as_deref().map(create).transpose()?;
 
     let mut tb = b.testbed("latency0", &mut |_| Box::new(Loopback::new(1024, true)) as Box<dyn Port>)?;
+    let ring = b.ring_format(&tb).unwrap_or_default();
     let (_reg, _servers) = b.serve_stats(&tb, "latency")?;
     let mut pairs = tb.take_pairs();
     if pairs.is_empty() {
@@ -106,10 +107,20 @@ pub fn run(a: LatencyArgs) -> CliResult {
         rec.write_svg(f, &title).map_err(|e| CliError(format!("writing {path}: {e}")))?;
     }
     if b.json {
-        println!("{}", serde_json::to_string(&rep).map_err(|e| CliError(e.to_string()))?);
+        let mut v = serde_json::to_value(&rep).map_err(|e| CliError(e.to_string()))?;
+        if let Some(m) = v.as_object_mut() {
+            m.insert("ring".into(), ring.name().into());
+        }
+        println!("{v}");
     } else {
         let s = &rep.summary;
-        println!("latency: {} round trips in {:.2} s, size {}", s.samples, rep.duration_s, b.size);
+        println!(
+            "latency: {} round trips in {:.2} s, size {}, {} rings",
+            s.samples,
+            rep.duration_s,
+            b.size,
+            ring.name()
+        );
         println!(
             "  min {} ns  p50 {} ns  p90 {} ns  p99 {} ns  p99.9 {} ns  p99.99 {} ns  max {} ns  mean {:.0} ns",
             s.min_ns, s.p50_ns, s.p90_ns, s.p99_ns, s.p999_ns, s.p9999_ns, s.max_ns, s.mean_ns

@@ -13,7 +13,9 @@ use vduse_net::bench::netgen::{self, NetDevice, NetGenOptions, NetReport};
 use vduse_net::bench::pktgen::{self, CheckMode, Control, GenOptions, Mode, PktgenReport, Sizes};
 use vduse_net::bench::testbed::Testbed;
 use vduse_net::driver::net::{EnableOrder, NetDriverConfig};
+use vduse_net::net::features;
 use vduse_net::vduse::model::ModelConfig;
+use vduse_net::virtq::RingFormat;
 
 use super::run::{Backend, DeviceArgs, HostArgs};
 use super::{parse_cores, CliError, CliResult, Idle};
@@ -145,17 +147,38 @@ impl BenchArgs {
         port: &mut dyn FnMut(u16) -> Box<dyn vduse_net::backend::Port>,
     ) -> Result<Testbed, CliError> {
         let opts = self.dev.options(name, vduse_net::bench::testbed::DEVICE_MAC)?;
-        let dcfg = NetDriverConfig {
+        // One switch for both ends: the driver asks for packed rings exactly
+        // when the offer holds RING_PACKED (`--features +ring_packed` or its
+        // shorthand `--ring packed`).
+        let packed = opts.features & features::RING_PACKED != 0;
+        let mut dcfg = NetDriverConfig {
             ring_size: self.dev.ring_size,
             pairs: Some(self.dev.queues),
             enable_order: self.enable_order.into(),
             ..NetDriverConfig::default()
         };
+        if packed {
+            dcfg.features |= features::RING_PACKED;
+        }
         let tb = match &self.vhost_vdpa {
             Some(path) => Testbed::vhost_vdpa(path, dcfg),
             None => Testbed::model(self.kernel_model.config(), opts, port, dcfg),
         };
-        tb.map_err(|e| CliError(format!("setting up the device: {e}")))
+        let tb = tb.map_err(|e| CliError(format!("setting up the device: {e}")))?;
+        let got = self.ring_format(&tb);
+        if packed && got != Some(RingFormat::Packed) {
+            return Err(CliError(
+                "packed rings asked for (--ring packed / +ring_packed), but the device does not offer \
+                 VIRTIO_F_RING_PACKED (serve it with `vduse-net run --ring packed`)"
+                    .into(),
+            ));
+        }
+        Ok(tb)
+    }
+
+    /// The ring layout the driver negotiated.
+    pub fn ring_format(&self, tb: &Testbed) -> Option<RingFormat> {
+        tb.driver().map(|d| RingFormat::of_features(d.features()))
     }
 
     /// The stats socket (and `/metrics`) for the model device, when there is one.
@@ -287,6 +310,7 @@ pub fn run(a: PktgenArgs) -> CliResult {
         Some(s) => return Err(CliError(format!("--linger {s} must be in [0, 3600] seconds"))),
     };
     let tb = b.testbed("pktgen0", &mut |i| mode.port(i, &sizes))?;
+    let ring = b.ring_format(&tb).unwrap_or_default();
     let (reg, _servers) = b.serve_stats(&tb, "pktgen")?;
     let stop = stop_flag()?;
     let ctl = Arc::new(Control::new(pairs, stop.clone()));
@@ -311,7 +335,8 @@ pub fn run(a: PktgenArgs) -> CliResult {
         Ok(m)
     };
     let post: Option<pktgen::PostCheck<'_>> = (fcheck || scheck || linger.is_some()).then_some(&mut post);
-    let rep = pktgen::run_on(tb, &o, &cores, &ctl, &mut tick, post).map_err(|e| CliError(e.to_string()))?;
+    let mut rep = pktgen::run_on(tb, &o, &cores, &ctl, &mut tick, post).map_err(|e| CliError(e.to_string()))?;
+    rep.checks.insert("ring".into(), ring.name().into());
     if b.json {
         println!("{}", serde_json::to_string(&rep).map_err(|e| CliError(e.to_string()))?);
     } else {
@@ -457,7 +482,11 @@ fn print_net(r: &NetReport, size: &str) {
 }
 
 fn print_text(r: &PktgenReport, size: &str) {
-    println!("pktgen {:?}: {} queue pair(s), sizes {size}, measured {:.2} s", r.mode, r.queue_pairs, r.duration_s);
+    let ring = r.checks.get("ring").and_then(|v| v.as_str()).unwrap_or("split");
+    println!(
+        "pktgen {:?}: {} queue pair(s), {ring} rings, sizes {size}, measured {:.2} s",
+        r.mode, r.queue_pairs, r.duration_s
+    );
     println!(
         "  total: tx {:.3} Mpps {:.2} Gbit/s, rx {:.3} Mpps {:.2} Gbit/s ({} / {} frames)",
         r.mpps_tx, r.gbps_tx, r.mpps_rx, r.gbps_rx, r.tx_frames, r.rx_frames

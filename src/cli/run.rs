@@ -24,6 +24,16 @@ use super::plan::RunPlan;
 use super::stats::StatsArgs;
 use super::{parse_cores, parse_mac, CliError, CliResult, Idle};
 
+/// The virtqueue layout (`--ring`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum RingArg {
+    /// Split rings (descriptor table, avail and used rings).
+    #[default]
+    Split,
+    /// Packed rings (VIRTIO_F_RING_PACKED).
+    Packed,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
     /// TX of each pair comes back on its RX (a reflector).
@@ -174,6 +184,11 @@ pub struct DeviceArgs {
     /// Change the offered features by name, e.g. +indirect_desc,-mq (`vduse-net features` lists them).
     #[arg(long, value_name = "LIST", allow_hyphen_values = true)]
     pub features: Option<String>,
+    /// Virtqueue layout. packed: shorthand for `--features +ring_packed` (not in
+    /// the default offer: QEMU's shadow virtqueues refuse it); pktgen/latency's
+    /// driver asks for packed rings whenever the offer holds it.
+    #[arg(long, value_enum, default_value_t = RingArg::Split)]
+    pub ring: RingArg,
 }
 
 impl DeviceArgs {
@@ -198,6 +213,18 @@ impl DeviceArgs {
         }
         if self.no_ctrl_vq {
             o.features = features::without_ctrl_vq(o.features);
+        }
+        if self.ring == RingArg::Packed {
+            // The same selection as `--features +ring_packed`, after the list;
+            // a list that removes it contradicts the flag.
+            if self.features.as_deref().is_some_and(|l| {
+                features::select(features::DEFAULT_OFFER | features::RING_PACKED, l)
+                    .is_ok_and(|f| f & features::RING_PACKED == 0)
+            }) {
+                return Err(CliError("--ring packed contradicts --features -ring_packed".into()));
+            }
+            o.features =
+                features::select(o.features, "+ring_packed").map_err(|e| CliError(format!("--ring packed: {e}")))?;
         }
         o.validate()?;
         Ok(o)

@@ -11,7 +11,7 @@
 
 use crate::mem::{AddressSpace, ReadGuard};
 use crate::net::ctrl::{CtrlCommand, CtrlError, VIRTIO_NET_ERR, VIRTIO_NET_OK};
-use crate::virtq::{Chain, Direction, Head, QueueError, SplitQueue};
+use crate::virtq::{Chain, Direction, Head, QueueError, Ring};
 
 /// Largest command we accept (a full MAC table of both kinds fits).
 pub const MAX_COMMAND: usize = 4096;
@@ -37,9 +37,10 @@ pub enum CvqError {
     Short,
 }
 
-/// Read the next command chain. `Ok(None)` when the queue is empty.
-pub fn next_command<'g>(
-    q: &mut SplitQueue,
+/// Read the next command chain. `Ok(None)` when the queue is empty. The
+/// ring is of either format (the slow path passes a `VirtQueue`).
+pub fn next_command<'g, R: Ring>(
+    q: &mut R,
     space: &AddressSpace,
     g: &'g ReadGuard<'_>,
     features: u64,
@@ -49,8 +50,8 @@ pub fn next_command<'g>(
     if q.pending().map_err(|e| (None, e.into()))? == 0 {
         return Ok(None);
     }
-    let head = q.pop_head().map_err(|e| (None, e.into()))?;
-    let chain = q.read_chain(head, Direction::Both, space, g).map_err(|e| (Some(head), e.into()))?;
+    let chain = q.pop(Direction::Both, space, g).map_err(|e| (None, e.into()))?;
+    let head = chain.head();
     if chain.writable().is_empty() {
         return Err((Some(head), CvqError::NoAck));
     }
@@ -73,7 +74,7 @@ pub fn next_command<'g>(
 }
 
 /// Write the ack and return the chain. The caller publishes and notifies.
-pub fn complete(q: &mut SplitQueue, cmd: PendingCommand<'_>, ok: bool) {
+pub fn complete<R: Ring>(q: &mut R, cmd: PendingCommand<'_>, ok: bool) {
     let v = if ok { VIRTIO_NET_OK } else { VIRTIO_NET_ERR };
     cmd.chain.write_at(0, &[v]);
     q.push_used(cmd.head, 1);

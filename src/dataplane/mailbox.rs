@@ -20,6 +20,8 @@ use crate::mem::AddressSpace;
 use crate::virtq::QueueConfig;
 
 /// Where a queue stands: next avail index to consume, used index published.
+/// For a packed ring both are ring slots with the wrap counter in bit 15
+/// (vhost's encoding, [`crate::virtq::RingPos::encode`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueuePosition {
     pub vq: u32,

@@ -42,7 +42,7 @@ use crate::uapi::vduse::{REQUEST_SIZE, VDUSE_F_QUEUE_READY};
 use crate::uapi::virtio::status;
 use crate::vduse::request::VqState;
 use crate::vduse::{Request, Response, VduseDevice};
-use crate::virtq::{QueueConfig, SplitQueue};
+use crate::virtq::{QueueConfig, Ring, RingFormat, RingPos, VirtQueue};
 
 struct PollHandle {
     mailbox: MailboxTx,
@@ -53,7 +53,7 @@ struct PollHandle {
 struct Cvq {
     vq: u32,
     group: u32,
-    q: Option<SplitQueue>,
+    q: Option<VirtQueue>,
     /// Served (ready). A queue disabled after DRIVER_OK keeps `q`, so its
     /// position survives for GET_VQ_STATE and a later re-enable.
     enabled: bool,
@@ -379,24 +379,40 @@ impl SlowPath {
         if index >= self.layout.vq_num() {
             return Err(format!("vq {index} out of range"));
         }
-        if let Some(c) = &self.cvq {
-            if c.vq == index {
-                let avail = match &c.q {
-                    Some(q) => q.last_avail(),
-                    None => self.dev.vq_info(index).map_err(|e| e.to_string())?.avail_index,
-                };
-                return Ok(VqState::Split { index, avail_index: avail });
-            }
-        }
-        let pair = (index / 2) as usize;
-        let ack = self.threads[pair].mailbox.send(Command::Positions).map_err(|e| e.to_string())?;
-        let pos = if index % 2 == 0 { ack.rx } else { ack.tx };
-        let avail = match pos {
-            Some(p) => p.last_avail,
-            // Not started: the position is what the driver set.
-            None => self.dev.vq_info(index).map_err(|e| e.to_string())?.avail_index,
+        // (avail, used) in the format's encoding (packed: slot | wrap << 15).
+        let pos = if self.cvq.as_ref().is_some_and(|c| c.vq == index) {
+            self.cvq.as_ref().and_then(|c| c.q.as_ref()).map(|q| q.position())
+        } else {
+            let pair = (index / 2) as usize;
+            let ack = self.threads[pair].mailbox.send(Command::Positions).map_err(|e| e.to_string())?;
+            if index % 2 == 0 { ack.rx } else { ack.tx }.map(|p| (p.last_avail, p.used))
         };
-        Ok(VqState::Split { index, avail_index: avail })
+        let (avail, used) = match pos {
+            Some(p) => p,
+            // Not started: the position is what the driver set (a packed
+            // device starts its used position there too).
+            None => {
+                let a = self.dev.vq_info(index).map_err(|e| e.to_string())?.avail_index;
+                (a, a)
+            }
+        };
+        Ok(match RingFormat::of_features(self.negotiated()) {
+            RingFormat::Split => VqState::Split { index, avail_index: avail },
+            RingFormat::Packed => {
+                let (a, u) = (RingPos::decode(avail), RingPos::decode(used));
+                VqState::Packed { index, state: [a.wrap as u16, a.idx, u.wrap as u16, u.idx] }
+            }
+        })
+    }
+
+    /// The features the driver accepted: the latched value once
+    /// FEATURES_OK was handled, else what the kernel reports now.
+    fn negotiated(&self) -> u64 {
+        if self.features != 0 {
+            self.features
+        } else {
+            self.dev.negotiated_features().unwrap_or(0)
+        }
     }
 
     fn set_status(&mut self, new: u8) -> Result<(), String> {
@@ -443,6 +459,7 @@ impl SlowPath {
             avail_base: info.avail_index,
             event_idx: self.features & features::EVENT_IDX != 0,
             indirect: self.features & features::INDIRECT_DESC != 0,
+            format: RingFormat::of_features(self.features),
         })
     }
 
@@ -495,7 +512,7 @@ impl SlowPath {
         }
         self.ctrl = CtrlState::new(self.mac, self.features);
         if let Some(c) = self.cvq.as_mut() {
-            c.q = cvq_cfg.map(SplitQueue::new);
+            c.q = cvq_cfg.map(VirtQueue::new);
             c.enabled = cvq_cfg.is_some();
             c.failed = false;
             self.vq_started[c.vq as usize] = cvq_cfg.is_some();
@@ -611,7 +628,7 @@ impl SlowPath {
             }
             let c = self.cvq.as_mut().expect("checked");
             if c.q.as_ref().map(|q| *q.config()) != Some(cfg) {
-                c.q = Some(SplitQueue::new(cfg));
+                c.q = Some(VirtQueue::new(cfg));
             }
             c.enabled = true;
         } else {

@@ -7,4 +7,6 @@ pub mod vhost_vdpa;
 pub use dma::DmaMemory;
 pub use transport::{DriverTransport, TransportError};
 pub mod net;
+pub mod packed;
+pub mod queue;
 pub mod ring;

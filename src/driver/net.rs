@@ -13,8 +13,10 @@ use crate::uapi::vhost_vdpa::{
 use crate::uapi::virtio::{feature, status, VIRTIO_ID_NET};
 
 use super::dma::{DmaError, DmaMemory};
-use super::ring::{DriverQueue, RingError, RingLayout, Segment};
+use super::queue::DriverRing;
+use super::ring::{RingError, Segment};
 use super::transport::{DriverTransport, TransportError};
+use crate::virtq::RingFormat;
 
 /// `struct virtio_net_hdr_v1` (VERSION_1 makes it 12 bytes, num_buffers included).
 pub const NET_HDR_LEN: usize = 12;
@@ -101,7 +103,8 @@ pub enum EnableOrder {
 #[derive(Debug, Clone)]
 pub struct NetDriverConfig {
     /// Features to accept when offered. VERSION_1 and ACCESS_PLATFORM are
-    /// required. RING_PACKED is never accepted (the driver is split-ring only).
+    /// required. With RING_PACKED (not in the defaults) every queue, the
+    /// control queue too, is a packed ring.
     pub features: u64,
     /// Queue size of data queues (clamped to the device's maximum).
     pub ring_size: u16,
@@ -175,7 +178,7 @@ pub struct PairStats {
 /// packet, so a slot is never shared by two chains).
 struct DataQueue {
     vq: u32,
-    q: DriverQueue,
+    q: DriverRing,
     /// Offset / IOVA of slot 0's buffer.
     buf_off: usize,
     buf_iova: u64,
@@ -395,7 +398,7 @@ impl QueuePair {
         let pending = self.rx.q.enable_interrupts();
         let got = if pending { true } else { self.transport.wait_interrupt(self.rx.vq, timeout)? };
         self.rx.q.disable_interrupts();
-        Ok(got || self.rx.q.used_idx() != self.rx.q.last_used())
+        Ok(got || self.rx.q.used_ready())
     }
 
     /// Force a notification, e.g. after raw ring edits.
@@ -407,10 +410,10 @@ impl QueuePair {
     }
 
     /// The TX ring itself, for tests that build malformed chains.
-    pub fn raw_tx(&mut self) -> &mut DriverQueue {
+    pub fn raw_tx(&mut self) -> &mut DriverRing {
         &mut self.tx.q
     }
-    pub fn raw_rx(&mut self) -> &mut DriverQueue {
+    pub fn raw_rx(&mut self) -> &mut DriverRing {
         &mut self.rx.q
     }
     /// Memory holding all data rings and buffers (mapped in ASID 0).
@@ -435,7 +438,7 @@ impl QueuePair {
 struct Cvq {
     vq: u32,
     group: u32,
-    q: DriverQueue,
+    q: DriverRing,
     mem: Arc<DmaMemory>,
     cmd_off: usize,
     cmd_iova: u64,
@@ -563,7 +566,7 @@ impl NetDriver {
         t.set_status(st)?;
 
         let offered = t.device_features()?;
-        let features = cfg.features & offered & !bit(feature::RING_PACKED);
+        let features = cfg.features & offered;
         for (b, name) in [(feature::VERSION_1, "VERSION_1"), (feature::ACCESS_PLATFORM, "ACCESS_PLATFORM")] {
             if features & bit(b) == 0 {
                 return Err(DriverError::FeatureRefused { name, offered, wanted: cfg.features });
@@ -622,6 +625,7 @@ impl NetDriver {
             return Err(DriverError::InvalidConfig(format!("ring size {} (device max {max_num})", cfg.ring_size)));
         }
         let event_idx = has(feature::EVENT_IDX);
+        let format = RingFormat::of_features(features);
 
         // The control queue's group moves to its own address space before
         // DRIVER_OK (the device refuses it afterwards), as QEMU does to
@@ -649,7 +653,7 @@ impl NetDriver {
 
         // Data memory: per vq a page-rounded ring, then its buffers; one
         // spare page at the end for tests.
-        let ring_bytes = RingLayout::new(ring_size).total.next_multiple_of(PAGE);
+        let ring_bytes = DriverRing::bytes(format, ring_size).next_multiple_of(PAGE);
         let stride = cfg.buf_size.next_multiple_of(64);
         let vq_bytes = (ring_bytes + ring_size as usize * stride).next_multiple_of(PAGE);
         let nvq = 2 * npairs as usize;
@@ -658,7 +662,7 @@ impl NetDriver {
         let data_mem = Arc::new(DmaMemory::new("vduse-net-data", data_len)?);
         let data_len = data_mem.len();
 
-        let cvq_ring_bytes = RingLayout::new(CVQ_SIZE.min(max_num)).total.next_multiple_of(PAGE);
+        let cvq_ring_bytes = DriverRing::bytes(format, CVQ_SIZE.min(max_num)).next_multiple_of(PAGE);
         let cvq_mem = if ctrl { Some(Arc::new(DmaMemory::new("vduse-net-cvq", cvq_ring_bytes + PAGE)?)) } else { None };
         if let Some(m) = &cvq_mem {
             let overlap =
@@ -682,10 +686,10 @@ impl NetDriver {
             EnableOrder::Qemu => false,
             EnableOrder::VirtioUser => vq < 2 || vq == cvq_index,
         };
-        let setup = |vq: u32, q: &DriverQueue| -> Result<(), DriverError> {
+        let setup = |vq: u32, q: &DriverRing| -> Result<(), DriverError> {
             t.set_vring_num(vq, q.size())?;
-            t.set_vring_addr(vq, q.desc_iova(), q.avail_iova(), q.used_iova())?;
-            t.set_vring_base(vq, 0)?;
+            t.set_vring_addr(vq, q.desc_iova(), q.driver_area_iova(), q.device_area_iova())?;
+            t.set_vring_base(vq, q.initial_base())?;
             if enable_now(vq) {
                 t.set_vring_enable(vq, true)?;
             }
@@ -696,7 +700,7 @@ impl NetDriver {
             let mk = |vq: u32| -> Result<DataQueue, DriverError> {
                 let off = vq as usize * vq_bytes;
                 let iova = cfg.data_iova + off as u64;
-                let mut q = DriverQueue::new(data_mem.clone(), off, iova, ring_size, event_idx)?;
+                let mut q = DriverRing::new(format, data_mem.clone(), off, iova, ring_size, event_idx)?;
                 // Data queues are polled; wait_rx turns interrupts on when sleeping.
                 q.disable_interrupts();
                 setup(vq, &q)?;
@@ -718,7 +722,8 @@ impl NetDriver {
         }
         let cvq = match cvq_mem {
             Some(mem) => {
-                let q = DriverQueue::new(mem.clone(), 0, cfg.cvq_iova, pow2_floor(CVQ_SIZE.min(max_num)), event_idx)?;
+                let size = pow2_floor(CVQ_SIZE.min(max_num));
+                let q = DriverRing::new(format, mem.clone(), 0, cfg.cvq_iova, size, event_idx)?;
                 setup(cvq_index, &q)?;
                 Some(Cvq {
                     vq: cvq_index,
@@ -742,8 +747,9 @@ impl NetDriver {
             return Err(DriverError::StatusNotAccepted { wanted: st, status: got });
         }
         log::info!(
-            "virtio-net up: features {features:#x}, backend {backend_features:#x}, {npairs}/{max_pairs} pairs of {ring_size}, \
-             cvq {}",
+            "virtio-net up: features {features:#x}, backend {backend_features:#x}, {npairs}/{max_pairs} {} pairs of \
+             {ring_size}, cvq {}",
+            format.name(),
             if ctrl { format!("vq {cvq_index} group {cvq_group} asid {cvq_asid}") } else { "none".into() }
         );
         Ok(NetDriver {
@@ -838,7 +844,7 @@ impl NetDriver {
         self.cvq.as_ref().map(|c| &c.mem)
     }
     /// The control ring itself, for malformed-ring tests.
-    pub fn raw_cvq(&mut self) -> Option<&mut DriverQueue> {
+    pub fn raw_cvq(&mut self) -> Option<&mut DriverRing> {
         self.cvq.as_mut().map(|c| &mut c.q)
     }
 
@@ -975,7 +981,7 @@ mod tests {
         SetBackendFeatures(u64),
         SetVringNum(u32, u16),
         SetVringAddr(u32, u64, u64, u64),
-        SetVringBase(u32, u16),
+        SetVringBase(u32, u32),
         SetVringEnable(u32, bool),
         SetGroupAsid(u32, u32),
         Map(u32, u64, usize, u8),
@@ -1228,15 +1234,16 @@ mod tests {
                 f.record(Call::SetVringAddr(vq, desc, avail, used))
             })
         }
-        fn set_vring_base(&self, vq: u32, base: u16) -> TResult<()> {
+        fn set_vring_base(&self, vq: u32, base: u32) -> TResult<()> {
             self.with(|f| {
-                f.vrings[vq as usize].last_avail = base;
-                f.vrings[vq as usize].used_idx = base;
+                // A split-only fake: the avail index.
+                f.vrings[vq as usize].last_avail = base as u16;
+                f.vrings[vq as usize].used_idx = base as u16;
                 f.record(Call::SetVringBase(vq, base))
             })
         }
-        fn vring_base(&self, vq: u32) -> TResult<u16> {
-            Ok(self.with(|f| f.vrings[vq as usize].last_avail))
+        fn vring_base(&self, vq: u32) -> TResult<u32> {
+            Ok(self.with(|f| f.vrings[vq as usize].last_avail as u32))
         }
         fn set_vring_enable(&self, vq: u32, enable: bool) -> TResult<()> {
             self.with(|f| f.record(Call::SetVringEnable(vq, enable)))
@@ -1345,7 +1352,7 @@ mod tests {
             assert_eq!(desc % 16, 0);
             assert_eq!(avail % 2, 0);
             assert_eq!(used % 4, 0);
-            let l = RingLayout::new(num);
+            let l = crate::driver::ring::RingLayout::new(num);
             assert_eq!((avail - desc, used - desc), (l.avail as u64, l.used as u64));
             let base = if vq == 4 { 0x8000_0000 } else { 0x1000_0000 };
             let mlen = if vq == 4 { d.cvq_mem().unwrap().len() } else { d.data_mem().len() } as u64;

@@ -62,10 +62,13 @@ pub trait DriverTransport: Send + Sync {
     fn set_vring_num(&self, vq: u32, num: u16) -> Result<()>;
     /// `VHOST_SET_VRING_ADDR` with IOVAs.
     fn set_vring_addr(&self, vq: u32, desc: u64, avail: u64, used: u64) -> Result<()>;
-    /// `VHOST_SET_VRING_BASE`.
-    fn set_vring_base(&self, vq: u32, base: u16) -> Result<()>;
-    /// `VHOST_GET_VRING_BASE`: the device's position (GET_VQ_STATE on VDUSE).
-    fn vring_base(&self, vq: u32) -> Result<u16>;
+    /// `VHOST_SET_VRING_BASE`. Split rings: the avail index (at most
+    /// 0xffff). Packed rings: `avail | used << 16`, each half a ring slot
+    /// with its wrap counter in bit 15 (a fresh ring: `0x8000_8000`).
+    fn set_vring_base(&self, vq: u32, base: u32) -> Result<()>;
+    /// `VHOST_GET_VRING_BASE`: the device's position (GET_VQ_STATE on
+    /// VDUSE), encoded as for `set_vring_base`.
+    fn vring_base(&self, vq: u32) -> Result<u32>;
     /// `VHOST_VDPA_SET_VRING_ENABLE`.
     fn set_vring_enable(&self, vq: u32, enable: bool) -> Result<()>;
     /// `VHOST_VDPA_GET_GROUP_NUM`.

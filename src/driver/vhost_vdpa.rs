@@ -20,7 +20,10 @@
 //!   read the status back. Clearing bits without writing 0 is EINVAL.
 //! - `VHOST_GET_VRING_BASE` asks the device (VDUSE sends GET_VQ_STATE) and
 //!   returns its split avail index; for packed rings the low 16 bits are the
-//!   avail index with the wrap counter in bit 15 (the used half is above).
+//!   avail slot with its wrap counter in bit 15 and the high 16 bits the used
+//!   slot and counter (vhost.c since 6.5; vdpa.c folds GET_VQ_STATE's four
+//!   packed fields so). `VHOST_SET_VRING_BASE` takes the same encoding; for
+//!   split rings a base above 0xffff is EINVAL.
 //! - IOTLB updates are `vhost_msg_v2` writes on the fd; every handler error
 //!   comes back as EFAULT. Only shared, file-backed memory (a memfd) is
 //!   mapped: anonymous memory is skipped without an error.
@@ -409,15 +412,14 @@ impl DriverTransport for VhostVdpa {
         Ok(())
     }
 
-    fn set_vring_base(&self, vq: u32, base: u16) -> Result<()> {
-        self.vring_state_set("VHOST_SET_VRING_BASE", ioctl::set_vring_base, vq, base.into())
+    fn set_vring_base(&self, vq: u32, base: u32) -> Result<()> {
+        self.vring_state_set("VHOST_SET_VRING_BASE", ioctl::set_vring_base, vq, base)
     }
 
-    fn vring_base(&self, vq: u32) -> Result<u16> {
-        let num = self.vring_state_get("VHOST_GET_VRING_BASE", ioctl::get_vring_base, vq)?;
-        // Split: the avail index. Packed: avail index | wrap << 15 (the used
-        // half sits in the upper 16 bits).
-        Ok((num & 0xffff) as u16)
+    fn vring_base(&self, vq: u32) -> Result<u32> {
+        // Split: the avail index. Packed: avail slot | wrap << 15, and the
+        // used half in the upper 16 bits.
+        self.vring_state_get("VHOST_GET_VRING_BASE", ioctl::get_vring_base, vq)
     }
 
     fn set_vring_enable(&self, vq: u32, enable: bool) -> Result<()> {

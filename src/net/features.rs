@@ -139,6 +139,12 @@ pub const CATALOG: &[Feature] = &[
         Support::Optional,
         "the device may ask the driver to announce itself (gratuitous ARP)",
     ),
+    feat(
+        RING_PACKED,
+        "ring_packed",
+        Support::Optional,
+        "packed virtqueues (virtio 1.3 §2.8) instead of split ones; `--ring packed` is the same",
+    ),
 ];
 
 const fn fold(support: Support) -> u64 {
@@ -486,7 +492,7 @@ mod tests {
             assert_ne!(DEFAULT_OFFER & f, 0, "{:?}", name(f));
         }
         assert_eq!(REQUIRED, VERSION_1 | ACCESS_PLATFORM);
-        assert_eq!(SUPPORTED & !DEFAULT_OFFER, INDIRECT_DESC | GUEST_ANNOUNCE);
+        assert_eq!(SUPPORTED & !DEFAULT_OFFER, INDIRECT_DESC | GUEST_ANNOUNCE | RING_PACKED);
         // Every catalog entry has a distinct mask and a spec name.
         for (i, f) in CATALOG.iter().enumerate() {
             assert_eq!(f.mask.count_ones(), 1, "{}", f.name);
@@ -518,6 +524,8 @@ mod tests {
     fn feature_lists_add_and_remove_by_name() {
         assert_eq!(select(DEFAULT_OFFER, "+indirect_desc,-mq"), Ok((DEFAULT_OFFER | INDIRECT_DESC) & !MQ));
         assert_eq!(select(DEFAULT_OFFER, "guest_announce"), Ok(DEFAULT_OFFER | GUEST_ANNOUNCE));
+        assert_eq!(select(DEFAULT_OFFER, "+ring_packed"), Ok(DEFAULT_OFFER | RING_PACKED));
+        assert_eq!(select(DEFAULT_OFFER, "+VIRTIO_F_RING_PACKED,-ring_packed"), Ok(DEFAULT_OFFER));
         // Spec spellings and any case; spaces around items.
         assert_eq!(
             select(DEFAULT_OFFER, " +VIRTIO_RING_F_INDIRECT_DESC , -VIRTIO_NET_F_MQ"),
@@ -534,7 +542,7 @@ mod tests {
     #[test]
     fn bad_feature_lists_say_why() {
         assert_eq!(select(DEFAULT_OFFER, "+bogus"), Err(SelectError::Unknown("bogus".into())));
-        assert_eq!(select(DEFAULT_OFFER, "+ring_packed"), Err(SelectError::NotImplemented("ring_packed".into())));
+        assert_eq!(select(DEFAULT_OFFER, "+in_order"), Err(SelectError::NotImplemented("in_order".into())));
         assert_eq!(select(DEFAULT_OFFER, "+csum"), Err(SelectError::NotImplemented("csum".into())));
         assert_eq!(select(DEFAULT_OFFER, "-version_1"), Err(SelectError::Required("version_1")));
         assert_eq!(select(DEFAULT_OFFER, "-access_platform"), Err(SelectError::Required("access_platform")));

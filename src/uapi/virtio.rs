@@ -1,4 +1,5 @@
-//! Virtio 1.x constants and split-ring layouts (virtio spec 1.3 §2.7).
+//! Virtio 1.x constants and ring layouts: split (virtio spec 1.3 §2.7) and
+//! packed (§2.8).
 
 /// Device status bits (§2.1).
 pub mod status {
@@ -62,6 +63,37 @@ pub const fn used_ring_size(num: u16) -> usize {
     6 + 8 * num as usize
 }
 
+/// Packed ring (§2.8.1): the descriptor's avail and used bits, compared
+/// with the wrap counters.
+pub const VRING_PACKED_DESC_F_AVAIL: u16 = 1 << 7;
+pub const VRING_PACKED_DESC_F_USED: u16 = 1 << 15;
+
+/// Packed ring event suppression (§2.8.10) `flags` values.
+pub const VRING_PACKED_EVENT_FLAG_ENABLE: u16 = 0;
+pub const VRING_PACKED_EVENT_FLAG_DISABLE: u16 = 1;
+/// Only with EVENT_IDX: notify when the ring passes `off_wrap`.
+pub const VRING_PACKED_EVENT_FLAG_DESC: u16 = 2;
+/// Bit of `off_wrap` (and of vhost's packed ring bases) holding the wrap counter.
+pub const VRING_PACKED_EVENT_F_WRAP_CTR: u16 = 15;
+
+/// One packed-ring descriptor (16 bytes, little endian in memory). Used
+/// descriptors have the same layout: `id` and `len` are the device's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PackedDesc {
+    pub addr: u64,
+    pub len: u32,
+    pub id: u16,
+    pub flags: u16,
+}
+
+/// Bytes of a packed descriptor ring of `num` entries.
+pub const fn packed_ring_size(num: u16) -> usize {
+    16 * num as usize
+}
+/// Bytes of one event suppression structure (`off_wrap`, `flags`).
+pub const PACKED_EVENT_SIZE: usize = 4;
+
 /// The event-index test of §2.7.7.2: should a notification be sent when the
 /// index moved from `old` to `new` and the other side asked for `event`?
 #[inline]
@@ -90,6 +122,16 @@ mod tests {
         assert_eq!(VRING_DESC_F_INDIRECT as u32, ring::VRING_DESC_F_INDIRECT);
         assert_eq!(std::mem::size_of::<VringDesc>(), 16);
         assert_eq!(std::mem::size_of::<VringUsedElem>(), 8);
+        assert_eq!(VRING_PACKED_DESC_F_AVAIL, 1 << ring::VRING_PACKED_DESC_F_AVAIL);
+        assert_eq!(VRING_PACKED_DESC_F_USED, 1 << ring::VRING_PACKED_DESC_F_USED);
+        assert_eq!(VRING_PACKED_EVENT_FLAG_ENABLE as u32, ring::VRING_PACKED_EVENT_FLAG_ENABLE);
+        assert_eq!(VRING_PACKED_EVENT_FLAG_DISABLE as u32, ring::VRING_PACKED_EVENT_FLAG_DISABLE);
+        assert_eq!(VRING_PACKED_EVENT_FLAG_DESC as u32, ring::VRING_PACKED_EVENT_FLAG_DESC);
+        assert_eq!(VRING_PACKED_EVENT_F_WRAP_CTR as u32, ring::VRING_PACKED_EVENT_F_WRAP_CTR);
+        assert_eq!(std::mem::size_of::<PackedDesc>(), std::mem::size_of::<ring::vring_packed_desc>());
+        assert_eq!(std::mem::offset_of!(PackedDesc, id), std::mem::offset_of!(ring::vring_packed_desc, id));
+        assert_eq!(std::mem::offset_of!(PackedDesc, flags), std::mem::offset_of!(ring::vring_packed_desc, flags));
+        assert_eq!(PACKED_EVENT_SIZE, std::mem::size_of::<ring::vring_packed_desc_event>());
     }
 
     #[test]

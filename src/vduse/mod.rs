@@ -79,7 +79,9 @@ pub struct VqInfo {
     pub desc_addr: u64,
     pub driver_addr: u64,
     pub device_addr: u64,
-    /// Split ring: the avail index the device starts from.
+    /// Where the device starts: split, the avail index; packed, the avail
+    /// slot with its wrap counter in bit 15 (the kernel's packed view,
+    /// `last_avail_idx | last_avail_counter << 15`).
     pub avail_index: u16,
     pub ready: bool,
 }

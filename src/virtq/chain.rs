@@ -1,14 +1,18 @@
 //! Descriptor chains as lists of guest memory pieces (virtio 1.3 §2.7.5,
-//! §2.7.7), and the only code that copies to or from guest memory.
+//! §2.7.7, §2.8.6-2.8.8), and the only code that copies to or from guest
+//! memory.
 //!
-//! [`SplitQueue::read_chain`] walks a chain once: each descriptor is read
-//! once into a local and checked, then its buffer is translated in the
-//! queue's current address space with the access the descriptor allows
-//! (device-readable -> [`Access::Read`], device-writable ->
-//! [`Access::Write`]). The result is a [`Chain`]: a small on-stack list of
-//! [`Piece`]s, readable ones first, then writable ones, tied by lifetime
-//! to the QSBR read guard the translation was done under, so no piece can
-//! outlive the mapping it points into.
+//! [`SplitQueue::read_chain`] and [`PackedQueue::pop_chain`] walk a chain
+//! once: each descriptor is read once into a local and checked, then its
+//! buffer is translated in the queue's current address space with the
+//! access the descriptor allows (device-readable -> [`Access::Read`],
+//! device-writable -> [`Access::Write`]). Both walkers apply the same rules
+//! through one [`Builder`] (direction, readable-before-writable, chain
+//! length, indirect tables, length overflow, translation), so a rule lives
+//! in one place whatever the ring format. The result is a [`Chain`]: a
+//! small on-stack list of [`Piece`]s, readable ones first, then writable
+//! ones, tied by lifetime to the QSBR read guard the translation was done
+//! under, so no piece can outlive the mapping it points into.
 //!
 //! Copies go through [`ChainReader`] (gather into a slot, read a prefix
 //! into a local, chain to chain with [`ChainReader::copy_to`]) and
@@ -29,10 +33,11 @@
 //! (`chain_overflow`), RX fills what it kept, the control queue answers
 //! ERR. Never a queue failure, never a crash.
 //!
-//! Reuse: the chain, its pieces and the cursors know nothing of the split
-//! layout, so a packed ring produces the same [`Chain`] from its own
-//! walker, and MRG_RXBUF fills several chains with one frame (a writer
-//! per chain, then [`Chain::write_at`] for `num_buffers` in the first).
+//! Reuse: the chain, its pieces and the cursors know nothing of the ring
+//! layout: the packed ring produces the same [`Chain`] from its own walker
+//! ([`super::packed`]), and MRG_RXBUF fills several chains with one frame
+//! (a writer per chain, then [`Chain::write_at`] for `num_buffers` in the
+//! first).
 
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
@@ -41,6 +46,9 @@ use super::split::{from_le, Head, SplitQueue};
 use super::{Malformed, QueueError};
 use crate::mem::{Access, AddressSpace, ReadGuard, XlateError};
 use crate::uapi::virtio::{VringDesc, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+
+#[cfg(doc)]
+use super::packed::PackedQueue;
 
 /// Upper bound on an indirect table, in bytes (one queue's worth at most).
 pub const MAX_INDIRECT_LEN: u32 = 16 * 32768;
@@ -344,6 +352,105 @@ impl ChainWriter<'_> {
     }
 }
 
+/// One chain under construction: the rules both walkers share. A walker
+/// reads each descriptor once into a local, then hands its fields here.
+pub(super) struct Builder<'g> {
+    chain: Chain<'g>,
+    dir: Direction,
+    seen_writable: bool,
+    /// Most descriptors a chain may visit (buffers plus one indirect one).
+    limit: u32,
+}
+
+impl<'g> Builder<'g> {
+    /// `size`: the queue size, which bounds the chain (size buffers plus one
+    /// indirect descriptor).
+    #[inline]
+    pub(super) fn new(dir: Direction, size: u16) -> Self {
+        // The head is not known yet for a packed chain (its buffer id is in
+        // the last descriptor); `finish` sets it.
+        Builder { chain: Chain::new(Head::new(0, 0)), dir, seen_writable: false, limit: size as u32 + 1 }
+    }
+
+    /// Count one visited descriptor; a chain past the limit is a loop or
+    /// longer than the queue.
+    #[inline]
+    pub(super) fn visit(&mut self) -> Result<(), Malformed> {
+        self.chain.descriptors += 1;
+        if self.chain.descriptors > self.limit {
+            return Err(Malformed::ChainTooLong);
+        }
+        Ok(())
+    }
+
+    /// One buffer descriptor: the direction rules, the totals, then the
+    /// translation with the access the descriptor allows.
+    #[inline]
+    pub(super) fn buffer(
+        &mut self,
+        writable: bool,
+        addr: u64,
+        len: u32,
+        space: &AddressSpace,
+        guard: &ReadGuard<'_>,
+    ) -> Result<(), QueueError> {
+        match (self.dir, writable) {
+            (Direction::DeviceReads, true) => return Err(Malformed::UnexpectedWritable.into()),
+            (Direction::DeviceWrites, false) => return Err(Malformed::UnexpectedReadable.into()),
+            _ => {}
+        }
+        if !writable && self.seen_writable {
+            return Err(Malformed::ReadableAfterWritable.into());
+        }
+        self.seen_writable |= writable;
+        if len > 0 {
+            let access = if writable { Access::Write } else { Access::Read };
+            let total = if writable { &mut self.chain.writable } else { &mut self.chain.readable };
+            *total = total.checked_add(len).ok_or(Malformed::LengthOverflow)?;
+            add_buffer(&mut self.chain, space, guard, addr, len, access, writable)?;
+        }
+        Ok(())
+    }
+
+    /// The chain, now that its head is known.
+    #[inline]
+    pub(super) fn finish(mut self, head: Head) -> Chain<'g> {
+        self.chain.head = head;
+        self.chain
+    }
+}
+
+/// The rules for an indirect descriptor, the same for both formats: only
+/// when negotiated, never inside a table, never with NEXT, a length that is
+/// a non-zero multiple of 16 of at most `size` entries, an 8-byte aligned
+/// table. Returns the number of entries.
+#[inline]
+pub(super) fn indirect_entries(
+    nested: bool,
+    negotiated: bool,
+    has_next: bool,
+    addr: u64,
+    len: u32,
+    size: u16,
+) -> Result<u16, Malformed> {
+    if nested {
+        return Err(Malformed::NestedIndirect);
+    }
+    if !negotiated {
+        return Err(Malformed::IndirectNotNegotiated);
+    }
+    if has_next {
+        return Err(Malformed::IndirectWithNext);
+    }
+    if len == 0 || len % 16 != 0 || len / 16 > size as u32 {
+        return Err(Malformed::BadIndirectLen(len));
+    }
+    if addr % 8 != 0 {
+        return Err(Malformed::MisalignedRing(addr));
+    }
+    Ok((len / 16) as u16)
+}
+
 impl SplitQueue {
     /// Walk the chain at `head` once and return its pieces. On error
     /// nothing is kept and the caller must stop the queue.
@@ -356,62 +463,33 @@ impl SplitQueue {
         guard: &'g ReadGuard<'_>,
     ) -> Result<Chain<'g>, QueueError> {
         let size = self.size();
-        let mut chain = Chain::new(head);
-        let mut seen_writable = false;
+        let mut b = Builder::new(dir, size);
         // (host pointer, entries) of the indirect table once we entered one.
         let mut table: Option<(*const VringDesc, u16)> = None;
         // A head checked against another queue's size is refused here.
         let mut d = self.desc(head.index())?;
         loop {
-            chain.descriptors += 1;
-            if chain.descriptors > size as u32 + 1 {
-                // size buffers plus one indirect descriptor at most.
-                return Err(Malformed::ChainTooLong.into());
-            }
+            b.visit()?;
             if d.flags & VRING_DESC_F_INDIRECT != 0 {
-                if table.is_some() {
-                    return Err(Malformed::NestedIndirect.into());
-                }
-                if !self.config().indirect {
-                    return Err(Malformed::IndirectNotNegotiated.into());
-                }
-                if d.flags & VRING_DESC_F_NEXT != 0 {
-                    return Err(Malformed::IndirectWithNext.into());
-                }
-                if d.len == 0 || d.len % 16 != 0 || d.len / 16 > size as u32 {
-                    return Err(Malformed::BadIndirectLen(d.len).into());
-                }
-                if d.addr % 8 != 0 {
-                    return Err(Malformed::MisalignedRing(d.addr).into());
-                }
+                let n = indirect_entries(
+                    table.is_some(),
+                    self.config().indirect,
+                    d.flags & VRING_DESC_F_NEXT != 0,
+                    d.addr,
+                    d.len,
+                    size,
+                )?;
                 let p = space.translate(guard, d.addr, d.len as u64, Access::Read)?;
                 if p as usize % std::mem::align_of::<VringDesc>() != 0 {
                     return Err(Malformed::MisalignedHost(d.addr).into());
                 }
-                let n = (d.len / 16) as u16;
                 table = Some((p as *const VringDesc, n));
                 d = read_indirect(p as *const VringDesc, 0);
                 continue;
             }
-
-            let writable = d.flags & VRING_DESC_F_WRITE != 0;
-            match (dir, writable) {
-                (Direction::DeviceReads, true) => return Err(Malformed::UnexpectedWritable.into()),
-                (Direction::DeviceWrites, false) => return Err(Malformed::UnexpectedReadable.into()),
-                _ => {}
-            }
-            if !writable && seen_writable {
-                return Err(Malformed::ReadableAfterWritable.into());
-            }
-            seen_writable |= writable;
-            if d.len > 0 {
-                let access = if writable { Access::Write } else { Access::Read };
-                let total = if writable { &mut chain.writable } else { &mut chain.readable };
-                *total = total.checked_add(d.len).ok_or(Malformed::LengthOverflow)?;
-                add_buffer(&mut chain, space, guard, d.addr, d.len, access, writable)?;
-            }
+            b.buffer(d.flags & VRING_DESC_F_WRITE != 0, d.addr, d.len, space, guard)?;
             if d.flags & VRING_DESC_F_NEXT == 0 {
-                return Ok(chain);
+                return Ok(b.finish(head));
             }
             d = match table {
                 Some((p, n)) => {

@@ -1,6 +1,10 @@
 //! Device-side virtqueues over untrusted ring memory.
 //!
 //! - [`split`]: the split ring (avail/used access, notification suppression).
+//! - [`packed`]: the packed ring (one descriptor ring, wrap counters, event
+//!   suppression areas).
+//! - [`ring`]: what the packet paths need from a queue of either format
+//!   ([`Ring`]), and [`VirtQueue`], a queue of the negotiated format.
 //! - [`chain`]: descriptor-chain walking and validation into a [`Chain`] of
 //!   guest memory pieces, and the overlap-safe copies in and out of it
 //!   ([`ChainReader`], [`ChainWriter`]): the only code besides `src/mem`
@@ -11,11 +15,15 @@
 //! that queue and reports NEEDS_RESET, the rest of the device goes on.
 
 pub mod chain;
+pub mod packed;
+pub mod ring;
 pub mod split;
 #[cfg(all(test, not(loom)))]
 mod tests;
 
 pub use chain::{Chain, ChainReader, ChainWriter, Direction, Piece, MAX_INDIRECT_LEN, MAX_PIECES, MAX_READABLE_PIECES};
+pub use packed::{PackedQueue, RingPos};
+pub use ring::{Ring, RingFormat, VirtQueue};
 pub use split::{Head, QueueConfig, SplitQueue};
 
 use crate::mem::XlateError;
@@ -25,6 +33,14 @@ use crate::mem::XlateError;
 pub enum Malformed {
     #[error("head index {0} out of range")]
     HeadOutOfRange(u16),
+    #[error("buffer id {0} out of range")]
+    BufferIdOutOfRange(u16),
+    #[error("descriptor {slot} of a chain is not marked available (wrap counter mismatch, flags {flags:#06x})")]
+    NotAvailable { slot: u16, flags: u16 },
+    #[error("descriptor {0} was made available and then withdrawn")]
+    Withdrawn(u16),
+    #[error("packed ring position {0:#06x} lies outside the ring")]
+    BadRingPosition(u16),
     #[error("next index {0} out of range")]
     NextOutOfRange(u16),
     #[error("chain longer than the queue size (loop?)")]

@@ -16,7 +16,7 @@
 
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
-use super::{Malformed, QueueError};
+use super::{Malformed, QueueError, RingFormat};
 use crate::mem::{Access, AddressSpace, ReadGuard, XlateError};
 use crate::uapi::virtio::{
     avail_ring_size, desc_table_size, used_ring_size, vring_need_event, VringDesc, VRING_AVAIL_F_NO_INTERRUPT,
@@ -34,21 +34,41 @@ pub(crate) fn from_le(d: VringDesc) -> VringDesc {
     }
 }
 
-/// A head index taken from the avail ring and checked against the queue
-/// size. Only [`SplitQueue::pop_head`] makes one, so a chain walk or a used
-/// element can only name a head the ring handed out; the walk still
+/// A chain's identity, checked against the queue size: for a split ring the
+/// head index taken from the avail ring, for a packed ring the buffer id and
+/// the ring slots the chain took. Only the rings make one
+/// ([`SplitQueue::pop_head`], the packed walker), so a chain walk or a used
+/// element can only name a head the ring handed out; the split walk still
 /// re-checks it against its own queue's size (one compare), so a head from
 /// another queue cannot index past a descriptor table either.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Head(u16);
+pub struct Head {
+    id: u16,
+    /// Ring slots the chain occupied (packed: where the next used
+    /// descriptor goes; split: 1, unused).
+    slots: u16,
+}
 
 impl Head {
+    #[inline]
+    pub(super) fn new(id: u16, slots: u16) -> Self {
+        Head { id, slots }
+    }
+    /// The head index (split) or buffer id (packed).
+    #[inline]
     pub fn index(self) -> u16 {
-        self.0
+        self.id
+    }
+    /// Descriptor-ring slots the chain took (packed rings; 1 for split).
+    #[inline]
+    pub fn slots(self) -> u16 {
+        self.slots
     }
 }
 
-/// What the driver configured for one queue (VQ_GET_INFO + features).
+/// What the driver configured for one queue (VQ_GET_INFO + features). For
+/// a packed ring `avail_addr` is the driver event suppression area and
+/// `used_addr` the device's (VQ_GET_INFO's driver and device areas).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueConfig {
     pub index: u32,
@@ -56,10 +76,14 @@ pub struct QueueConfig {
     pub desc_addr: u64,
     pub avail_addr: u64,
     pub used_addr: u64,
-    /// Where the device starts consuming (set_vring_base).
+    /// Where the device starts consuming (set_vring_base): split, the avail
+    /// index; packed, the ring slot with the wrap counter in bit 15 (vhost's
+    /// encoding). A packed device also starts its used position there.
     pub avail_base: u16,
     pub event_idx: bool,
     pub indirect: bool,
+    /// Split or packed (VIRTIO_F_RING_PACKED negotiated).
+    pub format: RingFormat,
 }
 
 /// Host pointers into the rings, valid for one table id.
@@ -268,7 +292,7 @@ impl SplitQueue {
             return Err(Malformed::HeadOutOfRange(head).into());
         }
         self.last_avail = self.last_avail.wrapping_add(1);
-        Ok(Head(head))
+        Ok(Head::new(head, 1))
     }
 
     /// Read descriptor `i` of the main table once; `i` is checked against
@@ -286,7 +310,7 @@ impl SplitQueue {
     /// Write a used element (not yet visible: see `publish_used`).
     #[inline]
     pub fn push_used(&mut self, head: Head, len: u32) {
-        let id = head.0;
+        let id = head.id;
         let slot = (self.used_idx % self.cfg.size) as usize;
         let at = 4 + 8 * slot;
         let used = self.ptrs().used;

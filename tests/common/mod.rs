@@ -14,9 +14,12 @@ use vduse_net::bench::frame::{self, Check};
 use vduse_net::dataplane::device::DeviceStats;
 use vduse_net::dataplane::{DeviceOptions, IdlePolicy, NetDevice, RunningDevice};
 use vduse_net::driver::net::{NetDriver, NetDriverConfig, QueuePair};
+use vduse_net::driver::queue::DriverRing;
 use vduse_net::driver::DriverTransport;
+use vduse_net::net::features;
 use vduse_net::uapi::virtio::{status, VringDesc};
 use vduse_net::vduse::model::{KernelModel, ModelConfig, ModelDriver};
+pub use vduse_net::virtq::RingFormat;
 
 /// The device's MAC; test frames carry it as source, so the MAC-swapping
 /// loopback returns them addressed to the device.
@@ -47,12 +50,52 @@ pub fn driver_config() -> NetDriverConfig {
     NetDriverConfig { ring_size: 64, ctrl_timeout: Duration::from_secs(2), ..NetDriverConfig::default() }
 }
 
+/// [`device_options`] offering packed rings when `fmt` is packed (they are
+/// not in the default offer).
+pub fn device_options_fmt(name: &str, pairs: u16, fmt: RingFormat) -> DeviceOptions {
+    offering_fmt(device_options(name, pairs), fmt)
+}
+
+/// `opts` with packed rings added by name, as `--features +ring_packed`
+/// does, when `fmt` is packed.
+pub fn offering_fmt(mut opts: DeviceOptions, fmt: RingFormat) -> DeviceOptions {
+    if fmt == RingFormat::Packed {
+        opts.features = features::select(opts.features, "+ring_packed").expect("ring_packed by name");
+    }
+    opts
+}
+
+/// [`driver_config`] asking for packed rings when `fmt` is packed.
+pub fn driver_config_fmt(fmt: RingFormat) -> NetDriverConfig {
+    let mut c = driver_config();
+    if fmt == RingFormat::Packed {
+        c.features |= features::RING_PACKED;
+    }
+    c
+}
+
+/// Run the test body `$name(fmt: RingFormat)` once per ring format, as the
+/// tests `split::$name` and `packed::$name`.
+#[macro_export]
+macro_rules! both_formats {
+    ($($name:ident),* $(,)?) => {
+        mod split {
+            $( #[test] fn $name() { super::$name(vduse_net::virtq::RingFormat::Split) } )*
+        }
+        mod packed {
+            $( #[test] fn $name() { super::$name(vduse_net::virtq::RingFormat::Packed) } )*
+        }
+    };
+}
+
 /// A running device on its own model kernel, attached to vhost-vdpa.
 pub struct Rig {
     pub model: Arc<KernelModel>,
     pub running: Option<RunningDevice>,
     pub t: Arc<ModelDriver>,
     pub name: String,
+    /// The ring format the rig offers (split unless made with `new_fmt`).
+    pub fmt: RingFormat,
 }
 
 impl Rig {
@@ -60,6 +103,16 @@ impl Rig {
     /// ports with MAC swap.
     pub fn new(name: &str, pairs: u16) -> Rig {
         Self::with(device_options(name, pairs), ModelConfig::patched_7_3())
+    }
+
+    /// Like [`Rig::new`], offering packed rings when `fmt` is packed.
+    pub fn new_fmt(name: &str, pairs: u16, fmt: RingFormat) -> Rig {
+        Self::with_fmt(device_options(name, pairs), ModelConfig::patched_7_3(), fmt)
+    }
+
+    /// Like [`Rig::with`], offering packed rings too when `fmt` is packed.
+    pub fn with_fmt(opts: DeviceOptions, cfg: ModelConfig, fmt: RingFormat) -> Rig {
+        Rig { fmt, ..Self::with(offering_fmt(opts, fmt), cfg) }
     }
 
     pub fn with(opts: DeviceOptions, cfg: ModelConfig) -> Rig {
@@ -76,15 +129,27 @@ impl Rig {
         let dev = NetDevice::create(model.control(), opts).expect("create device");
         let running = dev.start(ports).expect("start device");
         let t = model.attach_vhost_vdpa(&name).expect("attach vhost-vdpa");
-        Rig { model, running: Some(running), t, name }
+        let fmt = RingFormat::Split;
+        Rig { model, running: Some(running), t, name, fmt }
     }
 
     pub fn transport(&self) -> Arc<dyn DriverTransport> {
         self.t.clone()
     }
 
+    /// Probe with `cfg`; on a packed rig, a driver asking for packed rings
+    /// must have them (so a packed test cannot pass on split rings).
     pub fn probe(&self, cfg: NetDriverConfig) -> NetDriver {
-        NetDriver::probe(self.transport(), cfg).expect("probe")
+        let wants_packed = cfg.features & features::RING_PACKED != 0;
+        let d = NetDriver::probe(self.transport(), cfg).expect("probe");
+        let got = RingFormat::of_features(d.features());
+        if self.fmt == RingFormat::Packed && wants_packed {
+            assert_eq!(got, RingFormat::Packed, "packed rings negotiated");
+        }
+        if !wants_packed {
+            assert_eq!(got, RingFormat::Split);
+        }
+        d
     }
 
     pub fn status(&self) -> u8 {
@@ -322,6 +387,16 @@ pub fn desc_bytes(d: VringDesc) -> [u8; 16] {
     b
 }
 
+/// A packed descriptor as it sits in memory (addr, len, id, flags).
+pub fn packed_desc_bytes(addr: u64, len: u32, id: u16, flags: u16) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0..8].copy_from_slice(&addr.to_le_bytes());
+    b[8..12].copy_from_slice(&len.to_le_bytes());
+    b[12..14].copy_from_slice(&id.to_le_bytes());
+    b[14..16].copy_from_slice(&flags.to_le_bytes());
+    b
+}
+
 pub fn desc(addr: u64, len: u32, flags: u16, next: u16) -> VringDesc {
     VringDesc { addr, len, flags, next }
 }
@@ -329,8 +404,9 @@ pub fn desc(addr: u64, len: u32, flags: u16, next: u16) -> VringDesc {
 /// Reset the device and bring it up again by hand over the rings the
 /// driver already laid out (as a VMM does after a reset), with
 /// `desc_shift(vq)` added to each descriptor table address. Each queue
-/// restarts at the driver's `last_used`, so RX buffers that were posted but
-/// not used are offered again. The control queue's group keeps its ASID
+/// restarts where the driver has taken completions back
+/// ([`DriverRing::restart_base`]), so RX buffers that were posted but not
+/// used are offered again. The control queue's group keeps its ASID
 /// (the kernel keeps group -> ASID across a reset). Returns the status
 /// after DRIVER_OK.
 pub fn reinit(d: &mut NetDriver, pairs: &mut [QueuePair], desc_shift: impl Fn(u32) -> u64) -> u8 {
@@ -351,10 +427,10 @@ pub fn reinit(d: &mut NetDriver, pairs: &mut [QueuePair], desc_shift: impl Fn(u3
     t.set_features(d.features()).unwrap();
     st |= status::FEATURES_OK;
     t.set_status(st).unwrap();
-    let setup = |vq: u32, q: &vduse_net::driver::ring::DriverQueue| {
+    let setup = |vq: u32, q: &DriverRing| {
         t.set_vring_num(vq, q.size()).unwrap();
-        t.set_vring_addr(vq, q.desc_iova() + desc_shift(vq), q.avail_iova(), q.used_iova()).unwrap();
-        t.set_vring_base(vq, q.last_used()).unwrap();
+        t.set_vring_addr(vq, q.desc_iova() + desc_shift(vq), q.driver_area_iova(), q.device_area_iova()).unwrap();
+        t.set_vring_base(vq, q.restart_base()).unwrap();
         t.set_vring_enable(vq, true).unwrap();
     };
     for p in pairs.iter_mut() {

@@ -4,33 +4,35 @@
 //! [`Burst::finish`], which publishes the used entries once, injects an
 //! interrupt only if the driver asked for one, adds the tally to the
 //! pair's counters and, if the driver broke the queue, stops it.
+//!
+//! A burst is generic over the ring format ([`Ring`]): the poll thread
+//! picks the format once per iteration and every call below is static.
 
 use super::super::stats::{bump, PairCell, PairStats};
 use super::Queue;
 use crate::mem::{AddressSpace, ReadGuard};
 use crate::vduse::VduseDevice;
-use crate::virtq::{Chain, Direction, Head, QueueError, SplitQueue};
+use crate::virtq::{Chain, Direction, Head, QueueError, Ring};
 
-pub(super) struct Burst<'a> {
-    queue: &'a mut Queue,
+pub(super) struct Burst<'a, R: Ring> {
+    ring: &'a mut R,
+    vq: u32,
+    failed: &'a mut bool,
     /// The first error; no chain is taken after it.
     error: Option<QueueError>,
     /// Counts of this burst, added to the pair's counters in `finish`.
     pub tally: PairStats,
 }
 
-impl<'a> Burst<'a> {
-    /// Start a burst on a runnable queue: re-derive ring pointers if the
-    /// address space changed.
+impl<'a, R: Ring> Burst<'a, R> {
+    /// Start a burst on a runnable queue of format `R`: re-derive ring
+    /// pointers if the address space changed.
     #[inline]
-    pub fn begin(queue: &'a mut Queue, space: &AddressSpace, g: &ReadGuard<'_>) -> Burst<'a> {
-        let error = queue.q.as_mut().expect("runnable queue").refresh(space, g).err();
-        Burst { queue, error, tally: PairStats::default() }
-    }
-
-    #[inline]
-    fn q(&mut self) -> &mut SplitQueue {
-        self.queue.q.as_mut().expect("runnable queue")
+    pub fn begin(queue: &'a mut Queue, space: &AddressSpace, g: &ReadGuard<'_>) -> Burst<'a, R> {
+        let Queue { vq, q, failed, .. } = queue;
+        let ring = R::of(q.as_mut().expect("runnable queue")).expect("a queue of the pair's ring format");
+        let error = ring.refresh(space, g).err();
+        Burst { ring, vq: *vq, failed, error, tally: PairStats::default() }
     }
 
     /// Chains available now (0 after an error).
@@ -39,7 +41,7 @@ impl<'a> Burst<'a> {
         if self.error.is_some() {
             return 0;
         }
-        match self.q().pending() {
+        match self.ring.pending() {
             Ok(n) => n as usize,
             Err(e) => {
                 self.error = Some(e);
@@ -56,9 +58,7 @@ impl<'a> Burst<'a> {
         if self.error.is_some() {
             return None;
         }
-        let q = self.q();
-        let r = q.pop_head().and_then(|head| q.read_chain(head, dir, space, g));
-        match r {
+        match self.ring.pop(dir, space, g) {
             Ok(c) => Some(c),
             Err(e) => {
                 self.error = Some(e);
@@ -71,20 +71,20 @@ impl<'a> Burst<'a> {
     /// `finish`).
     #[inline]
     pub fn complete(&mut self, head: Head, len: u32) {
-        self.q().push_used(head, len);
+        self.ring.push_used(head, len);
     }
 
     /// End the burst: publish, interrupt, count, fail the queue if broken.
     #[inline]
     pub fn finish(mut self, device: &dyn VduseDevice, stats: &PairCell) {
         // Chains completed before an error are still published.
-        if self.q().publish_used() {
+        if self.ring.publish_used() {
             self.tally.irqs += 1;
-            let _ = device.inject_vq_irq(self.queue.vq);
+            let _ = device.inject_vq_irq(self.vq);
         }
         stats.add(&self.tally);
         if let Some(e) = self.error.take() {
-            fail_queue(device, stats, self.queue, e);
+            fail(device, stats, self.vq, self.failed, e);
         }
     }
 }
@@ -92,13 +92,17 @@ impl<'a> Burst<'a> {
 /// Stop one queue after the driver broke it, and tell the driver.
 #[cold]
 pub(super) fn fail_queue(device: &dyn VduseDevice, stats: &PairCell, queue: &mut Queue, e: QueueError) {
-    queue.failed = true;
+    fail(device, stats, queue.vq, &mut queue.failed, e)
+}
+
+#[cold]
+fn fail(device: &dyn VduseDevice, stats: &PairCell, vq: u32, failed: &mut bool, e: QueueError) {
+    *failed = true;
     bump(&stats.queue_errors, 1);
-    stats.state.fail(queue.vq, e);
+    stats.state.fail(vq, e);
     let shown = device.signal_needs_reset();
     log::error!(
-        "vq {}: {e}; queue stopped{}",
-        queue.vq,
+        "vq {vq}: {e}; queue stopped{}",
         if shown { ", device needs reset" } else { " (this kernel cannot show NEEDS_RESET; reset the device)" }
     );
 }

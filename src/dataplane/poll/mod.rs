@@ -21,6 +21,11 @@
 //!
 //! Guest memory itself is touched only through [`crate::virtq::Chain`] and
 //! its cursors; these files hold no `unsafe`.
+//!
+//! Ring formats: the paths are generic over [`crate::virtq::Ring`] and the
+//! thread chooses split or packed once per poll iteration
+//! (`PollThread::poll_once`), so each format gets its own compiled copy of
+//! the paths and the split path carries no per-chain dispatch.
 
 mod burst;
 mod reflect;
@@ -41,7 +46,7 @@ use crate::mem::{AddressSpace, Reader};
 use crate::net::filter::FilterReader;
 use crate::net::hdr::HDR_LEN;
 use crate::vduse::VduseDevice;
-use crate::virtq::SplitQueue;
+use crate::virtq::{Ring, RingFormat, VirtQueue};
 
 /// The header the device puts in front of every received frame: no
 /// offloads, one buffer (num_buffers = 1 at byte 10).
@@ -50,7 +55,7 @@ const RX_HDR: [u8; HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
 /// One queue of the pair and whether it may run.
 struct Queue {
     vq: u32,
-    q: Option<SplitQueue>,
+    q: Option<VirtQueue>,
     enabled: bool,
     /// Stopped for good after a malformed ring, until reset.
     failed: bool,
@@ -64,7 +69,10 @@ impl Queue {
         self.enabled && !self.failed && self.q.is_some()
     }
     fn position(&self) -> Option<QueuePosition> {
-        self.q.as_ref().map(|q| QueuePosition { vq: self.vq, last_avail: q.last_avail(), used: q.used_idx() })
+        self.q.as_ref().map(|q| {
+            let (last_avail, used) = q.position();
+            QueuePosition { vq: self.vq, last_avail, used }
+        })
     }
 }
 
@@ -101,6 +109,8 @@ pub struct PollThread {
     idle: IdlePolicy,
     rx: Queue,
     tx: Queue,
+    /// The ring format of both queues (set at Start).
+    format: RingFormat,
     suspended: bool,
     pair_active: bool,
     /// The thread panicked: the pair stays stopped until a reset.

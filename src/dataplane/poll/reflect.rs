@@ -10,7 +10,7 @@ use crate::backend::meta::VNET_HDR_LEN;
 use crate::backend::{mac_swap, FrameMeta, SLOT_SIZE};
 use crate::mem::ReadGuard;
 use crate::net::hdr::HDR_LEN;
-use crate::virtq::Direction;
+use crate::virtq::{Direction, Ring};
 
 /// Bytes of a frame the filter may look at: Ethernet header + a VLAN TCI.
 const FILTER_PREFIX: usize = 18;
@@ -19,11 +19,11 @@ impl PollThread {
     /// Runs only while the port holds no frames (so order is kept) and both
     /// queues run. Stops when RX buffers run out: the TX chains then wait
     /// on their ring (the driver's ring is the buffer).
-    pub(super) fn process_reflect(&mut self, g: &ReadGuard<'_>, swap: bool) -> usize {
+    pub(super) fn process_reflect<R: Ring>(&mut self, g: &ReadGuard<'_>, swap: bool) -> usize {
         let PollThread { device, space, stats, burst, tx, rx, filter, .. } = self;
         let filter = filter.current();
-        let mut tb = Burst::begin(tx, space, g);
-        let mut rb = Burst::begin(rx, space, g);
+        let mut tb = Burst::<R>::begin(tx, space, g);
+        let mut rb = Burst::<R>::begin(rx, space, g);
         let n = tb.pending().min(*burst);
         let mut avail = rb.pending();
         let mut done = 0;

@@ -6,15 +6,15 @@ use super::{PollThread, RX_HDR};
 use crate::backend::PortFrame;
 use crate::mem::ReadGuard;
 use crate::net::hdr::HDR_LEN;
-use crate::virtq::Direction;
+use crate::virtq::{Direction, Ring};
 
 impl PollThread {
     /// One RX burst. Frames the filter refuses are dropped here; frames
     /// with no RX buffer wait in the port.
-    pub(super) fn process_rx(&mut self, g: &ReadGuard<'_>) -> usize {
+    pub(super) fn process_rx<R: Ring>(&mut self, g: &ReadGuard<'_>) -> usize {
         let PollThread { device, space, port, stats, burst, rx, filter, .. } = self;
         let filter = filter.current();
-        let mut b = Burst::begin(rx, space, g);
+        let mut b = Burst::<R>::begin(rx, space, g);
         let mut avail = b.pending();
         let mut done = 0;
         let mut filtered = 0;

@@ -25,7 +25,7 @@ use super::super::{rx_vq, tx_vq, IdlePolicy, IDLE_SLEEP};
 use super::burst::fail_queue;
 use super::{PollSetup, PollThread, Queue};
 use crate::mem::{ReadGuard, Reader};
-use crate::virtq::SplitQueue;
+use crate::virtq::{PackedQueue, Ring, RingFormat, SplitQueue, VirtQueue};
 
 enum Flow {
     Continue,
@@ -58,6 +58,7 @@ impl PollThread {
                 idle: setup.idle,
                 rx: Queue::new(rx_vq(setup.pair)),
                 tx: Queue::new(tx_vq(setup.pair)),
+                format: RingFormat::Split,
                 suspended: false,
                 pair_active: true,
                 crashed: false,
@@ -167,8 +168,10 @@ impl PollThread {
                 self.tx = Queue::new(self.tx.vq);
                 self.rx.enabled = rx.is_some();
                 self.tx.enabled = tx.is_some();
-                self.rx.q = rx.map(SplitQueue::new);
-                self.tx.q = tx.map(SplitQueue::new);
+                // Both queues of a device share the negotiated format.
+                self.format = rx.or(tx).map(|c| c.format).unwrap_or_default();
+                self.rx.q = rx.map(VirtQueue::new);
+                self.tx.q = tx.map(VirtQueue::new);
                 self.space = space;
                 self.suspended = false;
                 self.pair_active = active;
@@ -218,7 +221,7 @@ impl PollThread {
                 // other configuration is a new queue. A failed queue stays
                 // failed until reset.
                 if queue.q.as_ref().map(|q| *q.config()) != Some(cfg) {
-                    queue.q = Some(SplitQueue::new(cfg));
+                    queue.q = Some(VirtQueue::new(cfg));
                 }
                 queue.enabled = true;
                 log::debug!(
@@ -243,7 +246,7 @@ impl PollThread {
     }
 
     /// Map rings (if needed) and apply `f` to every runnable queue.
-    fn with_queues(&mut self, g: &ReadGuard<'_>, mut f: impl FnMut(&mut SplitQueue)) {
+    fn with_queues(&mut self, g: &ReadGuard<'_>, mut f: impl FnMut(&mut VirtQueue)) {
         for which in [0, 1] {
             let queue = if which == 0 { &mut self.rx } else { &mut self.tx };
             if !queue.runnable() {
@@ -260,7 +263,21 @@ impl PollThread {
     /// One pass over the pair: (chains and port frames handled, frames
     /// moved as `busy_frames` counts them: each frame once, so frames a
     /// reflecting port hands back from TX are not counted again on RX).
+    /// The one place the ring format is chosen: the paths below are
+    /// compiled once per format, so nothing per chain dispatches on it.
+    #[inline]
     fn poll_once(&mut self, g: &ReadGuard<'_>) -> (usize, u64) {
+        match self.format {
+            RingFormat::Split => self.poll_rings::<SplitQueue>(g),
+            RingFormat::Packed => self.poll_rings::<PackedQueue>(g),
+        }
+    }
+
+    /// One iteration on rings of format `R`. Not inlined, so each format's
+    /// copy of the paths is one function (and can be checked to hold no
+    /// call into the other format's code).
+    #[inline(never)]
+    fn poll_rings<R: Ring>(&mut self, g: &ReadGuard<'_>) -> (usize, u64) {
         self.port.rx_fill();
         let mut work = 0;
         let mut from_port = 0;
@@ -270,20 +287,20 @@ impl PollThread {
             // Reflector: drain what waits in the port first, so the direct
             // path (which needs an empty port to keep order) gets its turn.
             if self.port.rx_pending() > 0 {
-                from_port += self.process_rx(g);
+                from_port += self.process_rx::<R>(g);
             }
             if self.port.rx_pending() == 0 && self.tx.runnable() && self.rx.runnable() {
-                work += self.process_reflect(g, swap);
+                work += self.process_reflect::<R>(g, swap);
                 // Out of RX buffers: TX stays on its ring (the driver's TX
                 // ring is the buffer) rather than copying twice via the port.
                 tx_via_port = false;
             }
         }
         if self.tx.runnable() && tx_via_port {
-            work += self.process_tx(g);
+            work += self.process_tx::<R>(g);
         }
         if self.rx.runnable() && self.port.rx_pending() > 0 {
-            from_port += self.process_rx(g);
+            from_port += self.process_rx::<R>(g);
         }
         let frames = work as u64 + if reflector.is_some() { 0 } else { from_port as u64 };
         (work + from_port, frames)

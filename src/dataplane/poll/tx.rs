@@ -8,7 +8,7 @@ use crate::backend::meta::VNET_HDR_LEN;
 use crate::backend::FrameMeta;
 use crate::mem::ReadGuard;
 use crate::net::hdr::HDR_LEN;
-use crate::virtq::{Chain, Direction};
+use crate::virtq::{Chain, Direction, Ring};
 
 /// Why a TX chain carried no frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,9 +50,9 @@ pub(super) fn gather_frame(chain: &Chain<'_>, slot: &mut [u8]) -> Result<(usize,
 impl PollThread {
     /// One TX burst: chains -> port slots. A full port leaves the rest on
     /// the ring (back-pressure).
-    pub(super) fn process_tx(&mut self, g: &ReadGuard<'_>) -> usize {
+    pub(super) fn process_tx<R: Ring>(&mut self, g: &ReadGuard<'_>) -> usize {
         let PollThread { device, space, port, stats, burst, tx, .. } = self;
-        let mut b = Burst::begin(tx, space, g);
+        let mut b = Burst::<R>::begin(tx, space, g);
         let n = b.pending().min(*burst);
         let mut done = 0;
         while done < n {

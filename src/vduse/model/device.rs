@@ -453,7 +453,7 @@ impl Dev {
         r
     }
 
-    #[cfg(test)]
+    /// Features the driver set (vhost's acked features).
     pub fn driver_features(&self) -> u64 {
         lock(&self.st).driver_features
     }
@@ -493,22 +493,31 @@ impl Dev {
     }
 
     /// `vduse_vdpa_set_vq_state` as vhost's SET_VRING_BASE calls it: split
-    /// stores the avail index; packed splits the 16-bit base into counter
-    /// and index (the used half of vhost's 32-bit base is 0 here).
-    pub fn set_vq_state(&self, i: usize, base: u16) {
+    /// stores the avail index; packed splits each 16-bit half of vhost's
+    /// base (avail low, used high) into counter (bit 15) and index.
+    pub fn set_vq_state(&self, i: usize, base: u32) {
         let mut st = lock(&self.st);
         let packed = Self::packed(&st);
         let vq = &mut st.vqs[i];
-        vq.state = if packed { [base >> 15, base & 0x7fff, 0, 0] } else { [base, 0, 0, 0] };
+        let (avail, used) = (base as u16, (base >> 16) as u16);
+        vq.state = if packed { [avail >> 15, avail & 0x7fff, used >> 15, used & 0x7fff] } else { [avail, 0, 0, 0] };
     }
 
     /// GET_VQ_STATE message; returns what vhost's GET_VRING_BASE reports
-    /// (split: avail index; packed: `avail_idx | avail_counter << 15`).
-    pub fn get_vq_state(&self, i: usize) -> std::result::Result<u16, Errno> {
+    /// (split: avail index; packed: `avail_idx | avail_counter << 15` in the
+    /// low half and the used pair likewise in the high half, after
+    /// vduse_dev.c masks the device's reply).
+    pub fn get_vq_state(&self, i: usize) -> std::result::Result<u32, Errno> {
         let packed = Self::packed(&lock(&self.st));
         let p = self.msg_sync(Request::GetVqState { index: i as u32 })?;
         let at = |o: usize| u16::from_le_bytes([p[o], p[o + 1]]);
-        Ok(if packed { (at(6) & 0x7fff) | (at(4) & 1) << 15 } else { at(4) })
+        Ok(if packed {
+            let avail = (at(6) & 0x7fff) | (at(4) & 1) << 15;
+            let used = (at(10) & 0x7fff) | (at(8) & 1) << 15;
+            avail as u32 | (used as u32) << 16
+        } else {
+            at(4) as u32
+        })
     }
 
     /// `vduse_vdpa_set_vq_ready`: with VDUSE_F_QUEUE_READY a message, and a
@@ -699,8 +708,10 @@ impl VduseDevice for DeviceHandle {
             desc_addr: vq.desc,
             driver_addr: vq.driver,
             device_addr: vq.device,
-            // The first u16 of the state union, as the kernel's struct has it.
-            avail_index: vq.state[0],
+            // The state union as the kernel's VQ_GET_INFO fills it, folded
+            // as KernelDevice::vq_info does: split, the avail index; packed,
+            // last_avail_idx | last_avail_counter << 15.
+            avail_index: if Dev::packed(&st) { (vq.state[1] & 0x7fff) | (vq.state[0] & 1) << 15 } else { vq.state[0] },
             ready: vq.ready,
         })
     }

@@ -17,7 +17,7 @@ use crate::uapi::vhost_vdpa::{
     VHOST_BACKEND_F_IOTLB_ASID, VHOST_BACKEND_F_IOTLB_BATCH, VHOST_BACKEND_F_IOTLB_MSG_V2, VHOST_BACKEND_F_RESUME,
     VHOST_BACKEND_F_SUSPEND,
 };
-use crate::uapi::virtio::status;
+use crate::uapi::virtio::{feature, status};
 use crate::vduse::VduseError;
 
 /// Backend feature bits vhost-vdpa always offers (`VHOST_VDPA_BACKEND_FEATURES`).
@@ -341,11 +341,15 @@ impl DriverTransport for ModelDriver {
         })
     }
 
-    fn set_vring_base(&self, vq: u32, base: u16) -> Result<()> {
+    fn set_vring_base(&self, vq: u32, base: u32) -> Result<()> {
         let op = "VHOST_SET_VRING_BASE";
         self.with_vhost(op, |v| {
             let i = self.vq_index(op, vq)?;
             if self.dev.status() & status::DRIVER_OK != 0 && !v.suspended {
+                return Err(err(op, Errno::EINVAL));
+            }
+            // vhost.c: a split base is a 16-bit avail index.
+            if self.dev.driver_features() & 1 << feature::RING_PACKED == 0 && base > 0xffff {
                 return Err(err(op, Errno::EINVAL));
             }
             self.dev.set_vq_state(i, base);
@@ -353,7 +357,7 @@ impl DriverTransport for ModelDriver {
         })
     }
 
-    fn vring_base(&self, vq: u32) -> Result<u16> {
+    fn vring_base(&self, vq: u32) -> Result<u32> {
         let op = "VHOST_GET_VRING_BASE";
         self.with_vhost(op, |_| {
             let i = self.vq_index(op, vq)?;

@@ -885,9 +885,10 @@ fn a_refused_iotlb_update_empties_the_whole_domain_until_the_next_one() {
 fn packed_rings_use_the_packed_vq_state() {
     let r = rig();
     r.drv.set_features(FEAT | 1 << 34).unwrap();
-    r.drv.set_vring_base(0, 0x8005).unwrap();
-    // The union's first u16 is last_avail_counter for packed rings.
-    assert_eq!(r.dev.vq_info(0).unwrap().avail_index, 1);
+    // vhost's packed base: avail slot 5, counter 1; used slot 3, counter 0.
+    r.drv.set_vring_base(0, 0x0003_8005).unwrap();
+    // VQ_GET_INFO's packed view, folded as KernelDevice folds it.
+    assert_eq!(r.dev.vq_info(0).unwrap().avail_index, 0x8005);
     // Answer GET_VQ_STATE by hand with packed fields.
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = Mutex::new(tx);
@@ -899,9 +900,13 @@ fn packed_rings_use_the_packed_vq_state() {
     let t = std::thread::spawn(move || drv.vring_base(0));
     rx.recv_timeout(Duration::from_secs(1)).unwrap();
     let id = r.resp.seen.lock().unwrap()[0].0;
-    let resp = Response::vq_state(id, VqState::Packed { index: 0, state: [1, 0x7ff3, 0, 9] });
+    // Bits outside each field are masked as vduse_dev.c does.
+    let resp = Response::vq_state(id, VqState::Packed { index: 0, state: [0xff01, 0xfff3, 2, 9] });
     r.dev.write_response(&resp.encode()).unwrap();
-    assert_eq!(t.join().unwrap().unwrap(), 0x8000 | 0x7ff3);
+    assert_eq!(t.join().unwrap().unwrap(), (0x8000 | 0x7ff3) | 9 << 16);
+    // A split base is 16 bits (vhost.c refuses more).
+    r.drv.set_features(FEAT).unwrap();
+    assert_eq!(terrno(r.drv.set_vring_base(0, 0x1_0000)), Errno::EINVAL);
 }
 
 /// The driver face enables queues after DRIVER_OK as a 7.3 kernel does

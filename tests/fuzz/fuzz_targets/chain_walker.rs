@@ -25,7 +25,9 @@ use libfuzzer_sys::fuzz_target;
 use vduse_net::driver::DmaMemory;
 use vduse_net::mem::{Access, AddressSpace, Qsbr, ReadGuard};
 use vduse_net::uapi::vduse::VDUSE_ACCESS_RW;
-use vduse_net::virtq::{Direction, Head, QueueConfig, QueueError, SplitQueue, MAX_PIECES, MAX_READABLE_PIECES};
+use vduse_net::virtq::{
+    Direction, Head, QueueConfig, QueueError, RingFormat, SplitQueue, MAX_PIECES, MAX_READABLE_PIECES,
+};
 use vduse_net_fuzz::{PatternMemory, Region, Regions};
 
 /// Ring memory (descriptor table, avail, used, then indirect tables).
@@ -248,6 +250,7 @@ fn run(data: &[u8]) -> ArbResult<()> {
         avail_base: base,
         event_idx: u.arbitrary()?,
         indirect: u.arbitrary()?,
+        format: RingFormat::Split,
     };
     if u.ratio(1, 16)? {
         // Misaligned or unmapped rings.

@@ -1,0 +1,261 @@
+//! One queue abstraction for the packet paths.
+//!
+//! [`Ring`] is what a path needs from a device-side queue: take chains,
+//! complete them, publish once per burst, suppress and re-enable kicks,
+//! report its position. [`SplitQueue`] and [`PackedQueue`] implement it;
+//! the poll thread picks the format once per poll iteration (one `match`
+//! in `dataplane::poll::thread`) and runs paths monomorphized for that
+//! format, so the split path has no per-chain dispatch. [`VirtQueue`] holds
+//! a queue of the negotiated format and implements [`Ring`] by matching on
+//! every call: fine for the slow path (control queue, lifecycle), not used
+//! per chain on the fast path.
+
+use super::chain::{Chain, Direction};
+use super::packed::PackedQueue;
+use super::split::{Head, QueueConfig, SplitQueue};
+use super::QueueError;
+use crate::mem::{AddressSpace, ReadGuard};
+
+/// The ring layout negotiated for a device (VIRTIO_F_RING_PACKED).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RingFormat {
+    #[default]
+    Split,
+    Packed,
+}
+
+impl RingFormat {
+    pub fn of_features(features: u64) -> RingFormat {
+        if features & crate::net::features::RING_PACKED != 0 {
+            RingFormat::Packed
+        } else {
+            RingFormat::Split
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            RingFormat::Split => "split",
+            RingFormat::Packed => "packed",
+        }
+    }
+}
+
+/// A device-side queue as the packet paths use it.
+pub trait Ring: Send {
+    fn config(&self) -> &QueueConfig;
+    /// (Re-)derive ring pointers when the address space changed.
+    fn refresh(&mut self, space: &AddressSpace, guard: &ReadGuard<'_>) -> Result<(), QueueError>;
+    /// Chains available to take (at least 1 when any is; packed rings count
+    /// at most [`super::packed::PENDING_SCAN`] ahead).
+    fn pending(&mut self) -> Result<u16, QueueError>;
+    /// Take the next chain and read its pieces; the caller checked
+    /// `pending() > 0`. An error means the driver broke the queue.
+    fn pop<'g>(
+        &mut self,
+        dir: Direction,
+        space: &AddressSpace,
+        guard: &'g ReadGuard<'_>,
+    ) -> Result<Chain<'g>, QueueError>;
+    /// Return a chain with `len` bytes written (visible at `publish_used`).
+    fn push_used(&mut self, head: Head, len: u32);
+    /// Publish what was pushed, once per burst; whether to interrupt.
+    fn publish_used(&mut self) -> bool;
+    fn disable_notifications(&mut self);
+    /// Re-enable kicks; `true` when work arrived meanwhile.
+    fn enable_notifications(&mut self) -> Result<bool, QueueError>;
+    fn unmap(&mut self);
+    fn is_mapped(&self) -> bool;
+    /// (avail, used) positions for GET_VQ_STATE and the mailbox: split, the
+    /// next avail index and the used index; packed, slot | wrap << 15 each.
+    fn position(&self) -> (u16, u16);
+    /// The ring of this type inside `q`, if `q` has this format.
+    fn of(q: &mut VirtQueue) -> Option<&mut Self>
+    where
+        Self: Sized;
+}
+
+impl Ring for SplitQueue {
+    #[inline]
+    fn config(&self) -> &QueueConfig {
+        SplitQueue::config(self)
+    }
+    #[inline]
+    fn refresh(&mut self, space: &AddressSpace, guard: &ReadGuard<'_>) -> Result<(), QueueError> {
+        SplitQueue::refresh(self, space, guard)
+    }
+    #[inline]
+    fn pending(&mut self) -> Result<u16, QueueError> {
+        SplitQueue::pending(self)
+    }
+    #[inline]
+    fn pop<'g>(
+        &mut self,
+        dir: Direction,
+        space: &AddressSpace,
+        guard: &'g ReadGuard<'_>,
+    ) -> Result<Chain<'g>, QueueError> {
+        let head = self.pop_head()?;
+        self.read_chain(head, dir, space, guard)
+    }
+    #[inline]
+    fn push_used(&mut self, head: Head, len: u32) {
+        SplitQueue::push_used(self, head, len)
+    }
+    #[inline]
+    fn publish_used(&mut self) -> bool {
+        SplitQueue::publish_used(self)
+    }
+    #[inline]
+    fn disable_notifications(&mut self) {
+        SplitQueue::disable_notifications(self)
+    }
+    fn enable_notifications(&mut self) -> Result<bool, QueueError> {
+        SplitQueue::enable_notifications(self)
+    }
+    fn unmap(&mut self) {
+        SplitQueue::unmap(self)
+    }
+    fn is_mapped(&self) -> bool {
+        SplitQueue::is_mapped(self)
+    }
+    fn position(&self) -> (u16, u16) {
+        (self.last_avail(), self.used_idx())
+    }
+    #[inline]
+    fn of(q: &mut VirtQueue) -> Option<&mut Self> {
+        match q {
+            VirtQueue::Split(s) => Some(s),
+            VirtQueue::Packed(_) => None,
+        }
+    }
+}
+
+impl Ring for PackedQueue {
+    #[inline]
+    fn config(&self) -> &QueueConfig {
+        PackedQueue::config(self)
+    }
+    #[inline]
+    fn refresh(&mut self, space: &AddressSpace, guard: &ReadGuard<'_>) -> Result<(), QueueError> {
+        PackedQueue::refresh(self, space, guard)
+    }
+    #[inline]
+    fn pending(&mut self) -> Result<u16, QueueError> {
+        PackedQueue::pending(self)
+    }
+    #[inline]
+    fn pop<'g>(
+        &mut self,
+        dir: Direction,
+        space: &AddressSpace,
+        guard: &'g ReadGuard<'_>,
+    ) -> Result<Chain<'g>, QueueError> {
+        self.pop_chain(dir, space, guard)
+    }
+    #[inline]
+    fn push_used(&mut self, head: Head, len: u32) {
+        PackedQueue::push_used(self, head, len)
+    }
+    #[inline]
+    fn publish_used(&mut self) -> bool {
+        PackedQueue::publish_used(self)
+    }
+    #[inline]
+    fn disable_notifications(&mut self) {
+        PackedQueue::disable_notifications(self)
+    }
+    fn enable_notifications(&mut self) -> Result<bool, QueueError> {
+        PackedQueue::enable_notifications(self)
+    }
+    fn unmap(&mut self) {
+        PackedQueue::unmap(self)
+    }
+    fn is_mapped(&self) -> bool {
+        PackedQueue::is_mapped(self)
+    }
+    fn position(&self) -> (u16, u16) {
+        (self.avail_pos().encode(), self.used_pos().encode())
+    }
+    #[inline]
+    fn of(q: &mut VirtQueue) -> Option<&mut Self> {
+        match q {
+            VirtQueue::Packed(p) => Some(p),
+            VirtQueue::Split(_) => None,
+        }
+    }
+}
+
+/// A queue of the negotiated format.
+pub enum VirtQueue {
+    Split(SplitQueue),
+    Packed(PackedQueue),
+}
+
+impl VirtQueue {
+    pub fn new(cfg: QueueConfig) -> VirtQueue {
+        match cfg.format {
+            RingFormat::Split => VirtQueue::Split(SplitQueue::new(cfg)),
+            RingFormat::Packed => VirtQueue::Packed(PackedQueue::new(cfg)),
+        }
+    }
+    pub fn format(&self) -> RingFormat {
+        match self {
+            VirtQueue::Split(_) => RingFormat::Split,
+            VirtQueue::Packed(_) => RingFormat::Packed,
+        }
+    }
+}
+
+/// Forward a call to the queue of either format (slow path only).
+macro_rules! either {
+    ($q:expr, $r:ident => $e:expr) => {
+        match $q {
+            VirtQueue::Split($r) => $e,
+            VirtQueue::Packed($r) => $e,
+        }
+    };
+}
+
+impl Ring for VirtQueue {
+    fn config(&self) -> &QueueConfig {
+        either!(self, q => Ring::config(q))
+    }
+    fn refresh(&mut self, space: &AddressSpace, guard: &ReadGuard<'_>) -> Result<(), QueueError> {
+        either!(self, q => Ring::refresh(q, space, guard))
+    }
+    fn pending(&mut self) -> Result<u16, QueueError> {
+        either!(self, q => Ring::pending(q))
+    }
+    fn pop<'g>(
+        &mut self,
+        dir: Direction,
+        space: &AddressSpace,
+        guard: &'g ReadGuard<'_>,
+    ) -> Result<Chain<'g>, QueueError> {
+        either!(self, q => Ring::pop(q, dir, space, guard))
+    }
+    fn push_used(&mut self, head: Head, len: u32) {
+        either!(self, q => Ring::push_used(q, head, len))
+    }
+    fn publish_used(&mut self) -> bool {
+        either!(self, q => Ring::publish_used(q))
+    }
+    fn disable_notifications(&mut self) {
+        either!(self, q => Ring::disable_notifications(q))
+    }
+    fn enable_notifications(&mut self) -> Result<bool, QueueError> {
+        either!(self, q => Ring::enable_notifications(q))
+    }
+    fn unmap(&mut self) {
+        either!(self, q => Ring::unmap(q))
+    }
+    fn is_mapped(&self) -> bool {
+        either!(self, q => Ring::is_mapped(q))
+    }
+    fn position(&self) -> (u16, u16) {
+        either!(self, q => Ring::position(q))
+    }
+    fn of(q: &mut VirtQueue) -> Option<&mut Self> {
+        Some(q)
+    }
+}
