@@ -90,18 +90,11 @@ fn programs(ns: &Netns, iface: &str) -> usize {
     af_xdp::attached_programs(iface).expect("query").len()
 }
 
-/// `programs` once the ports are gone: other tests in this process fork
-/// `ip`/`tc` children, each holding a copy of our bpf link fd until its exec
-/// closes it, and the kernel detaches when that copy goes. Poll up to 2 s.
+/// `programs` once the ports are gone (other tests fork ip/tc children
+/// that briefly hold our bpf link fd).
 fn programs_left(ns: &Netns, iface: &str) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let n = programs(ns, iface);
-        if n == 0 || Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let _in = ns.enter().unwrap();
+    af_xdp::attached_programs_after(iface, Duration::from_secs(2)).expect("query").len()
 }
 
 /// A device on the model whose pairs are AF_XDP ports on `iface` (opened

@@ -450,3 +450,19 @@ pub fn attached_programs(iface: &str) -> io::Result<Vec<(AttachMode, u32, String
     let info = netdev::link_info(ifindex)?;
     Ok(info.xdp.into_iter().map(|(m, id)| (m, id, bpf::prog_name(id).unwrap_or_else(|e| format!("? ({e})")))).collect())
 }
+
+/// [`attached_programs`] once they are gone, or what is left after
+/// `within`. The kernel detaches when the last reference to our bpf link
+/// goes; a child forked by another thread holds a copy of the fd until its
+/// exec closes it, so right after the ports are dropped the program may
+/// still be there for a moment.
+pub fn attached_programs_after(iface: &str, within: std::time::Duration) -> io::Result<Vec<(AttachMode, u32, String)>> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let now = attached_programs(iface)?;
+        if now.is_empty() || std::time::Instant::now() > deadline {
+            return Ok(now);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -33,19 +33,10 @@ fn open_on(name: &str, pairs: u16, o: XdpOptions) -> Result<(Vec<AfXdpPort>, Ope
     open_ports(name, pairs, &o).map(|p| (p.ports, p.report))
 }
 
-/// The programs still attached to `name` once the last link reference is
-/// gone. Other tests in this process fork `ip`/`tc` children, and a child
-/// holds a copy of every fd (our bpf link's too) until its exec closes it:
-/// the kernel detaches when that copy goes, so poll for up to 2 s.
+/// The programs still attached to `name` once the ports are gone (other
+/// tests fork ip/tc children that briefly hold our bpf link fd).
 fn attached_after_drop(name: &str) -> Vec<(AttachMode, u32, String)> {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let now = attached_programs(name).unwrap();
-        if now.is_empty() || Instant::now() > deadline {
-            return now;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    attached_programs_after(name, Duration::from_secs(2)).unwrap()
 }
 
 /// Send `n` frames through `p` and wait for each to come back unchanged.
