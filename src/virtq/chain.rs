@@ -2,8 +2,8 @@
 //! §2.7.7, §2.8.6-2.8.8), and the only code that copies to or from guest
 //! memory.
 //!
-//! [`SplitQueue::read_chain`] and [`PackedQueue::pop_chain`] walk a chain
-//! once: each descriptor is read once into a local and checked, then its
+//! [`SplitQueue::read_chain_into`] and [`PackedQueue::pop_chain_into`] walk
+//! a chain once, into a [`Chain`] the caller reuses: each descriptor is read once into a local and checked, then its
 //! buffer is translated in the queue's current address space with the
 //! access the descriptor allows (device-readable -> [`Access::Read`],
 //! device-writable -> [`Access::Write`]). Both walkers apply the same rules
@@ -116,9 +116,14 @@ pub struct Chain<'g> {
 }
 
 impl<'g> Chain<'g> {
-    fn new(head: Head) -> Self {
+    /// A chain with no pieces, to be filled in place by a walker
+    /// ([`SplitQueue::read_chain_into`], [`PackedQueue::pop_chain_into`]).
+    /// A path keeps one per burst and refills it for every chain: the
+    /// pieces array is ~0.5 KiB, and returning it by value cost two copies
+    /// per frame (the walker's result, then the burst's Option).
+    pub fn empty() -> Self {
         Chain {
-            head,
+            head: Head::new(0, 0),
             pieces: [MaybeUninit::uninit(); MAX_PIECES],
             n: 0,
             n_readable: 0,
@@ -352,24 +357,33 @@ impl ChainWriter<'_> {
     }
 }
 
-/// One chain under construction: the rules both walkers share. A walker
-/// reads each descriptor once into a local, then hands its fields here.
-pub(super) struct Builder<'g> {
-    chain: Chain<'g>,
+/// One chain under construction, in the caller's [`Chain`]: the rules both
+/// walkers share. A walker reads each descriptor once into a local, then
+/// hands its fields here.
+pub(super) struct Builder<'c, 'g> {
+    chain: &'c mut Chain<'g>,
     dir: Direction,
     seen_writable: bool,
     /// Most descriptors a chain may visit (buffers plus one indirect one).
     limit: u32,
 }
 
-impl<'g> Builder<'g> {
-    /// `size`: the queue size, which bounds the chain (size buffers plus one
-    /// indirect descriptor).
+impl<'c, 'g> Builder<'c, 'g> {
+    /// Empty `chain` and build into it. `size`: the queue size, which
+    /// bounds the chain (size buffers plus one indirect descriptor).
     #[inline]
-    pub(super) fn new(dir: Direction, size: u16) -> Self {
-        // The head is not known yet for a packed chain (its buffer id is in
-        // the last descriptor); `finish` sets it.
-        Builder { chain: Chain::new(Head::new(0, 0)), dir, seen_writable: false, limit: size as u32 + 1 }
+    pub(super) fn new(chain: &'c mut Chain<'g>, dir: Direction, size: u16) -> Self {
+        // Only the counters are reset: pieces past `n` are never read. The
+        // head is not known yet for a packed chain (its buffer id is in the
+        // last descriptor); `finish` sets it.
+        chain.n = 0;
+        chain.n_readable = 0;
+        chain.readable_complete = true;
+        chain.writable_complete = true;
+        chain.readable = 0;
+        chain.writable = 0;
+        chain.descriptors = 0;
+        Builder { chain, dir, seen_writable: false, limit: size as u32 + 1 }
     }
 
     /// Count one visited descriptor; a chain past the limit is a loop or
@@ -407,16 +421,15 @@ impl<'g> Builder<'g> {
             let access = if writable { Access::Write } else { Access::Read };
             let total = if writable { &mut self.chain.writable } else { &mut self.chain.readable };
             *total = total.checked_add(len).ok_or(Malformed::LengthOverflow)?;
-            add_buffer(&mut self.chain, space, guard, addr, len, access, writable)?;
+            add_buffer(self.chain, space, guard, addr, len, access, writable)?;
         }
         Ok(())
     }
 
-    /// The chain, now that its head is known.
+    /// The chain is complete; its head is known now.
     #[inline]
-    pub(super) fn finish(mut self, head: Head) -> Chain<'g> {
+    pub(super) fn finish(self, head: Head) {
         self.chain.head = head;
-        self.chain
     }
 }
 
@@ -452,9 +465,8 @@ pub(super) fn indirect_entries(
 }
 
 impl SplitQueue {
-    /// Walk the chain at `head` once and return its pieces. On error
-    /// nothing is kept and the caller must stop the queue.
-    #[inline]
+    /// Walk the chain at `head` once and return its pieces (slow path and
+    /// tests; the packet paths use [`SplitQueue::read_chain_into`]).
     pub fn read_chain<'g>(
         &self,
         head: Head,
@@ -462,8 +474,25 @@ impl SplitQueue {
         space: &AddressSpace,
         guard: &'g ReadGuard<'_>,
     ) -> Result<Chain<'g>, QueueError> {
+        let mut chain = Chain::empty();
+        self.read_chain_into(&mut chain, head, dir, space, guard)?;
+        Ok(chain)
+    }
+
+    /// Walk the chain at `head` once into `chain`, replacing what it held.
+    /// On error `chain` holds a partial walk that must not be used, and the
+    /// caller must stop the queue.
+    #[inline]
+    pub fn read_chain_into<'g>(
+        &self,
+        chain: &mut Chain<'g>,
+        head: Head,
+        dir: Direction,
+        space: &AddressSpace,
+        guard: &'g ReadGuard<'_>,
+    ) -> Result<(), QueueError> {
         let size = self.size();
-        let mut b = Builder::new(dir, size);
+        let mut b = Builder::new(chain, dir, size);
         // (host pointer, entries) of the indirect table once we entered one.
         let mut table: Option<(*const VringDesc, u16)> = None;
         // A head checked against another queue's size is refused here.
@@ -489,7 +518,8 @@ impl SplitQueue {
             }
             b.buffer(d.flags & VRING_DESC_F_WRITE != 0, d.addr, d.len, space, guard)?;
             if d.flags & VRING_DESC_F_NEXT == 0 {
-                return Ok(b.finish(head));
+                b.finish(head);
+                return Ok(());
             }
             d = match table {
                 Some((p, n)) => {

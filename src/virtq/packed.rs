@@ -371,16 +371,31 @@ impl PackedQueue {
     /// [`Builder`] rules), its buffer id (in the last descriptor, or the
     /// indirect one) checked against the queue size. On error nothing is
     /// taken and the caller must stop the queue.
-    #[inline]
     pub fn pop_chain<'g>(
         &mut self,
         dir: Direction,
         space: &AddressSpace,
         guard: &'g ReadGuard<'_>,
     ) -> Result<Chain<'g>, QueueError> {
+        let mut chain = Chain::empty();
+        self.pop_chain_into(&mut chain, dir, space, guard)?;
+        Ok(chain)
+    }
+
+    /// [`PackedQueue::pop_chain`] into a chain the caller reuses (the
+    /// packet paths). On error `chain` holds a partial walk that must not
+    /// be used.
+    #[inline]
+    pub fn pop_chain_into<'g>(
+        &mut self,
+        chain: &mut Chain<'g>,
+        dir: Direction,
+        space: &AddressSpace,
+        guard: &'g ReadGuard<'_>,
+    ) -> Result<(), QueueError> {
         let size = self.cfg.size;
         let room = self.room();
-        let mut b = Builder::new(dir, size);
+        let mut b = Builder::new(chain, dir, size);
         let mut pos = self.avail;
         let mut slots = 0u16;
         let id = loop {
@@ -436,7 +451,8 @@ impl PackedQueue {
         self.avail = pos;
         self.in_flight += slots;
         self.avail_cache = self.avail_cache.saturating_sub(1);
-        Ok(b.finish(Head::new(id, slots)))
+        b.finish(Head::new(id, slots));
+        Ok(())
     }
 
     /// Write a used descriptor for `head` (not yet visible: see

@@ -48,14 +48,28 @@ pub trait Ring: Send {
     /// Chains available to take (at least 1 when any is; packed rings count
     /// at most [`super::packed::PENDING_SCAN`] ahead).
     fn pending(&mut self) -> Result<u16, QueueError>;
-    /// Take the next chain and read its pieces; the caller checked
-    /// `pending() > 0`. An error means the driver broke the queue.
+    /// Take the next chain and read its pieces into `chain` (reused by the
+    /// caller: no copy of the piece list per chain); the caller checked
+    /// `pending() > 0`. An error means the driver broke the queue, and
+    /// `chain` must not be used.
+    fn pop_into<'g>(
+        &mut self,
+        chain: &mut Chain<'g>,
+        dir: Direction,
+        space: &AddressSpace,
+        guard: &'g ReadGuard<'_>,
+    ) -> Result<(), QueueError>;
+    /// [`Ring::pop_into`] returning a new chain (slow path, tests).
     fn pop<'g>(
         &mut self,
         dir: Direction,
         space: &AddressSpace,
         guard: &'g ReadGuard<'_>,
-    ) -> Result<Chain<'g>, QueueError>;
+    ) -> Result<Chain<'g>, QueueError> {
+        let mut chain = Chain::empty();
+        self.pop_into(&mut chain, dir, space, guard)?;
+        Ok(chain)
+    }
     /// Return a chain with `len` bytes written (visible at `publish_used`).
     fn push_used(&mut self, head: Head, len: u32);
     /// Publish what was pushed, once per burst; whether to interrupt.
@@ -88,14 +102,15 @@ impl Ring for SplitQueue {
         SplitQueue::pending(self)
     }
     #[inline]
-    fn pop<'g>(
+    fn pop_into<'g>(
         &mut self,
+        chain: &mut Chain<'g>,
         dir: Direction,
         space: &AddressSpace,
         guard: &'g ReadGuard<'_>,
-    ) -> Result<Chain<'g>, QueueError> {
+    ) -> Result<(), QueueError> {
         let head = self.pop_head()?;
-        self.read_chain(head, dir, space, guard)
+        self.read_chain_into(chain, head, dir, space, guard)
     }
     #[inline]
     fn push_used(&mut self, head: Head, len: u32) {
@@ -144,13 +159,14 @@ impl Ring for PackedQueue {
         PackedQueue::pending(self)
     }
     #[inline]
-    fn pop<'g>(
+    fn pop_into<'g>(
         &mut self,
+        chain: &mut Chain<'g>,
         dir: Direction,
         space: &AddressSpace,
         guard: &'g ReadGuard<'_>,
-    ) -> Result<Chain<'g>, QueueError> {
-        self.pop_chain(dir, space, guard)
+    ) -> Result<(), QueueError> {
+        self.pop_chain_into(chain, dir, space, guard)
     }
     #[inline]
     fn push_used(&mut self, head: Head, len: u32) {
@@ -226,13 +242,14 @@ impl Ring for VirtQueue {
     fn pending(&mut self) -> Result<u16, QueueError> {
         either!(self, q => Ring::pending(q))
     }
-    fn pop<'g>(
+    fn pop_into<'g>(
         &mut self,
+        chain: &mut Chain<'g>,
         dir: Direction,
         space: &AddressSpace,
         guard: &'g ReadGuard<'_>,
-    ) -> Result<Chain<'g>, QueueError> {
-        either!(self, q => Ring::pop(q, dir, space, guard))
+    ) -> Result<(), QueueError> {
+        either!(self, q => Ring::pop_into(q, chain, dir, space, guard))
     }
     fn push_used(&mut self, head: Head, len: u32) {
         either!(self, q => Ring::push_used(q, head, len))

@@ -800,3 +800,52 @@ proptest! {
 fn assert_in_flight_bounded(ok: bool) {
     assert!(ok, "in flight above the ring size");
 }
+
+/// The packet paths refill one [`Chain`] per burst (`read_chain_into`):
+/// nothing of a previous chain may leak into the next, whatever its shape
+/// (an incomplete one, a failed walk), and a refilled chain equals a fresh
+/// one of the same head.
+#[test]
+fn a_refilled_chain_keeps_nothing_of_the_previous_one() {
+    let mut r = rig(128);
+    // 1: more pieces than kept, readable then writable.
+    let mut segs: Vec<_> = (0..MAX_PIECES + 3).map(|i| (buf(i), 8u32, false)).collect();
+    segs.extend((0..4).map(|i| (buf(40 + i), 8u32, true)));
+    r.drv.add_chain(&segs, 1).unwrap();
+    // 2: a writable-only chain, rejected on a device-reads walk.
+    r.drv.add_chain(&[(buf(50), 16, true)], 2).unwrap();
+    // 3: one readable and one writable buffer.
+    r.drv.add_chain(&[(buf(60), 12, false), (buf(61), 20, true)], 3).unwrap();
+    r.drv.publish();
+    let space = r.iotlb.space(0).unwrap().clone();
+    let mut reader = r.iotlb.qsbr().register();
+    let g = reader.read();
+    r.dev.refresh(&space, &g).unwrap();
+    let shape = |c: &Chain<'_>| {
+        let ptrs = |ps: &[Piece]| ps.iter().map(|p| (p.as_ptr() as usize, p.len())).collect::<Vec<_>>();
+        (
+            c.head().index(),
+            c.descriptors(),
+            c.readable_len(),
+            c.writable_len(),
+            c.readable_complete(),
+            c.writable_complete(),
+            ptrs(c.readable()),
+            ptrs(c.writable()),
+        )
+    };
+    let mut reused = Chain::empty();
+    let h1 = r.dev.pop_head().unwrap();
+    r.dev.read_chain_into(&mut reused, h1, Direction::Both, &space, &g).unwrap();
+    assert!(!reused.readable_complete());
+    assert_eq!(shape(&reused), shape(&r.dev.read_chain(h1, Direction::Both, &space, &g).unwrap()));
+    let h2 = r.dev.pop_head().unwrap();
+    assert!(r.dev.read_chain_into(&mut reused, h2, Direction::DeviceReads, &space, &g).is_err());
+    let h3 = r.dev.pop_head().unwrap();
+    r.dev.read_chain_into(&mut reused, h3, Direction::Both, &space, &g).unwrap();
+    let fresh = r.dev.read_chain(h3, Direction::Both, &space, &g).unwrap();
+    assert_eq!(shape(&reused), shape(&fresh));
+    assert_eq!((reused.readable().len(), reused.writable().len()), (1, 1));
+    assert!(reused.readable_complete() && reused.writable_complete());
+    assert_eq!((reused.readable_len(), reused.writable_len(), reused.descriptors()), (12, 20, 2));
+}

@@ -1,5 +1,5 @@
 //! One burst on one queue. Every packet path is built from this and
-//! [`Chain`]: take chains with [`Burst::pop`], complete them with
+//! [`Chain`]: take chains with [`Burst::pop_into`], complete them with
 //! [`Burst::complete`], count into [`Burst::tally`], and end with
 //! [`Burst::finish`], which publishes the used entries once, injects an
 //! interrupt only if the driver asked for one, adds the tally to the
@@ -50,19 +50,26 @@ impl<'a, R: Ring> Burst<'a, R> {
         }
     }
 
-    /// Take the next chain and read its pieces. `None` when the driver broke
-    /// the queue (the burst ends, `finish` stops the queue). The caller
-    /// checked `pending`.
+    /// Take the next chain and read its pieces into `chain` (one chain per
+    /// path, refilled: no copy of the piece list per frame). `false` when
+    /// the driver broke the queue (the burst ends, `finish` stops the
+    /// queue; `chain` is not to be used). The caller checked `pending`.
     #[inline]
-    pub fn pop<'g>(&mut self, dir: Direction, space: &AddressSpace, g: &'g ReadGuard<'_>) -> Option<Chain<'g>> {
+    pub fn pop_into<'g>(
+        &mut self,
+        chain: &mut Chain<'g>,
+        dir: Direction,
+        space: &AddressSpace,
+        g: &'g ReadGuard<'_>,
+    ) -> bool {
         if self.error.is_some() {
-            return None;
+            return false;
         }
-        match self.ring.pop(dir, space, g) {
-            Ok(c) => Some(c),
+        match self.ring.pop_into(chain, dir, space, g) {
+            Ok(()) => true,
             Err(e) => {
                 self.error = Some(e);
-                None
+                false
             }
         }
     }

@@ -1,6 +1,6 @@
 //! The reflector's fast path: each TX chain is copied straight into an RX
 //! chain (one copy instead of two through a port slot). Every guest value
-//! is read once: the avail slots by `Burst::pop`, the Ethernet header into
+//! is read once: the avail slots by `Burst::pop_into`, the Ethernet header into
 //! a local (the MAC swap and the RX filter decide on that local, and the
 //! local is what is delivered), the rest chain to chain.
 
@@ -10,7 +10,7 @@ use crate::backend::meta::VNET_HDR_LEN;
 use crate::backend::{mac_swap, FrameMeta, SLOT_SIZE};
 use crate::mem::ReadGuard;
 use crate::net::hdr::HDR_LEN;
-use crate::virtq::{Direction, Ring};
+use crate::virtq::{Chain, Direction, Ring};
 
 /// Bytes of a frame the filter may look at: Ethernet header + a VLAN TCI.
 const FILTER_PREFIX: usize = 18;
@@ -27,8 +27,11 @@ impl PollThread {
         let n = tb.pending().min(*burst);
         let mut avail = rb.pending();
         let mut done = 0;
+        let (mut tchain, mut rchain) = (Chain::empty(), Chain::empty());
         while done < n && avail > 0 {
-            let Some(tchain) = tb.pop(Direction::DeviceReads, space, g) else { break };
+            if !tb.pop_into(&mut tchain, Direction::DeviceReads, space, g) {
+                break;
+            }
             done += 1;
             let total = tchain.readable_len() as usize;
             if total <= HDR_LEN || total - HDR_LEN > SLOT_SIZE || !tchain.readable_complete() {
@@ -62,10 +65,10 @@ impl PollThread {
                 tb.complete(tchain.head(), 0);
                 continue;
             }
-            let Some(rchain) = rb.pop(Direction::DeviceWrites, space, g) else {
+            if !rb.pop_into(&mut rchain, Direction::DeviceWrites, space, g) {
                 tb.complete(tchain.head(), 0);
                 break;
-            };
+            }
             avail -= 1;
             let mut dst = rchain.writer();
             let out = HDR_LEN + len;

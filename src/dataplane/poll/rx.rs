@@ -6,7 +6,7 @@ use super::{PollThread, RX_HDR};
 use crate::backend::PortFrame;
 use crate::mem::ReadGuard;
 use crate::net::hdr::HDR_LEN;
-use crate::virtq::{Direction, Ring};
+use crate::virtq::{Chain, Direction, Ring};
 
 impl PollThread {
     /// One RX burst. Frames the filter refuses are dropped here; frames
@@ -19,6 +19,7 @@ impl PollThread {
         let mut done = 0;
         let mut filtered = 0;
         let mut offload = 0;
+        let mut chain = Chain::empty();
         while done < *burst {
             let Some(PortFrame { bytes: frame, meta }) = port.rx_peek() else { break };
             if meta.is_offloaded() {
@@ -37,7 +38,9 @@ impl PollThread {
                 b.tally.rx_no_buffer += 1;
                 break;
             }
-            let Some(chain) = b.pop(Direction::DeviceWrites, space, g) else { break };
+            if !b.pop_into(&mut chain, Direction::DeviceWrites, space, g) {
+                break;
+            }
             avail -= 1;
             let total = HDR_LEN + frame.len();
             let mut w = chain.writer();

@@ -55,12 +55,15 @@ impl PollThread {
         let mut b = Burst::<R>::begin(tx, space, g);
         let n = b.pending().min(*burst);
         let mut done = 0;
+        let mut chain = Chain::empty();
         while done < n {
             let Some(slot) = port.tx_slot() else {
                 b.tally.tx_backpressure += 1;
                 break;
             };
-            let Some(chain) = b.pop(Direction::DeviceReads, space, g) else { break };
+            if !b.pop_into(&mut chain, Direction::DeviceReads, space, g) {
+                break;
+            }
             match gather_frame(&chain, slot) {
                 Ok((_, meta)) if meta.is_offloaded() && !port.offloads() => {
                     // The port cannot finish checksum/segmentation work.
