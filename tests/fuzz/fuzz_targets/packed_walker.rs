@@ -174,10 +174,10 @@ impl Rig {
 
 /// The chain at `pos` as a plain reading of the ring finds it, if the
 /// walker may accept it: (buffer id, slots).
-fn expected_chain(pos: RingPos, size: u16) -> Option<(u16, u16)> {
+fn expected_chain(ring: u64, pos: RingPos, size: u16) -> Option<(u16, u16)> {
     let (mut idx, mut wrap) = (pos.idx, pos.wrap);
     for n in 1..=size {
-        let d = read_desc(idx as u64 * 16);
+        let d = read_desc(ring + idx as u64 * 16);
         if !is_avail(d.flags, wrap) {
             return None;
         }
@@ -258,6 +258,12 @@ fn run(data: &[u8]) -> ArbResult<()> {
         _ => Direction::Both,
     };
 
+    // Where the descriptor ring lies in the ring memory: the oracles read
+    // it there (a moved but still aligned and mapped ring is legal).
+    let ring = match cfg.desc_addr.checked_sub(RING_IOVA) {
+        Some(off) if off + size as u64 * 16 <= RING_LEN => off,
+        _ => 0,
+    };
     let mut q = PackedQueue::new(cfg);
     for _round in 0..(2 * size as usize + 4) {
         for _ in 0..8 {
@@ -271,7 +277,7 @@ fn run(data: &[u8]) -> ArbResult<()> {
                     let i = u.int_in_range(0..=size - 1)?;
                     let p = q.avail_pos();
                     let wrap = if i >= p.idx { p.wrap } else { !p.wrap };
-                    write_desc(i as u64 * 16, rig.descriptor(&mut u, wrap)?);
+                    write_desc(ring + i as u64 * 16, rig.descriptor(&mut u, wrap)?);
                 }
                 1 if !rig.data_regions.is_empty() => {
                     let r = &rig.data_regions[u.choose_index(rig.data_regions.len())?];
@@ -298,7 +304,7 @@ fn run(data: &[u8]) -> ArbResult<()> {
             break;
         }
         let before = q.avail_pos();
-        let expected = expected_chain(before, size);
+        let expected = expected_chain(ring, before, size);
         let c = match q.pop_chain(dir, &rig.space, &g) {
             Ok(c) => c,
             Err(_) => {
@@ -346,7 +352,7 @@ fn run(data: &[u8]) -> ArbResult<()> {
         let used = q.used_pos();
         q.push_used(head, len);
         q.publish_used();
-        let d = read_desc(used.idx as u64 * 16);
+        let d = read_desc(ring + used.idx as u64 * 16);
         assert_eq!((d.id, d.len), (head.index(), len), "used descriptor at {used:?}");
         let want = used_bits(used.wrap) | if len > 0 { VRING_DESC_F_WRITE } else { 0 };
         assert_eq!(d.flags, want, "used flags at {used:?}");
