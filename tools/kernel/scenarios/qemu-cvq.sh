@@ -87,6 +87,7 @@ for i in 1 2; do
 		fi
 	done
 done
+vt_info "$S: after the first round: $(ev_pairs "$E/stats-va-round1.json")"
 
 st=$(ev_stats "$E/va.log" $D)
 vt_info "$S: $D counters: $st"

@@ -27,7 +27,7 @@ S=qemu-migrate
 read -r CV SV <"$E/vm-ifnames"
 q=$(cat "$E/query-migrate" 2>/dev/null)
 status=$(qv_json_str "$q" status)
-ev_check $S.completed '[ "$status" = completed ]' "QEMU A's migration ended '$status': $q"
+ev_check $S.completed '[ "$status" = completed ]' "QEMU A's migration ended '$status': $(cat "$E/migrate-why" 2>/dev/null) $q"
 vt_info "$S: query-migrate: $q"
 down=$(qv_json_num "$q" downtime)
 total=$(qv_json_num "$q" total-time)
