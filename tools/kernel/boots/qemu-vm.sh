@@ -178,7 +178,8 @@ t_boot=$(cut -d' ' -f1 /proc/uptime)
 qv_start A $VM_MEM $(qemu_net "$(cat $E/va0.node)" "$(cat $E/vs0.node)") $TRACE
 echo "$QV_ACCEL" >"$E/accel"
 if ! qv_wait_ready A "$(left)"; then
-	fatal vm-boot "the VM did not reach its /init in time ($QV_ACCEL): $(tail -n 5 $QV/A.stderr | tr '\n' '|') console: $(tail -c 400 $QV/A.console | tr -d '\r' | tr '\n' '|')"
+	qv_down A && qv_regs A
+	fatal vm-boot "the VM did not reach its /init ($QV_ACCEL, $(left) s left): $(qv_why A) console: $(tail -c 400 $QV/A.console | tr -d '\r' | tr '\n' '|')"
 fi
 t_ready=$(cut -d' ' -f1 /proc/uptime)
 ready=$(grep 'VM: READY' "$QV/A.console" | tr -d '\r')

@@ -35,9 +35,15 @@ ev_ping() {
 }
 
 ev_pairs() {
+	# a "frames" right after a pair's "active" is that pair's; the device's total follows
 	grep -o '"name":"[^"]*"\|"active_queue_pairs":[0-9]*\|"pair":[0-9]*\|"active":[a-z]*\|"frames":{[^}]*}' "$1" 2>/dev/null |
-		sed 's/"name":"\([^"]*\)"/| \1:/; s/"active_queue_pairs":/active pairs /; s/"pair":/; pair /; s/"active":/ active /; s/"frames":/ frames /' |
-		tr '\n' ' ' | sed 's/^| //'
+		awk -F: '/^"name"/ { gsub(/"/, "", $2); printf "%s%s:", (n++ ? " | " : ""), $2; p = "" }
+			/^"active_queue_pairs"/ { printf " %s active pairs", $2 }
+			/^"pair"/ { printf "; pair %s", $2 }
+			/^"active"/ { printf " %s", ($2 == "true" ? "active" : "inactive"); p = 1; next }
+			/^"frames"/ && p { sub(/^"frames":/, ""); printf " frames %s", $0 }
+			{ p = "" }'
+	echo
 }
 
 # COND is eval'd here: it must not use positional parameters ($1...: this function's own).
