@@ -287,9 +287,9 @@ if want qemu-migrate; then
 	fi
 fi
 if want qemu-migrate && [ $ok = 1 ]; then
-	# query-migrate until the migration ends (completed, failed, cancelled). It completes in
-	# 3-5 s on a quiet host (200-400 ms downtime); MIG_SECS leaves room for a loaded 2-core
-	# one. QEMU A exiting or its guest stopping ends the wait at once, with the reason.
+	# query-migrate until the migration ends (completed, failed, cancelled). It took 3-40 s
+	# here (downtime 0.2-1.3 s), the longest on a loaded 2-core host; MIG_SECS leaves room.
+	# QEMU A exiting or its guest stopping ends the wait at once, with the reason.
 	MIG_SECS=240
 	status="" why="" t_end=$(($(cut -d. -f1 /proc/uptime) + MIG_SECS))
 	[ $t_end -lt $DEADLINE ] || t_end=$DEADLINE
