@@ -10,6 +10,8 @@
 #   ev_pair JSON N FIELD       FIELD of pair N in those counters
 #   ev_slow JSON FIELD         FIELD of the slow path in those counters
 #   ev_ping FILE               "T R" = packets transmitted and received in a ping summary
+#   ev_pairs FILE              from a `vduse-net stats --json` sample: per device its active
+#                              pairs and per pair whether it is active and its frames, one line
 #   ev_check NAME COND REASON  vt_pass NAME if the shell test COND (a string for eval) holds,
 #                              else vt_fail NAME REASON
 
@@ -30,6 +32,18 @@ ev_slow() { printf '%s\n' "$1" | sed 's/.*"slow_path"://' | sed -n "s/.*\"$2\":\
 
 ev_ping() {
 	sed -n 's/^\([0-9]*\) packets transmitted, \([0-9]*\) packets received.*/\1 \2/p' "$1" | tail -n 1
+}
+
+ev_pairs() {
+	# a "frames" right after a pair's "active" is that pair's; the device's total follows
+	grep -o '"name":"[^"]*"\|"active_queue_pairs":[0-9]*\|"pair":[0-9]*\|"active":[a-z]*\|"frames":{[^}]*}' "$1" 2>/dev/null |
+		awk -F: '/^"name"/ { gsub(/"/, "", $2); printf "%s%s:", (n++ ? " | " : ""), $2; p = "" }
+			/^"active_queue_pairs"/ { printf " %s active pairs", $2 }
+			/^"pair"/ { printf "; pair %s", $2 }
+			/^"active"/ { printf " %s", ($2 == "true" ? "active" : "inactive"); p = 1; next }
+			/^"frames"/ && p { sub(/^"frames":/, ""); printf " frames %s", $0 }
+			{ p = "" }'
+	echo
 }
 
 # COND is eval'd here: it must not use positional parameters ($1...: this function's own).

@@ -10,8 +10,15 @@
 #   qv_wait_ready NAME SECS           wait for the inner /init's "VM: READY" line
 #   qv_run NAME SECS CMD              run CMD (one line of sh) in the VM through NAME's console;
 #                                     QV_RC = its status (or "timeout"), QV_OUT = its output
-#   qv_qmp NAME SECS JSON             a QMP command; QV_QMP = the answer line
+#   qv_qmp NAME SECS JSON             a QMP command; QV_QMP = the answer line, or empty and
+#                                     QV_QMP_WHY = why there is none (QEMU gone, no answer)
 #   qv_mon NAME SECS CMD              an HMP command (through QMP); QV_MON = its text
+#   qv_shutdown NAME                  the reason of NAME's SHUTDOWN event (guest-reset,
+#                                     guest-shutdown, ...); empty while the guest runs
+#   qv_down NAME                      true when QEMU NAME exited or its guest shut down
+#   qv_why NAME                       one line: why NAME stopped (exit, SHUTDOWN reason, the
+#                                     last lines of its stderr and console)
+#   qv_regs NAME                      after a guest reset: the vCPU registers (info registers)
 #   qv_quit NAME SECS                 "quit" through QMP, then reap QEMU (SIGKILL if late)
 #   qv_dump NAME                      print NAME's console, monitor and stderr logs, prefixed
 #
@@ -19,6 +26,13 @@
 # messages and its -trace output), NAME.pid. The console protocol is tools/kernel/vm/init's:
 # "RUN <id> <cmd>" in; "VM-OUT <id>: <line>"... and "VM-RC <id> <status>" out. The console
 # belongs to whichever QEMU runs the VM: after a migration, talk to the destination.
+#
+# QMP: one writer (these functions, one command per line, each with its own "id") and one
+# reader (a cat that appends everything QEMU says to NAME.monitor); an answer is the line
+# that carries its "id", so events ({"event": ...}, no id) interleaved with answers are
+# never mistaken for one. A guest reset or power-off pauses QEMU (-action shutdown=pause
+# with -no-reboot) instead of ending it: its SHUTDOWN event then says why the guest stopped,
+# and its registers can still be read (qv_regs); "quit" still ends QEMU.
 
 QV=/tmp/qv
 QV_ID=0
@@ -68,7 +82,7 @@ qv_start() {
 	qv_accel
 	/bin/qemu-system-x86_64 -M pc -accel "$QV_ACCEL" -smp 1 -m "$_qv_mem" \
 		-object memory-backend-memfd,id=mem0,size="${_qv_mem}M",share=on -machine memory-backend=mem0 \
-		-nodefaults -no-user-config -display none -no-reboot \
+		-nodefaults -no-user-config -display none -no-reboot -action shutdown=pause \
 		-kernel /opt/vm/vmlinux -initrd /opt/vm/initrd -append "$QV_APPEND" \
 		-chardev pipe,id=con0,path="$QV/$_qv_n.con" -serial chardev:con0 \
 		-chardev pipe,id=mon0,path="$QV/$_qv_n.mon" -mon chardev=mon0,mode=control \
@@ -88,11 +102,42 @@ qv_alive() {
 	[ -n "$_qv_p" ] && vt_running "$_qv_p"
 }
 
+# qv_shutdown NAME: the reason in NAME's first SHUTDOWN event, if any.
+qv_shutdown() {
+	sed -n 's/.*"event": "SHUTDOWN".*"reason": "\([^"]*\)".*/\1/p' "$QV/$1.monitor" 2>/dev/null | head -n 1
+}
+
+# qv_down NAME: QEMU NAME exited, or its guest reset or powered off (QEMU paused).
+qv_down() {
+	qv_alive "$1" || return 0
+	[ -n "$(qv_shutdown "$1")" ]
+}
+
+# qv_why NAME: why NAME is down, on one line, for a FAIL reason.
+qv_why() {
+	_qv_r=$(qv_shutdown "$1")
+	if qv_alive "$1"; then _qv_w="QEMU $1 runs"; else _qv_w="QEMU $1 exited"; fi
+	if [ -n "$_qv_r" ]; then
+		_qv_t=$(sed -n 's/.*"seconds": \([0-9]*\).*"event": "SHUTDOWN".*/\1/p' "$QV/$1.monitor" | head -n 1)
+		_qv_w="$_qv_w; its guest stopped: SHUTDOWN $_qv_r at $(date -u -d "@$_qv_t" +%T 2>/dev/null)"
+	fi
+	printf '%s; stderr: %s; console: %s\n' "$_qv_w" \
+		"$(grep -v '^vhost_vdpa_' "$QV/$1.stderr" 2>/dev/null | tail -n 3 | tr '\n' '|')" \
+		"$(tr -d '\r' <"$QV/$1.console" 2>/dev/null | grep -v '^VM-OUT \|^VM-RC ' | tail -n 3 | tr '\n' '|')"
+}
+
+# qv_regs NAME: the vCPU state of a QEMU whose guest stopped (paused by -action
+# shutdown=pause), for the console log: where a guest that reset without a word was.
+qv_regs() {
+	qv_alive "$1" || return 0
+	qv_mon "$1" 10 "info registers" && printf '%s\n' "$QV_MON" | sed "s/^/$1.regs| /"
+}
+
 # qv_wait_ready NAME SECS
 qv_wait_ready() {
 	_qv_end=$(($(_qv_now) + $2))
 	while ! grep -q 'VM: READY' "$QV/$1.console" 2>/dev/null; do
-		qv_alive "$1" || return 1
+		qv_down "$1" && return 1
 		[ "$(_qv_now)" -lt "$_qv_end" ] || return 1
 		sleep 0.2
 	done
@@ -112,7 +157,7 @@ qv_run() {
 			QV_RC=${_qv_l##* }
 			break
 		fi
-		qv_alive "$_qv_n" || break
+		qv_down "$_qv_n" && break
 		sleep 0.1
 	done
 	QV_OUT=$(tr -d '\r' <"$QV/$_qv_n.console" | sed -n "s/^VM-OUT $QV_ID: //p")
@@ -120,17 +165,27 @@ qv_run() {
 }
 
 # qv_qmp NAME SECS JSON: one QMP command (JSON without the "id" member, e.g.
-# '"execute":"query-migrate"'); QV_QMP = QEMU's answer line (with "return" or "error").
+# '"execute":"query-migrate"'); QV_QMP = QEMU's answer line (with "return" or "error"),
+# matched by its id. No answer: QV_QMP is empty and QV_QMP_WHY says why (QEMU exited, or
+# nothing within SECS). Returns 0 only for a "return".
 qv_qmp() {
 	_qv_n=$1 _qv_s=$2
 	QV_ID=$((QV_ID + 1))
 	printf '{%s, "id": %s}\n' "$3" "$QV_ID" 1<>"$QV/$_qv_n.mon.in"
 	_qv_end=$(($(_qv_now) + _qv_s))
-	QV_QMP=""
-	while [ "$(_qv_now)" -lt "$_qv_end" ]; do
+	QV_QMP="" QV_QMP_WHY=""
+	while :; do
+		# the answer is one line that ends with its id: a line with the id is complete
 		QV_QMP=$(grep "\"id\": $QV_ID[,}]" "$QV/$_qv_n.monitor" 2>/dev/null | tr -d '\r')
 		[ -n "$QV_QMP" ] && break
-		qv_alive "$_qv_n" || break
+		if ! qv_alive "$_qv_n"; then
+			QV_QMP_WHY="no answer to id $QV_ID: $(qv_why "$_qv_n")"
+			break
+		fi
+		if [ "$(_qv_now)" -ge "$_qv_end" ]; then
+			QV_QMP_WHY="no answer to id $QV_ID within $_qv_s s (QEMU $_qv_n runs)"
+			break
+		fi
 		sleep 0.1
 	done
 	case $QV_QMP in *'"return"'*) return 0 ;; esac
