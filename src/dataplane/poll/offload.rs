@@ -56,8 +56,10 @@ pub(super) struct Offloads {
     pub scratch: Box<[u8]>,
     pub tx_seg: Option<TxSegmenting>,
     /// The next segment of the port frame at the RX head that is being
-    /// segmented for the driver (0 when none).
+    /// segmented for the driver (0 when none), and that frame's length (a
+    /// different frame at the head starts again at 0).
     pub rx_seg_next: usize,
+    pub rx_seg_len: usize,
     /// One RX segment being built.
     pub rx_buf: Box<[u8]>,
 }
@@ -77,6 +79,7 @@ impl Offloads {
             scratch: Box::new([]),
             tx_seg: None,
             rx_seg_next: 0,
+            rx_seg_len: 0,
             rx_buf: Box::new([]),
         }
     }
@@ -91,10 +94,13 @@ impl Offloads {
         self.port_tx = if port.offloads() { OffloadCaps::ALL } else { OffloadCaps::NONE };
         self.tx_seg = None;
         self.rx_seg_next = 0;
-        if self.gso_possible() && self.scratch.len() < MAX_FRAME {
-            // Once per thread, at the first start that needs them.
-            self.scratch = vec![0u8; MAX_FRAME].into_boxed_slice();
+        if self.rx_buf.len() < MAX_FRAME {
+            // Once per thread, at its first start (a port may hand partial
+            // checksums to a driver without offloads too).
             self.rx_buf = vec![0u8; MAX_FRAME].into_boxed_slice();
+        }
+        if self.host_offloads() && self.scratch.len() < MAX_FRAME {
+            self.scratch = vec![0u8; MAX_FRAME].into_boxed_slice();
         }
         self.set_guest(negotiated & f::GUEST_OFFLOAD_MASK, port);
     }
@@ -105,10 +111,9 @@ impl Offloads {
         *self = Offloads { scratch, rx_buf, ..Offloads::new() };
     }
 
-    /// Frames larger than an MTU may appear (either direction).
-    fn gso_possible(&self) -> bool {
-        let any = f::CSUM | f::GUEST_CSUM | f::MRG_RXBUF;
-        self.negotiated & any != 0
+    /// The driver may send frames with offload work.
+    fn host_offloads(&self) -> bool {
+        self.negotiated & f::CSUM != 0
     }
 
     /// The guest offloads in force changed (cold).

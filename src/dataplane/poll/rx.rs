@@ -210,6 +210,11 @@ impl PollThread {
                                 continue;
                             };
                             let mut p = Placed::Delivered { buffers: 0 };
+                            if offloads.rx_seg_len != frame.len() {
+                                // Not the frame a previous burst left half done.
+                                offloads.rx_seg_next = 0;
+                                offloads.rx_seg_len = frame.len();
+                            }
                             if offloads.rx_seg_next == 0 {
                                 b.tally.rx_sw_gso += 1;
                             }
@@ -241,6 +246,7 @@ impl PollThread {
                                 Placed::NoBuffer { .. } | Placed::Broken => {}
                                 _ => {
                                     offloads.rx_seg_next = 0;
+                                    offloads.rx_seg_len = 0;
                                     port.rx_consume();
                                 }
                             }

@@ -126,10 +126,11 @@ pub(super) fn tx_offloaded(chain: &Chain<'_>, h: &[u8; HDR_LEN], o: &mut Offload
 
 impl PollThread {
     /// Segments of a TX GSO frame still waiting for port slots go first:
-    /// returns false while some remain (the port is full).
-    fn drain_tx(&mut self, tally: &mut PairStats) -> bool {
+    /// returns the segments written and false while some remain (the port
+    /// is full).
+    fn drain_tx(&mut self, tally: &mut PairStats) -> (usize, bool) {
         let o = &mut self.offloads;
-        let Some(t) = o.tx_seg.as_mut() else { return true };
+        let Some(t) = o.tx_seg.as_mut() else { return (0, true) };
         let (n, done) = drain_tx_segments(&o.scratch, t, &mut *self.port, &mut tally.tx_dropped);
         tally.tx_sw_segments += n as u64;
         tally.tx_frames += n as u64;
@@ -138,17 +139,18 @@ impl PollThread {
         } else {
             tally.tx_backpressure += 1;
         }
-        done
+        (n, done)
     }
 
     /// One TX burst: chains -> port slots. A full port leaves the rest on
     /// the ring (back-pressure).
     pub(super) fn process_tx<R: Ring>(&mut self, g: &ReadGuard<'_>) -> usize {
         let mut tally = PairStats::default();
-        if !self.drain_tx(&mut tally) {
+        let (drained, done) = self.drain_tx(&mut tally);
+        if !done {
             self.port.tx_flush();
             self.stats.add(&tally);
-            return 0;
+            return drained;
         }
         let PollThread { device, space, port, stats, burst, tx, offloads, .. } = self;
         let mut b = Burst::<R>::begin(tx, space, g);
@@ -214,6 +216,6 @@ impl PollThread {
         }
         port.tx_flush();
         b.finish(&**device, stats);
-        done
+        done + drained
     }
 }

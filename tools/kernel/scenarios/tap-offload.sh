@@ -2,6 +2,7 @@
 # kernels: 6.12 7.3
 # needs: vduse-net
 # timeout: 600
+# memory: 2048
 #
 # Offloads end to end (issue 11): the kernel's virtio-net over virtio_vdpa on a device
 # with `--backend tap`, its netdev in netns A (10.79.0.1), the tap in netns B (10.79.0.2).
