@@ -96,6 +96,14 @@ pub trait Port: Send {
     fn offloads(&self) -> bool {
         false
     }
+    /// The device's MTU needs frames of `max_frame` bytes (MTU, Ethernet
+    /// header and a VLAN tag): size the port's buffers for them. Called
+    /// once, before the port moves to its poll thread. False when the port
+    /// cannot carry them (fixed [`SLOT_SIZE`] slots); the device then
+    /// refuses to start rather than advertise an MTU whose frames it drops.
+    fn reserve_frames(&mut self, max_frame: usize) -> bool {
+        max_frame <= SLOT_SIZE
+    }
     /// The driver's receive offloads changed (DRIVER_OK, or
     /// CTRL_GUEST_OFFLOADS_SET): `accept` is what it takes now, `gso` whether
     /// the device carries GSO frames (up to 64 KiB) at all. A port whose far

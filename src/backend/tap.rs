@@ -152,6 +152,8 @@ pub struct TapPort {
     rx: BufQueue,
     /// Largest frame an RX buffer holds (a longer read was cut).
     rx_room: usize,
+    /// The buffers' size without GSO: the device's MTU frame.
+    base_room: usize,
     /// The TUNSETOFFLOAD flags in force (what the tap may hand us).
     tun_flags: u32,
     /// A write said EAGAIN: wait for POLLOUT.
@@ -168,6 +170,7 @@ impl TapPort {
             tx: BufQueue::with_slots(QUEUE, HDR_LEN),
             rx: BufQueue::new(QUEUE, HDR_LEN, SLOT_SIZE + RX_SLACK),
             rx_room: SLOT_SIZE,
+            base_room: SLOT_SIZE,
             tun_flags: 0,
             tx_blocked: false,
             scratch: vec![0u8; SLOT_SIZE].into_boxed_slice(),
@@ -179,10 +182,11 @@ impl TapPort {
     /// segments a TX frame that does not fit, and the kernel cuts an RX
     /// frame longer than the old room, counted as dropped).
     fn resize(&mut self, room: usize) {
-        let n = if room > SLOT_SIZE { GSO_QUEUE } else { QUEUE };
+        let n = if room > 16 * 1024 { GSO_QUEUE } else { QUEUE };
         if room != self.rx_room && self.rx.is_empty() && self.tx.is_empty() {
             self.tx = BufQueue::new(n, HDR_LEN, room);
             self.rx = BufQueue::new(n, HDR_LEN, room + RX_SLACK);
+            self.scratch = vec![0u8; room].into_boxed_slice();
             self.rx_room = room;
         }
     }
@@ -322,8 +326,17 @@ impl Port for TapPort {
         true
     }
 
+    fn reserve_frames(&mut self, max_frame: usize) -> bool {
+        if max_frame > GSO_ROOM {
+            return false;
+        }
+        self.base_room = max_frame.max(SLOT_SIZE);
+        self.resize(self.base_room);
+        true
+    }
+
     fn set_offloads(&mut self, accept: OffloadCaps, gso: bool) -> OffloadCaps {
-        self.resize(if gso { GSO_ROOM } else { SLOT_SIZE });
+        self.resize(if gso { GSO_ROOM } else { self.base_room });
         // The tap hands us only what the driver takes, so frames from it
         // pass through with their headers (no software work per frame).
         // Frames as large as GSO needs only with buffers for them.
