@@ -52,7 +52,8 @@ pub(super) struct Offloads {
     pub port_tx: OffloadCaps,
     /// Who the port's RX frames come from.
     pub port_rx: Sender,
-    /// The TX frame of `tx_seg` (MAX_FRAME bytes once offloads are on).
+    /// The TX frame with offload work being handled (MAX_FRAME bytes from
+    /// the first start on).
     pub scratch: Box<[u8]>,
     pub tx_seg: Option<TxSegmenting>,
     /// The next segment of the port frame at the RX head that is being
@@ -95,11 +96,11 @@ impl Offloads {
         self.tx_seg = None;
         self.rx_seg_next = 0;
         if self.rx_buf.len() < MAX_FRAME {
-            // Once per thread, at its first start (a port may hand partial
-            // checksums to a driver without offloads too).
+            // Once per thread, at its first start, whatever was negotiated:
+            // a port may hand partial checksums to a driver without
+            // offloads, and a driver without them may still send offload
+            // headers, which must be validated (and refused) like any.
             self.rx_buf = vec![0u8; MAX_FRAME].into_boxed_slice();
-        }
-        if self.host_offloads() && self.scratch.len() < MAX_FRAME {
             self.scratch = vec![0u8; MAX_FRAME].into_boxed_slice();
         }
         self.set_guest(negotiated & f::GUEST_OFFLOAD_MASK, port);
@@ -109,11 +110,6 @@ impl Offloads {
     pub fn stop(&mut self) {
         let (scratch, rx_buf) = (std::mem::take(&mut self.scratch), std::mem::take(&mut self.rx_buf));
         *self = Offloads { scratch, rx_buf, ..Offloads::new() };
-    }
-
-    /// The driver may send frames with offload work.
-    fn host_offloads(&self) -> bool {
-        self.negotiated & f::CSUM != 0
     }
 
     /// The guest offloads in force changed (cold).

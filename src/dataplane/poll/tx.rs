@@ -72,7 +72,7 @@ pub(super) enum TxOffloaded {
 /// the frame is copied into `o.scratch` (it may be a 64 KiB GSO frame),
 /// validated against what the driver negotiated, and given to the port in
 /// a form it takes ([`Offload::deliver`](crate::net::offload::Offload::deliver)
-/// with the port's caps). `slot` is the port slot already reserved.
+/// with the port's caps). The caller made sure the port has a free slot.
 pub(super) fn tx_offloaded(chain: &Chain<'_>, h: &[u8; HDR_LEN], o: &mut Offloads, port: &mut dyn Port) -> TxOffloaded {
     let total = chain.readable_len() as usize;
     if total <= HDR_LEN {
