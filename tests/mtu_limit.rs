@@ -1,7 +1,8 @@
 //! Issue 8, fix 7: the device advertises only an MTU its ports carry. At the
-//! largest accepted MTU a full frame (MTU + Ethernet header + VLAN tag)
-//! makes the round trip intact; one byte more is dropped and counted, which
-//! is why a larger MTU is refused at creation.
+//! largest MTU a slot port carries a full frame (MTU + Ethernet header +
+//! VLAN tag) makes the round trip intact; one byte more is dropped and
+//! counted, which is why a larger MTU is refused at start on such ports
+//! (jumbo MTUs are for ports that size their buffers, e.g. a tap).
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use vduse_net::bench::frame;
-use vduse_net::dataplane::device::MAX_MTU;
+use vduse_net::dataplane::device::SLOT_MTU as MAX_MTU;
 use vduse_net::dataplane::NetDevice;
 use vduse_net::driver::net::NetDriverConfig;
 use vduse_net::vduse::model::{KernelModel, ModelConfig};
@@ -17,11 +18,13 @@ use vduse_net::vduse::model::{KernelModel, ModelConfig};
 const T: Duration = Duration::from_secs(5);
 
 #[test]
-fn an_mtu_above_the_slot_size_is_refused_at_creation() {
+fn an_mtu_above_the_slot_size_is_refused_at_start_on_slot_ports() {
     let model = KernelModel::new(ModelConfig::patched_7_3());
     let opts = vduse_net::dataplane::DeviceOptions { mtu: 9000, ..device_options("mtu-big", 1) };
-    let e = NetDevice::create(model.control(), opts).err().expect("mtu 9000 refused").to_string();
-    assert!(e.contains("--mtu 9000 is above"), "{e}");
+    let dev = NetDevice::create(model.control(), opts).expect("a jumbo MTU is a valid option");
+    let port: Box<dyn vduse_net::backend::Port> = Box::new(vduse_net::backend::loopback::Loopback::new(64, true));
+    let e = dev.start(vec![port]).err().expect("mtu 9000 refused on a loopback port").to_string();
+    assert!(e.contains("--mtu 9000 needs 9018-byte frames"), "{e}");
 }
 
 #[test]

@@ -95,7 +95,7 @@ fn broken_files_each_say_what_and_where() {
         ("switch-not-bool", format!("{DEV}no-ctrl-vq = \"yes\"\n"), Some(3), "`no-ctrl-vq` is a switch"),
         ("ring-not-power-of-two", format!("{DEV}ring-size = 100\n"), Some(3), "must be a power of two"),
         ("unknown-feature", format!("{DEV}features = \"+nosuch\"\n"), Some(3), "unknown feature \"nosuch\""),
-        ("mtu-too-big", format!("{DEV}mtu = 9000\n"), Some(3), "--mtu 9000 is above"),
+        ("mtu-too-big", format!("{DEV}mtu = 9300\n"), Some(3), "--mtu 9300 is above 9216"),
         ("devices-key", format!("{DEV}devices = 2\n"), Some(3), "write one [[device]] table per device"),
         (
             "duplicate-mac",

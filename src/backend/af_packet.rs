@@ -44,6 +44,7 @@ use super::meta::{FrameMeta, VNET_HDR_LEN};
 use super::packet_ring::{RxFrame, RxRing, TxRing};
 use super::{sys, Port, PortFrame, PortWake, SLOT_SIZE};
 use crate::net::hdr::F_DATA_VALID;
+use crate::net::offload::OffloadCaps;
 
 /// Receive ring: 64 blocks of 32 KiB (20 full-size or about 220 minimum-size
 /// frames each). The kernel hands a block over when the next frame does not
@@ -431,6 +432,13 @@ impl Port for PacketPort {
     fn offloads(&self) -> bool {
         // PACKET_VNET_HDR: the kernel finishes checksums and segments.
         true
+    }
+
+    fn set_offloads(&mut self, _accept: OffloadCaps, _gso: bool) -> OffloadCaps {
+        // A packet socket cannot be told what to hand over: it gives partial
+        // checksums (frames sent on this host) and whatever GSO fits a ring
+        // frame. The dataplane finishes what the driver does not take.
+        OffloadCaps::ALL
     }
 
     fn wake(&self) -> Option<PortWake<'_>> {

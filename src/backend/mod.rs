@@ -48,6 +48,8 @@ use nix::poll::PollFlags;
 
 pub use meta::FrameMeta;
 
+use crate::net::offload::OffloadCaps;
+
 /// Largest frame a port slot holds (Ethernet with one VLAN tag, 1500 MTU,
 /// plus headroom for jumbo-ish test frames).
 pub const SLOT_SIZE: usize = 2048;
@@ -93,6 +95,25 @@ pub trait Port: Send {
     /// says no never gets such a frame.
     fn offloads(&self) -> bool {
         false
+    }
+    /// The device's MTU needs frames of `max_frame` bytes (MTU, Ethernet
+    /// header and a VLAN tag): size the port's buffers for them. Called
+    /// once, before the port moves to its poll thread. False when the port
+    /// cannot carry them (fixed [`SLOT_SIZE`] slots); the device then
+    /// refuses to start rather than advertise an MTU whose frames it drops.
+    fn reserve_frames(&mut self, max_frame: usize) -> bool {
+        max_frame <= SLOT_SIZE
+    }
+    /// The driver's receive offloads changed (DRIVER_OK, or
+    /// CTRL_GUEST_OFFLOADS_SET): `accept` is what it takes now, `gso` whether
+    /// the device carries GSO frames (up to 64 KiB) at all. A port whose far
+    /// side can hand it offloaded frames asks for at most `accept` (a tap:
+    /// `TUNSETOFFLOAD`) and sizes its buffers for them, and returns what it
+    /// may now hand the device; a port that only ever gives plain frames
+    /// returns [`OffloadCaps::NONE`]. Cold: never per packet.
+    fn set_offloads(&mut self, accept: OffloadCaps, gso: bool) -> OffloadCaps {
+        let _ = (accept, gso);
+        OffloadCaps::NONE
     }
     /// A reflector (TX of this pair comes back on its RX, in the same
     /// thread) may let the poll thread copy a frame straight from the TX

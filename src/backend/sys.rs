@@ -44,6 +44,15 @@ pub fn ioctl_set_int(fd: BorrowedFd<'_>, req: libc::Ioctl, value: libc::c_int) -
     Errno::result(rc).map(drop)
 }
 
+/// `ioctl(fd, req, value)` for requests that take their argument by value
+/// (TUNSETOFFLOAD).
+pub fn ioctl_set_value(fd: BorrowedFd<'_>, req: libc::Ioctl, value: libc::c_ulong) -> Result<(), Errno> {
+    // SAFETY: the request (TUNSETOFFLOAD) reads its argument as an integer,
+    // not as a pointer; no memory is accessed through it.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), req, value) };
+    Errno::result(rc).map(drop)
+}
+
 /// `ioctl(fd, req)` that returns a new fd (TUNGETDEVNETNS).
 pub fn ioctl_new_fd(fd: BorrowedFd<'_>, req: libc::Ioctl) -> Result<OwnedFd, Errno> {
     // SAFETY: the request takes no argument and returns a new fd or -1.

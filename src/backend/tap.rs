@@ -37,6 +37,7 @@ use super::link::{self, Attach, Monitor, PortLink, Probe};
 use super::meta::FrameMeta;
 use super::{sys, Port, PortFrame, PortWake, SLOT_SIZE};
 use crate::net::hdr::HDR_LEN;
+use crate::net::offload::OffloadCaps;
 
 /// A tap has at most this many queues (MAX_TAP_QUEUES).
 pub const MAX_QUEUES: u16 = 256;
@@ -136,12 +137,25 @@ fn attached_name(fd: BorrowedFd<'_>) -> Result<String, Errno> {
     Ok(sys::ifreq_name(&r))
 }
 
+/// Frames a port keeps on each side once GSO frames (up to 64 KiB) are
+/// negotiated: fewer, larger buffers.
+const GSO_QUEUE: usize = 64;
+/// Largest frame a tap hands over with GSO on: a 64 KiB IP packet behind
+/// an Ethernet header and two VLAN tags.
+const GSO_ROOM: usize = 65535 + 14 + 8;
+
 /// One tap queue as a port.
 pub struct TapPort {
     fd: OwnedFd,
     link: PortLink<OwnedFd>,
     tx: BufQueue,
     rx: BufQueue,
+    /// Largest frame an RX buffer holds (a longer read was cut).
+    rx_room: usize,
+    /// The buffers' size without GSO: the device's MTU frame.
+    base_room: usize,
+    /// The TUNSETOFFLOAD flags in force (what the tap may hand us).
+    tun_flags: u32,
     /// A write said EAGAIN: wait for POLLOUT.
     tx_blocked: bool,
     /// Where frames go while the port is failed.
@@ -155,8 +169,33 @@ impl TapPort {
             link,
             tx: BufQueue::with_slots(QUEUE, HDR_LEN),
             rx: BufQueue::new(QUEUE, HDR_LEN, SLOT_SIZE + RX_SLACK),
+            rx_room: SLOT_SIZE,
+            base_room: SLOT_SIZE,
+            tun_flags: 0,
             tx_blocked: false,
             scratch: vec![0u8; SLOT_SIZE].into_boxed_slice(),
+        }
+    }
+
+    /// Buffers for frames of up to `room` bytes (cold: DRIVER_OK). Only
+    /// while they are empty: frames held keep their buffers (the dataplane
+    /// segments a TX frame that does not fit, and the kernel cuts an RX
+    /// frame longer than the old room, counted as dropped).
+    fn resize(&mut self, room: usize) {
+        let n = if room > 16 * 1024 { GSO_QUEUE } else { QUEUE };
+        if room != self.rx_room && self.rx.is_empty() && self.tx.is_empty() {
+            self.tx = BufQueue::new(n, HDR_LEN, room);
+            self.rx = BufQueue::new(n, HDR_LEN, room + RX_SLACK);
+            self.scratch = vec![0u8; room].into_boxed_slice();
+            self.rx_room = room;
+        }
+    }
+
+    /// TUNSETOFFLOAD: the tap hands us only offloads in `flags`.
+    fn apply_tun_flags(&mut self) {
+        if let Err(e) = sys::ioctl_set_value(self.fd.as_fd(), libc::TUNSETOFFLOAD, self.tun_flags as libc::c_ulong) {
+            log::warn!("tap: TUNSETOFFLOAD {:#x}: {e}; the tap keeps handing complete frames", self.tun_flags);
+            self.tun_flags = 0;
         }
     }
 
@@ -164,6 +203,8 @@ impl TapPort {
     fn take_new(&mut self) {
         if let Some(fd) = self.link.take_new() {
             self.fd = fd;
+            // A new queue fd starts without offloads.
+            self.apply_tun_flags();
             self.tx_blocked = false;
             self.rx.clear();
             // Frames queued for the dead fd are lost with it.
@@ -199,7 +240,8 @@ impl Port for TapPort {
         }
         if let Some(b) = self.tx.back_raw() {
             b[..HDR_LEN].copy_from_slice(&meta.to_bytes12(0));
-            self.tx.push(HDR_LEN + len.min(SLOT_SIZE), meta);
+            let room = b.len() - HDR_LEN;
+            self.tx.push(HDR_LEN + len.min(room), meta);
         }
     }
 
@@ -243,7 +285,7 @@ impl Port for TapPort {
         for _ in 0..RX_BATCH {
             let Some(buf) = self.rx.back_raw() else { break };
             match nix::unistd::read(self.fd.as_raw_fd(), buf) {
-                Ok(n) if n > HDR_LEN && n - HDR_LEN <= SLOT_SIZE => {
+                Ok(n) if n > HDR_LEN && n - HDR_LEN <= self.rx_room => {
                     let mut h = [0u8; super::meta::VNET_HDR_LEN];
                     h.copy_from_slice(&buf[..super::meta::VNET_HDR_LEN]);
                     self.rx.push(n, FrameMeta::parse(&h));
@@ -282,6 +324,30 @@ impl Port for TapPort {
         // The tap's kernel side finishes checksums and segments GSO frames
         // described by the header.
         true
+    }
+
+    fn reserve_frames(&mut self, max_frame: usize) -> bool {
+        if max_frame > GSO_ROOM {
+            return false;
+        }
+        self.base_room = max_frame.max(SLOT_SIZE);
+        self.resize(self.base_room);
+        true
+    }
+
+    fn set_offloads(&mut self, accept: OffloadCaps, gso: bool) -> OffloadCaps {
+        self.resize(if gso { GSO_ROOM } else { self.base_room });
+        // The tap hands us only what the driver takes, so frames from it
+        // pass through with their headers (no software work per frame).
+        // Frames as large as GSO needs only with buffers for them.
+        let accept = if self.rx_room >= GSO_ROOM {
+            accept
+        } else {
+            OffloadCaps { tso4: false, tso6: false, tso_ecn: false, uso4: false, uso6: false, ..accept }
+        };
+        self.tun_flags = accept.tun_flags();
+        self.apply_tun_flags();
+        OffloadCaps::from_tun_flags(self.tun_flags)
     }
 
     fn wake(&self) -> Option<PortWake<'_>> {

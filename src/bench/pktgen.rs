@@ -122,6 +122,9 @@ pub struct GenOptions {
     /// No progress for this long ends a queue's run.
     pub stall: Duration,
     pub check: CheckMode,
+    /// With MRG_RXBUF negotiated: RX buffers of this many bytes, frames
+    /// reassembled from several of them (`--mrg-rxbuf`).
+    pub rx_buffer_len: Option<usize>,
 }
 
 impl Default for GenOptions {
@@ -137,6 +140,7 @@ impl Default for GenOptions {
             busy: false,
             stall: Duration::from_secs(2),
             check: CheckMode::Full,
+            rx_buffer_len: None,
         }
     }
 }
@@ -328,6 +332,9 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
     let mut last_work = start;
     let mut idle = 0u32;
     if o.mode != Mode::TxOnly {
+        if let Some(len) = o.rx_buffer_len {
+            q.set_rx_buffer_len(len);
+        }
         q.post_rx();
     }
     loop {
@@ -373,7 +380,11 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
         }
         let mut moved = work as u64;
         if o.mode != Mode::TxOnly {
-            let got = q.rx_burst(&mut |f| chk.frame(f), burst);
+            let got = if o.rx_buffer_len.is_some() {
+                q.rx_burst_merged(&mut |_, f| chk.frame(f), burst)
+            } else {
+                q.rx_burst(&mut |f| chk.frame(f), burst)
+            };
             work += got;
             if o.mode == Mode::RxOnly {
                 moved = got as u64;

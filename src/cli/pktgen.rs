@@ -113,6 +113,10 @@ pub struct BenchArgs {
     /// When the driver enables its queues relative to DRIVER_OK.
     #[arg(long, value_enum, default_value_t = OrderArg::VirtioVdpa)]
     pub enable_order: OrderArg,
+    /// Negotiate VIRTIO_NET_F_MRG_RXBUF and post RX buffers of BYTES bytes
+    /// (header included), so larger frames span several buffers.
+    #[arg(long = "mrg-rxbuf", value_name = "BYTES")]
+    pub mrg_rxbuf: Option<usize>,
     #[command(flatten)]
     pub dev: DeviceArgs,
     #[command(flatten)]
@@ -159,6 +163,12 @@ impl BenchArgs {
         };
         if packed {
             dcfg.features |= features::RING_PACKED;
+        }
+        if let Some(n) = self.mrg_rxbuf {
+            if !(64..=65536).contains(&n) {
+                return Err(CliError(format!("--mrg-rxbuf {n} must be in 64..=65536 bytes")));
+            }
+            dcfg.features |= features::MRG_RXBUF;
         }
         let tb = match &self.vhost_vdpa {
             Some(path) => Testbed::vhost_vdpa(path, dcfg),
@@ -303,6 +313,7 @@ pub fn run(a: PktgenArgs) -> CliResult {
         busy: b.dev.idle == Idle::Busy,
         stall: Duration::from_secs(2),
         check,
+        rx_buffer_len: b.mrg_rxbuf,
     };
     let linger = match a.linger {
         None => None,

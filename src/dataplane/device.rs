@@ -77,11 +77,15 @@ pub fn bounce_note(pairs: u16, ring_size: u16, nas: u32, api: u64) -> Option<Str
 /// Ethernet header and one 802.1Q tag: what a frame carries beyond the MTU.
 const ETH_OVERHEAD: usize = 14 + 4;
 
-/// Largest MTU the device advertises: a frame of MTU + Ethernet header + one
-/// VLAN tag must fit in one port slot ([`crate::backend::SLOT_SIZE`]); a
-/// larger frame would be dropped on every path. Jumbo frames need larger
-/// slots (or chained ones) first.
-pub const MAX_MTU: u16 = (crate::backend::SLOT_SIZE - ETH_OVERHEAD) as u16;
+/// Largest MTU a port with [`crate::backend::SLOT_SIZE`]-byte slots
+/// carries (loopback, patch, AF_PACKET, AF_XDP): MTU + Ethernet header + one
+/// VLAN tag in one slot.
+pub const SLOT_MTU: u16 = (crate::backend::SLOT_SIZE - ETH_OVERHEAD) as u16;
+
+/// Largest MTU the device accepts (jumbo frames, issue 11). Whether the
+/// ports carry it is checked at start ([`crate::backend::Port::reserve_frames`]):
+/// a device never advertises an MTU whose frames its ports would drop.
+pub const MAX_MTU: u16 = 9216;
 
 /// What the user asked for.
 #[derive(Clone, Debug)]
@@ -147,12 +151,7 @@ impl DeviceOptions {
             return bad(format!("--mtu {} is below 68", self.mtu));
         }
         if self.mtu > MAX_MTU {
-            return bad(format!(
-                "--mtu {} is above {MAX_MTU}, the largest these ports carry: a port slot holds a {}-byte frame \
-                 (MTU + {ETH_OVERHEAD} bytes of Ethernet header and VLAN tag); jumbo frames are not supported yet",
-                self.mtu,
-                crate::backend::SLOT_SIZE
-            ));
+            return bad(format!("--mtu {} is above {MAX_MTU}, the largest jumbo frame MTU", self.mtu));
         }
         Ok(())
     }
@@ -342,6 +341,16 @@ impl NetDevice {
         if ports.len() != self.layout.pairs as usize {
             return Err(DeviceError::Options(format!("{} ports for {} queue pairs", ports.len(), self.layout.pairs)));
         }
+        let mut ports = ports;
+        let frame = self.opts.mtu as usize + ETH_OVERHEAD;
+        if let Some(i) = ports.iter_mut().position(|p| !p.reserve_frames(frame)) {
+            return Err(DeviceError::Options(format!(
+                "--mtu {} needs {frame}-byte frames, more than port {i} carries (its slots hold {} bytes, an MTU \
+                 of {SLOT_MTU}); jumbo frames need --backend tap",
+                self.opts.mtu,
+                crate::backend::SLOT_SIZE
+            )));
+        }
         let stop = Arc::new(
             EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).map_err(DeviceError::EventFd)?,
         );
@@ -498,18 +507,18 @@ pub fn vduse_features_name(f: u64) -> String {
 mod tests {
     use super::*;
 
-    /// Issue 8, fix 7: `--mtu 9000` used to be advertised while every frame
-    /// above the slot size was dropped.
+    /// Jumbo MTUs up to 9216 are accepted here; whether the ports carry
+    /// them is checked at start (tests/mtu_limit.rs).
     #[test]
-    fn an_mtu_the_ports_cannot_carry_is_refused() {
+    fn mtus_above_the_jumbo_limit_are_refused() {
         let with = |mtu| DeviceOptions { mtu, ..DeviceOptions::default() };
-        assert_eq!(MAX_MTU as usize, crate::backend::SLOT_SIZE - 18);
-        with(1500).validate().unwrap();
-        with(MAX_MTU).validate().unwrap();
-        for mtu in [MAX_MTU + 1, 9000, u16::MAX] {
+        assert_eq!(SLOT_MTU as usize, crate::backend::SLOT_SIZE - 18);
+        for mtu in [1500, SLOT_MTU, 9000, MAX_MTU] {
+            with(mtu).validate().unwrap();
+        }
+        for mtu in [MAX_MTU + 1, u16::MAX] {
             let e = with(mtu).validate().unwrap_err().to_string();
             assert!(e.contains(&format!("--mtu {mtu} is above {MAX_MTU}")), "{e}");
-            assert!(e.contains("jumbo frames are not supported"), "{e}");
         }
         assert!(with(67).validate().is_err());
     }

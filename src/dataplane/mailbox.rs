@@ -38,6 +38,8 @@ pub enum Command {
         tx: Option<QueueConfig>,
         space: Arc<AddressSpace>,
         active: bool,
+        /// The negotiated features (offloads, MRG_RXBUF, header size).
+        features: u64,
     },
     /// Reset: forget the queues (and clear a failure).
     Stop,

@@ -497,7 +497,7 @@ impl SlowPath {
         let mut configs = configs.into_iter();
         let acks = self.to_all(|pair| {
             let (rx, tx, space) = configs.next().expect("one config per pair");
-            Command::Start { rx, tx, space, active: pair == 0 }
+            Command::Start { rx, tx, space, active: pair == 0, features: self.features }
         });
         if let Some((i, e)) = first_error(&acks) {
             // Roll back: no pair may keep running while the reply says
@@ -812,7 +812,8 @@ impl SlowPath {
                 self.config.status &= !VIRTIO_NET_S_ANNOUNCE;
                 let _ = self.dev.set_config(STATUS_OFFSET as u32, &self.config.status.to_le_bytes());
             }
-            CtrlEffect::FilterChanged => self.publish_filter(),
+            // The poll threads take the guest offloads from the snapshot.
+            CtrlEffect::FilterChanged | CtrlEffect::OffloadsChanged(_) => self.publish_filter(),
             _ => {}
         }
         true

@@ -45,6 +45,18 @@ counters!(
         tx_offload_dropped,
         /// Port frames still needing offload work the driver did not negotiate.
         rx_offload_dropped,
+        /// TX GSO frames segmented in software, and the segments made.
+        tx_sw_gso,
+        tx_sw_segments,
+        /// TX frames whose partial checksum was completed in software.
+        tx_sw_csum,
+        /// Port frames segmented in software for the driver, and the segments.
+        rx_sw_gso,
+        rx_sw_segments,
+        /// Port frames whose partial checksum was completed for the driver.
+        rx_sw_csum,
+        /// Frames delivered over more than one RX buffer (MRG_RXBUF).
+        rx_merged,
         reflected,
         irqs,
         queue_errors,

@@ -183,6 +183,8 @@ struct DataQueue {
     buf_off: usize,
     buf_iova: u64,
     buf_size: usize,
+    /// Bytes of each RX buffer offered to the device (up to `buf_size`).
+    post_len: usize,
     stride: usize,
     /// Slots owned by the driver; capacity = queue size, never grows.
     free: Vec<u16>,
@@ -218,6 +220,11 @@ pub struct QueuePair {
     rx: DataQueue,
     tx: DataQueue,
     stats: PairStats,
+    /// MRG_RXBUF reassembly: the frame being collected, its header, and
+    /// the buffers still to come.
+    merge: Vec<u8>,
+    merge_hdr: [u8; NET_HDR_LEN],
+    merge_left: u16,
 }
 
 impl QueuePair {
@@ -259,6 +266,24 @@ impl QueuePair {
     /// this burst into `buf` (after a zeroed virtio-net header) and returns
     /// its length; 0 ends the burst early. One publish, one kick at most.
     pub fn tx_burst(&mut self, frames: &mut dyn FnMut(usize, &mut [u8]) -> usize, max: usize) -> usize {
+        self.tx_burst_inner(frames, max, false)
+    }
+
+    /// [`tx_burst`](Self::tx_burst) where `frames(n, buf)` writes the
+    /// virtio-net header too (offloads: NEEDS_CSUM, GSO) and returns the
+    /// frame's length without it.
+    pub fn tx_burst_hdr(&mut self, frames: &mut dyn FnMut(usize, &mut [u8]) -> usize, max: usize) -> usize {
+        self.tx_burst_inner(frames, max, true)
+    }
+
+    /// Offer RX buffers of `len` bytes (at most the configured buffer
+    /// size) from now on: small buffers with MRG_RXBUF. Buffers already
+    /// posted keep their length.
+    pub fn set_rx_buffer_len(&mut self, len: usize) {
+        self.rx.post_len = len.clamp(NET_HDR_LEN + 1, self.rx.buf_size);
+    }
+
+    fn tx_burst_inner(&mut self, frames: &mut dyn FnMut(usize, &mut [u8]) -> usize, max: usize, hdr: bool) -> usize {
         if self.tx.free.len() < max {
             self.reclaim_tx();
         }
@@ -271,7 +296,7 @@ impl QueuePair {
             // handed); the buffer is buf_size bytes inside the mapping.
             let buf = unsafe { std::slice::from_raw_parts_mut(self.tx.slot_ptr(slot), self.tx.buf_size) };
             buf[..NET_HDR_LEN].fill(0);
-            let len = frames(n, &mut buf[NET_HDR_LEN..]).min(room);
+            let len = if hdr { frames(n, buf) } else { frames(n, &mut buf[NET_HDR_LEN..]) }.min(room);
             if len == 0 {
                 self.tx.free.push(slot);
                 break;
@@ -334,7 +359,7 @@ impl QueuePair {
     }
 
     fn post_rx_slot(&mut self, slot: u16) -> bool {
-        let seg = [(self.rx.slot_iova(slot), self.rx.buf_size as u32, true)];
+        let seg = [(self.rx.slot_iova(slot), self.rx.post_len as u32, true)];
         if self.rx.q.add_chain(&seg, slot as u64).is_err() {
             self.rx.free.push(slot);
             self.stats.rx_errors += 1;
@@ -387,6 +412,64 @@ impl QueuePair {
                     }
                     reposted |= self.post_rx_slot(slot);
                 }
+            }
+        }
+        self.publish_rx(reposted);
+        delivered
+    }
+
+    /// With MRG_RXBUF: hand up to `max` received frames to `f` with their
+    /// virtio-net header; a frame spanning several buffers (`num_buffers`
+    /// in its first header) is reassembled first. Buffers are reposted.
+    /// Returns the frames handed over.
+    pub fn rx_burst_merged(&mut self, f: &mut dyn FnMut(&[u8; NET_HDR_LEN], &[u8]), max: usize) -> usize {
+        let mut delivered = 0;
+        let mut reposted = false;
+        for _ in 0..max * 8 {
+            if delivered == max {
+                break;
+            }
+            let (token, len) = match self.rx.q.pop_used() {
+                Ok(None) => break,
+                Err(e) => {
+                    self.stats.rx_errors += 1;
+                    log::debug!("rx vq {}: {e}", self.rx.vq);
+                    break;
+                }
+                Ok(Some(u)) => u,
+            };
+            if token >= self.rx.q.size() as u64 {
+                self.stats.rx_errors += 1;
+                continue;
+            }
+            let slot = token as u16;
+            let len = len as usize;
+            let first = self.merge_left == 0;
+            if len > self.rx.buf_size || (first && len < NET_HDR_LEN) {
+                self.stats.rx_errors += 1;
+                self.merge_left = 0;
+                reposted |= self.post_rx_slot(slot);
+                continue;
+            }
+            // SAFETY: the device returned this slot, so the driver owns it
+            // again; len <= buf_size keeps it in the buffer.
+            let buf = unsafe { std::slice::from_raw_parts(self.rx.slot_ptr(slot), len) };
+            if first {
+                self.merge_hdr.copy_from_slice(&buf[..NET_HDR_LEN]);
+                let n = u16::from_le_bytes([buf[10], buf[11]]);
+                self.merge.clear();
+                self.merge.extend_from_slice(&buf[NET_HDR_LEN..]);
+                self.merge_left = n.max(1);
+            } else {
+                self.merge.extend_from_slice(buf);
+            }
+            self.merge_left -= 1;
+            reposted |= self.post_rx_slot(slot);
+            if self.merge_left == 0 {
+                f(&self.merge_hdr, &self.merge);
+                self.stats.rx_packets += 1;
+                self.stats.rx_bytes += self.merge.len() as u64;
+                delivered += 1;
             }
         }
         self.publish_rx(reposted);
@@ -712,13 +795,23 @@ impl NetDriver {
                     buf_off: off + ring_bytes,
                     buf_iova: iova + ring_bytes as u64,
                     buf_size: cfg.buf_size,
+                    post_len: cfg.buf_size,
                     stride,
                     free,
                 })
             };
             let rx = mk(2 * i as u32)?;
             let tx = mk(2 * i as u32 + 1)?;
-            pairs.push(QueuePair { index: i, transport: t.clone(), rx, tx, stats: PairStats::default() });
+            pairs.push(QueuePair {
+                index: i,
+                transport: t.clone(),
+                rx,
+                tx,
+                stats: PairStats::default(),
+                merge: Vec::new(),
+                merge_hdr: [0; NET_HDR_LEN],
+                merge_left: 0,
+            });
         }
         let cvq = match cvq_mem {
             Some(mem) => {

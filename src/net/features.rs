@@ -90,9 +90,11 @@ const fn feat(mask: u64, name: &'static str, support: Support, meaning: &'static
 ///
 /// The default offer is one QEMU accepts for shadowing the control queue in
 /// its own address space and for `x-svq=on` (live migration): no
-/// INDIRECT_DESC, no GUEST_ANNOUNCE (see [`qemu_shadow_refuses`]). No
-/// checksum/GSO offloads either: frames are complete on both paths, which
-/// keeps the dataplane copy-only.
+/// INDIRECT_DESC, no GUEST_ANNOUNCE, no USO (see [`qemu_shadow_refuses`]).
+/// Checksum and TCP segmentation offloads and mergeable RX buffers are in
+/// it: the dataplane passes them to ports that take virtio-net headers and
+/// finishes the work in software for every other receiver
+/// (`dataplane::poll::offload`).
 pub const CATALOG: &[Feature] = &[
     feat(
         VERSION_1,
@@ -111,6 +113,28 @@ pub const CATALOG: &[Feature] = &[
     feat(MAC, "mac", Support::Default, "config space carries the device's MAC address (--mac)"),
     feat(STATUS, "status", Support::Default, "config space carries the link status"),
     feat(MTU, "mtu", Support::Default, "config space advertises the MTU (--mtu)"),
+    feat(CSUM, "csum", Support::Default, "the driver may send frames with a partial checksum (NEEDS_CSUM)"),
+    feat(GUEST_CSUM, "guest_csum", Support::Default, "received frames may carry a partial checksum or DATA_VALID"),
+    feat(HOST_TSO4, "host_tso4", Support::Default, "the driver may send TCP/IPv4 GSO frames up to 64 KiB"),
+    feat(HOST_TSO6, "host_tso6", Support::Default, "the driver may send TCP/IPv6 GSO frames up to 64 KiB"),
+    feat(HOST_ECN, "host_ecn", Support::Default, "the driver may send TSO frames with ECN (CWR)"),
+    feat(HOST_USO, "host_uso", Support::Optional, "the driver may send UDP GSO frames (QEMU's SVQ refuses it)"),
+    feat(GUEST_TSO4, "guest_tso4", Support::Default, "received TCP/IPv4 frames may be GSO frames"),
+    feat(GUEST_TSO6, "guest_tso6", Support::Default, "received TCP/IPv6 frames may be GSO frames"),
+    feat(GUEST_ECN, "guest_ecn", Support::Default, "received GSO frames may carry ECN"),
+    feat(
+        GUEST_USO4,
+        "guest_uso4",
+        Support::Optional,
+        "received UDP/IPv4 frames may be GSO frames (QEMU's SVQ refuses it)",
+    ),
+    feat(
+        GUEST_USO6,
+        "guest_uso6",
+        Support::Optional,
+        "received UDP/IPv6 frames may be GSO frames (QEMU's SVQ refuses it)",
+    ),
+    feat(MRG_RXBUF, "mrg_rxbuf", Support::Default, "a received frame may span several RX buffers (num_buffers)"),
     feat(
         CTRL_VQ,
         "ctrl_vq",
@@ -130,7 +154,7 @@ pub const CATALOG: &[Feature] = &[
         CTRL_GUEST_OFFLOADS,
         "ctrl_guest_offloads",
         Support::Default,
-        "control queue: guest offload switching (no offloads are offered)",
+        "control queue: switch the guest (receive) offloads on and off",
     ),
     feat(MQ, "mq", Support::Default, "several queue pairs (--queues), chosen by the driver with VQ_PAIRS_SET"),
     feat(
@@ -483,8 +507,13 @@ mod tests {
         for offer in [DEFAULT_OFFER, SUPPORTED, without_ctrl_vq(DEFAULT_OFFER), without_ctrl_vq(SUPPORTED)] {
             validate_driver_features(offer, offer).unwrap();
         }
-        // No offloads: the dataplane never parses GSO/csum metadata.
-        assert_eq!(SUPPORTED & (CSUM | GUEST_CSUM | MRG_RXBUF | HOST_TSO4 | GUEST_TSO4), 0);
+        // Offloads QEMU's shadow virtqueues accept are in the default offer;
+        // USO (which they refuse) only by name.
+        let shadowed = CSUM | GUEST_CSUM | MRG_RXBUF | HOST_TSO4 | HOST_TSO6 | HOST_ECN;
+        let shadowed = shadowed | GUEST_TSO4 | GUEST_TSO6 | GUEST_ECN;
+        assert_eq!(DEFAULT_OFFER & shadowed, shadowed);
+        assert_eq!(qemu_shadow_refuses(DEFAULT_OFFER), 0);
+        assert_eq!(DEFAULT_OFFER & (HOST_USO | GUEST_USO4 | GUEST_USO6), 0);
         for f in [VERSION_1, ACCESS_PLATFORM, MAC, STATUS, MTU, MQ, CTRL_VQ, CTRL_RX, CTRL_RX_EXTRA, EVENT_IDX] {
             assert_ne!(DEFAULT_OFFER & f, 0, "{:?}", name(f));
         }
@@ -492,7 +521,10 @@ mod tests {
             assert_ne!(DEFAULT_OFFER & f, 0, "{:?}", name(f));
         }
         assert_eq!(REQUIRED, VERSION_1 | ACCESS_PLATFORM);
-        assert_eq!(SUPPORTED & !DEFAULT_OFFER, INDIRECT_DESC | GUEST_ANNOUNCE | RING_PACKED);
+        assert_eq!(
+            SUPPORTED & !DEFAULT_OFFER,
+            INDIRECT_DESC | GUEST_ANNOUNCE | RING_PACKED | HOST_USO | GUEST_USO4 | GUEST_USO6
+        );
         // Every catalog entry has a distinct mask and a spec name.
         for (i, f) in CATALOG.iter().enumerate() {
             assert_eq!(f.mask.count_ones(), 1, "{}", f.name);
@@ -543,7 +575,13 @@ mod tests {
     fn bad_feature_lists_say_why() {
         assert_eq!(select(DEFAULT_OFFER, "+bogus"), Err(SelectError::Unknown("bogus".into())));
         assert_eq!(select(DEFAULT_OFFER, "+in_order"), Err(SelectError::NotImplemented("in_order".into())));
-        assert_eq!(select(DEFAULT_OFFER, "+csum"), Err(SelectError::NotImplemented("csum".into())));
+        assert_eq!(select(DEFAULT_OFFER, "+guest_ufo"), Err(SelectError::NotImplemented("guest_ufo".into())));
+        assert_eq!(select(DEFAULT_OFFER, "+host_uso"), Ok(DEFAULT_OFFER | HOST_USO));
+        // Removing checksum offload takes nothing else along silently.
+        assert_eq!(
+            select(DEFAULT_OFFER, "-csum"),
+            Err(SelectError::MissingDependency { feature: "HOST_TSO4", requires: "CSUM" })
+        );
         assert_eq!(select(DEFAULT_OFFER, "-version_1"), Err(SelectError::Required("version_1")));
         assert_eq!(select(DEFAULT_OFFER, "-access_platform"), Err(SelectError::Required("access_platform")));
         assert!(matches!(select(DEFAULT_OFFER, "+mq,,-mtu"), Err(SelectError::Empty(_))));

@@ -38,6 +38,11 @@ pub struct RxFilter {
     multicast: Box<[u64]>,
     vlan_filter: bool,
     vlans: [u64; VLAN_COUNT / 64],
+    /// The features this snapshot was made under, and the guest offloads
+    /// in force (CTRL_GUEST_OFFLOADS_SET): the poll threads take the RX
+    /// offloads from here.
+    negotiated: u64,
+    guest_offloads: u64,
 }
 
 impl RxFilter {
@@ -56,6 +61,8 @@ impl RxFilter {
             multicast: Box::new([]),
             vlan_filter: false,
             vlans: [0; VLAN_COUNT / 64],
+            negotiated: 0,
+            guest_offloads: 0,
         }
     }
 
@@ -76,7 +83,19 @@ impl RxFilter {
             multicast: state.multicast().iter().map(mac_u64).collect(),
             vlan_filter: negotiated & features::CTRL_VLAN != 0,
             vlans: *state.vlan_bitmap(),
+            negotiated,
+            guest_offloads: state.guest_offloads() & negotiated,
         }
+    }
+
+    /// The features this snapshot belongs to (0 before DRIVER_OK).
+    pub fn negotiated(&self) -> u64 {
+        self.negotiated
+    }
+
+    /// The guest (receive) offloads in force.
+    pub fn guest_offloads(&self) -> u64 {
+        self.guest_offloads
     }
 
     pub fn promisc(&self) -> bool {

@@ -65,6 +65,16 @@ pub const PAIR: &[(&str, Class)] = &[
         "reflected",
         Class::Event("reflected_frames", "Frames copied straight from a TX chain to an RX chain (reflector)."),
     ),
+    ("tx_sw_gso", Class::Event("tx_sw_gso_frames", "TX GSO frames segmented in software (the port takes no GSO).")),
+    ("tx_sw_segments", Class::Event("tx_sw_segments", "Segments made from TX GSO frames in software.")),
+    ("tx_sw_csum", Class::Event("tx_sw_csum_frames", "TX frames whose partial checksum was completed in software.")),
+    ("rx_sw_gso", Class::Event("rx_sw_gso_frames", "Port GSO frames segmented in software for the driver.")),
+    ("rx_sw_segments", Class::Event("rx_sw_segments", "Segments made from port GSO frames in software.")),
+    (
+        "rx_sw_csum",
+        Class::Event("rx_sw_csum_frames", "Port frames whose partial checksum was completed for the driver."),
+    ),
+    ("rx_merged", Class::Event("rx_merged_frames", "Frames delivered over several RX buffers (MRG_RXBUF).")),
     ("sleeps", Class::Event("poll_sleeps", "Times the poll thread went to sleep (adaptive idle).")),
     ("wakeups", Class::Event("poll_wakeups", "Times the poll thread woke from sleep.")),
     (

@@ -74,6 +74,16 @@ impl RingPos {
             self.idx = i as u16;
         }
     }
+    /// Move `n <= size` slots back, flipping the wrap counter at the start.
+    #[inline]
+    fn retreat(&mut self, n: u16, size: u16) {
+        if n > self.idx {
+            self.idx = self.idx + size - n;
+            self.wrap = !self.wrap;
+        } else {
+            self.idx -= n;
+        }
+    }
 }
 
 /// The avail/used bits a descriptor carries when the side whose wrap
@@ -453,6 +463,15 @@ impl PackedQueue {
         self.avail_cache = self.avail_cache.saturating_sub(1);
         b.finish(Head::new(id, slots));
         Ok(())
+    }
+
+    /// Give back the last `chains` chains taken, `slots` slots in all, none
+    /// of them completed: the next pops read them again from the ring.
+    pub fn rewind(&mut self, chains: u16, slots: u16) {
+        let slots = slots.min(self.in_flight);
+        self.avail.retreat(slots, self.cfg.size);
+        self.in_flight -= slots;
+        self.avail_cache = self.avail_cache.saturating_add(chains);
     }
 
     /// Write a used descriptor for `head` (not yet visible: see

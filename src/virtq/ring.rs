@@ -70,6 +70,11 @@ pub trait Ring: Send {
         self.pop_into(&mut chain, dir, space, guard)?;
         Ok(chain)
     }
+    /// Give back the chains taken last (`heads`, most recent pops, none
+    /// completed): the next pops take them again. MRG_RXBUF uses it when a
+    /// frame finds too few RX buffers, so the driver never sees buffers
+    /// returned empty.
+    fn rewind(&mut self, heads: &[Head]);
     /// Return a chain with `len` bytes written (visible at `publish_used`).
     fn push_used(&mut self, head: Head, len: u32);
     /// Publish what was pushed, once per burst; whether to interrupt.
@@ -111,6 +116,9 @@ impl Ring for SplitQueue {
     ) -> Result<(), QueueError> {
         let head = self.pop_head()?;
         self.read_chain_into(chain, head, dir, space, guard)
+    }
+    fn rewind(&mut self, heads: &[Head]) {
+        SplitQueue::rewind(self, heads.len() as u16)
     }
     #[inline]
     fn push_used(&mut self, head: Head, len: u32) {
@@ -167,6 +175,10 @@ impl Ring for PackedQueue {
         guard: &'g ReadGuard<'_>,
     ) -> Result<(), QueueError> {
         self.pop_chain_into(chain, dir, space, guard)
+    }
+    fn rewind(&mut self, heads: &[Head]) {
+        let slots = heads.iter().map(|h| h.slots()).fold(0u16, u16::saturating_add);
+        PackedQueue::rewind(self, heads.len() as u16, slots)
     }
     #[inline]
     fn push_used(&mut self, head: Head, len: u32) {
@@ -250,6 +262,9 @@ impl Ring for VirtQueue {
         guard: &'g ReadGuard<'_>,
     ) -> Result<(), QueueError> {
         either!(self, q => Ring::pop_into(q, chain, dir, space, guard))
+    }
+    fn rewind(&mut self, heads: &[Head]) {
+        either!(self, q => Ring::rewind(q, heads))
     }
     fn push_used(&mut self, head: Head, len: u32) {
         either!(self, q => Ring::push_used(q, head, len))

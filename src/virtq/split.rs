@@ -295,6 +295,12 @@ impl SplitQueue {
         Ok(Head::new(head, 1))
     }
 
+    /// Give back the last `chains` heads taken and not completed: the next
+    /// pops read their avail slots again.
+    pub fn rewind(&mut self, chains: u16) {
+        self.last_avail = self.last_avail.wrapping_sub(chains);
+    }
+
     /// Read descriptor `i` of the main table once; `i` is checked against
     /// the queue size (a [`Head`] from another queue, a bad `next`).
     #[inline]

@@ -849,3 +849,58 @@ fn a_refilled_chain_keeps_nothing_of_the_previous_one() {
     assert!(reused.readable_complete() && reused.writable_complete());
     assert_eq!((reused.readable_len(), reused.writable_len(), reused.descriptors()), (12, 20, 2));
 }
+
+/// MRG_RXBUF gives back chains it took for a frame that found too few
+/// (`Ring::rewind`): the next pops return the same chains, the position
+/// and the pending count are as before, over the ring's end on the packed
+/// ring (wrap counter flipped back).
+#[test]
+fn rewound_chains_are_taken_again() {
+    // Split.
+    let mut r = rig(8);
+    for i in 0..3 {
+        r.drv.add_chain(&[(buf(i), 64, true)], i as u64).unwrap();
+    }
+    r.drv.publish();
+    let space = r.iotlb.space(0).unwrap().clone();
+    let mut reader = r.iotlb.qsbr().register();
+    let g = reader.read();
+    r.dev.refresh(&space, &g).unwrap();
+    assert_eq!(r.dev.pending().unwrap(), 3);
+    let a = Ring::pop(&mut r.dev, Direction::DeviceWrites, &space, &g).unwrap().head();
+    let b = Ring::pop(&mut r.dev, Direction::DeviceWrites, &space, &g).unwrap().head();
+    Ring::rewind(&mut r.dev, &[a, b]);
+    assert_eq!((r.dev.pending().unwrap(), r.dev.last_avail()), (3, 0));
+    assert_eq!(Ring::pop(&mut r.dev, Direction::DeviceWrites, &space, &g).unwrap().head().index(), a.index());
+    assert_eq!(Ring::pop(&mut r.dev, Direction::DeviceWrites, &space, &g).unwrap().head().index(), b.index());
+    drop(g);
+
+    // Packed, across the end of a 4-slot ring: chains of 2 slots each.
+    let mut r = packed_rig(4, false);
+    let space = r.iotlb.space(0).unwrap().clone();
+    let mut reader = r.iotlb.qsbr().register();
+    // One lap of 3 slots used and returned, so the next chains straddle the end.
+    r.drv.add_chain(&[(buf(0), 8, true), (buf(1), 8, true), (buf(2), 8, true)], 9).unwrap();
+    r.drv.publish();
+    {
+        let g = reader.read();
+        r.dev.refresh(&space, &g).unwrap();
+        let c = r.dev.pop_chain(Direction::DeviceWrites, &space, &g).unwrap();
+        r.dev.push_used(c.head(), 0);
+        r.dev.publish_used();
+    }
+    reader.quiescent();
+    assert_eq!(r.drv.pop_used().unwrap(), Some((9, 0)));
+    r.drv.add_chain(&[(buf(3), 8, true), (buf(4), 8, true)], 1).unwrap();
+    r.drv.publish();
+    let g = reader.read();
+    r.dev.refresh(&space, &g).unwrap();
+    let before = (r.dev.avail_pos(), r.dev.in_flight(), r.dev.pending().unwrap());
+    let c = r.dev.pop_chain(Direction::DeviceWrites, &space, &g).unwrap();
+    assert_eq!(c.head().slots(), 2);
+    assert_ne!(r.dev.avail_pos().wrap, before.0.wrap, "the chain crossed the ring's end");
+    Ring::rewind(&mut r.dev, &[c.head()]);
+    assert_eq!((r.dev.avail_pos(), r.dev.in_flight(), r.dev.pending().unwrap()), before);
+    let again = r.dev.pop_chain(Direction::DeviceWrites, &space, &g).unwrap();
+    assert_eq!((again.head().index(), again.writable_len()), (c.head().index(), 16));
+}

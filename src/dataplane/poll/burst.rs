@@ -74,6 +74,19 @@ impl<'a, R: Ring> Burst<'a, R> {
         }
     }
 
+    /// The queue's size (slots in the ring).
+    #[inline]
+    pub fn queue_size(&self) -> u16 {
+        self.ring.config().size
+    }
+
+    /// Give back the chains popped last, none completed (see
+    /// [`Ring::rewind`]).
+    #[inline]
+    pub fn rewind(&mut self, heads: &[Head]) {
+        self.ring.rewind(heads);
+    }
+
     /// Return a chain to the driver with `len` bytes written (visible at
     /// `finish`).
     #[inline]

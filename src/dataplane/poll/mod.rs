@@ -18,6 +18,8 @@
 //!   memory** (into a port slot).
 //! - `rx`: port -> driver RX (a port frame copied into guest memory).
 //! - `reflect`: the reflector's one-copy path, TX chain -> RX chain.
+//! - `offload`: what the driver negotiated and the port takes (checksum,
+//!   GSO, MRG_RXBUF), and the buffers software offloads work in.
 //!
 //! Guest memory itself is touched only through [`crate::virtq::Chain`] and
 //! its cursors; these files hold no `unsafe`.
@@ -28,6 +30,7 @@
 //! the paths and the split path carries no per-chain dispatch.
 
 mod burst;
+mod offload;
 mod reflect;
 mod rx;
 mod thread;
@@ -117,6 +120,8 @@ pub struct PollThread {
     crashed: bool,
     /// Busy cycles and frames (iterations that moved something).
     busy: super::cycles::BusyClock,
+    /// Negotiated offloads and the buffers software offloads use.
+    offloads: offload::Offloads,
 }
 
 #[cfg(test)]

@@ -1,62 +1,305 @@
 //! Port -> driver RX: a port frame, behind the virtio-net header, copied
-//! into one RX chain's writable buffers.
+//! into one RX chain's writable buffers, or with MRG_RXBUF into as many
+//! chains as it needs (`num_buffers` in the first header).
+//!
+//! Offloads (issue 11): a frame whose metadata asks for nothing goes as it
+//! is (DATA_VALID passed on to a driver with GUEST_CSUM). One with a
+//! partial checksum or GSO is validated against what the port may hand us
+//! and delivered only in a form the driver accepts now (the negotiated
+//! GUEST_* bits as CTRL_GUEST_OFFLOADS_SET left them): with its header,
+//! checksum completed, or segmented here. A frame being segmented stays in
+//! the port until its last segment is delivered, so running out of RX
+//! buffers half way loses nothing.
 
 use super::burst::Burst;
-use super::{PollThread, RX_HDR};
+use super::offload::{rx_plain_hdr, Offloads, MAX_MERGE};
+use super::PollThread;
 use crate::backend::PortFrame;
-use crate::mem::ReadGuard;
-use crate::net::hdr::HDR_LEN;
+use crate::mem::{AddressSpace, ReadGuard};
+use crate::net::hdr::{NetHdr, HDR_LEN};
+use crate::net::offload::{csum, validate, Delivery, Segmenter};
 use crate::virtq::{Chain, Direction, Ring};
 
+/// What became of one frame offered to the RX ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Placed {
+    Delivered {
+        buffers: usize,
+    },
+    /// No RX buffer (or not enough with MRG_RXBUF): the frame stays in the
+    /// port. Chains taken for it (`returned`) went back to the ring, not to
+    /// the driver: the next pass takes them again.
+    NoBuffer {
+        returned: usize,
+    },
+    /// Larger than the buffers the driver offers: dropped.
+    TooSmall,
+    /// The driver broke the queue.
+    Broken,
+}
+
+/// The chains one RX pass refills for every frame (no piece list is
+/// copied per frame): the first of a frame, which gets `num_buffers` last,
+/// and the one being filled after it with MRG_RXBUF.
+pub(super) struct RxChains<'g> {
+    first: Chain<'g>,
+    more: Chain<'g>,
+}
+
+impl RxChains<'_> {
+    pub(super) fn new() -> Self {
+        RxChains { first: Chain::empty(), more: Chain::empty() }
+    }
+}
+
+/// Write `hdr` and `frame` into the next RX chain(s). Without MRG_RXBUF
+/// the frame must fit in one chain; with it, chains are taken until it
+/// fits (up to [`MAX_MERGE`]) and `num_buffers` goes into the first. Too
+/// few chains now: they are given back to the ring (rewound, as vhost-net
+/// and DPDK do), never returned empty to the driver, which would count
+/// them as length errors.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn place<'g, R: Ring>(
+    b: &mut Burst<'_, R>,
+    avail: &mut usize,
+    space: &AddressSpace,
+    g: &'g ReadGuard<'_>,
+    ch: &mut RxChains<'g>,
+    o: &Offloads,
+    hdr: &NetHdr,
+    frame: &[u8],
+) -> Placed {
+    let total = o.rx_hdr_len + frame.len();
+    if *avail == 0 {
+        *avail = b.pending();
+        if *avail == 0 {
+            return Placed::NoBuffer { returned: 0 };
+        }
+    }
+    if !b.pop_into(&mut ch.first, Direction::DeviceWrites, space, g) {
+        return Placed::Broken;
+    }
+    *avail -= 1;
+    let mut w = ch.first.writer();
+    if w.remaining() >= total || !o.mrg {
+        if w.remaining() < total {
+            b.complete(ch.first.head(), 0);
+            if !ch.first.writable_complete() {
+                b.tally.chain_overflow += 1;
+            }
+            return Placed::TooSmall;
+        }
+        write_hdr(&mut w, hdr, 1, o.rx_hdr_len);
+        w.write(frame);
+        b.complete(ch.first.head(), total as u32);
+        return Placed::Delivered { buffers: 1 };
+    }
+    if w.remaining() < o.rx_hdr_len {
+        b.complete(ch.first.head(), 0);
+        return Placed::TooSmall;
+    }
+    // MRG_RXBUF: header and the frame's start into the first chain, the
+    // rest across more; nothing is published until it is all written.
+    let mut heads = [ch.first.head(); MAX_MERGE];
+    let mut lens = [0u32; MAX_MERGE];
+    let mut n = 1;
+    write_hdr(&mut w, hdr, 0, o.rx_hdr_len);
+    let mut at = w.write(frame);
+    lens[0] = (o.rx_hdr_len + at) as u32;
+    while at < frame.len() && n < MAX_MERGE {
+        if *avail == 0 {
+            *avail = b.pending();
+            if *avail == 0 {
+                break;
+            }
+        }
+        if !b.pop_into(&mut ch.more, Direction::DeviceWrites, space, g) {
+            // The queue failed; what was taken is never published.
+            return Placed::Broken;
+        }
+        *avail -= 1;
+        let k = ch.more.writer().write(&frame[at..]);
+        heads[n] = ch.more.head();
+        lens[n] = k as u32;
+        n += 1;
+        at += k;
+    }
+    if at < frame.len() {
+        // The bytes written stay unpublished; the chains go back to the
+        // ring. The frame waits for buffers, unless it can never fit: more
+        // than MAX_MERGE buffers, or every slot of the ring too few.
+        b.rewind(&heads[..n]);
+        *avail += n;
+        return if n == MAX_MERGE || n >= b.queue_size() as usize {
+            Placed::TooSmall
+        } else {
+            Placed::NoBuffer { returned: n }
+        };
+    }
+    ch.first.write_at(10, &(n as u16).to_le_bytes());
+    for (&head, &len) in heads[..n].iter().zip(&lens[..n]) {
+        b.complete(head, len);
+    }
+    Placed::Delivered { buffers: n }
+}
+
+/// The header with `num_buffers`, padded with zeros to `len` (the hash
+/// fields of a 20-byte header: no hash reported).
+#[inline]
+fn write_hdr(w: &mut crate::virtq::ChainWriter<'_>, hdr: &NetHdr, num_buffers: u16, len: usize) {
+    let mut h = [0u8; crate::net::hdr::HASH_HDR_LEN];
+    h[..HDR_LEN].copy_from_slice(&NetHdr { num_buffers, ..*hdr }.to_bytes());
+    w.write(&h[..len.min(h.len())]);
+}
+
 impl PollThread {
+    /// Take CTRL_GUEST_OFFLOADS_SET from the control-queue snapshot: one
+    /// atomic load per poll pass while nothing changed. A snapshot made
+    /// under other features (the reset one, before the slow path publishes
+    /// after DRIVER_OK) says nothing about this driver.
+    #[inline]
+    pub(super) fn sync_guest_offloads(&mut self) {
+        let PollThread { port, filter, offloads, .. } = self;
+        let f = filter.current();
+        if f.negotiated() == offloads.negotiated
+            && offloads.negotiated != 0
+            && f.guest_offloads() != offloads.guest_bits
+        {
+            offloads.set_guest(f.guest_offloads(), &mut **port);
+        }
+    }
+
     /// One RX burst. Frames the filter refuses are dropped here; frames
     /// with no RX buffer wait in the port.
     pub(super) fn process_rx<R: Ring>(&mut self, g: &ReadGuard<'_>) -> usize {
-        let PollThread { device, space, port, stats, burst, rx, filter, .. } = self;
+        let PollThread { device, space, port, stats, burst, rx, filter, offloads, .. } = self;
         let filter = filter.current();
         let mut b = Burst::<R>::begin(rx, space, g);
         let mut avail = b.pending();
         let mut done = 0;
         let mut filtered = 0;
         let mut offload = 0;
-        let mut chain = Chain::empty();
+        let mut chains = RxChains::new();
         while done < *burst {
             let Some(PortFrame { bytes: frame, meta }) = port.rx_peek() else { break };
-            if meta.is_offloaded() {
-                // The driver negotiated no receive offloads (none are
-                // offered): a frame that still needs them cannot go up.
-                port.rx_consume();
-                offload += 1;
-                continue;
-            }
             if !filter.accepts(frame) {
                 port.rx_consume();
+                offloads.rx_seg_next = 0;
                 filtered += 1;
                 continue;
             }
-            if avail == 0 {
-                b.tally.rx_no_buffer += 1;
-                break;
-            }
-            if !b.pop_into(&mut chain, Direction::DeviceWrites, space, g) {
-                break;
-            }
-            avail -= 1;
-            let total = HDR_LEN + frame.len();
-            let mut w = chain.writer();
-            if w.remaining() < total {
-                // Buffers too small for the frame: hand them back empty.
-                b.complete(chain.head(), 0);
-                b.tally.rx_dropped_small += 1;
-                if !chain.writable_complete() {
-                    b.tally.chain_overflow += 1;
-                }
+            let placed = if !meta.is_offloaded() {
+                let h = rx_plain_hdr(meta, offloads.guest.csum, offloads.port_rx.trust_data_valid);
+                place(&mut b, &mut avail, space, g, &mut chains, offloads, &h, frame)
             } else {
-                w.write(&RX_HDR);
-                w.write(frame);
-                b.complete(chain.head(), total as u32);
-                b.tally.rx_frames += 1;
-                b.tally.rx_bytes += frame.len() as u64;
+                let nh = meta.to_hdr(1);
+                match validate(frame, &nh, &offloads.port_rx) {
+                    Err(_) => {
+                        port.rx_consume();
+                        offload += 1;
+                        continue;
+                    }
+                    Ok(off) => match off.deliver(&offloads.guest) {
+                        Delivery::AsIs(h) => place(&mut b, &mut avail, space, g, &mut chains, offloads, &h, frame),
+                        Delivery::CompleteCsum { start, offset, hdr } => {
+                            // Completed in a copy: the port's slot is the
+                            // port's, and the field may land in any RX buffer.
+                            let mut buf = std::mem::take(&mut offloads.rx_buf);
+                            let p = match buf.get_mut(..frame.len()) {
+                                Some(c) => {
+                                    c.copy_from_slice(frame);
+                                    match csum::complete(c, start, offset) {
+                                        Ok(()) => place(&mut b, &mut avail, space, g, &mut chains, offloads, &hdr, c),
+                                        Err(_) => Placed::TooSmall,
+                                    }
+                                }
+                                None => Placed::TooSmall,
+                            };
+                            offloads.rx_buf = buf;
+                            if let Placed::Delivered { .. } = p {
+                                b.tally.rx_sw_csum += 1;
+                            }
+                            p
+                        }
+                        Delivery::Segment { mode, hdr } => {
+                            let Some(gso) = off.gso else {
+                                port.rx_consume();
+                                offload += 1;
+                                continue;
+                            };
+                            let Ok(seg) = Segmenter::new(frame, &gso, mode) else {
+                                port.rx_consume();
+                                offload += 1;
+                                continue;
+                            };
+                            let mut p = Placed::Delivered { buffers: 0 };
+                            if offloads.rx_seg_len != frame.len() {
+                                // Not the frame a previous burst left half done.
+                                offloads.rx_seg_next = 0;
+                                offloads.rx_seg_len = frame.len();
+                            }
+                            if offloads.rx_seg_next == 0 {
+                                b.tally.rx_sw_gso += 1;
+                            }
+                            while offloads.rx_seg_next < seg.count() {
+                                let i = offloads.rx_seg_next;
+                                let Ok(n) = seg.write(i, &mut offloads.rx_buf) else {
+                                    p = Placed::TooSmall;
+                                    break;
+                                };
+                                let buf = std::mem::take(&mut offloads.rx_buf);
+                                p = place(&mut b, &mut avail, space, g, &mut chains, offloads, &hdr, &buf[..n]);
+                                offloads.rx_buf = buf;
+                                match p {
+                                    Placed::Delivered { buffers } => {
+                                        b.tally.rx_sw_segments += 1;
+                                        b.tally.rx_frames += 1;
+                                        b.tally.rx_bytes += n as u64;
+                                        b.tally.rx_merged += (buffers > 1) as u64;
+                                        offloads.rx_seg_next += 1;
+                                    }
+                                    Placed::TooSmall => {
+                                        b.tally.rx_dropped_small += 1;
+                                        offloads.rx_seg_next += 1;
+                                    }
+                                    _ => break,
+                                }
+                            }
+                            match p {
+                                Placed::NoBuffer { .. } | Placed::Broken => {}
+                                _ => {
+                                    offloads.rx_seg_next = 0;
+                                    offloads.rx_seg_len = 0;
+                                    port.rx_consume();
+                                }
+                            }
+                            offloads.rx_short = matches!(p, Placed::NoBuffer { returned } if returned > 0);
+                            if let Placed::NoBuffer { .. } = p {
+                                b.tally.rx_no_buffer += 1;
+                                break;
+                            }
+                            if p == Placed::Broken {
+                                break;
+                            }
+                            done += 1;
+                            continue;
+                        }
+                    },
+                }
+            };
+            offloads.rx_short = matches!(placed, Placed::NoBuffer { returned } if returned > 0);
+            match placed {
+                Placed::Delivered { buffers } => {
+                    b.tally.rx_frames += 1;
+                    b.tally.rx_bytes += frame.len() as u64;
+                    b.tally.rx_merged += (buffers > 1) as u64;
+                }
+                Placed::TooSmall => b.tally.rx_dropped_small += 1,
+                Placed::NoBuffer { .. } => {
+                    b.tally.rx_no_buffer += 1;
+                    break;
+                }
+                Placed::Broken => break,
             }
             port.rx_consume();
             done += 1;

@@ -63,6 +63,7 @@ impl PollThread {
                 pair_active: true,
                 crashed: false,
                 busy: BusyClock::resume(&setup.stats),
+                offloads: super::offload::Offloads::new(),
             };
             t.supervise(reader);
         })
@@ -163,7 +164,7 @@ impl PollThread {
     fn handle(&mut self, cmd: Command, reply: &Sender<Ack>, reader: &mut Reader) -> Flow {
         let mut flow = Flow::Continue;
         match cmd {
-            Command::Start { rx, tx, space, active } => {
+            Command::Start { rx, tx, space, active, features } => {
                 self.rx = Queue::new(self.rx.vq);
                 self.tx = Queue::new(self.tx.vq);
                 self.rx.enabled = rx.is_some();
@@ -175,6 +176,7 @@ impl PollThread {
                 self.space = space;
                 self.suspended = false;
                 self.pair_active = active;
+                self.offloads.start(features, &mut *self.port);
                 if self.crashed {
                     log::warn!("pair {}: start refused until the device is reset (the pair failed)", self.pair);
                 } else {
@@ -188,6 +190,7 @@ impl PollThread {
             Command::Stop => {
                 self.rx = Queue::new(self.rx.vq);
                 self.tx = Queue::new(self.tx.vq);
+                self.offloads.stop();
                 self.suspended = false;
                 self.stats.started.store(0, Ordering::Relaxed);
                 if self.crashed {
@@ -278,11 +281,13 @@ impl PollThread {
     /// call into the other format's code).
     #[inline(never)]
     fn poll_rings<R: Ring>(&mut self, g: &ReadGuard<'_>) -> (usize, u64) {
+        self.sync_guest_offloads();
         self.port.rx_fill();
         let mut work = 0;
         let mut from_port = 0;
         let mut tx_via_port = true;
-        let reflector = self.port.reflect();
+        // The direct path carries plain frames in one RX buffer each.
+        let reflector = self.port.reflect().filter(|_| !self.offloads.blocks_reflect());
         if let (Some(swap), true, true) = (reflector, self.rx.runnable(), self.tx.runnable()) {
             // Reflector: drain what waits in the port first, so the direct
             // path (which needs an empty port to keep order) gets its turn.
@@ -312,7 +317,7 @@ impl PollThread {
     fn sleep(&mut self, reader: &mut Reader) -> bool {
         // A reflector with an empty port holds TX back until RX buffers
         // arrive, so it wants RX kicks too.
-        let reflector = self.port.reflect().is_some() && self.port.rx_pending() == 0;
+        let reflector = self.port.reflect().is_some() && !self.offloads.blocks_reflect() && self.port.rx_pending() == 0;
         let rx_wanted = self.port.rx_pending() > 0 || reflector;
         let (mut tx_more, mut rx_more) = (false, false);
         {
@@ -329,7 +334,9 @@ impl PollThread {
                 let q = queue.q.as_mut().expect("runnable");
                 match q.refresh(&self.space, &g).and_then(|_| q.enable_notifications()) {
                     Ok(m) if is_tx => tx_more = m,
-                    Ok(m) => rx_more = m,
+                    // Chains too few for the frame waiting (MRG_RXBUF) are
+                    // not work; the kick that adds buffers is.
+                    Ok(m) => rx_more = m && !self.offloads.rx_short,
                     Err(e) => {
                         fail_queue(&*self.device, &self.stats, queue, e);
                         return true;
@@ -377,7 +384,11 @@ impl PollThread {
         if let (Some(w), true) = (port, port_events) {
             fds.push(PollFd::new(w.fd, w.events));
         }
-        let fired = nix::poll::poll(&mut fds, PollTimeout::from(IDLE_SLEEP.as_millis() as u16));
+        // Short of MRG buffers, the buffers the driver adds may come without
+        // a kick (with EVENT_IDX the event index lies before the rewound
+        // chains): look again after 1 ms, not the full idle sleep.
+        let ms = if self.offloads.rx_short { 1 } else { IDLE_SLEEP.as_millis() as u16 };
+        let fired = nix::poll::poll(&mut fds, PollTimeout::from(ms));
         // Drain whatever fired; eventfds are non-blocking.
         let _ = self.wake.read();
         let _ = self.kick_tx.read();
