@@ -38,6 +38,9 @@ pub fn is_crash(payload: &(dyn std::any::Any + Send)) -> bool {
 }
 
 #[cfg(test)]
+pub use plan::{arm, dead, disarm, fired, point};
+
+#[cfg(test)]
 mod plan {
     use std::sync::Mutex;
 
@@ -90,7 +93,7 @@ mod plan {
                 None => false,
                 Some(x) if x.fired => true,
                 Some(x) => {
-                    if x.stage.is_none_or(|s| s == stage) {
+                    if x.stage.map_or(true, |s| s == stage) {
                         x.countdown -= 1;
                         x.fired = x.countdown == 0;
                     }
@@ -103,6 +106,3 @@ mod plan {
         }
     }
 }
-
-#[cfg(test)]
-pub use plan::{arm, dead, disarm, fired, point};

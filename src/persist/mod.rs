@@ -302,7 +302,7 @@ impl StateLog {
             if fnv1a(&[&gen.to_le_bytes(), &len.to_le_bytes(), bytes]) != sum {
                 continue;
             }
-            if best.as_ref().is_none_or(|(g, _)| gen > *g) {
+            if best.as_ref().map_or(true, |(g, _)| gen > *g) {
                 best = Some((gen, bytes.to_vec()));
             }
         }
