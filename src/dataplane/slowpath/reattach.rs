@@ -250,6 +250,14 @@ impl SlowPath {
             c.enabled = cfg.is_some();
             c.failed = false;
         }
+        // One interrupt per resumed queue: the old process may have died
+        // between publishing used entries and injecting their interrupt,
+        // and a driver waiting for that one would otherwise wait for good
+        // (the next publish starts its interrupt decision after it). A
+        // spurious interrupt only makes the driver look at its used ring.
+        for c in cfgs.iter().flatten() {
+            let _ = self.dev.inject_vq_irq(c.index);
+        }
         if self.suspended {
             let acks = self.to_all(|_| Command::Suspend);
             if let Some((i, e)) = first_error(&acks) {
