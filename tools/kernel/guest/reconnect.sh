@@ -102,14 +102,14 @@ ip netns exec ns0 ping -i 0.05 -w 600 $IP1 >/tmp/ping.out 2>&1 &
 PING=$!
 ip netns exec ns0 nc $IP1 5001 </tmp/blob >/dev/null 2>/tmp/nc.err &
 SEND=$!
-# Kill once 4 MiB have arrived (polled in this shell: a subshell per check is too slow
-# under TCG to catch the transfer in the middle).
+# Kill as soon as data arrives: polled with the shell's own test (no fork per check),
+# since an undisturbed transfer is over within seconds.
 i=0
-while [ "$(stat -c %s /tmp/recv)" -lt 4194304 ] && [ $i -lt 12000 ]; do
-	usleep 10000
+while ! [ -s /tmp/recv ] && [ $i -lt 60000 ]; do
+	usleep 2000
 	i=$((i + 1))
 done
-[ $i -lt 12000 ] || vt_fail $T.transfer "4 MiB did not arrive within 120 s ($(wc -c </tmp/recv) bytes): $(vt_log_tail)"
+[ $i -lt 60000 ] || vt_fail $T.transfer "nothing arrived ($(wc -c </tmp/recv) bytes): $(vt_log_tail)"
 got0=$(wc -c </tmp/recv)
 step "kill -9 at $got0 bytes received"
 t0=$(now_ms)
@@ -137,19 +137,28 @@ else
 fi
 vt_info "restart: kill to exit $((t_dead - t0)) ms, to both devices reattached $((t_up - t0)) ms, to TCP data flowing again $((t_flow - t0)) ms"
 
-# Every 10 s while the transfer runs: bytes received so far (a stall shows as a flat line).
-( while vt_running "$SEND"; do
-	sleep 10
-	vt_info "progress at $(cut -d' ' -f1 /proc/uptime)s: $(wc -c </tmp/recv) bytes"
-done ) &
-PROG=$!
-vt_reap "$SEND" 150 || {
+# Progress every 2 s until every byte arrived, or 20 s without a new byte (a stall), or
+# 240 s. Nothing here waits on a process that may be stuck.
+full=$((SIZE_MB * 1048576))
+k=0
+last=-1
+still=0
+while [ "$(wc -c </tmp/recv)" -lt $full ] && [ $k -lt 120 ] && [ $still -lt 10 ]; do
+	sleep 2
+	k=$((k + 1))
+	cur=$(wc -c </tmp/recv)
+	[ $((k % 5)) = 0 ] && vt_info "progress at $(cut -d' ' -f1 /proc/uptime)s: $cur bytes"
+	if [ "$cur" = "$last" ]; then still=$((still + 1)); else still=0; fi
+	last=$cur
+done
+if [ "$(wc -c </tmp/recv)" -lt $full ]; then
 	vt_info "device stats: $(/bin/vduse-net stats --json 2>&1 | tr -d ' \n' | head -c 3000)"
+	vt_info "ns0 $IF0 tx/rx packets: $(ip netns exec ns0 cat /sys/class/net/"$IF0"/statistics/tx_packets) $(ip netns exec ns0 cat /sys/class/net/"$IF0"/statistics/rx_packets); ns1 $IF1: $(ip netns exec ns1 cat /sys/class/net/"$IF1"/statistics/tx_packets) $(ip netns exec ns1 cat /sys/class/net/"$IF1"/statistics/rx_packets)"
 	vt_info "ns0 snmp: $(ip netns exec ns0 grep '^Tcp:' /proc/net/snmp | tail -n 1)"
-}
-kill "$PROG" 2>/dev/null
-vt_reap "$SEND" 1 || vt_fail $T.transfer "the sender did not finish within 300 s: $(wc -c </tmp/recv) bytes received; $IF1: $(ip netns exec ns1 cat /sys/class/net/"$IF1"/statistics/rx_packets) rx packets; $(grep -E 'ERROR|WARN|reattach|queue' "$LOG2" | tail -n 6 | tr '\n' '|')"
-vt_reap "$NC" 10 || vt_fail $T.transfer "the listener did not finish"
+	vt_fail $T.transfer "$(wc -c </tmp/recv) of $full bytes arrived (stalled $((still * 2)) s): $(grep -E 'ERROR|WARN' "$LOG2" | tail -n 4 | tr '\n' '|')"
+fi
+sleep 1
+kill -KILL "$SEND" "$NC" 2>/dev/null
 exec 3>&-
 kill -INT "$PING" 2>/dev/null
 wait "$PING" 2>/dev/null
