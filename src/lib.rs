@@ -12,6 +12,7 @@
 //! - [`driver`]: the driver side (transports and a virtio-net driver).
 //! - [`bench`]: pktgen and latency.
 //! - [`ops`]: operating: stats socket, Prometheus, systemd, logs.
+//! - [`persist`]: the state log a restarted process reattaches from.
 
 pub mod backend;
 pub mod bench;
@@ -20,6 +21,7 @@ pub mod driver;
 pub mod mem;
 pub mod net;
 pub mod ops;
+pub mod persist;
 pub mod uapi;
 pub mod vduse;
 pub mod virtq;

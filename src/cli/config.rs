@@ -699,6 +699,7 @@ mod tests {
         ("iface", "tap0"),
         ("xdp-mode", "skb"),
         ("xdp-ring-size", "4096"),
+        ("state-dir", "/tmp/vduse-net-state"),
     ];
 
     /// Keys that only go with others: those, as flags and as TOML.

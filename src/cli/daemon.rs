@@ -110,12 +110,17 @@ pub fn serve(
     notify.stopping();
     reg.set_state("stopping");
     let mut result = Ok(());
-    for r in running {
+    for (r, d) in running.into_iter().zip(&plan.devices) {
         let name = r.layout().name.clone();
-        match r.stop() {
+        let keep = d.args.keep_device;
+        match if keep { r.keep() } else { r.stop() } {
             Ok(stats) => {
                 eprintln!("vduse-net: {name}: {}", serde_json::to_string(&stats).unwrap_or_default());
-                log::info!("device {name} destroyed");
+                if keep {
+                    eprintln!("vduse-net: {name}: device and state log kept for the next process (--keep-device)");
+                } else {
+                    log::info!("device {name} destroyed");
+                }
             }
             Err(e) => {
                 eprintln!("vduse-net: {name}: {e}");

@@ -13,11 +13,11 @@ use vduse_net::backend::loopback::Loopback;
 use vduse_net::backend::patch::patch_pair;
 use vduse_net::backend::Port;
 use vduse_net::dataplane::device::DEFAULT_RING_SIZE;
-use vduse_net::dataplane::{DeviceOptions, NetDevice};
+use vduse_net::dataplane::{DeviceError, DeviceOptions, NetDevice};
 use vduse_net::net::features;
 use vduse_net::vduse::kernel::KernelControl;
 use vduse_net::vduse::model::KernelModel;
-use vduse_net::vduse::VduseControl;
+use vduse_net::vduse::{VduseControl, VduseError};
 
 use super::pktgen::KernelKind;
 use super::plan::RunPlan;
@@ -259,6 +259,18 @@ pub struct RunArgs {
     pub log_level: Option<LevelFilter>,
     #[command(flatten)]
     pub stats: StatsArgs,
+    /// Take over an existing device from its state log (README "Restarts and upgrades"); an error
+    /// when there is no device or no usable log. Without it, a device with a log is taken over
+    /// and one without is created.
+    #[arg(long)]
+    pub reconnect: bool,
+    /// On SIGTERM/SIGINT leave the device and its state log for the next process (upgrades)
+    /// instead of destroying them.
+    #[arg(long)]
+    pub keep_device: bool,
+    /// Where state logs live [default: $RUNTIME_DIRECTORY, else /run/vduse-net].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Create the devices on the embedded kernel model instead of /dev/vduse: the daemon's
     /// plumbing (stats, systemd, reload) without VDUSE. No driver ever attaches.
     #[arg(long, value_enum, hide = true)]
@@ -294,7 +306,7 @@ pub fn run(a: RunArgs, m: &clap::ArgMatches) -> CliResult {
     let ports = make_ports(&plan, &mut hosts)?;
     let mut running = Vec::new();
     for (((d, (ports, link)), host), opts) in plan.devices.iter().zip(ports).zip(&hosts).zip(opts) {
-        let dev = NetDevice::create(control.clone(), opts)?;
+        let dev = open_device(&control, opts, &d.args)?;
         let l = dev.layout().clone();
         eprintln!(
             "vduse-net: device {} ready: API v{}, {} pair(s){}, {} groups, {} address spaces, max queue size {}, vduse features {}{}{}",
@@ -322,6 +334,46 @@ pub fn run(a: RunArgs, m: &clap::ArgMatches) -> CliResult {
     }
     eprintln!("vduse-net: add with `vdpa dev add name NAME mgmtdev vduse`; stop with Ctrl-C");
     super::daemon::serve(running, plan, &a, m, stop, hup)
+}
+
+/// Create the device, or take it over from its state log: with
+/// `--reconnect` always (failing when that is impossible); otherwise when
+/// a log is there and the kernel still has the device.
+fn open_device(control: &Arc<dyn VduseControl>, opts: DeviceOptions, a: &RunArgs) -> Result<NetDevice, CliError> {
+    if let Some(d) = &a.state_dir {
+        // An explicit directory that cannot hold logs is a bad flag, not a
+        // silent loss of reconnect.
+        std::fs::create_dir_all(d).map_err(|e| CliError(format!("--state-dir {}: {e}", d.display())))?;
+    }
+    let dir = a.state_dir.clone().unwrap_or_else(vduse_net::persist::state_dir);
+    let name = opts.name.clone();
+    let log = vduse_net::persist::path_for(&dir, &name);
+    if a.reconnect || log.exists() {
+        match NetDevice::reattach(control.clone(), opts.clone(), &dir) {
+            Ok(dev) => {
+                eprintln!("vduse-net: device {name}: reattached from {}", log.display());
+                return Ok(dev);
+            }
+            Err(e) if a.reconnect => {
+                return Err(CliError(format!(
+                    "--reconnect {name}: {e}. Without --reconnect a device that cannot be taken over must be                      removed first (vdpa dev del {name}; then it is created afresh)"
+                )))
+            }
+            // The device is gone (a reboot, someone destroyed it): the log
+            // describes nothing; start afresh.
+            Err(DeviceError::Vduse(VduseError::NoDevice(_))) => {
+                eprintln!("vduse-net: device {name}: state log {} without a device; creating it", log.display());
+                let _ = std::fs::remove_file(&log);
+            }
+            Err(e) => {
+                return Err(CliError(format!(
+                    "device {name} has a state log ({}) but cannot be taken over: {e}. To start afresh remove the                      device (vdpa dev del {name}) and the log",
+                    log.display()
+                )))
+            }
+        }
+    }
+    Ok(NetDevice::create_logged(control.clone(), opts, &dir)?)
 }
 
 /// A device's ports on a host interface: the kind, the interface, and the

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use nix::errno::Errno;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use super::slowpath::SlowPath;
+use super::slowpath::{Persist, SlowPath};
 use super::stats::{PairCell, PairStats, SlowPathCounters, SlowPathStats};
 use super::IdlePolicy;
 use crate::backend::link::{LinkStats, LinkStatsSource, LinkWatch};
@@ -34,6 +34,23 @@ pub enum DeviceError {
     Thread(std::io::Error),
     #[error("slow-path thread panicked")]
     Panicked,
+    #[error(transparent)]
+    Reattach(#[from] ReattachError),
+}
+
+/// Why a device cannot be taken over from its state log.
+#[derive(Debug, thiserror::Error)]
+pub enum ReattachError {
+    #[error("no state log for {name} in {dir} (a device without a log cannot be taken over)")]
+    NoLog { name: String, dir: std::path::PathBuf },
+    #[error("state log {0} holds no complete control record")]
+    NoRecord(std::path::PathBuf),
+    #[error(transparent)]
+    Log(#[from] crate::persist::LogError),
+    #[error("state log {path} is for device {found:?}")]
+    OtherDevice { path: std::path::PathBuf, found: String },
+    #[error("device {name}: created with VDUSE API {kernel}, the log says {logged}")]
+    Api { name: String, kernel: u64, logged: u64 },
 }
 
 /// Default largest queue size (VDUSE_VQ_SETUP `max_size`). QEMU programs
@@ -202,6 +219,8 @@ pub struct NetDevice {
     device: Arc<dyn VduseDevice>,
     layout: Layout,
     opts: DeviceOptions,
+    /// State log and, for a reattach, the record to resume from.
+    persist: Persist,
 }
 
 impl NetDevice {
@@ -313,7 +332,84 @@ impl NetDevice {
             vduse_features_name(layout.vduse_features),
             features::describe(layout.features)
         );
-        Ok(NetDevice { control, device, layout, opts })
+        Ok(NetDevice { control, device, layout, opts, persist: Persist::default() })
+    }
+
+    /// [`NetDevice::create`], with a fresh state log in `dir` so a later
+    /// process can take the device over. A log that cannot be made costs
+    /// reconnect, not the device: a warning says so.
+    pub fn create_logged(
+        control: Arc<dyn VduseControl>,
+        opts: DeviceOptions,
+        dir: &std::path::Path,
+    ) -> Result<NetDevice, DeviceError> {
+        let mut dev = Self::create(control, opts)?;
+        match crate::persist::StateLog::create(dir, &dev.layout.name, dev.layout.vq_num()) {
+            Ok(log) => {
+                log::info!("device {}: state log {}", dev.layout.name, log.path().display());
+                dev.persist.log = Some(Arc::new(log));
+            }
+            Err(e) => log::warn!("device {}: {e}; a restarted process cannot take this device over", dev.layout.name),
+        }
+        Ok(dev)
+    }
+
+    /// Take over the existing device `opts.name` from its state log in
+    /// `dir`: the layout comes from the log (the kernel fixed it at
+    /// CREATE_DEV); `opts` gives the rest (ports, burst, idle, cores).
+    pub fn reattach(
+        control: Arc<dyn VduseControl>,
+        mut opts: DeviceOptions,
+        dir: &std::path::Path,
+    ) -> Result<NetDevice, DeviceError> {
+        let _log = crate::ops::log::scope(&opts.name);
+        let name = opts.name.clone();
+        let log = crate::persist::StateLog::open(dir, &name)
+            .map_err(ReattachError::from)?
+            .ok_or_else(|| ReattachError::NoLog { name: name.clone(), dir: dir.to_path_buf() })?;
+        let rec = log.read_control().map_err(ReattachError::from)?;
+        let rec = rec.ok_or_else(|| ReattachError::NoRecord(log.path().to_path_buf()))?;
+        if rec.name != name {
+            return Err(ReattachError::OtherDevice { path: log.path().to_path_buf(), found: rec.name }.into());
+        }
+        let device = control.open_device(&name)?;
+        if device.api_version() != rec.api {
+            return Err(ReattachError::Api { name, kernel: device.api_version(), logged: rec.api }.into());
+        }
+        let layout = Layout {
+            name: name.clone(),
+            api: rec.api,
+            pairs: rec.pairs,
+            has_cvq: rec.has_cvq,
+            ngroups: rec.ngroups,
+            nas: rec.nas,
+            features: rec.offered,
+            vduse_features: rec.vduse_features,
+            dropped_features: 0,
+            max_queue_size: rec.max_queue_size,
+        };
+        if opts.queue_pairs != rec.pairs || opts.mac != rec.mac || opts.mtu != rec.mtu {
+            log::warn!(
+                "device {name}: keeps the layout it was created with ({} pair(s), MAC {}, MTU {}); the options given                  differ and apply only to a new device",
+                rec.pairs,
+                crate::ops::sample::mac_string(&rec.mac),
+                rec.mtu
+            );
+        }
+        (opts.queue_pairs, opts.mac, opts.mtu, opts.ring_size) = (rec.pairs, rec.mac, rec.mtu, rec.max_queue_size);
+        log::info!(
+            "device {name}: reattaching from {} (driver status {:#x}, features {})",
+            log.path().display(),
+            rec.status,
+            features::describe(rec.negotiated)
+        );
+        Ok(NetDevice {
+            control,
+            device,
+            layout,
+            opts,
+            persist: Persist { log: Some(Arc::new(log)), restore: Some(rec) },
+        })
     }
 
     pub fn layout(&self) -> &Layout {
@@ -386,6 +482,7 @@ impl NetDevice {
             stopping.clone(),
             source.control.clone(),
             link,
+            Persist { log: self.persist.log.clone(), restore: self.persist.restore },
         )?;
         let name = self.layout.name.clone();
         let thread = std::thread::Builder::new()
@@ -396,6 +493,7 @@ impl NetDevice {
             })
             .map_err(DeviceError::Thread)?;
         Ok(RunningDevice {
+            log_path: self.persist.log.as_ref().map(|l| l.path().to_path_buf()),
             control: self.control,
             device: Some(self.device),
             layout: self.layout,
@@ -412,6 +510,8 @@ impl NetDevice {
 
 /// A device whose threads are running.
 pub struct RunningDevice {
+    /// The state log's file, removed with the device.
+    log_path: Option<std::path::PathBuf>,
     control: Arc<dyn VduseControl>,
     device: Option<Arc<dyn VduseDevice>>,
     layout: Layout,
@@ -458,8 +558,47 @@ impl RunningDevice {
         let stats = self.stats();
         self.device = None;
         self.control.destroy_device(&self.layout.name)?;
+        self.remove_log();
         self.source.stopped.store(true, Ordering::Relaxed);
         Ok(stats)
+    }
+
+    /// Stop the threads and close the device, but leave it and its state
+    /// log for the next process (`--keep-device`: upgrades). The driver
+    /// keeps its device; control messages wait in the kernel meanwhile.
+    pub fn keep(mut self) -> Result<DeviceStats, DeviceError> {
+        self.shutdown_threads()?;
+        let stats = self.stats();
+        self.device = None;
+        self.log_path = None;
+        self.source.stopped.store(true, Ordering::Relaxed);
+        log::info!("device {}: left to the next process (kept with its state log)", self.layout.name);
+        Ok(stats)
+    }
+
+    /// Tests: the threads died at an injected crash point; wait for them
+    /// (bounded) and leave device and log as a killed process would.
+    #[cfg(test)]
+    pub(crate) fn crashed(mut self, deadline: std::time::Instant) -> bool {
+        let t = self.thread.take().expect("threads");
+        while !t.is_finished() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let _ = t.join();
+        self.device = None;
+        self.log_path = None;
+        true
+    }
+
+    fn remove_log(&mut self) {
+        if let Some(p) = self.log_path.take() {
+            if let Err(e) = std::fs::remove_file(&p) {
+                log::warn!("removing state log {}: {e}", p.display());
+            }
+        }
     }
 
     fn shutdown_threads(&mut self) -> Result<(), DeviceError> {
@@ -482,7 +621,9 @@ impl Drop for RunningDevice {
         if self.thread.is_some() {
             let _ = self.shutdown_threads();
             self.device = None;
-            let _ = self.control.destroy_device(&self.layout.name);
+            if self.control.destroy_device(&self.layout.name).is_ok() {
+                self.remove_log();
+            }
         }
     }
 }

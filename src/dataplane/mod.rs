@@ -12,12 +12,14 @@ pub mod cycles;
 pub mod device;
 pub mod mailbox;
 pub mod poll;
+#[cfg(test)]
+mod reconnect_tests;
 pub mod slowpath;
 pub mod stats;
 
 use std::time::Duration;
 
-pub use device::{DeviceError, DeviceOptions, NetDevice, RunningDevice};
+pub use device::{DeviceError, DeviceOptions, NetDevice, ReattachError, RunningDevice};
 
 /// What a poll thread does when there is no work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

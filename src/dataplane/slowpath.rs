@@ -44,6 +44,9 @@ use crate::vduse::request::VqState;
 use crate::vduse::{Request, Response, VduseDevice};
 use crate::virtq::{QueueConfig, Ring, RingFormat, RingPos, VirtQueue};
 
+mod reattach;
+pub use reattach::{Persist, RestoreError};
+
 struct PollHandle {
     mailbox: MailboxTx,
     join: JoinHandle<()>,
@@ -92,6 +95,13 @@ pub struct SlowPath {
     ops: crate::ops::control::ControlPublisher,
     /// The link of the host interface the ports use, if any.
     link: Option<Box<dyn LinkWatch>>,
+    /// The state log (reconnect), and whether its last write failed.
+    log: Option<Arc<crate::persist::StateLog>>,
+    log_failed: bool,
+    /// Per vq, the configuration handed to the dataplane, for the log.
+    queue_log: Vec<crate::persist::QueueRecord>,
+    /// Per vq, the start of a queue resumed from the log, until reset.
+    restored_base: Vec<Option<u16>>,
 }
 
 /// How often queues not ready at DRIVER_OK are looked at on kernels that do
@@ -115,6 +125,7 @@ impl SlowPath {
         stopping: Arc<AtomicBool>,
         control: Arc<crate::ops::control::ControlCell>,
         link: Option<Box<dyn LinkWatch>>,
+        persist: Persist,
     ) -> Result<SlowPath, DeviceError> {
         let source: Arc<dyn RegionSource> = Arc::new(dev.clone());
         let iotlb = Arc::new(Iotlb::new(layout.nas, source));
@@ -141,6 +152,7 @@ impl SlowPath {
                 burst: opts.burst,
                 idle: opts.idle,
                 core: (!opts.cores.is_empty()).then(|| opts.cores[pair as usize % opts.cores.len()]),
+                log: persist.log.clone(),
             };
             let join = PollThread::spawn(setup).map_err(DeviceError::Thread)?;
             threads.push(PollHandle { mailbox: tx, join });
@@ -167,7 +179,8 @@ impl SlowPath {
             }
             log::warn!("{}: the interface is down: link down", layout.name);
         }
-        let sp = SlowPath {
+        let nvqs = kicks.len();
+        let mut sp = SlowPath {
             group_asid: vec![0; layout.ngroups.max(1) as usize],
             dev,
             layout,
@@ -190,8 +203,18 @@ impl SlowPath {
             cmd_buf: Vec::with_capacity(ctrlq::MAX_COMMAND),
             ops: crate::ops::control::ControlPublisher::new(control),
             link,
+            log: persist.log,
+            log_failed: false,
+            queue_log: vec![Default::default(); nvqs],
+            restored_base: vec![None; nvqs],
         };
         sp.register_kickfds();
+        if let Some(rec) = persist.restore {
+            if let Err(e) = sp.restore(&rec) {
+                sp.restore_failed(&e);
+            }
+        }
+        sp.persist();
         Ok(sp)
     }
 
@@ -213,6 +236,8 @@ impl SlowPath {
         let mut last_reclaim = Instant::now();
         let mut read_error_logged = false;
         while !self.stopping.load(Ordering::Acquire) {
+            #[cfg(test)]
+            crate::persist::fault::point(&self.layout.name, crate::persist::fault::Stage::SlowLoop);
             let mut err = false;
             {
                 let mut fds = vec![
@@ -235,7 +260,15 @@ impl SlowPath {
                 match self.dev.read_request(&mut buf) {
                     Ok(Some(n)) => {
                         read_error_logged = false;
-                        if let Some(resp) = self.handle_message(&buf[..n]) {
+                        #[cfg(test)]
+                        crate::persist::fault::point(&self.layout.name, crate::persist::fault::Stage::MessageRead);
+                        let resp = self.handle_message(&buf[..n]);
+                        // Logged before the driver hears of it (module docs
+                        // of crate::persist).
+                        self.persist();
+                        #[cfg(test)]
+                        crate::persist::fault::point(&self.layout.name, crate::persist::fault::Stage::MessageApplied);
+                        if let Some(resp) = resp {
                             if let Err(e) = self.dev.write_response(&resp.encode()) {
                                 log::error!("writing reply to request {}: {e}", resp.request_id);
                             }
@@ -493,6 +526,18 @@ impl SlowPath {
             self.vq_started[rx_vq(pair as u16) as usize] = rx.is_some();
             self.vq_started[tx_vq(pair as u16) as usize] = tx.is_some();
         }
+        // Write-ahead: a process that dies once a pair may have run must
+        // find DRIVER_OK and the queues in the log (the kernel will deliver
+        // this DRIVER_OK again, and it must not restart the rings at base).
+        for c in
+            configs.iter().flat_map(|(rx, tx, _)| [rx, tx]).chain([&cvq_cfg]).flatten().copied().collect::<Vec<_>>()
+        {
+            self.log_start(&c);
+        }
+        let saved = self.status;
+        self.status |= status::DRIVER_OK;
+        self.persist();
+        self.status = saved;
         // Multiqueue starts with one pair until VQ_PAIRS_SET (spec 5.1.6.5.5).
         let mut configs = configs.into_iter();
         let acks = self.to_all(|pair| {
@@ -541,6 +586,11 @@ impl SlowPath {
             c.failed = false;
         }
         self.vq_started.fill(false);
+        self.restored_base.fill(None);
+        self.queue_log.fill(Default::default());
+        if let Some(log) = &self.log {
+            log.clear_positions();
+        }
         // A reset puts every group back in address space 0, as vDPA devices
         // do (and VDUSE itself after 7.3). A 7.3 kernel keeps its own table
         // and sends nothing, but QEMU relies on it: when it restarts the
@@ -610,6 +660,11 @@ impl SlowPath {
     fn enable_queue(&mut self, info: &crate::vduse::VqInfo) -> Result<(), String> {
         let vq = info.index;
         let cfg = match self.config_of(info) {
+            // A queue resumed from the log keeps its start, so a SET_VQ_READY
+            // the kernel delivers again finds it running, not restarted.
+            Ok(c) if self.restored_base[vq as usize].is_some() => {
+                QueueConfig { avail_base: self.restored_base[vq as usize].expect("checked"), ..c }
+            }
             Ok(c) => c,
             Err(why) => {
                 // Replying FAILED would break the whole device (the kernel
@@ -635,6 +690,9 @@ impl SlowPath {
             let t = &self.threads[(vq / 2) as usize];
             t.mailbox.send(Command::EnableQueue(cfg)).map_err(|e| e.to_string())?;
         }
+        if self.restored_base[vq as usize].is_none() {
+            self.log_start(&cfg);
+        }
         self.vq_started[vq as usize] = true;
         bump(&self.stats.late_enables, 1);
         log::info!(
@@ -657,6 +715,9 @@ impl SlowPath {
             }
         }
         self.vq_started[vq as usize] = false;
+        if let Some(q) = self.queue_log.get_mut(vq as usize) {
+            q.started = false;
+        }
         log::info!("{}: vq {vq} disabled", self.layout.name);
         Ok(())
     }
@@ -753,6 +814,10 @@ impl SlowPath {
                                 false
                             }
                         };
+                        // Logged before the driver sees the ack.
+                        self.persist();
+                        #[cfg(test)]
+                        crate::persist::fault::point(&self.layout.name, crate::persist::fault::Stage::CvqApplied);
                         bump(if ok { &self.stats.ctrl_ok } else { &self.stats.ctrl_err }, 1);
                         ctrlq::complete(q, cmd, ok);
                         served += 1;
@@ -773,8 +838,15 @@ impl SlowPath {
                     break;
                 }
             }
-            if q.is_mapped() && q.publish_used() {
-                let _ = self.dev.inject_vq_irq(cvq.vq);
+            if q.is_mapped() {
+                let irq = q.publish_used();
+                if let Some(log) = &self.log {
+                    let (last_avail, used) = q.position();
+                    log.set_position(cvq.vq, Some(crate::persist::Position { last_avail, used }));
+                }
+                if irq {
+                    let _ = self.dev.inject_vq_irq(cvq.vq);
+                }
             }
         }
         reader.offline();

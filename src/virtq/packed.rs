@@ -202,6 +202,16 @@ impl PackedQueue {
         self.in_flight
     }
 
+    /// Reconnect check: whether the descriptor at the queue's start position
+    /// was already completed by the device in this lap (used bit equal to
+    /// the wrap counter: used and not yet re-posted, or re-posted for the
+    /// next lap). Then a logged position lagged behind what was published,
+    /// and resuming there would stall the queue. Needs `refresh` first.
+    pub fn start_slot_completed(&self) -> bool {
+        let flags = u16::from_le(self.flags_atomic(self.used.idx).load(Ordering::Acquire));
+        (flags & VRING_PACKED_DESC_F_USED != 0) == self.used.wrap
+    }
+
     /// (Re-)derive ring pointers when the address space changed. Cheap when
     /// nothing changed: one compare.
     #[inline]

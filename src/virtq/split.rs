@@ -151,6 +151,13 @@ impl SplitQueue {
         self.used_idx
     }
 
+    /// The used index the driver sees in ring memory now (reconnect: a
+    /// restarted device resumes there). Needs `refresh` first. Acquire: the
+    /// used entries published with it are visible too.
+    pub fn driver_used_idx(&self) -> u16 {
+        self.used_idx_atomic().load(Ordering::Acquire)
+    }
+
     /// (Re-)derive ring pointers when the address space changed. Cheap when
     /// nothing changed: one compare.
     #[inline]

@@ -11,6 +11,7 @@
 use super::super::stats::{bump, PairCell, PairStats};
 use super::Queue;
 use crate::mem::{AddressSpace, ReadGuard};
+use crate::persist::fault::Stage;
 use crate::vduse::VduseDevice;
 use crate::virtq::{Chain, Direction, Head, QueueError, Ring};
 
@@ -18,6 +19,7 @@ pub(super) struct Burst<'a, R: Ring> {
     ring: &'a mut R,
     vq: u32,
     failed: &'a mut bool,
+    log: &'a crate::persist::PositionSlot,
     /// The first error; no chain is taken after it.
     error: Option<QueueError>,
     /// Counts of this burst, added to the pair's counters in `finish`.
@@ -29,10 +31,10 @@ impl<'a, R: Ring> Burst<'a, R> {
     /// pointers if the address space changed.
     #[inline]
     pub fn begin(queue: &'a mut Queue, space: &AddressSpace, g: &ReadGuard<'_>) -> Burst<'a, R> {
-        let Queue { vq, q, failed, .. } = queue;
+        let Queue { vq, q, failed, log, .. } = queue;
         let ring = R::of(q.as_mut().expect("runnable queue")).expect("a queue of the pair's ring format");
         let error = ring.refresh(space, g).err();
-        Burst { ring, vq: *vq, failed, error, tally: PairStats::default() }
+        Burst { ring, vq: *vq, failed, log, error, tally: PairStats::default() }
     }
 
     /// Chains available now (0 after an error).
@@ -98,7 +100,13 @@ impl<'a, R: Ring> Burst<'a, R> {
     #[inline]
     pub fn finish(mut self, device: &dyn VduseDevice, stats: &PairCell) {
         // Chains completed before an error are still published.
-        if self.ring.publish_used() {
+        self.log.fault_point(Stage::BeforePublish);
+        let irq = self.ring.publish_used();
+        // Reconnect: the position after the publish, a store into the
+        // mapped state log (see crate::persist for the ordering).
+        self.log.fault_point(Stage::BeforeLog);
+        self.log.record(self.ring.position());
+        if irq {
             self.tally.irqs += 1;
             let _ = device.inject_vq_irq(self.vq);
         }

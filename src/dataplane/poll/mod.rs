@@ -62,11 +62,20 @@ struct Queue {
     enabled: bool,
     /// Stopped for good after a malformed ring, until reset.
     failed: bool,
+    /// Where bursts log the queue's position (reconnect).
+    log: crate::persist::PositionSlot,
 }
 
 impl Queue {
     fn new(vq: u32) -> Self {
-        Queue { vq, q: None, enabled: false, failed: false }
+        Queue { vq, q: None, enabled: false, failed: false, log: Default::default() }
+    }
+    fn with_log(vq: u32, log: Option<&Arc<crate::persist::StateLog>>) -> Self {
+        Queue { log: crate::persist::PositionSlot::new(log, vq), ..Queue::new(vq) }
+    }
+    /// The same queue, stopped and forgotten (its log slot kept).
+    fn cleared(&self) -> Self {
+        Queue { log: self.log.clone(), ..Queue::new(self.vq) }
     }
     fn runnable(&self) -> bool {
         self.enabled && !self.failed && self.q.is_some()
@@ -95,6 +104,8 @@ pub struct PollSetup {
     pub burst: usize,
     pub idle: IdlePolicy,
     pub core: Option<usize>,
+    /// The device's state log, for the queue positions.
+    pub log: Option<Arc<crate::persist::StateLog>>,
 }
 
 pub struct PollThread {

@@ -56,8 +56,8 @@ impl PollThread {
                 stats: setup.stats.clone(),
                 burst: setup.burst.max(1),
                 idle: setup.idle,
-                rx: Queue::new(rx_vq(setup.pair)),
-                tx: Queue::new(tx_vq(setup.pair)),
+                rx: Queue::with_log(rx_vq(setup.pair), setup.log.as_ref()),
+                tx: Queue::with_log(tx_vq(setup.pair), setup.log.as_ref()),
                 format: RingFormat::Split,
                 suspended: false,
                 pair_active: true,
@@ -75,6 +75,9 @@ impl PollThread {
         loop {
             match catch_unwind(AssertUnwindSafe(|| self.run(&mut reader))) {
                 Ok(()) => return,
+                // An injected crash (reconnect tests): the thread just ends,
+                // like a killed process, touching nothing.
+                Err(payload) if crate::persist::fault::is_crash(&*payload) => return,
                 Err(payload) => {
                     let what = payload
                         .downcast_ref::<&str>()
@@ -93,8 +96,8 @@ impl PollThread {
         // no grace period waits for this thread.
         reader.offline();
         self.crashed = true;
-        self.rx = Queue::new(self.rx.vq);
-        self.tx = Queue::new(self.tx.vq);
+        self.rx = self.rx.cleared();
+        self.tx = self.tx.cleared();
         bump(&self.stats.panics, 1);
         self.stats.failed.store(1, Ordering::Relaxed);
         let shown = self.device.signal_needs_reset();
@@ -112,6 +115,8 @@ impl PollThread {
     fn run(&mut self, reader: &mut Reader) {
         let mut idle_polls = 0u32;
         loop {
+            #[cfg(test)]
+            crate::persist::fault::point(self.device.name(), crate::persist::fault::Stage::PollLoop);
             while let Ok((cmd, reply)) = self.mailbox.try_recv() {
                 if let Flow::Exit = self.handle(cmd, &reply, reader) {
                     return;
@@ -165,8 +170,8 @@ impl PollThread {
         let mut flow = Flow::Continue;
         match cmd {
             Command::Start { rx, tx, space, active, features } => {
-                self.rx = Queue::new(self.rx.vq);
-                self.tx = Queue::new(self.tx.vq);
+                self.rx = self.rx.cleared();
+                self.tx = self.tx.cleared();
                 self.rx.enabled = rx.is_some();
                 self.tx.enabled = tx.is_some();
                 // Both queues of a device share the negotiated format.
@@ -188,8 +193,8 @@ impl PollThread {
                 }
             }
             Command::Stop => {
-                self.rx = Queue::new(self.rx.vq);
-                self.tx = Queue::new(self.tx.vq);
+                self.rx = self.rx.cleared();
+                self.tx = self.tx.cleared();
                 self.offloads.stop();
                 self.suspended = false;
                 self.stats.started.store(0, Ordering::Relaxed);
