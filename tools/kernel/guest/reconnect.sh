@@ -93,14 +93,17 @@ dd if=/dev/urandom of=/tmp/blob bs=1M count=$SIZE_MB 2>/dev/null
 want=$(sha256sum </tmp/blob | cut -d' ' -f1)
 retrans() { ip netns exec ns0 awk '/^Tcp: [0-9]/ { print $13 }' /proc/net/snmp; }
 re0=$(retrans)
+# Background commands call /sbin/ip, not the ip() function: a function runs in a forked
+# shell, so $! would be that shell and kill -INT "$PING" would leave ping running until
+# its -w deadline (600 s), with `wait` blocking past the scenario's time limit.
 mkfifo /tmp/nc.hold
-ip netns exec ns1 nc -l -p 5001 >/tmp/recv </tmp/nc.hold &
+/sbin/ip netns exec ns1 nc -l -p 5001 >/tmp/recv </tmp/nc.hold &
 NC=$!
 exec 3>/tmp/nc.hold
 vt_wait 10 sh -c "/sbin/ip netns exec ns1 netstat -ltn | grep -q ':5001 '" || vt_fail $T.transfer "no listener"
-ip netns exec ns0 ping -i 0.05 -w 600 $IP1 >/tmp/ping.out 2>&1 &
+/sbin/ip netns exec ns0 ping -i 0.05 -w 600 $IP1 >/tmp/ping.out 2>&1 &
 PING=$!
-ip netns exec ns0 nc $IP1 5001 </tmp/blob >/dev/null 2>/tmp/nc.err &
+/sbin/ip netns exec ns0 nc $IP1 5001 </tmp/blob >/dev/null 2>/tmp/nc.err &
 SEND=$!
 # Kill as soon as data arrives: polled with the shell's own test (no fork per check),
 # since an undisturbed transfer is over within seconds.
@@ -120,6 +123,26 @@ t_dead=$(now_ms)
 start >"$LOG2" &
 VN=$!
 LOG=$LOG2
+# A monitor at the highest priority (it runs even if the scenario's shell starves):
+# every 10 s for 60 s, what the guest's CPUs do after the restart, the per-thread CPU
+# time of the new daemon, the device's and the interfaces' counters.
+monitor() {
+	read -r _me _ </proc/self/stat
+	renice -n -20 -p "$_me" >/dev/null 2>&1
+	for _m in 1 2 3 4 5 6; do
+		sleep 10
+		vt_info "monitor $_m at $(cut -d' ' -f1 /proc/uptime)s: recv $(wc -c </tmp/recv) bytes; load $(cat /proc/loadavg); $(head -n 1 /proc/stat)"
+		top -b -n 1 2>/dev/null | head -n 14 | while read -r l; do vt_info "monitor top: $l"; done
+		for t in /proc/"$VN"/task/*; do
+			[ -r "$t/stat" ] && vt_info "monitor thread $(cut -d' ' -f2,3,14,15 "$t/stat")"
+		done
+		vt_info "monitor softirqs: $(grep -E 'NET_RX|NET_TX' /proc/softirqs | tr -s ' ' | tr '\n' '|')"
+		vt_info "monitor ns0 dev: $(ip netns exec ns0 grep "$IF0" /proc/net/dev | tr -s ' '); ns1 dev: $(ip netns exec ns1 grep "$IF1" /proc/net/dev | tr -s ' ')"
+		vt_info "monitor stats: $(/bin/vduse-net stats --json 2>&1 | tr -d ' \n' | head -c 2500)"
+	done
+}
+monitor &
+MON=$!
 if vt_wait_log 20 "vn1: reattached: dataplane resumed" && vt_wait_log 5 "vn0: reattached: dataplane resumed"; then
 	vt_pass $T.reattached
 else
@@ -158,9 +181,11 @@ if [ "$(wc -c </tmp/recv)" -lt $full ]; then
 	vt_fail $T.transfer "$(wc -c </tmp/recv) of $full bytes arrived (stalled $((still * 2)) s): $(grep -E 'ERROR|WARN' "$LOG2" | tail -n 4 | tr '\n' '|')"
 fi
 sleep 1
+kill "$MON" 2>/dev/null
 kill -KILL "$SEND" "$NC" 2>/dev/null
 exec 3>&-
 kill -INT "$PING" 2>/dev/null
+vt_wait 5 sh -c "! kill -0 $PING" || kill -KILL "$PING" 2>/dev/null
 wait "$PING" 2>/dev/null
 got=$(sha256sum </tmp/recv | cut -d' ' -f1)
 size=$(wc -c </tmp/recv)
