@@ -3,7 +3,7 @@
 # vduse: patched
 # needs: vduse-net
 # timeout: 420
-# optional: after the kill and reattach, TCP data flows again but the scenario shell makes no further progress and the 64 MiB transfer does not complete within the guest limit (cause not found yet, issue 12); run it by name
+# optional: passed 1 of 1 run since its script fix (a ping started through a shell function outlived its kill and the script waited on it); in CI after more runs; run it by name
 #
 # Reconnect (issue 12) on a real kernel: two vduse-net devices wired together (--backend
 # patch, control queue on with the patched module), each bound to virtio_vdpa, their
