@@ -397,9 +397,7 @@ impl PackedQueue {
         space: &AddressSpace,
         guard: &'g ReadGuard<'_>,
     ) -> Result<Chain<'g>, QueueError> {
-        let mut chain = Chain::empty();
-        self.pop_chain_into(&mut chain, dir, space, guard)?;
-        Ok(chain)
+        super::Ring::pop(self, dir, space, guard)
     }
 
     /// [`PackedQueue::pop_chain`] into a chain the caller reuses (the
