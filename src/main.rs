@@ -36,6 +36,8 @@ enum Command {
     Stats(cli::stats::StatsCmdArgs),
     /// Check a config file for `run --config` without creating anything.
     CheckConfig(cli::config::CheckConfigArgs),
+    /// Ask the drivers of a running vduse-net to announce themselves (needs GUEST_ANNOUNCE).
+    Announce(cli::announce::AnnounceArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Floor(a) => cli::floor::run(a),
         Command::Stats(a) => cli::stats::run(a),
         Command::CheckConfig(a) => cli::config::check(a),
+        Command::Announce(a) => cli::announce::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! Command-line front ends. Parsing helpers give clear messages for bad
 //! input; every subcommand returns an error instead of panicking.
 
+pub mod announce;
 pub mod config;
 pub mod daemon;
 pub mod features;

@@ -100,13 +100,22 @@ pub struct StatsCmdArgs {
 
 /// Which socket, and which devices on it.
 fn resolve(a: &StatsCmdArgs) -> Result<(PathBuf, Vec<String>), CliError> {
-    let mut devices = a.devices.clone();
-    if let Some(p) = &a.socket {
+    resolve_socket(a.name.as_ref(), a.socket.as_ref(), a.devices.clone())
+}
+
+/// The socket named by `--socket`, an instance or device `name`, or the
+/// only one there; `devices` gains `name` when it names a device.
+pub(crate) fn resolve_socket(
+    name: Option<&String>,
+    socket: Option<&PathBuf>,
+    mut devices: Vec<String>,
+) -> Result<(PathBuf, Vec<String>), CliError> {
+    if let Some(p) = socket {
         return Ok((p.clone(), devices));
     }
     let dir = paths::runtime_dir();
     let all = paths::sockets();
-    let Some(name) = &a.name else {
+    let Some(name) = name else {
         return match all.as_slice() {
             [one] => Ok((one.clone(), devices)),
             [] => Err(CliError(format!(

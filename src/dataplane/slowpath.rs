@@ -34,7 +34,7 @@ use super::{rx_vq, tx_vq};
 use crate::backend::link::LinkWatch;
 use crate::backend::Port;
 use crate::mem::{Iotlb, Reader, RegionSource};
-use crate::net::config::{NetConfig, MAC_OFFSET, STATUS_OFFSET, VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP};
+use crate::net::config::{NetConfig, MAC_OFFSET, STATUS_OFFSET, VIRTIO_NET_S_LINK_UP};
 use crate::net::ctrl::{CtrlEffect, CtrlState};
 use crate::net::features;
 use crate::net::filter::{FilterCell, RxFilter};
@@ -44,6 +44,7 @@ use crate::vduse::request::VqState;
 use crate::vduse::{Request, Response, VduseDevice};
 use crate::virtq::{QueueConfig, Ring, RingFormat, RingPos, VirtQueue};
 
+mod config_status;
 mod reattach;
 pub use reattach::{Persist, RestoreError};
 
@@ -95,6 +96,11 @@ pub struct SlowPath {
     ops: crate::ops::control::ControlPublisher,
     /// The link of the host interface the ports use, if any.
     link: Option<Box<dyn LinkWatch>>,
+    /// The link as the status word shows it (always up without a watch).
+    link_up: bool,
+    /// Where operator announce requests arrive, and the count acted on.
+    ops_cell: Arc<crate::ops::control::ControlCell>,
+    announce_seen: u64,
     /// The state log (reconnect), and whether its last write failed.
     log: Option<Arc<crate::persist::StateLog>>,
     log_failed: bool,
@@ -172,13 +178,15 @@ impl SlowPath {
         let cfg_pairs = if layout.features & features::MQ != 0 { layout.pairs } else { 1 };
         let mut config = NetConfig::new(opts.mac, cfg_pairs, opts.mtu);
         config.status = VIRTIO_NET_S_LINK_UP;
-        if link.as_ref().is_some_and(|l| !l.is_up()) {
+        let link_up = !link.as_ref().is_some_and(|l| !l.is_up());
+        if !link_up {
             config.status &= !VIRTIO_NET_S_LINK_UP;
             if let Err(e) = dev.set_config(STATUS_OFFSET as u32, &config.status.to_le_bytes()) {
                 log::warn!("setting the link down in config space: {e}");
             }
             log::warn!("{}: the interface is down: link down", layout.name);
         }
+        let announce_seen = control.announce_requests();
         let nvqs = kicks.len();
         let mut sp = SlowPath {
             group_asid: vec![0; layout.ngroups.max(1) as usize],
@@ -201,8 +209,11 @@ impl SlowPath {
             stop,
             stopping,
             cmd_buf: Vec::with_capacity(ctrlq::MAX_COMMAND),
-            ops: crate::ops::control::ControlPublisher::new(control),
+            ops: crate::ops::control::ControlPublisher::new(control.clone()),
             link,
+            link_up,
+            ops_cell: control,
+            announce_seen,
             log: persist.log,
             log_failed: false,
             queue_log: vec![Default::default(); nvqs],
@@ -210,8 +221,9 @@ impl SlowPath {
         };
         sp.register_kickfds();
         if let Some(rec) = persist.restore {
-            if let Err(e) = sp.restore(&rec) {
-                sp.restore_failed(&e);
+            match sp.restore(&rec) {
+                Ok(()) => sp.after_reattach(),
+                Err(e) => sp.restore_failed(&e),
             }
         }
         sp.persist();
@@ -294,6 +306,7 @@ impl SlowPath {
             }
             self.serve_cvq();
             self.poll_link();
+            self.poll_announce_requests();
             if last_reclaim.elapsed() > Duration::from_millis(200) {
                 last_reclaim = Instant::now();
                 for s in self.iotlb.spaces() {
@@ -320,24 +333,11 @@ impl SlowPath {
 
     /// Let the link state follow the port's interface: on a change, the
     /// status in config space and a config interrupt (virtio 1.3 §5.1.4).
+    /// The interrupt only with STATUS negotiated (module `config_status`); before
+    /// DRIVER_OK the driver reads the config space anyway when it starts.
     fn poll_link(&mut self) {
         let Some(up) = self.link.as_mut().and_then(|l| l.poll(Instant::now())) else { return };
-        if up {
-            self.config.status |= VIRTIO_NET_S_LINK_UP;
-        } else {
-            self.config.status &= !VIRTIO_NET_S_LINK_UP;
-        }
-        if let Err(e) = self.dev.set_config(STATUS_OFFSET as u32, &self.config.status.to_le_bytes()) {
-            log::warn!("{}: link {}: config space: {e}", self.layout.name, if up { "up" } else { "down" });
-            return;
-        }
-        // The driver reads the status when told; before DRIVER_OK it reads
-        // the config space anyway when it starts.
-        if self.status & status::DRIVER_OK != 0 && !self.suspended {
-            if let Err(e) = self.dev.inject_config_irq() {
-                log::warn!("{}: config interrupt for the link change: {e}", self.layout.name);
-            }
-        }
+        self.set_link(up);
     }
 
     /// Decode, apply and build the reply for one message.
@@ -608,6 +608,8 @@ impl SlowPath {
         self.status = 0;
         self.features = 0;
         self.suspended = false;
+        // A pending announce ends with the driver that was asked.
+        self.write_status(false);
         log::info!("{}: reset", self.layout.name);
     }
 
@@ -880,10 +882,8 @@ impl SlowPath {
                 }
                 self.publish_filter();
             }
-            CtrlEffect::AnnounceAcked => {
-                self.config.status &= !VIRTIO_NET_S_ANNOUNCE;
-                let _ = self.dev.set_config(STATUS_OFFSET as u32, &self.config.status.to_le_bytes());
-            }
+            // Cleared without an interrupt: the driver just acted on it.
+            CtrlEffect::AnnounceAcked => self.write_status(false),
             // The poll threads take the guest offloads from the snapshot.
             CtrlEffect::FilterChanged | CtrlEffect::OffloadsChanged(_) => self.publish_filter(),
             _ => {}

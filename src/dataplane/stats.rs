@@ -98,6 +98,10 @@ counters!(
         ctrl_ok,
         ctrl_err,
         needs_reset,
+        /// Config interrupts for a status change (link, announce).
+        config_irqs,
+        /// Announce requests made to the driver (reattach, operator).
+        announces,
     }
 );
 

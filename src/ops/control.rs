@@ -50,6 +50,9 @@ pub struct ControlCell {
     current: Mutex<Arc<ControlState>>,
     /// Loops of the slow path; the watchdog feeds systemd only while it moves.
     beats: AtomicU64,
+    /// Operator announce requests (stats socket `announce`); the slow path
+    /// acts when the count moved since its last look.
+    announce: AtomicU64,
 }
 
 impl ControlCell {
@@ -82,6 +85,17 @@ impl ControlCell {
 
     pub fn beats(&self) -> u64 {
         self.beats.load(Ordering::Relaxed)
+    }
+
+    /// Operator: ask the slow path to set VIRTIO_NET_S_ANNOUNCE (it looks
+    /// on its next loop, within 100 ms). Relaxed: the count is all it reads.
+    pub fn request_announce(&self) {
+        self.announce.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Slow path: requests so far.
+    pub fn announce_requests(&self) -> u64 {
+        self.announce.load(Ordering::Relaxed)
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! Request: `{"version":1,"command":"stats","devices":["vn0"]}` (`devices`
 //! optional: all when absent). Commands: `hello` (who is there), `stats`
-//! (one [`Sample`]), `prometheus` (the exposition text of one sample).
+//! (one [`Sample`]), `prometheus` (the exposition text of one sample),
+//! `announce` (ask the drivers to announce themselves, GUEST_ANNOUNCE; the
+//! reply's `text` names the devices asked).
 //! Reply: `{"version":1,"ok":true,...}` with `hello`, `sample` or `text`,
 //! or `{"version":1,"ok":false,"error":"..."}`. A connection may carry any
 //! number of requests, one after the other. A request with a `version`

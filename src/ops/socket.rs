@@ -203,7 +203,13 @@ pub fn answer(line: &str, registry: &Registry) -> Reply {
         "prometheus" => {
             ok(Reply { text: Some(super::prom::render(&registry.sample(&req.devices))), ..Reply::default() })
         }
-        other => Reply::error(format!("unknown command {other:?} (hello, stats, prometheus)")),
+        // Asks the drivers to announce themselves (GUEST_ANNOUNCE); the text
+        // names the devices asked.
+        "announce" => match registry.announce(&req.devices) {
+            Ok(names) => ok(Reply { text: Some(names.join(" ")), ..Reply::default() }),
+            Err(e) => Reply::error(e),
+        },
+        other => Reply::error(format!("unknown command {other:?} (hello, stats, prometheus, announce)")),
     }
 }
 
@@ -250,6 +256,14 @@ impl StatsClient {
 
     pub fn hello(&mut self) -> Result<Hello, OpsError> {
         self.call(&Request::new("hello"))?.hello.ok_or_else(|| OpsError::Protocol("reply without hello".into()))
+    }
+
+    /// Ask the drivers of `devices` (all when empty) to announce
+    /// themselves; the names of the devices asked.
+    pub fn announce(&mut self, devices: &[String]) -> Result<Vec<String>, OpsError> {
+        let req = Request { devices: devices.to_vec(), ..Request::new("announce") };
+        let text = self.call(&req)?.text.unwrap_or_default();
+        Ok(text.split_whitespace().map(str::to_string).collect())
     }
 
     pub fn sample(&mut self, devices: &[String]) -> Result<Sample, OpsError> {

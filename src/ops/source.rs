@@ -159,6 +159,47 @@ impl Registry {
         }
     }
 
+    /// Operator announce (stats socket `announce`): ask each device named in
+    /// `only` (all when empty) to set VIRTIO_NET_S_ANNOUNCE. A device whose
+    /// driver is not bound or did not negotiate STATUS and GUEST_ANNOUNCE
+    /// cannot: named, that is an error and nothing is asked of any device;
+    /// not named, it is skipped. Returns the devices asked.
+    pub fn announce(&self, only: &[String]) -> Result<Vec<String>, String> {
+        use crate::net::features as f;
+        let entries: Vec<Arc<DeviceSource>> = self
+            .devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|e| only.is_empty() || only.iter().any(|n| n == e.source.name()))
+            .map(|e| e.source.clone())
+            .collect();
+        let mut able = Vec::new();
+        let mut unable = Vec::new();
+        for src in entries {
+            let c = src.control.load();
+            let bound = c.status & crate::uapi::virtio::status::DRIVER_OK != 0;
+            let negotiated = c.features & (f::STATUS | f::GUEST_ANNOUNCE) == f::STATUS | f::GUEST_ANNOUNCE;
+            if bound && negotiated && !src.stopped.load(Ordering::Relaxed) {
+                able.push(src);
+            } else {
+                let why =
+                    if !bound { "no driver bound" } else { "the driver did not negotiate STATUS and GUEST_ANNOUNCE" };
+                unable.push(format!("{}: {why}", src.name()));
+            }
+        }
+        if (!only.is_empty() && !unable.is_empty()) || able.is_empty() {
+            if unable.is_empty() {
+                return Err("no devices".into());
+            }
+            return Err(format!("cannot announce: {}", unable.join("; ")));
+        }
+        for s in &able {
+            s.control.request_announce();
+        }
+        Ok(able.iter().map(|s| s.name().to_string()).collect())
+    }
+
     /// Whether the process was marked stopped for `name` (for tests and logs).
     pub fn is_stopped(&self, name: &str) -> Option<bool> {
         self.devices
