@@ -232,7 +232,7 @@ fn operator_announce_is_set_and_the_drivers_ack_clears_it() {
     let st = dev.running.as_ref().unwrap().stats();
     assert_eq!((st.slow_path.announces, st.slow_path.config_irqs), (2, 2));
     // A reset forgets a pending announce.
-    reg.announce(&[dev.name.clone()]).expect("announce");
+    reg.announce(std::slice::from_ref(&dev.name)).expect("announce");
     assert_eq!(next_irq_status(&dev.t), Some(VIRTIO_NET_S_LINK_UP | VIRTIO_NET_S_ANNOUNCE));
     d.reset().expect("reset");
     assert!(wait_for(Duration::from_secs(3), || status_word(&dev.t) == VIRTIO_NET_S_LINK_UP), "reset cleared it");
@@ -248,7 +248,7 @@ fn announce_is_refused_when_the_driver_did_not_negotiate_it() {
     assert_eq!(d.features() & f::GUEST_ANNOUNCE, 0);
     let reg = registry(&dev);
     wait_bound(&dev);
-    let e = reg.announce(&[dev.name.clone()]).unwrap_err();
+    let e = reg.announce(std::slice::from_ref(&dev.name)).unwrap_err();
     assert!(e.contains("GUEST_ANNOUNCE"), "{e}");
     let r = vduse_net::ops::socket::answer(r#"{"version":1,"command":"announce"}"#, &reg);
     assert!(!r.ok && r.error.as_deref().unwrap_or("").contains("GUEST_ANNOUNCE"), "{r:?}");

@@ -19,3 +19,4 @@ pub mod netgen;
 pub mod netns;
 pub mod pktgen;
 pub mod testbed;
+pub mod tso;

@@ -18,6 +18,7 @@ use serde::Serialize;
 use super::cpu::{self, ThreadCpu};
 use super::frame::{self, Check};
 use super::testbed::{BenchError, Testbed, DEVICE_MAC, PEER_MAC};
+use super::tso::{TsoOptions, TsoStream};
 use crate::backend::loopback::Loopback;
 use crate::backend::sink::Sink;
 use crate::backend::source::Source;
@@ -125,6 +126,9 @@ pub struct GenOptions {
     /// With MRG_RXBUF negotiated: RX buffers of this many bytes, frames
     /// reassembled from several of them (`--mrg-rxbuf`).
     pub rx_buffer_len: Option<usize>,
+    /// Loopback only: send TCP GSO frames for the device to segment, and
+    /// check every segment (`--tso SIZE`, see [`super::tso`]).
+    pub tso: Option<TsoOptions>,
 }
 
 impl Default for GenOptions {
@@ -141,6 +145,7 @@ impl Default for GenOptions {
             stall: Duration::from_secs(2),
             check: CheckMode::Full,
             rx_buffer_len: None,
+            tso: None,
         }
     }
 }
@@ -329,6 +334,9 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
     let mut win_start: Option<(Instant, Counts)> = None;
     let mut win_end: Option<(Instant, Counts)> = None;
     let mut tb = TokenBucket::new(o.rate_pps, burst, start);
+    // Built once; each GSO frame counts as this many segments on receive.
+    let tso = o.tso.map(|t| TsoStream::new(t, pair));
+    let per_frame = tso.as_ref().map_or(1, |t| t.segments_per_frame());
     let mut last_work = start;
     let mut idle = 0u32;
     if o.mode != Mode::TxOnly {
@@ -355,20 +363,32 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
                 let want = tb.allow(now, burst.min((limit - tx.tx) as usize));
                 if want > 0 {
                     let (mut seq, mut bytes) = (tx.tx, 0u64);
-                    let n = q.tx_burst(
-                        &mut |_, buf| {
-                            let size = o.sizes.of(seq);
-                            let n = if seq_mode && !frame::sampled(seq) {
-                                frame::stamp(buf, size, PEER_MAC, DEVICE_MAC, pair, seq)
-                            } else {
-                                frame::build(buf, size, PEER_MAC, DEVICE_MAC, pair, seq)
-                            };
-                            seq += 1;
-                            bytes += n as u64;
-                            n
-                        },
-                        want,
-                    );
+                    let n = if let Some(t) = &tso {
+                        q.tx_burst_hdr(
+                            &mut |_, buf| {
+                                let n = t.write(buf, seq);
+                                seq += 1;
+                                bytes += n as u64;
+                                n
+                            },
+                            want,
+                        )
+                    } else {
+                        q.tx_burst(
+                            &mut |_, buf| {
+                                let size = o.sizes.of(seq);
+                                let n = if seq_mode && !frame::sampled(seq) {
+                                    frame::stamp(buf, size, PEER_MAC, DEVICE_MAC, pair, seq)
+                                } else {
+                                    frame::build(buf, size, PEER_MAC, DEVICE_MAC, pair, seq)
+                                };
+                                seq += 1;
+                                bytes += n as u64;
+                                n
+                            },
+                            want,
+                        )
+                    };
                     tb.take(n);
                     tx.tx += n as u64;
                     tx.tx_bytes += bytes;
@@ -380,7 +400,15 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
         }
         let mut moved = work as u64;
         if o.mode != Mode::TxOnly {
-            let got = if o.rx_buffer_len.is_some() {
+            let got = if let Some(t) = &tso {
+                q.rx_burst_merged(
+                    &mut |h, f| {
+                        let c = t.check(h, f, chk.next);
+                        chk.checked(c, f.len())
+                    },
+                    burst,
+                )
+            } else if o.rx_buffer_len.is_some() {
                 q.rx_burst_merged(&mut |_, f| chk.frame(f), burst)
             } else {
                 q.rx_burst(&mut |f| chk.frame(f), burst)
@@ -397,7 +425,7 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
 
         let done = match o.mode {
             // Everything sent has come back (or was accounted as bad).
-            Mode::Loopback => !sending && chk.seen() >= tx.tx,
+            Mode::Loopback => !sending && chk.seen() >= tx.tx * per_frame,
             Mode::TxOnly => !sending && q.tx_free() >= q.ring_size() as usize,
             Mode::RxOnly => win_end.is_some() || chk.seen() >= limit,
         };
@@ -450,7 +478,7 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
     r.integrity_errors = chk.integrity_errors;
     r.duplicates_or_reordered = chk.duplicates_or_reordered;
     r.lost = match o.mode {
-        Mode::Loopback => tx.tx.saturating_sub(chk.seen()),
+        Mode::Loopback => (tx.tx * per_frame).saturating_sub(chk.seen()),
         // Set from the device's counters by the caller.
         Mode::TxOnly => 0,
         Mode::RxOnly => chk.gaps,
@@ -716,6 +744,22 @@ pub fn run_on(
     let mut rep = summarize(o.mode, queues, device, dev_threads);
     rep.checks = extra;
     rep.check = o.check;
+    if let Some(t) = o.tso {
+        // rx_frames counts segments; what the device did, when it runs here.
+        let dev = rep.device.as_ref();
+        let sum = |f: fn(&crate::dataplane::stats::PairStats) -> u64| dev.map(|d| d.pairs.iter().map(f).sum::<u64>());
+        rep.checks.insert(
+            "tso".into(),
+            serde_json::json!({
+                "size": t.size,
+                "mss": t.mss,
+                "segments_per_frame": t.segments_per_frame(),
+                "segments_expected": rep.tx_frames * t.segments_per_frame(),
+                "device_sw_gso_frames": sum(|p| p.tx_sw_gso),
+                "device_sw_segments": sum(|p| p.tx_sw_segments),
+            }),
+        );
+    }
     Ok(rep)
 }
 

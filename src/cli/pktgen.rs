@@ -12,6 +12,7 @@ use vduse_net::bench::checks;
 use vduse_net::bench::netgen::{self, NetDevice, NetGenOptions, NetReport};
 use vduse_net::bench::pktgen::{self, CheckMode, Control, GenOptions, Mode, PktgenReport, Sizes};
 use vduse_net::bench::testbed::Testbed;
+use vduse_net::bench::tso::{self, TsoOptions};
 use vduse_net::driver::net::{EnableOrder, NetDriverConfig};
 use vduse_net::net::features;
 use vduse_net::vduse::model::ModelConfig;
@@ -117,6 +118,10 @@ pub struct BenchArgs {
     /// (header included), so larger frames span several buffers.
     #[arg(long = "mrg-rxbuf", value_name = "BYTES")]
     pub mrg_rxbuf: Option<usize>,
+    /// Set by `pktgen --tso`: the driver negotiates CSUM and HOST_TSO4 and
+    /// its buffers take frames of this size.
+    #[arg(skip)]
+    pub tso_size: Option<usize>,
     #[command(flatten)]
     pub dev: DeviceArgs,
     #[command(flatten)]
@@ -169,6 +174,10 @@ impl BenchArgs {
                 return Err(CliError(format!("--mrg-rxbuf {n} must be in 64..=65536 bytes")));
             }
             dcfg.features |= features::MRG_RXBUF;
+        }
+        if let Some(size) = self.tso_size {
+            dcfg.features |= features::CSUM | features::HOST_TSO4;
+            dcfg.buf_size = dcfg.buf_size.max((size + vduse_net::driver::net::NET_HDR_LEN).next_multiple_of(64));
         }
         let tb = match &self.vhost_vdpa {
             Some(path) => Testbed::vhost_vdpa(path, dcfg),
@@ -258,6 +267,12 @@ pub struct PktgenArgs {
     /// 64th; for rate runs where the generator must not be the bottleneck).
     #[arg(long, default_value = "full", value_name = "full|seq")]
     check: String,
+    /// Loopback: send TCP/IPv4 GSO frames of SIZE bytes (Ethernet header
+    /// included; gso_size = the MSS of the device's MTU) so the device
+    /// segments them in software; every segment returned is checked
+    /// (checksums, lengths, offsets, payload). Replaces --size.
+    #[arg(long, value_name = "SIZE")]
+    tso: Option<usize>,
     #[command(flatten)]
     bench: BenchArgs,
 }
@@ -270,7 +285,14 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>, CliError> {
     Ok(stop)
 }
 
-pub fn run(a: PktgenArgs) -> CliResult {
+pub fn run(mut a: PktgenArgs) -> CliResult {
+    if let Some(size) = a.tso {
+        tso::check_size(size).map_err(|e| CliError(e.to_string()))?;
+        if a.backend.is_some() || a.mode != ModeArg::Loopback {
+            return Err(CliError("--tso runs in --mode loopback on the model device or --vhost-vdpa only".into()));
+        }
+        a.bench.tso_size = Some(size);
+    }
     let b = &a.bench;
     let sizes = b.sizes()?;
     let duration = b.duration()?;
@@ -314,6 +336,7 @@ pub fn run(a: PktgenArgs) -> CliResult {
         stall: Duration::from_secs(2),
         check,
         rx_buffer_len: b.mrg_rxbuf,
+        tso: None,
     };
     let linger = match a.linger {
         None => None,
@@ -322,6 +345,21 @@ pub fn run(a: PktgenArgs) -> CliResult {
     };
     let tb = b.testbed("pktgen0", &mut |i| mode.port(i, &sizes))?;
     let ring = b.ring_format(&tb).unwrap_or_default();
+    let o = match a.tso {
+        None => o,
+        Some(size) => {
+            let d = tb.driver().ok_or_else(|| CliError("no driver".into()))?;
+            let need = features::CSUM | features::HOST_TSO4;
+            if d.features() & need != need {
+                return Err(CliError(
+                    "--tso: the device did not offer CSUM and HOST_TSO4 (serve it with `--features +csum,+host_tso4`)"
+                        .into(),
+                ));
+            }
+            let mtu = d.mtu().unwrap_or(1500);
+            GenOptions { tso: Some(TsoOptions::new(size, mtu).map_err(|e| CliError(e.to_string()))?), ..o }
+        }
+    };
     let (reg, _servers) = b.serve_stats(&tb, "pktgen")?;
     let stop = stop_flag()?;
     let ctl = Arc::new(Control::new(pairs, stop.clone()));
@@ -351,7 +389,8 @@ pub fn run(a: PktgenArgs) -> CliResult {
     if b.json {
         println!("{}", serde_json::to_string(&rep).map_err(|e| CliError(e.to_string()))?);
     } else {
-        print_text(&rep, &b.size);
+        let what = a.tso.map_or_else(|| format!("sizes {}", b.size), |t| format!("TCP GSO frames of {t} bytes"));
+        print_text(&rep, &what);
     }
     if rep.failed() {
         return Err(CliError(format!(
@@ -492,10 +531,10 @@ fn print_net(r: &NetReport, size: &str) {
     }
 }
 
-fn print_text(r: &PktgenReport, size: &str) {
+fn print_text(r: &PktgenReport, frames: &str) {
     let ring = r.checks.get("ring").and_then(|v| v.as_str()).unwrap_or("split");
     println!(
-        "pktgen {:?}: {} queue pair(s), {ring} rings, sizes {size}, measured {:.2} s",
+        "pktgen {:?}: {} queue pair(s), {ring} rings, {frames}, measured {:.2} s",
         r.mode, r.queue_pairs, r.duration_s
     );
     println!(
@@ -510,6 +549,20 @@ fn print_text(r: &PktgenReport, size: &str) {
     }
     if let Some(n) = r.device_consumed {
         println!("  device consumed {n} frames from its TX queues");
+    }
+    if let Some(t) = r.checks.get("tso") {
+        println!(
+            "  tso: {} GSO frames of {} bytes, mss {} -> {} segments each; {} segments checked of {} expected; device \
+             software GSO {} frames -> {} segments",
+            r.tx_frames,
+            t["size"],
+            t["mss"],
+            t["segments_per_frame"],
+            r.rx_frames,
+            t["segments_expected"],
+            t["device_sw_gso_frames"],
+            t["device_sw_segments"]
+        );
     }
     println!(
         "  lost {}, integrity errors {}, duplicated/reordered {}, driver errors {}",
