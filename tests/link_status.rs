@@ -1,7 +1,7 @@
 //! VIRTIO_NET_F_STATUS and GUEST_ANNOUNCE (issue 11, item 4), driven
 //! through the embedded kernel model by the project's driver: the link of
-//! the port (a hand-driven link watch here; the tap one is in
-//! `host_ports.rs`) reaches config `status` and raises one config
+//! the port (a hand-driven link watch here; a real tap in
+//! `link_tap.rs`) reaches config `status` and raises one config
 //! interrupt per change, only when STATUS was negotiated; ANNOUNCE is set
 //! on an operator request and after a reattach, and the driver's
 //! ANNOUNCE_ACK clears it.
