@@ -5,8 +5,20 @@
 //! offsets, payload bytes). Bad values are clear errors.
 
 use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
+use vduse_net::backend::loopback::Loopback;
+use vduse_net::backend::{FrameMeta, Port, PortFrame};
+use vduse_net::bench::pktgen::{self, Control, GenOptions, Mode};
+use vduse_net::bench::testbed::Testbed;
+use vduse_net::bench::tso::TsoOptions;
+use vduse_net::dataplane::DeviceOptions;
+use vduse_net::driver::net::NetDriverConfig;
+use vduse_net::net::features as f;
+use vduse_net::vduse::model::ModelConfig;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vduse-net");
 
@@ -93,4 +105,81 @@ fn bad_tso_values_are_clear_errors() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("HOST_TSO4"), "{err}");
+}
+
+/// A loopback that flips a payload byte of one segment and drops another,
+/// after the device segmented them: the check must see both.
+struct Tamper {
+    inner: Loopback,
+    n: u64,
+}
+
+const FLIP_AT: u64 = 100;
+const DROP_AT: u64 = 200;
+
+impl Port for Tamper {
+    fn tx_slot(&mut self) -> Option<&mut [u8]> {
+        self.inner.tx_slot()
+    }
+    fn tx_commit(&mut self, len: usize, meta: FrameMeta) {
+        let n = self.n;
+        self.n += 1;
+        match n {
+            // Not committed: the slot is reused, the segment never arrives.
+            DROP_AT => return,
+            FLIP_AT => {
+                if let Some(s) = self.inner.tx_slot() {
+                    s[len - 1] ^= 0x5a;
+                }
+            }
+            _ => {}
+        }
+        self.inner.tx_commit(len, meta);
+    }
+    fn tx_flush(&mut self) {
+        self.inner.tx_flush()
+    }
+    fn rx_peek(&mut self) -> Option<PortFrame<'_>> {
+        self.inner.rx_peek()
+    }
+    fn rx_consume(&mut self) {
+        self.inner.rx_consume()
+    }
+    fn rx_flush(&mut self) {
+        self.inner.rx_flush()
+    }
+    fn rx_pending(&self) -> usize {
+        self.inner.rx_pending()
+    }
+}
+
+#[test]
+fn a_damaged_and_a_lost_segment_are_caught() {
+    let t = TsoOptions::new(10_000, 1500).unwrap();
+    let opts = DeviceOptions { name: format!("tso-tamper-{}", std::process::id()), ..DeviceOptions::default() };
+    let dcfg = NetDriverConfig {
+        features: NetDriverConfig::DEFAULT_FEATURES | f::CSUM | f::HOST_TSO4,
+        buf_size: t.buf_size(),
+        ..NetDriverConfig::default()
+    };
+    let tb = Testbed::model(
+        ModelConfig::patched_7_3().with_timeout(Duration::from_secs(5)),
+        opts,
+        &mut |_| Box::new(Tamper { inner: Loopback::new(1024, true), n: 0 }),
+        dcfg,
+    )
+    .expect("testbed");
+    let o = GenOptions {
+        mode: Mode::Loopback,
+        frames: Some(100),
+        stall: Duration::from_millis(500),
+        tso: Some(t),
+        ..GenOptions::default()
+    };
+    let ctl = Arc::new(Control::new(1, Arc::new(AtomicBool::new(false))));
+    let r = pktgen::run_on(tb, &o, &[], &ctl, &mut |_, _| {}, None).expect("run");
+    assert_eq!(r.tx_frames, 100);
+    assert_eq!(r.rx_frames, 700 - 2, "{r:?}");
+    assert_eq!((r.integrity_errors, r.lost, r.duplicates_or_reordered), (1, 1, 0), "{r:?}");
+    assert!(r.failed());
 }
