@@ -6,7 +6,7 @@
 # bundles: qemu
 # vm: inner
 # modules: +bridge ?kvm_amd
-# cpu: qemu64,+npt
+# cpu: qemu64
 # timeout: 600
 #
 # The shared boot of the QEMU scenarios (qemu-cvq, qemu-svq, qemu-migrate): one outer 7.3

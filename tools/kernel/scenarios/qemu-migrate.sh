@@ -1,7 +1,6 @@
 #!/bin/sh
 # kernels: 7.3
 # boot: qemu-vm
-# optional: the inner VM (KVM inside the TCG guest) triple-faults around the migration in about 1 run of 8 (source or destination; see tools/README.md); run it by name
 #
 # Live migration of the qemu-cvq/qemu-svq VM (tools/kernel/boots/qemu-vm.sh): QEMU A runs it
 # on devices va0 (x-svq=off) and vs0 (x-svq=on); QEMU B waits with -incoming on ma0 and ms0
