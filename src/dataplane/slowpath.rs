@@ -679,10 +679,13 @@ impl SlowPath {
             }
         };
         let is_cvq = self.cvq.as_ref().is_some_and(|c| c.vq == vq);
+        if is_cvq && self.features & features::CTRL_VQ == 0 {
+            return Ok(());
+        }
+        // Counted before the queue can run: a driver that sees its traffic
+        // flow must also see the enable in the stats.
+        bump(&self.stats.late_enables, 1);
         if is_cvq {
-            if self.features & features::CTRL_VQ == 0 {
-                return Ok(());
-            }
             let c = self.cvq.as_mut().expect("checked");
             if c.q.as_ref().map(|q| *q.config()) != Some(cfg) {
                 c.q = Some(VirtQueue::new(cfg));
@@ -696,7 +699,6 @@ impl SlowPath {
             self.log_start(&cfg);
         }
         self.vq_started[vq as usize] = true;
-        bump(&self.stats.late_enables, 1);
         log::info!(
             "{}: vq {vq}{} enabled after DRIVER_OK: size {}, avail base {}",
             self.layout.name,
