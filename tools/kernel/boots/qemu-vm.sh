@@ -291,8 +291,9 @@ if want qemu-migrate && [ $ok = 1 ]; then
 	# here (downtime 0.2-1.3 s), the longest on a loaded 2-core host; MIG_SECS leaves room.
 	# QEMU A exiting or its guest stopping ends the wait at once, with the reason.
 	MIG_SECS=240
-	status="" why="" t_end=$(($(cut -d. -f1 /proc/uptime) + MIG_SECS))
-	[ $t_end -lt $DEADLINE ] || t_end=$DEADLINE
+	status="" why="" t_0=$(cut -d. -f1 /proc/uptime) limit="MIG_SECS"
+	t_end=$((t_0 + MIG_SECS))
+	[ $t_end -lt $DEADLINE ] || { t_end=$DEADLINE; limit="the boot's deadline"; }
 	while :; do
 		if qv_down A; then
 			why="during the migration: $(qv_why A)"
@@ -308,7 +309,7 @@ if want qemu-migrate && [ $ok = 1 ]; then
 			why="query-migrate: ${QV_QMP:-$QV_QMP_WHY}"
 		fi
 		if [ "$(cut -d. -f1 /proc/uptime)" -ge $t_end ]; then
-			why="still '$status' after $MIG_SECS s ($why)"
+			why="still '$status' after $(($(cut -d. -f1 /proc/uptime) - t_0)) s ($limit) ($why)"
 			break
 		fi
 		sleep 0.5
