@@ -164,6 +164,19 @@ pub const CATALOG: &[Feature] = &[
         "the device may ask the driver to announce itself (gratuitous ARP)",
     ),
     feat(
+        RSS,
+        "rss",
+        Support::Optional,
+        "receive-side scaling: the driver's Toeplitz key and indirection table spread port frames over \
+         the RX queues (up to 16 pairs; frames over 2 KiB stay on the pair they arrived on)",
+    ),
+    feat(
+        HASH_REPORT,
+        "hash_report",
+        Support::Optional,
+        "the RX header (20 bytes both ways) carries the frame's RSS hash and its type",
+    ),
+    feat(
         RING_PACKED,
         "ring_packed",
         Support::Optional,
