@@ -536,7 +536,7 @@ mod tests {
         assert_eq!(REQUIRED, VERSION_1 | ACCESS_PLATFORM);
         assert_eq!(
             SUPPORTED & !DEFAULT_OFFER,
-            INDIRECT_DESC | GUEST_ANNOUNCE | RING_PACKED | HOST_USO | GUEST_USO4 | GUEST_USO6
+            INDIRECT_DESC | GUEST_ANNOUNCE | RING_PACKED | HOST_USO | GUEST_USO4 | GUEST_USO6 | RSS | HASH_REPORT
         );
         // Every catalog entry has a distinct mask and a spec name.
         for (i, f) in CATALOG.iter().enumerate() {
