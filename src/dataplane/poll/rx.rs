@@ -165,6 +165,9 @@ struct RxInput<'a> {
     port: &'a mut dyn Port,
     inbox: &'a mut Inbox,
     from_inbox: bool,
+    /// The burst began on the inbox (only then are slots given back: no
+    /// stores to the rings' lines while nothing is handed over).
+    used_inbox: bool,
 }
 
 impl RxInput<'_> {
@@ -193,7 +196,9 @@ impl RxInput<'_> {
     #[inline]
     fn flush(&mut self) {
         self.port.rx_flush();
-        self.inbox.release();
+        if self.used_inbox {
+            self.inbox.release();
+        }
     }
 }
 
@@ -230,7 +235,7 @@ impl PollThread {
         // A port frame left half segmented goes first, so the
         // segmentation state stays its own.
         let from_inbox = offloads.rx_seg_next == 0 && inbox.pending();
-        let mut input = RxInput { port: &mut **port, inbox, from_inbox };
+        let mut input = RxInput { port: &mut **port, inbox, from_inbox, used_inbox: from_inbox };
         while done < *burst {
             let Some((PortFrame { bytes: frame, meta }, handed)) = input.peek() else { break };
             if !filter.accepts(frame) {
