@@ -119,6 +119,10 @@ fn send_ctrl(d: &mut NetDriver, c: &CtrlCommand) -> u8 {
 /// A device with `pairs` pairs whose ports are patches; the test holds
 /// the far ends.
 fn rig(name: &str, pairs: u16, offer: &str) -> (Rig, Vec<PatchPort>) {
+    rig_fmt(name, pairs, offer, RingFormat::Split)
+}
+
+fn rig_fmt(name: &str, pairs: u16, offer: &str, fmt: RingFormat) -> (Rig, Vec<PatchPort>) {
     let mut peers = Vec::new();
     let mut ports: Vec<Box<dyn Port>> = Vec::new();
     for _ in 0..pairs {
@@ -127,11 +131,16 @@ fn rig(name: &str, pairs: u16, offer: &str) -> (Rig, Vec<PatchPort>) {
         peers.push(b);
     }
     let opts = if offer.is_empty() { device_options(name, pairs) } else { device_offering(name, pairs, offer) };
-    (Rig::with_ports(opts, ModelConfig::patched_7_3(), ports), peers)
+    let rig = Rig::with_ports(offering_fmt(opts, fmt), ModelConfig::patched_7_3(), ports);
+    (Rig { fmt, ..rig }, peers)
 }
 
 fn cfg(extra: u64) -> NetDriverConfig {
-    let mut c = driver_config();
+    cfg_fmt(extra, RingFormat::Split)
+}
+
+fn cfg_fmt(extra: u64, fmt: RingFormat) -> NetDriverConfig {
+    let mut c = driver_config_fmt(fmt);
     c.features |= extra;
     c
 }
@@ -198,10 +207,10 @@ fn the_hash_of_this_file_matches_the_microsoft_vectors() {
 /// Frames of many flows from one port spread over the queues as the table
 /// says, each with the hash the driver computes; then a new table
 /// mid-traffic moves them.
-#[test]
-fn rss_spreads_one_ports_flows_by_the_table_and_reports_the_hash() {
-    let (rig, mut peers) = rig("rss-spread", 4, "+rss,+hash_report");
-    let mut d = rig.probe(cfg(f::RSS | f::HASH_REPORT));
+fn rss_spreads_one_ports_flows_by_the_table_and_reports_the_hash(fmt: RingFormat) {
+    let name = format!("rss-spread-{fmt:?}");
+    let (rig, mut peers) = rig_fmt(&name, 4, "+rss,+hash_report", fmt);
+    let mut d = rig.probe(cfg_fmt(f::RSS | f::HASH_REPORT, fmt));
     assert_eq!(d.features() & (f::RSS | f::HASH_REPORT), f::RSS | f::HASH_REPORT);
     let mut qs = d.take_pairs();
     assert_eq!(qs.len(), 4);
@@ -299,10 +308,10 @@ fn frames_without_a_hash_go_to_the_unclassified_queue() {
 /// The driver uses fewer pairs than the device has: frames arriving on
 /// the port of an unused pair still reach the driver (they used to stay
 /// in that port).
-#[test]
-fn frames_on_an_unused_pairs_port_reach_a_used_queue() {
-    let (rig, mut peers) = rig("rss-fewer", 4, "");
-    let mut c = cfg(0);
+fn frames_on_an_unused_pairs_port_reach_a_used_queue(fmt: RingFormat) {
+    let name = format!("rss-fewer-{fmt:?}");
+    let (rig, mut peers) = rig_fmt(&name, 4, "", fmt);
+    let mut c = cfg_fmt(0, fmt);
     c.pairs = Some(4);
     let mut d = rig.probe(c);
     let mut qs = d.take_pairs();
@@ -414,3 +423,8 @@ fn hash_config_reports_without_steering() {
     drop(qs);
     rig.finish();
 }
+
+both_formats!(
+    rss_spreads_one_ports_flows_by_the_table_and_reports_the_hash,
+    frames_on_an_unused_pairs_port_reach_a_used_queue
+);
