@@ -31,7 +31,8 @@ const MS_KEY: [u8; 40] = [
 
 /// (source, destination, source port, destination port, TCP hash) from
 /// "Verifying the RSS Hash Calculation" (Microsoft).
-const MS_V4: [([u8; 4], [u8; 4], u16, u16, u32); 5] = [
+type Vector = ([u8; 4], [u8; 4], u16, u16, u32);
+const MS_V4: [Vector; 5] = [
     ([66, 9, 149, 187], [161, 142, 100, 80], 2794, 1766, 0x51ccc178),
     ([199, 92, 111, 2], [65, 69, 140, 83], 14230, 4739, 0xc626b0ea),
     ([24, 19, 198, 95], [12, 22, 207, 184], 12898, 38024, 0x5c2b394a),

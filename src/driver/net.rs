@@ -213,6 +213,10 @@ impl DataQueue {
     }
 }
 
+/// What [`QueuePair::rx_burst_hashed`] calls per frame: the header's first
+/// 12 bytes, (`hash_value`, `hash_report`), the frame.
+pub type RxHashedFn<'a> = dyn FnMut(&[u8; NET_HDR_LEN], (u32, u16), &[u8]) + 'a;
+
 /// The RX and TX queue of one pair, for a single owning thread.
 pub struct QueuePair {
     index: u16,
@@ -445,7 +449,7 @@ impl QueuePair {
 
     /// [`rx_burst_merged`](Self::rx_burst_merged) that also hands over the
     /// header's (`hash_value`, `hash_report`) (zeros without HASH_REPORT).
-    pub fn rx_burst_hashed(&mut self, f: &mut dyn FnMut(&[u8; NET_HDR_LEN], (u32, u16), &[u8]), max: usize) -> usize {
+    pub fn rx_burst_hashed(&mut self, f: &mut RxHashedFn<'_>, max: usize) -> usize {
         let mut delivered = 0;
         let mut reposted = false;
         for _ in 0..max * 8 {

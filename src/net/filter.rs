@@ -278,6 +278,39 @@ mod tests {
     const MCAST2: Mac = [0x33, 0x33, 0, 0, 0, 1];
     const NEG: u64 = features::SUPPORTED;
 
+    /// The snapshot says whether RSS steers and HASH_REPORT reports only
+    /// for what was negotiated and configured, and which queues are used.
+    #[test]
+    fn steering_follows_the_negotiated_features_and_the_last_command() {
+        use crate::net::ctrl::{HashConfig, RssConfig};
+        use crate::net::rss::HASH_TYPE_IPV4;
+        let rss = RssConfig {
+            hash_types: HASH_TYPE_IPV4,
+            indirection_table: vec![0, 3],
+            unclassified_queue: 0,
+            max_tx_vq: 2,
+            key: vec![7; 40],
+        };
+        let mut s = CtrlState::new(OWN, NEG);
+        let f = RxFilter::from_state(&s, NEG);
+        assert!(f.steering().is_none() && !f.rss() && !f.hash_report());
+        assert_eq!(f.rx_pairs(), 1);
+        s.apply(CtrlCommand::RssConfig(rss), NEG, 4).unwrap();
+        let f = RxFilter::from_state(&s, NEG);
+        assert!(f.steering().is_some() && f.rss() && f.hash_report());
+        assert_eq!(f.rx_pairs(), 4, "the table names queue 3");
+        let no_report = NEG & !features::HASH_REPORT;
+        let f = RxFilter::from_state(&s, no_report);
+        assert!(f.rss() && !f.hash_report());
+        let h = HashConfig { hash_types: HASH_TYPE_IPV4, reserved: [0; 8], key: vec![7; 40] };
+        s.apply(CtrlCommand::HashConfig(h), NEG, 4).unwrap();
+        let f = RxFilter::from_state(&s, NEG);
+        assert!(f.steering().is_some() && !f.rss() && f.hash_report());
+        assert_eq!(f.rx_pairs(), 2, "max_tx_vq stays");
+        let f = RxFilter::from_state(&s, no_report);
+        assert!(f.steering().is_none(), "hash reports not negotiated: nothing to do per frame");
+    }
+
     fn frame(dst: Mac) -> Vec<u8> {
         let mut f = dst.to_vec();
         f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99, 0x08, 0x00]);
