@@ -139,9 +139,11 @@ impl SlowPath {
         let ctrl = CtrlState::new(opts.mac, 0);
         let filter = FilterCell::new(RxFilter::from_state(&ctrl, 0));
         let mut threads = Vec::new();
-        for (pair, port) in ports.into_iter().enumerate() {
+        let wakes = ports.iter().map(|_| eventfd()).collect::<Result<Vec<_>, _>>()?;
+        // RSS and unused pairs hand frames to other pairs' threads.
+        let handoffs = crate::dataplane::poll::Handoff::mesh(&wakes);
+        for ((pair, port), (wake, handoff)) in ports.into_iter().enumerate().zip(wakes.into_iter().zip(handoffs)) {
             let pair = pair as u16;
-            let wake = eventfd()?;
             let (tx, rx) = mailbox(wake.clone());
             let setup = PollSetup {
                 pair,
@@ -159,6 +161,7 @@ impl SlowPath {
                 idle: opts.idle,
                 core: (!opts.cores.is_empty()).then(|| opts.cores[pair as usize % opts.cores.len()]),
                 log: persist.log.clone(),
+                handoff,
             };
             let join = PollThread::spawn(setup).map_err(DeviceError::Thread)?;
             threads.push(PollHandle { mailbox: tx, join });
@@ -870,13 +873,18 @@ impl SlowPath {
         };
         log::info!("{}: control command {cmd:?} -> {effect:?}", self.layout.name);
         match effect {
-            CtrlEffect::PairsChanged(n) => {
+            CtrlEffect::PairsChanged(_) | CtrlEffect::RssChanged(_) => {
+                // RSS may name more receive queues than `max_tx_vq`.
+                let n = crate::net::rss::Steering::rx_pairs(&self.ctrl);
                 let acks = self.to_all(|i| Command::SetPairActive(i < n));
+                // Steering cleared (VQ_PAIRS_SET) or set (RSS_CONFIG).
+                self.publish_filter();
                 if let Some((i, e)) = first_error(&acks) {
                     log::error!("pair {i}: {e}");
                     return false;
                 }
             }
+            CtrlEffect::HashChanged => self.publish_filter(),
             CtrlEffect::MacChanged(mac) => {
                 self.config.mac = mac;
                 if let Err(e) = self.dev.set_config(MAC_OFFSET as u32, &mac) {

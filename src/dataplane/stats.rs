@@ -57,6 +57,15 @@ counters!(
         rx_sw_csum,
         /// Frames delivered over more than one RX buffer (MRG_RXBUF).
         rx_merged,
+        /// Port frames handed to another pair's RX queue (RSS, or a pair
+        /// the driver does not use passing its frames on).
+        rx_steered,
+        /// Port frames dropped because the target pair's handoff ring was
+        /// full (that pair is not keeping up).
+        rx_steer_dropped,
+        /// Port frames RSS meant for another pair, delivered here instead
+        /// (larger than a handoff slot, or no handoff mesh: over 16 pairs).
+        rx_unsteered,
         reflected,
         irqs,
         queue_errors,

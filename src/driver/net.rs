@@ -213,6 +213,10 @@ impl DataQueue {
     }
 }
 
+/// What [`QueuePair::rx_burst_hashed`] calls per frame: the header's first
+/// 12 bytes, (`hash_value`, `hash_report`), the frame.
+pub type RxHashedFn<'a> = dyn FnMut(&[u8; NET_HDR_LEN], (u32, u16), &[u8]) + 'a;
+
 /// The RX and TX queue of one pair, for a single owning thread.
 pub struct QueuePair {
     index: u16,
@@ -225,6 +229,11 @@ pub struct QueuePair {
     merge: Vec<u8>,
     merge_hdr: [u8; NET_HDR_LEN],
     merge_left: u16,
+    /// The virtio-net header length both ways: 12, or 20 with HASH_REPORT
+    /// (`virtio_net_hdr_v1_hash`, as Linux uses it on RX and TX).
+    hdr_len: usize,
+    /// The hash part (bytes 12..20) of the last frame's header.
+    merge_hash: [u8; 8],
 }
 
 impl QueuePair {
@@ -242,6 +251,10 @@ impl QueuePair {
     }
     pub fn buf_size(&self) -> usize {
         self.tx.buf_size
+    }
+    /// The negotiated virtio-net header length (12, or 20 with HASH_REPORT).
+    pub fn hdr_len(&self) -> usize {
+        self.hdr_len
     }
     pub fn stats(&self) -> &PairStats {
         &self.stats
@@ -280,14 +293,15 @@ impl QueuePair {
     /// size) from now on: small buffers with MRG_RXBUF. Buffers already
     /// posted keep their length.
     pub fn set_rx_buffer_len(&mut self, len: usize) {
-        self.rx.post_len = len.clamp(NET_HDR_LEN + 1, self.rx.buf_size);
+        self.rx.post_len = len.clamp(self.hdr_len + 1, self.rx.buf_size);
     }
 
     fn tx_burst_inner(&mut self, frames: &mut dyn FnMut(usize, &mut [u8]) -> usize, max: usize, hdr: bool) -> usize {
         if self.tx.free.len() < max {
             self.reclaim_tx();
         }
-        let room = self.tx.buf_size - NET_HDR_LEN;
+        let hl = self.hdr_len;
+        let room = self.tx.buf_size - hl;
         let mut n = 0;
         while n < max {
             let Some(slot) = self.tx.free.pop() else { break };
@@ -295,13 +309,19 @@ impl QueuePair {
             // it (a device writing it anyway only corrupts bytes it was never
             // handed); the buffer is buf_size bytes inside the mapping.
             let buf = unsafe { std::slice::from_raw_parts_mut(self.tx.slot_ptr(slot), self.tx.buf_size) };
-            buf[..NET_HDR_LEN].fill(0);
-            let len = if hdr { frames(n, buf) } else { frames(n, &mut buf[NET_HDR_LEN..]) }.min(room);
+            buf[..hl].fill(0);
+            let len = if hdr { frames(n, buf) } else { frames(n, &mut buf[hl..]) }.min(room);
+            if hdr && hl > NET_HDR_LEN && len > 0 {
+                // The caller wrote the 12-byte header and the frame after
+                // it: make room for the (zero) hash fields.
+                buf.copy_within(NET_HDR_LEN..NET_HDR_LEN + len, hl);
+                buf[NET_HDR_LEN..hl].fill(0);
+            }
             if len == 0 {
                 self.tx.free.push(slot);
                 break;
             }
-            let seg = [(self.tx.slot_iova(slot), (NET_HDR_LEN + len) as u32, false)];
+            let seg = [(self.tx.slot_iova(slot), (hl + len) as u32, false)];
             if self.tx.q.add_chain(&seg, slot as u64).is_err() {
                 // Cannot happen while slots and descriptors match one to one.
                 self.tx.free.push(slot);
@@ -399,15 +419,16 @@ impl QueuePair {
                     }
                     let slot = token as u16;
                     let len = len as usize;
-                    if len < NET_HDR_LEN || len > self.rx.buf_size {
+                    let hl = self.hdr_len;
+                    if len < hl || len > self.rx.buf_size {
                         self.stats.rx_errors += 1;
                     } else {
                         // SAFETY: the device returned this slot, so the driver
                         // owns it again; len <= buf_size keeps it in the buffer.
                         let buf = unsafe { std::slice::from_raw_parts(self.rx.slot_ptr(slot), len) };
-                        f(&buf[NET_HDR_LEN..]);
+                        f(&buf[hl..]);
                         self.stats.rx_packets += 1;
-                        self.stats.rx_bytes += (len - NET_HDR_LEN) as u64;
+                        self.stats.rx_bytes += (len - hl) as u64;
                         delivered += 1;
                     }
                     reposted |= self.post_rx_slot(slot);
@@ -423,6 +444,12 @@ impl QueuePair {
     /// in its first header) is reassembled first. Buffers are reposted.
     /// Returns the frames handed over.
     pub fn rx_burst_merged(&mut self, f: &mut dyn FnMut(&[u8; NET_HDR_LEN], &[u8]), max: usize) -> usize {
+        self.rx_burst_hashed(&mut |h, _, b| f(h, b), max)
+    }
+
+    /// [`rx_burst_merged`](Self::rx_burst_merged) that also hands over the
+    /// header's (`hash_value`, `hash_report`) (zeros without HASH_REPORT).
+    pub fn rx_burst_hashed(&mut self, f: &mut RxHashedFn<'_>, max: usize) -> usize {
         let mut delivered = 0;
         let mut reposted = false;
         for _ in 0..max * 8 {
@@ -445,7 +472,8 @@ impl QueuePair {
             let slot = token as u16;
             let len = len as usize;
             let first = self.merge_left == 0;
-            if len > self.rx.buf_size || (first && len < NET_HDR_LEN) {
+            let hl = self.hdr_len;
+            if len > self.rx.buf_size || (first && len < hl) {
                 self.stats.rx_errors += 1;
                 self.merge_left = 0;
                 reposted |= self.post_rx_slot(slot);
@@ -456,9 +484,11 @@ impl QueuePair {
             let buf = unsafe { std::slice::from_raw_parts(self.rx.slot_ptr(slot), len) };
             if first {
                 self.merge_hdr.copy_from_slice(&buf[..NET_HDR_LEN]);
+                self.merge_hash = [0; 8];
+                self.merge_hash[..hl - NET_HDR_LEN].copy_from_slice(&buf[NET_HDR_LEN..hl]);
                 let n = u16::from_le_bytes([buf[10], buf[11]]);
                 self.merge.clear();
-                self.merge.extend_from_slice(&buf[NET_HDR_LEN..]);
+                self.merge.extend_from_slice(&buf[hl..]);
                 self.merge_left = n.max(1);
             } else {
                 self.merge.extend_from_slice(buf);
@@ -466,7 +496,9 @@ impl QueuePair {
             self.merge_left -= 1;
             reposted |= self.post_rx_slot(slot);
             if self.merge_left == 0 {
-                f(&self.merge_hdr, &self.merge);
+                let h = &self.merge_hash;
+                let hash = (u32::from_le_bytes([h[0], h[1], h[2], h[3]]), u16::from_le_bytes([h[4], h[5]]));
+                f(&self.merge_hdr, hash, &self.merge);
                 self.stats.rx_packets += 1;
                 self.stats.rx_bytes += self.merge.len() as u64;
                 delivered += 1;
@@ -811,6 +843,8 @@ impl NetDriver {
                 merge: Vec::new(),
                 merge_hdr: [0; NET_HDR_LEN],
                 merge_left: 0,
+                hdr_len: crate::net::hdr::hdr_len(features),
+                merge_hash: [0; 8],
             });
         }
         let cvq = match cvq_mem {

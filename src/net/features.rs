@@ -164,6 +164,19 @@ pub const CATALOG: &[Feature] = &[
         "the device may ask the driver to announce itself (gratuitous ARP)",
     ),
     feat(
+        RSS,
+        "rss",
+        Support::Optional,
+        "receive-side scaling: the driver's Toeplitz key and indirection table spread port frames over \
+         the RX queues (up to 16 pairs; frames over 2 KiB stay on the pair they arrived on)",
+    ),
+    feat(
+        HASH_REPORT,
+        "hash_report",
+        Support::Optional,
+        "the RX header (20 bytes both ways) carries the frame's RSS hash and its type",
+    ),
+    feat(
         RING_PACKED,
         "ring_packed",
         Support::Optional,
@@ -523,7 +536,7 @@ mod tests {
         assert_eq!(REQUIRED, VERSION_1 | ACCESS_PLATFORM);
         assert_eq!(
             SUPPORTED & !DEFAULT_OFFER,
-            INDIRECT_DESC | GUEST_ANNOUNCE | RING_PACKED | HOST_USO | GUEST_USO4 | GUEST_USO6
+            INDIRECT_DESC | GUEST_ANNOUNCE | RING_PACKED | HOST_USO | GUEST_USO4 | GUEST_USO6 | RSS | HASH_REPORT
         );
         // Every catalog entry has a distinct mask and a spec name.
         for (i, f) in CATALOG.iter().enumerate() {

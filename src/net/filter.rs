@@ -43,6 +43,14 @@ pub struct RxFilter {
     /// offloads from here.
     negotiated: u64,
     guest_offloads: u64,
+    /// RSS / hash reports as the driver configured them (`None`: neither).
+    steering: Option<std::sync::Arc<super::rss::Steering>>,
+    /// `steering` picks queues (RSS negotiated and configured).
+    rss: bool,
+    /// HASH_REPORT negotiated and a hash configured: RX headers carry it.
+    hash_report: bool,
+    /// Receive queues the driver uses ([`super::rss::Steering::rx_pairs`]).
+    rx_pairs: u16,
 }
 
 impl RxFilter {
@@ -63,6 +71,10 @@ impl RxFilter {
             vlans: [0; VLAN_COUNT / 64],
             negotiated: 0,
             guest_offloads: 0,
+            steering: None,
+            rss: false,
+            hash_report: false,
+            rx_pairs: 1,
         }
     }
 
@@ -71,6 +83,9 @@ impl RxFilter {
     /// on VLANs at all).
     pub fn from_state(state: &CtrlState, negotiated: u64) -> Self {
         let rx = state.rx_flags();
+        let steering = super::rss::Steering::from_ctrl(state).map(std::sync::Arc::new);
+        let rss = negotiated & features::RSS != 0 && steering.as_ref().is_some_and(|s| s.steers());
+        let hash_report = negotiated & features::HASH_REPORT != 0 && steering.is_some();
         RxFilter {
             promisc: rx.promisc,
             bcast: !rx.nobcast,
@@ -85,7 +100,37 @@ impl RxFilter {
             vlans: *state.vlan_bitmap(),
             negotiated,
             guest_offloads: state.guest_offloads() & negotiated,
+            steering: if rss || hash_report { steering } else { None },
+            rss,
+            hash_report,
+            rx_pairs: super::rss::Steering::rx_pairs(state),
         }
+    }
+
+    /// The RSS / hash-report configuration in force, when either applies.
+    /// A poll thread tests this once per frame (one predictable branch
+    /// while neither is configured).
+    #[inline]
+    pub fn steering(&self) -> Option<&super::rss::Steering> {
+        self.steering.as_deref()
+    }
+
+    /// Whether `steering` picks the receive queue (else hash reports only).
+    #[inline]
+    pub fn rss(&self) -> bool {
+        self.rss
+    }
+
+    /// Whether RX headers carry the hash (HASH_REPORT).
+    #[inline]
+    pub fn hash_report(&self) -> bool {
+        self.hash_report
+    }
+
+    /// Receive queues (pairs) the driver uses.
+    #[inline]
+    pub fn rx_pairs(&self) -> u16 {
+        self.rx_pairs
     }
 
     /// The features this snapshot belongs to (0 before DRIVER_OK).
@@ -232,6 +277,39 @@ mod tests {
     const MCAST: Mac = [0x01, 0, 0x5e, 0, 0, 1];
     const MCAST2: Mac = [0x33, 0x33, 0, 0, 0, 1];
     const NEG: u64 = features::SUPPORTED;
+
+    /// The snapshot says whether RSS steers and HASH_REPORT reports only
+    /// for what was negotiated and configured, and which queues are used.
+    #[test]
+    fn steering_follows_the_negotiated_features_and_the_last_command() {
+        use crate::net::ctrl::{HashConfig, RssConfig};
+        use crate::net::rss::HASH_TYPE_IPV4;
+        let rss = RssConfig {
+            hash_types: HASH_TYPE_IPV4,
+            indirection_table: vec![0, 3],
+            unclassified_queue: 0,
+            max_tx_vq: 2,
+            key: vec![7; 40],
+        };
+        let mut s = CtrlState::new(OWN, NEG);
+        let f = RxFilter::from_state(&s, NEG);
+        assert!(f.steering().is_none() && !f.rss() && !f.hash_report());
+        assert_eq!(f.rx_pairs(), 1);
+        s.apply(CtrlCommand::RssConfig(rss), NEG, 4).unwrap();
+        let f = RxFilter::from_state(&s, NEG);
+        assert!(f.steering().is_some() && f.rss() && f.hash_report());
+        assert_eq!(f.rx_pairs(), 4, "the table names queue 3");
+        let no_report = NEG & !features::HASH_REPORT;
+        let f = RxFilter::from_state(&s, no_report);
+        assert!(f.rss() && !f.hash_report());
+        let h = HashConfig { hash_types: HASH_TYPE_IPV4, reserved: [0; 8], key: vec![7; 40] };
+        s.apply(CtrlCommand::HashConfig(h), NEG, 4).unwrap();
+        let f = RxFilter::from_state(&s, NEG);
+        assert!(f.steering().is_some() && !f.rss() && f.hash_report());
+        assert_eq!(f.rx_pairs(), 2, "max_tx_vq stays");
+        let f = RxFilter::from_state(&s, no_report);
+        assert!(f.steering().is_none(), "hash reports not negotiated: nothing to do per frame");
+    }
 
     fn frame(dst: Mac) -> Vec<u8> {
         let mut f = dst.to_vec();

@@ -67,7 +67,7 @@ impl HashReport {
 
 /// The Toeplitz hash with a fixed key, as per-byte lookup tables
 /// (`MAX_INPUT` x 256 words, 36 KiB): one XOR per input byte.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Toeplitz {
     tables: Box<[[u32; 256]; MAX_INPUT]>,
 }
@@ -217,7 +217,7 @@ pub struct RxHash {
 
 /// Hash calculation and queue selection as the driver configured them,
 /// built on the slow path and shared read-only with poll threads.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Steering {
     types: u32,
     toeplitz: Toeplitz,
@@ -251,6 +251,18 @@ impl Steering {
             (None, Some(h)) => Some(Self::hash_only(h)),
             (None, None) => None,
         }
+    }
+
+    /// How many receive queues the driver uses (§5.1.6.5.5, §5.1.6.5.7):
+    /// the pairs VQ_PAIRS_SET or RSS's `max_tx_vq` set, and with RSS at
+    /// least every queue the indirection table or the unclassified queue
+    /// names (Linux sets `max_tx_vq` and the table to the same pairs; a
+    /// driver may name more RX queues than TX queues).
+    pub fn rx_pairs(state: &CtrlState) -> u16 {
+        let named = state.rss().map_or(0, |r| {
+            r.indirection_table.iter().chain([&r.unclassified_queue]).map(|&q| q + 1).max().unwrap_or(0)
+        });
+        state.queue_pairs().max(named).max(1)
     }
 
     /// Whether this steers frames to queues (RSS) or only reports hashes.

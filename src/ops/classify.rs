@@ -75,6 +75,13 @@ pub const PAIR: &[(&str, Class)] = &[
         Class::Event("rx_sw_csum_frames", "Port frames whose partial checksum was completed for the driver."),
     ),
     ("rx_merged", Class::Event("rx_merged_frames", "Frames delivered over several RX buffers (MRG_RXBUF).")),
+    ("rx_steered", Class::Event("rx_steered_frames", "Port frames handed to another pair's RX queue (RSS).")),
+    // The RX queue RSS chose belongs to a pair that is not keeping up.
+    ("rx_steer_dropped", Class::Drop(Dir::Rx, "steer_full")),
+    (
+        "rx_unsteered",
+        Class::Event("rx_unsteered_frames", "Port frames RSS meant for another pair, delivered on their own pair."),
+    ),
     ("sleeps", Class::Event("poll_sleeps", "Times the poll thread went to sleep (adaptive idle).")),
     ("wakeups", Class::Event("poll_wakeups", "Times the poll thread woke from sleep.")),
     (

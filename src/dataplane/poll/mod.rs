@@ -30,6 +30,7 @@
 //! the paths and the split path carries no per-chain dispatch.
 
 mod burst;
+mod handoff;
 mod offload;
 mod reflect;
 mod rx;
@@ -37,6 +38,8 @@ mod thread;
 mod tx;
 
 use std::sync::Arc;
+
+pub use handoff::Handoff;
 
 use crossbeam::channel::Receiver;
 use nix::sys::eventfd::EventFd;
@@ -106,6 +109,8 @@ pub struct PollSetup {
     pub core: Option<usize>,
     /// The device's state log, for the queue positions.
     pub log: Option<Arc<crate::persist::StateLog>>,
+    /// This pair's ends of the frame handoff mesh (RSS, unused pairs).
+    pub handoff: Handoff,
 }
 
 pub struct PollThread {
@@ -133,6 +138,11 @@ pub struct PollThread {
     busy: super::cycles::BusyClock,
     /// Negotiated offloads and the buffers software offloads use.
     offloads: offload::Offloads,
+    /// Frames to and from other pairs' threads (RSS steering, and the
+    /// port frames of a pair the driver does not use).
+    handoff: Handoff,
+    /// Between Start and Stop (the pair may be inactive meanwhile).
+    started: bool,
 }
 
 #[cfg(test)]

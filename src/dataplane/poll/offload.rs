@@ -45,7 +45,8 @@ pub(super) struct Offloads {
     pub guest: OffloadCaps,
     /// MRG_RXBUF: a frame may span several RX chains.
     pub mrg: bool,
-    /// The RX header the driver expects (12, or 20 with HASH_REPORT).
+    /// The virtio-net header length on RX and TX (12, or 20 with
+    /// HASH_REPORT: Linux and QEMU use `virtio_net_hdr_v1_hash` both ways).
     pub rx_hdr_len: usize,
     /// What the port takes on TX (all of it for a port that hands frames
     /// and headers to a kernel; nothing for the others).

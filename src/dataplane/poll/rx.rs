@@ -12,12 +12,14 @@
 //! buffers half way loses nothing.
 
 use super::burst::Burst;
+use super::handoff::{Handoff, Inbox, SendError};
 use super::offload::{rx_plain_hdr, Offloads, MAX_MERGE};
 use super::PollThread;
-use crate::backend::PortFrame;
+use crate::backend::{Port, PortFrame};
 use crate::mem::{AddressSpace, ReadGuard};
 use crate::net::hdr::{NetHdr, HDR_LEN};
 use crate::net::offload::{csum, validate, Delivery, Segmenter};
+use crate::net::rss::RxHash;
 use crate::virtq::{Chain, Direction, Ring};
 
 /// What became of one frame offered to the RX ring.
@@ -44,11 +46,13 @@ pub(super) enum Placed {
 pub(super) struct RxChains<'g> {
     first: Chain<'g>,
     more: Chain<'g>,
+    /// The hash the header reports (HASH_REPORT; zero: none).
+    pub(super) hash: RxHash,
 }
 
 impl RxChains<'_> {
     pub(super) fn new() -> Self {
-        RxChains { first: Chain::empty(), more: Chain::empty() }
+        RxChains { first: Chain::empty(), more: Chain::empty(), hash: RxHash::default() }
     }
 }
 
@@ -89,7 +93,7 @@ pub(super) fn place<'g, R: Ring>(
             }
             return Placed::TooSmall;
         }
-        write_hdr(&mut w, hdr, 1, o.rx_hdr_len);
+        write_hdr(&mut w, hdr, 1, o.rx_hdr_len, &ch.hash);
         w.write(frame);
         b.complete(ch.first.head(), total as u32);
         return Placed::Delivered { buffers: 1 };
@@ -103,7 +107,7 @@ pub(super) fn place<'g, R: Ring>(
     let mut heads = [ch.first.head(); MAX_MERGE];
     let mut lens = [0u32; MAX_MERGE];
     let mut n = 1;
-    write_hdr(&mut w, hdr, 0, o.rx_hdr_len);
+    write_hdr(&mut w, hdr, 0, o.rx_hdr_len, &ch.hash);
     let mut at = w.write(frame);
     lens[0] = (o.rx_hdr_len + at) as u32;
     while at < frame.len() && n < MAX_MERGE {
@@ -143,13 +147,59 @@ pub(super) fn place<'g, R: Ring>(
     Placed::Delivered { buffers: n }
 }
 
-/// The header with `num_buffers`, padded with zeros to `len` (the hash
-/// fields of a 20-byte header: no hash reported).
+/// The header with `num_buffers`, `len` bytes long: with HASH_REPORT
+/// (20 bytes, `virtio_net_hdr_v1_hash`) `hash_value` and `hash_report`
+/// follow (zero when no hash was computed).
 #[inline]
-fn write_hdr(w: &mut crate::virtq::ChainWriter<'_>, hdr: &NetHdr, num_buffers: u16, len: usize) {
+fn write_hdr(w: &mut crate::virtq::ChainWriter<'_>, hdr: &NetHdr, num_buffers: u16, len: usize, hash: &RxHash) {
     let mut h = [0u8; crate::net::hdr::HASH_HDR_LEN];
     h[..HDR_LEN].copy_from_slice(&NetHdr { num_buffers, ..*hdr }.to_bytes());
+    h[HDR_LEN..HDR_LEN + 4].copy_from_slice(&hash.value.to_le_bytes());
+    h[HDR_LEN + 4..HDR_LEN + 6].copy_from_slice(&(hash.report as u16).to_le_bytes());
     w.write(&h[..len.min(h.len())]);
+}
+
+/// Where an RX burst takes its frames: first what other pairs handed over
+/// (when any waited at the start), then the port.
+struct RxInput<'a> {
+    port: &'a mut dyn Port,
+    inbox: &'a mut Inbox,
+    from_inbox: bool,
+    /// The burst began on the inbox (only then are slots given back: no
+    /// stores to the rings' lines while nothing is handed over).
+    used_inbox: bool,
+}
+
+impl RxInput<'_> {
+    /// The next frame, and whether it came from the inbox.
+    #[inline]
+    fn peek(&mut self) -> Option<(PortFrame<'_>, bool)> {
+        if self.from_inbox && self.inbox.peek().is_none() {
+            self.from_inbox = false;
+        }
+        if self.from_inbox {
+            self.inbox.peek().map(|f| (f, true))
+        } else {
+            self.port.rx_peek().map(|f| (f, false))
+        }
+    }
+
+    #[inline]
+    fn consume(&mut self) {
+        if self.from_inbox {
+            self.inbox.consume()
+        } else {
+            self.port.rx_consume()
+        }
+    }
+
+    #[inline]
+    fn flush(&mut self) {
+        self.port.rx_flush();
+        if self.used_inbox {
+            self.inbox.release();
+        }
+    }
 }
 
 impl PollThread {
@@ -172,21 +222,55 @@ impl PollThread {
     /// One RX burst. Frames the filter refuses are dropped here; frames
     /// with no RX buffer wait in the port.
     pub(super) fn process_rx<R: Ring>(&mut self, g: &ReadGuard<'_>) -> usize {
-        let PollThread { device, space, port, stats, burst, rx, filter, offloads, .. } = self;
+        let PollThread { device, space, port, stats, burst, rx, filter, offloads, handoff, pair, .. } = self;
         let filter = filter.current();
         let mut b = Burst::<R>::begin(rx, space, g);
         let mut avail = b.pending();
         let mut done = 0;
         let mut filtered = 0;
         let mut offload = 0;
+        let (mut steered, mut steer_dropped, mut unsteered) = (0u64, 0u64, 0u64);
         let mut chains = RxChains::new();
+        let Handoff { out, inbox } = handoff;
+        // A port frame left half segmented goes first, so the
+        // segmentation state stays its own.
+        let from_inbox = offloads.rx_seg_next == 0 && inbox.pending();
+        let mut input = RxInput { port: &mut **port, inbox, from_inbox, used_inbox: from_inbox };
         while done < *burst {
-            let Some(PortFrame { bytes: frame, meta }) = port.rx_peek() else { break };
+            let Some((PortFrame { bytes: frame, meta }, handed)) = input.peek() else { break };
             if !filter.accepts(frame) {
-                port.rx_consume();
+                input.consume();
                 offloads.rx_seg_next = 0;
                 filtered += 1;
                 continue;
+            }
+            // RSS / hash reports: one branch while neither is configured.
+            if let Some(st) = filter.steering() {
+                let h = st.hash(frame);
+                if filter.hash_report() {
+                    chains.hash = h;
+                }
+                // Frames another pair handed over were steered there.
+                if filter.rss() && !handed {
+                    let to = st.queue(&h).unwrap_or(*pair);
+                    if to != *pair {
+                        match out.send(to, frame, meta) {
+                            Err(SendError::NoRoute) => unsteered += 1,
+                            sent => {
+                                if sent.is_ok() {
+                                    steered += 1;
+                                } else {
+                                    steer_dropped += 1;
+                                }
+                                input.consume();
+                                offloads.rx_seg_next = 0;
+                                offloads.rx_seg_len = 0;
+                                done += 1;
+                                continue;
+                            }
+                        }
+                    }
+                }
             }
             let placed = if !meta.is_offloaded() {
                 let h = rx_plain_hdr(meta, offloads.guest.csum, offloads.port_rx.trust_data_valid);
@@ -195,7 +279,7 @@ impl PollThread {
                 let nh = meta.to_hdr(1);
                 match validate(frame, &nh, &offloads.port_rx) {
                     Err(_) => {
-                        port.rx_consume();
+                        input.consume();
                         offload += 1;
                         continue;
                     }
@@ -223,12 +307,12 @@ impl PollThread {
                         }
                         Delivery::Segment { mode, hdr } => {
                             let Some(gso) = off.gso else {
-                                port.rx_consume();
+                                input.consume();
                                 offload += 1;
                                 continue;
                             };
                             let Ok(seg) = Segmenter::new(frame, &gso, mode) else {
-                                port.rx_consume();
+                                input.consume();
                                 offload += 1;
                                 continue;
                             };
@@ -270,7 +354,7 @@ impl PollThread {
                                 _ => {
                                     offloads.rx_seg_next = 0;
                                     offloads.rx_seg_len = 0;
-                                    port.rx_consume();
+                                    input.consume();
                                 }
                             }
                             offloads.rx_short = matches!(p, Placed::NoBuffer { returned } if returned > 0);
@@ -301,13 +385,57 @@ impl PollThread {
                 }
                 Placed::Broken => break,
             }
-            port.rx_consume();
+            input.consume();
             done += 1;
         }
         b.tally.rx_filtered += filtered as u64;
         b.tally.rx_offload_dropped += offload as u64;
-        port.rx_flush();
+        b.tally.rx_steered += steered;
+        b.tally.rx_steer_dropped += steer_dropped;
+        b.tally.rx_unsteered += unsteered;
+        input.flush();
+        out.flush();
         b.finish(&**device, stats);
         done + filtered + offload
+    }
+}
+
+impl PollThread {
+    /// A pair the driver does not use (its port still gets frames, e.g. a
+    /// patch whose far side uses more pairs): hand each port frame to a
+    /// pair that is used, chosen by RSS when configured, else by pair
+    /// number. No guest memory is touched. Returns the frames handled.
+    pub(super) fn forward_port(&mut self) -> usize {
+        let PollThread { port, stats, burst, filter, handoff, pair, .. } = self;
+        let filter = filter.current();
+        let used = filter.rx_pairs().max(1);
+        port.rx_fill();
+        let mut t = crate::dataplane::stats::PairStats::default();
+        let mut done = 0;
+        while done < *burst {
+            let Some(PortFrame { bytes: frame, meta }) = port.rx_peek() else { break };
+            done += 1;
+            if !filter.accepts(frame) {
+                port.rx_consume();
+                t.rx_filtered += 1;
+                continue;
+            }
+            let chosen = match (filter.rss(), filter.steering()) {
+                (true, Some(st)) => st.queue(&st.hash(frame)).unwrap_or(0),
+                _ => *pair % used,
+            };
+            // Every queue RSS names is used (`rx_pairs`); keep it so.
+            let to = if chosen < used { chosen } else { chosen % used };
+            match handoff.send(to, frame, meta) {
+                Ok(()) => t.rx_steered += 1,
+                // Full, or larger than a handoff slot: nowhere to go.
+                Err(_) => t.rx_steer_dropped += 1,
+            }
+            port.rx_consume();
+        }
+        port.rx_flush();
+        handoff.flush();
+        stats.add(&t);
+        done
     }
 }

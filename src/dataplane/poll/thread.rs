@@ -64,6 +64,8 @@ impl PollThread {
                 crashed: false,
                 busy: BusyClock::resume(&setup.stats),
                 offloads: super::offload::Offloads::new(),
+                handoff: setup.handoff,
+                started: false,
             };
             t.supervise(reader);
         })
@@ -108,6 +110,12 @@ impl PollThread {
         );
     }
 
+    /// Started, healthy, but a pair the driver does not use (fewer pairs
+    /// than the port has): pass the port's frames on.
+    fn forwards(&self) -> bool {
+        self.started && !self.crashed && !self.suspended && !self.pair_active && self.handoff.enabled()
+    }
+
     fn active(&self) -> bool {
         !self.crashed && !self.suspended && self.pair_active && (self.rx.runnable() || self.tx.runnable())
     }
@@ -124,7 +132,19 @@ impl PollThread {
             }
             if !self.active() {
                 reader.offline();
-                let _ = self.wait(false, false);
+                if self.forwards() {
+                    // A pair the driver does not use: its port's frames go
+                    // to the pairs it does (no guest memory touched).
+                    if self.forward_port() > 0 {
+                        continue;
+                    }
+                    if !self.port.arm_rx_wakeup() {
+                        let _ = self.wait(false, true);
+                    }
+                    self.port.disarm_rx_wakeup();
+                } else {
+                    let _ = self.wait(false, false);
+                }
                 continue;
             }
             let t0 = cycles::now();
@@ -182,6 +202,7 @@ impl PollThread {
                 self.suspended = false;
                 self.pair_active = active;
                 self.offloads.start(features, &mut *self.port);
+                self.started = true;
                 if self.crashed {
                     log::warn!("pair {}: start refused until the device is reset (the pair failed)", self.pair);
                 } else {
@@ -195,6 +216,9 @@ impl PollThread {
             Command::Stop => {
                 self.rx = self.rx.cleared();
                 self.tx = self.tx.cleared();
+                self.started = false;
+                // Frames other pairs handed over belong to the old driver.
+                self.handoff.drain();
                 self.offloads.stop();
                 self.suspended = false;
                 self.stats.started.store(0, Ordering::Relaxed);
@@ -292,7 +316,9 @@ impl PollThread {
         let mut from_port = 0;
         let mut tx_via_port = true;
         // The direct path carries plain frames in one RX buffer each.
-        let reflector = self.port.reflect().filter(|_| !self.offloads.blocks_reflect());
+        // RSS picks queues per frame: not on the direct path.
+        let steers = self.filter.current().rss();
+        let reflector = self.port.reflect().filter(|_| !self.offloads.blocks_reflect() && !steers);
         if let (Some(swap), true, true) = (reflector, self.rx.runnable(), self.tx.runnable()) {
             // Reflector: drain what waits in the port first, so the direct
             // path (which needs an empty port to keep order) gets its turn.
@@ -309,7 +335,7 @@ impl PollThread {
         if self.tx.runnable() && tx_via_port {
             work += self.process_tx::<R>(g);
         }
-        if self.rx.runnable() && self.port.rx_pending() > 0 {
+        if self.rx.runnable() && (self.port.rx_pending() > 0 || self.handoff.pending()) {
             from_port += self.process_rx::<R>(g);
         }
         let frames = work as u64 + if reflector.is_some() { 0 } else { from_port as u64 };
@@ -322,8 +348,14 @@ impl PollThread {
     fn sleep(&mut self, reader: &mut Reader) -> bool {
         // A reflector with an empty port holds TX back until RX buffers
         // arrive, so it wants RX kicks too.
-        let reflector = self.port.reflect().is_some() && !self.offloads.blocks_reflect() && self.port.rx_pending() == 0;
-        let rx_wanted = self.port.rx_pending() > 0 || reflector;
+        let reflector = self.port.reflect().is_some()
+            && !self.offloads.blocks_reflect()
+            && !self.filter.current().rss()
+            && self.port.rx_pending() == 0;
+        // Frames other pairs handed over wait for RX buffers like the
+        // port's; `arm` also asks those pairs to wake us.
+        let inbox = self.handoff.arm();
+        let rx_wanted = self.port.rx_pending() > 0 || reflector || inbox;
         let (mut tx_more, mut rx_more) = (false, false);
         {
             // Right after the loop's quiescent state: the fence in
@@ -344,6 +376,7 @@ impl PollThread {
                     Ok(m) => rx_more = m && !self.offloads.rx_short,
                     Err(e) => {
                         fail_queue(&*self.device, &self.stats, queue, e);
+                        self.handoff.disarm();
                         return true;
                     }
                 }
@@ -363,6 +396,7 @@ impl PollThread {
             bump(&self.stats.wakeups, 1);
         }
         self.port.disarm_rx_wakeup();
+        self.handoff.disarm();
         let g = reader.read();
         self.with_queues(&g, |q| q.disable_notifications());
         woken

@@ -31,15 +31,16 @@ pub(super) enum TxDrop {
     TooManyPieces,
 }
 
-/// Copy the frame of a TX chain (its readable bytes after the 12-byte
-/// header, which the caller read) into `slot`; returns the frame length.
+/// Copy the frame of a TX chain (its readable bytes after the `hl`-byte
+/// header, 12 or with HASH_REPORT 20, which the caller read) into `slot`;
+/// returns the frame length.
 #[inline]
-pub(super) fn gather_frame(chain: &Chain<'_>, slot: &mut [u8]) -> Result<usize, TxDrop> {
+pub(super) fn gather_frame(chain: &Chain<'_>, slot: &mut [u8], hl: usize) -> Result<usize, TxDrop> {
     let total = chain.readable_len() as usize;
-    if total <= HDR_LEN {
+    if total <= hl {
         return Err(TxDrop::Empty);
     }
-    let len = total - HDR_LEN;
+    let len = total - hl;
     if len > slot.len() {
         return Err(TxDrop::TooBig);
     }
@@ -47,7 +48,7 @@ pub(super) fn gather_frame(chain: &Chain<'_>, slot: &mut [u8]) -> Result<usize, 
         return Err(TxDrop::TooManyPieces);
     }
     let mut r = chain.reader();
-    r.skip(HDR_LEN);
+    r.skip(hl);
     let got = r.read(&mut slot[..len]);
     debug_assert_eq!(got, len, "a complete readable part holds readable_len bytes");
     Ok(got)
@@ -74,18 +75,21 @@ pub(super) enum TxOffloaded {
 /// a form it takes ([`Offload::deliver`](crate::net::offload::Offload::deliver)
 /// with the port's caps). The caller made sure the port has a free slot.
 pub(super) fn tx_offloaded(chain: &Chain<'_>, h: &[u8; HDR_LEN], o: &mut Offloads, port: &mut dyn Port) -> TxOffloaded {
+    // The negotiated header length: Linux and QEMU send the 20-byte
+    // header on TX too once HASH_REPORT is negotiated.
+    let hl = o.rx_hdr_len;
     let total = chain.readable_len() as usize;
-    if total <= HDR_LEN {
+    if total <= hl {
         return TxOffloaded::Dropped(TxDrop::Empty);
     }
-    let len = total - HDR_LEN;
+    let len = total - hl;
     if len > o.scratch.len() {
         return TxOffloaded::Dropped(TxDrop::TooBig);
     }
     if !chain.readable_complete() {
         return TxOffloaded::Dropped(TxDrop::TooManyPieces);
     }
-    let got = chain.read_at(HDR_LEN, &mut o.scratch[..len]);
+    let got = chain.read_at(hl, &mut o.scratch[..len]);
     debug_assert_eq!(got, len);
     let Ok(nh) = NetHdr::parse(h) else { return TxOffloaded::Malformed };
     let Ok(off) = validate(&o.scratch[..len], &nh, &o.host) else { return TxOffloaded::Malformed };
@@ -170,7 +174,7 @@ impl PollThread {
             chain.read_at(0, &mut h);
             let out = if tx_plain(&h) {
                 // The fast path: no offload work, straight into the slot.
-                match gather_frame(&chain, slot) {
+                match gather_frame(&chain, slot, offloads.rx_hdr_len) {
                     Ok(len) => {
                         port.tx_commit(len, FrameMeta::PLAIN);
                         TxOffloaded::Sent { len }

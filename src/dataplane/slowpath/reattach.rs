@@ -223,7 +223,8 @@ impl SlowPath {
         for (vq, q) in rec.queues.iter().enumerate() {
             cfgs.push(if q.started { Some(self.resume_config(vq as u32, q)?) } else { None });
         }
-        let active = self.ctrl.queue_pairs().max(1);
+        // RSS may name more receive queues than `max_tx_vq`.
+        let active = crate::net::rss::Steering::rx_pairs(&self.ctrl);
         let mut starts = Vec::with_capacity(self.layout.pairs as usize);
         for pair in 0..self.layout.pairs {
             let asid = self.group_asid[self.layout.group_of(rx_vq(pair)) as usize];
