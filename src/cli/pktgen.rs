@@ -258,6 +258,16 @@ pub struct PktgenArgs {
     /// 64th; for rate runs where the generator must not be the bottleneck).
     #[arg(long, default_value = "full", value_name = "full|seq")]
     check: String,
+    /// The device's daemon is expected to restart during the run (killed and
+    /// started again, or upgraded; `vduse-net run` takes the device over):
+    /// while frames are still to send, wait up to SECS without progress
+    /// instead of 2 s. Frames lost or seen twice at the cut (TX chains the old
+    /// process had taken are sent again) are reported, not failures, up to
+    /// two rings' worth per pair; integrity errors and driver errors (a used
+    /// entry for an id not in flight: published twice) still fail the run,
+    /// and so does a pair that received nothing after its longest pause.
+    #[arg(long, value_name = "SECS")]
+    ride_through: Option<f64>,
     #[command(flatten)]
     bench: BenchArgs,
 }
@@ -302,6 +312,11 @@ pub fn run(a: PktgenArgs) -> CliResult {
         (f, _) => f,
     };
     let pairs = b.dev.queues.max(1) as usize;
+    let ride_through = match a.ride_through {
+        None => None,
+        Some(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Some(Duration::from_secs_f64(s)),
+        Some(s) => return Err(CliError(format!("--ride-through {s} must be in (0, 3600] seconds"))),
+    };
     let o = GenOptions {
         mode,
         sizes: sizes.clone(),
@@ -312,6 +327,7 @@ pub fn run(a: PktgenArgs) -> CliResult {
         warmup,
         busy: b.dev.idle == Idle::Busy,
         stall: Duration::from_secs(2),
+        ride_through,
         check,
         rx_buffer_len: b.mrg_rxbuf,
     };
@@ -348,10 +364,17 @@ pub fn run(a: PktgenArgs) -> CliResult {
     let post: Option<pktgen::PostCheck<'_>> = (fcheck || scheck || linger.is_some()).then_some(&mut post);
     let mut rep = pktgen::run_on(tb, &o, &cores, &ctl, &mut tick, post).map_err(|e| CliError(e.to_string()))?;
     rep.checks.insert("ring".into(), ring.name().into());
+    let ride = ride_through.map(|_| ride_through_verdict(&rep, b.dev.ring_size as u64));
+    if let Some((v, _)) = &ride {
+        rep.checks.insert("ride_through".into(), v.clone());
+    }
     if b.json {
         println!("{}", serde_json::to_string(&rep).map_err(|e| CliError(e.to_string()))?);
     } else {
         print_text(&rep, &b.size);
+    }
+    if let Some((_, verdict)) = ride {
+        return verdict;
     }
     if rep.failed() {
         return Err(CliError(format!(
@@ -360,6 +383,42 @@ pub fn run(a: PktgenArgs) -> CliResult {
         )));
     }
     Ok(())
+}
+
+/// A run across a device restart (`--ride-through`): what the cut cost, and
+/// whether the run passes. Loss and frames seen twice are bounded by what can
+/// be in flight (a TX and an RX ring per pair); corruption and driver errors
+/// (a used entry for an id not in flight) never pass.
+fn ride_through_verdict(rep: &PktgenReport, ring_size: u64) -> (serde_json::Value, CliResult) {
+    let longest = rep.queues.iter().max_by(|a, b| a.longest_pause_s.total_cmp(&b.longest_pause_s));
+    let bound = 2 * ring_size * rep.queue_pairs as u64;
+    let v = serde_json::json!({
+        "longest_pause_s": longest.map_or(0.0, |q| q.longest_pause_s),
+        "pause_end_s": longest.map_or(0.0, |q| q.pause_end_s),
+        "rx_after_pause": rep.queues.iter().map(|q| q.rx_after_pause).min().unwrap_or(0),
+        "lost": rep.lost,
+        "seen_twice_or_reordered": rep.duplicates_or_reordered,
+        "in_flight_bound": bound,
+    });
+    let verdict = if rep.integrity_errors > 0 || rep.driver_errors > 0 {
+        Err(CliError(format!(
+            "traffic check failed across the restart: corrupt {}, driver errors (bad or repeated used entries) {}",
+            rep.integrity_errors, rep.driver_errors
+        )))
+    } else if rep.lost > bound || rep.duplicates_or_reordered > bound {
+        Err(CliError(format!(
+            "more than could be in flight at the cut: lost {}, seen twice or reordered {} (bound {bound})",
+            rep.lost, rep.duplicates_or_reordered
+        )))
+    } else if let Some(q) = rep.queues.iter().find(|q| q.rx_after_pause == 0) {
+        Err(CliError(format!(
+            "pair {}: nothing received after its {:.3} s pause: traffic did not resume",
+            q.pair, q.longest_pause_s
+        )))
+    } else {
+        Ok(())
+    };
+    (v, verdict)
 }
 
 /// `pktgen --backend tap|af-packet|af-xdp --iface ...`: model device(s) whose
@@ -521,5 +580,8 @@ fn print_text(r: &PktgenReport, size: &str) {
     super::latency::print_cycles(r.device_cycles_per_frame, r.generator_cycles_per_frame, r.tsc_hz, r.cycles_unit);
     if let Some(b) = r.busier {
         println!("  busier side: {b} (check mode {:?})", r.check);
+    }
+    if let Some(v) = r.checks.get("ride_through") {
+        println!("  across the restart: {v}");
     }
 }
