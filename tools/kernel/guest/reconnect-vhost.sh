@@ -102,6 +102,10 @@ vt_info "kill -9: kill to reattached $(($(now_ms) - t0)) ms; $(grep "$VDEV: reat
 # The control queue's group after the restart, from the new process while pktgen (which
 # put it in ASID 1) still drives the device: its reattach line and its stats socket.
 if [ "$VCVQ" = 1 ]; then
+	# The stats socket comes up just after the devices ("N device(s) up"), a moment
+	# after the reattach line.
+	vt_wait_log 10 "device(s) up" || vt_info "no 'device(s) up' in the log"
+	vt_wait 10 sh -c "/bin/vduse-net stats $VDEV --json | grep -q group_asid"
 	st=$(/bin/vduse-net stats $VDEV --json 2>&1 | tr -d ' \n')
 	ga=$(echo "$st" | grep -o '"group_asid":.\{0,100\}' | head -n 1)
 	vt_info "after the restart, the device's stats: $ga"
@@ -110,7 +114,7 @@ if [ "$VCVQ" = 1 ]; then
 		echo "$st" | grep -q '"group":1,"asid":1,"vqs":\[2\]'; then
 		vt_pass $T.cvq-asid1-kept
 	else
-		vt_fail $T.cvq-asid1-kept "the control queue's group is not in ASID 1 after the restart: $(grep "$VDEV: reattached" "$LOG"); stats: $ga"
+		vt_fail $T.cvq-asid1-kept "the control queue's group is not in ASID 1 after the restart: $(grep "$VDEV: reattached" "$LOG"); stats: $ga ($(echo "$st" | head -c 300))"
 	fi
 else
 	vt_info "no control queue on this module: no group in ASID 1 to check"
