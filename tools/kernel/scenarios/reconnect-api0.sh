@@ -2,7 +2,6 @@
 # kernels: 6.12
 # needs: vduse-net
 # timeout: 420
-# optional: passed 2 of 3 runs after the ping fix (the third hit a post-restart wait that read 64 MiB per check, fixed), 1 of 1 since; in CI after more runs; run it by name
 #
 # The reconnect scenario (see reconnect.sh) on 6.12: VDUSE API 0 (one address space, no vq
 # groups), the stock module (no control queue, so no MAC / RX-mode checks): kill -9 of the

@@ -3,7 +3,6 @@
 # vduse: patched
 # needs: vduse-net
 # timeout: 420
-# optional: passed 3 of 3 runs since its script fixes (an unkilled ping; a slow size check); in CI after more runs; run it by name
 #
 # Reconnect (issue 12) on a real kernel: two vduse-net devices wired together (--backend
 # patch, control queue on with the patched module), each bound to virtio_vdpa, their
