@@ -16,11 +16,12 @@ T=reconnect.vhost
 VDEV=vl
 LOG=/tmp/vl1.log
 # pktgen: frames per second (a steady load that leaves the guest's 2 CPUs room for the
-# restart), run length (the first run longer: the ASID check reads the device while that
-# pktgen still holds it; its exit resets the device, which puts every group back in ASID
-# 0), how long it waits without progress while sending.
+# restart), run length (long enough for an 8 s outage, seen on a loaded machine, to end
+# inside the run; and the ASID check reads the device while the first pktgen still holds
+# it: its exit resets the device, which puts every group back in ASID 0), how long it
+# waits without progress while sending.
 PG_RATE=100000
-PG_SECS=10
+PG_SECS=20
 PG_SECS_KILL=20
 PG_RIDE=20
 
