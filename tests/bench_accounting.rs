@@ -76,6 +76,7 @@ fn opts(mode: Mode, frames: u64) -> GenOptions {
         sizes: Sizes(vec![64, 300]),
         frames: Some(frames),
         stall: Duration::from_millis(300),
+        ride_through: None,
         ..GenOptions::default()
     }
 }

@@ -124,6 +124,7 @@ fn run_tampered(name: &str, check: CheckMode) -> PktgenReport {
         sizes: Sizes(vec![64, 300]),
         frames: Some(3000),
         stall: Duration::from_millis(300),
+        ride_through: None,
         check,
         ..GenOptions::default()
     };

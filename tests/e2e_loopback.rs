@@ -32,6 +32,7 @@ fn a_million_mixed_frames_through_two_pairs(fmt: RingFormat) {
         warmup: Duration::ZERO,
         busy: false,
         stall: Duration::from_secs(5),
+        ride_through: None,
         ..GenOptions::default()
     };
     let ctl = Arc::new(Control::new(2, Arc::new(AtomicBool::new(false))));

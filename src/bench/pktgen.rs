@@ -122,6 +122,10 @@ pub struct GenOptions {
     pub busy: bool,
     /// No progress for this long ends a queue's run.
     pub stall: Duration,
+    /// A device restart is expected mid-run (`--ride-through`): while
+    /// sending, wait this long without progress (the drain at the end still
+    /// gives up after `stall`).
+    pub ride_through: Option<Duration>,
     pub check: CheckMode,
     /// With MRG_RXBUF negotiated: RX buffers of this many bytes, frames
     /// reassembled from several of them (`--mrg-rxbuf`).
@@ -143,6 +147,7 @@ impl Default for GenOptions {
             warmup: Duration::ZERO,
             busy: false,
             stall: Duration::from_secs(2),
+            ride_through: None,
             check: CheckMode::Full,
             rx_buffer_len: None,
             tso: None,
@@ -314,6 +319,11 @@ pub struct QueueReport {
     /// Busy ticks over `run_s`, per side.
     pub generator_busy_fraction: f64,
     pub device_busy_fraction: Option<f64>,
+    /// The longest time without progress (a device restart shows here), when
+    /// it ended (seconds from the start), and the frames received after it.
+    pub longest_pause_s: f64,
+    pub pause_end_s: f64,
+    pub rx_after_pause: u64,
 }
 
 /// Run one queue pair until its frame count, its duration, a stall or the
@@ -338,6 +348,8 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
     let tso = o.tso.map(|t| TsoStream::new(t, pair));
     let per_frame = tso.as_ref().map_or(1, |t| t.segments_per_frame());
     let mut last_work = start;
+    // (length, end, frames received before its end)
+    let mut pause = (Duration::ZERO, start, 0u64);
     let mut idle = 0u32;
     if o.mode != Mode::TxOnly {
         if let Some(len) = o.rx_buffer_len {
@@ -443,11 +455,20 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
         if done {
             break;
         }
+        // Riding through a restart: a longer wait while frames are still to send.
+        let stall = match o.ride_through {
+            Some(r) if sending => r.max(o.stall),
+            _ => o.stall,
+        };
         if work > 0 {
+            let gap = now.duration_since(last_work);
+            if gap > pause.0 {
+                pause = (gap, now, counts.rx);
+            }
             last_work = now;
             idle = 0;
-        } else if now.duration_since(last_work) > o.stall {
-            log::warn!("pair {pair}: no progress for {:?}, giving up", o.stall);
+        } else if now.duration_since(last_work) > stall {
+            log::warn!("pair {pair}: no progress for {stall:?}, giving up");
             break;
         } else if o.busy {
             std::hint::spin_loop();
@@ -471,6 +492,9 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
             r.gbps_rx = (c1.rx_bytes - c0.rx_bytes) as f64 * 8.0 / s / 1e9;
         }
     }
+    r.longest_pause_s = pause.0.as_secs_f64();
+    r.pause_end_s = pause.1.saturating_duration_since(start).as_secs_f64();
+    r.rx_after_pause = chk.frames - pause.2;
     r.tx_frames = tx.tx;
     r.tx_bytes = tx.tx_bytes;
     r.rx_frames = chk.frames;

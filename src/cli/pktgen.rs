@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use vduse_net::bench::checks;
 use vduse_net::bench::netgen::{self, NetDevice, NetGenOptions, NetReport};
-use vduse_net::bench::pktgen::{self, CheckMode, Control, GenOptions, Mode, PktgenReport, Sizes};
+use vduse_net::bench::pktgen::{self, CheckMode, Control, GenOptions, Mode, PktgenReport, QueueReport, Sizes};
 use vduse_net::bench::testbed::Testbed;
 use vduse_net::bench::tso::{self, TsoOptions};
 use vduse_net::driver::net::{EnableOrder, NetDriverConfig};
@@ -273,6 +273,16 @@ pub struct PktgenArgs {
     /// (checksums, lengths, offsets, payload). Replaces --size.
     #[arg(long, value_name = "SIZE")]
     tso: Option<usize>,
+    /// The device's daemon is expected to restart during the run (killed and
+    /// started again, or upgraded; `vduse-net run` takes the device over):
+    /// while frames are still to send, wait up to SECS without progress
+    /// instead of 2 s. Frames lost or seen twice at the cut (TX chains the old
+    /// process had taken are sent again) are reported, not failures, up to
+    /// two rings' worth per pair; integrity errors and driver errors (a used
+    /// entry for an id not in flight: published twice) still fail the run,
+    /// and so does a pair that received nothing after its longest pause.
+    #[arg(long, value_name = "SECS")]
+    ride_through: Option<f64>,
     #[command(flatten)]
     bench: BenchArgs,
 }
@@ -324,6 +334,11 @@ pub fn run(mut a: PktgenArgs) -> CliResult {
         (f, _) => f,
     };
     let pairs = b.dev.queues.max(1) as usize;
+    let ride_through = match a.ride_through {
+        None => None,
+        Some(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Some(Duration::from_secs_f64(s)),
+        Some(s) => return Err(CliError(format!("--ride-through {s} must be in (0, 3600] seconds"))),
+    };
     let o = GenOptions {
         mode,
         sizes: sizes.clone(),
@@ -334,6 +349,7 @@ pub fn run(mut a: PktgenArgs) -> CliResult {
         warmup,
         busy: b.dev.idle == Idle::Busy,
         stall: Duration::from_secs(2),
+        ride_through,
         check,
         rx_buffer_len: b.mrg_rxbuf,
         tso: None,
@@ -386,11 +402,18 @@ pub fn run(mut a: PktgenArgs) -> CliResult {
     let post: Option<pktgen::PostCheck<'_>> = (fcheck || scheck || linger.is_some()).then_some(&mut post);
     let mut rep = pktgen::run_on(tb, &o, &cores, &ctl, &mut tick, post).map_err(|e| CliError(e.to_string()))?;
     rep.checks.insert("ring".into(), ring.name().into());
+    let ride = ride_through.map(|_| ride_through_verdict(&rep.queues, b.dev.ring_size as u64));
+    if let Some((v, _)) = &ride {
+        rep.checks.insert("ride_through".into(), v.clone());
+    }
     if b.json {
         println!("{}", serde_json::to_string(&rep).map_err(|e| CliError(e.to_string()))?);
     } else {
         let what = a.tso.map_or_else(|| format!("sizes {}", b.size), |t| format!("TCP GSO frames of {t} bytes"));
         print_text(&rep, &what);
+    }
+    if let Some((_, verdict)) = ride {
+        return verdict;
     }
     if rep.failed() {
         return Err(CliError(format!(
@@ -399,6 +422,44 @@ pub fn run(mut a: PktgenArgs) -> CliResult {
         )));
     }
     Ok(())
+}
+
+/// A run across a device restart (`--ride-through`): what the cut cost, and
+/// whether the run passes. Loss and frames seen twice are bounded by what can
+/// be in flight (a TX and an RX ring per pair); corruption and driver errors
+/// (a used entry for an id not in flight) never pass, nor does a pair that
+/// received nothing after its longest pause.
+fn ride_through_verdict(queues: &[QueueReport], ring_size: u64) -> (serde_json::Value, CliResult) {
+    let sum = |f: fn(&QueueReport) -> u64| queues.iter().map(f).sum::<u64>();
+    let (lost, twice) = (sum(|q| q.lost), sum(|q| q.duplicates_or_reordered));
+    let (corrupt, driver) = (sum(|q| q.integrity_errors), sum(|q| q.driver_errors));
+    let longest = queues.iter().max_by(|a, b| a.longest_pause_s.total_cmp(&b.longest_pause_s));
+    let bound = 2 * ring_size * queues.len() as u64;
+    let v = serde_json::json!({
+        "longest_pause_s": longest.map_or(0.0, |q| q.longest_pause_s),
+        "pause_end_s": longest.map_or(0.0, |q| q.pause_end_s),
+        "rx_after_pause": queues.iter().map(|q| q.rx_after_pause).min().unwrap_or(0),
+        "lost": lost,
+        "seen_twice_or_reordered": twice,
+        "in_flight_bound": bound,
+    });
+    let verdict = if corrupt > 0 || driver > 0 {
+        Err(CliError(format!(
+            "traffic check failed across the restart: corrupt {corrupt}, driver errors (bad or repeated used entries) {driver}"
+        )))
+    } else if lost > bound || twice > bound {
+        Err(CliError(format!(
+            "more than could be in flight at the cut: lost {lost}, seen twice or reordered {twice} (bound {bound})"
+        )))
+    } else if let Some(q) = queues.iter().find(|q| q.rx_after_pause == 0) {
+        Err(CliError(format!(
+            "pair {}: nothing received after its {:.3} s pause: traffic did not resume",
+            q.pair, q.longest_pause_s
+        )))
+    } else {
+        Ok(())
+    };
+    (v, verdict)
 }
 
 /// `pktgen --backend tap|af-packet|af-xdp --iface ...`: model device(s) whose
@@ -574,5 +635,46 @@ fn print_text(r: &PktgenReport, frames: &str) {
     super::latency::print_cycles(r.device_cycles_per_frame, r.generator_cycles_per_frame, r.tsc_hz, r.cycles_unit);
     if let Some(b) = r.busier {
         println!("  busier side: {b} (check mode {:?})", r.check);
+    }
+    if let Some(v) = r.checks.get("ride_through") {
+        println!("  across the restart: {v}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pair: u16, lost: u64, twice: u64, after: u64) -> QueueReport {
+        QueueReport {
+            pair,
+            lost,
+            duplicates_or_reordered: twice,
+            rx_after_pause: after,
+            longest_pause_s: 1.5,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ride_through_reports_the_cut_and_bounds_it() {
+        let (v, ok) = ride_through_verdict(&[q(0, 3, 2, 100), q(1, 0, 0, 50)], 256);
+        assert!(ok.is_ok());
+        assert_eq!((v["lost"].as_u64(), v["seen_twice_or_reordered"].as_u64()), (Some(3), Some(2)));
+        assert_eq!((v["rx_after_pause"].as_u64(), v["in_flight_bound"].as_u64()), (Some(50), Some(1024)));
+        // More than a TX and an RX ring per pair can hold: not a restart's loss.
+        assert!(ride_through_verdict(&[q(0, 513, 0, 100)], 256).1.is_err());
+        assert!(ride_through_verdict(&[q(0, 0, 513, 100)], 256).1.is_err());
+        // Nothing after the pause: traffic did not resume.
+        assert!(ride_through_verdict(&[q(0, 0, 0, 100), q(1, 0, 0, 0)], 256).1.is_err());
+    }
+
+    #[test]
+    fn ride_through_never_accepts_corruption_or_driver_errors() {
+        let bad = QueueReport { integrity_errors: 1, ..q(0, 0, 0, 100) };
+        assert!(ride_through_verdict(&[bad], 256).1.is_err());
+        // A used entry for an id not in flight (published twice) is a driver error.
+        let twice = QueueReport { driver_errors: 1, ..q(0, 0, 0, 100) };
+        assert!(ride_through_verdict(&[twice], 256).1.is_err());
     }
 }

@@ -230,4 +230,7 @@ else
 fi
 grep '^vduse-net: vn[01]: {' "$LOG2" | while read -r l; do vt_info "$l"; done
 grep -E ' (ERROR|WARN) ' "$LOG2" | head -n 5 | while read -r l; do vt_info "log: $l"; done
+# The vhost_vdpa half and the upgrade, in the same boot.
+# shellcheck source=tools/kernel/guest/reconnect-vhost.sh
+. /lib/reconnect-vhost.sh
 step end

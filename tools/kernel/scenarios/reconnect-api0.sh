@@ -2,12 +2,13 @@
 # kernels: 6.12
 # needs: vduse-net
 # timeout: 420
-# optional: passed 2 of 3 runs after the ping fix (the third hit a post-restart wait that read 64 MiB per check, fixed), 1 of 1 since; in CI after more runs; run it by name
 #
 # The reconnect scenario (see reconnect.sh) on 6.12: VDUSE API 0 (one address space, no vq
 # groups), the stock module (no control queue, so no MAC / RX-mode checks): kill -9 of the
 # daemon mid-transfer, restart, the 64 MiB transfer completes with the same sha256, no
 # kernel WARNING.
+# Then the vhost_vdpa phase (tools/kernel/guest/reconnect-vhost.sh): pktgen across a
+# kill -9 and a --keep-device upgrade; one address space, so no ASID check.
 # shellcheck source=tools/kernel/guest/vduse-test.sh
 . /lib/vduse-test.sh
 # shellcheck source=tools/kernel/guest/reconnect.sh
