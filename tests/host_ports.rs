@@ -2,11 +2,8 @@
 //! veths in network namespaces each test creates and removes (root only;
 //! skipped with a message otherwise).
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::sched::{setns, CloneFlags};
 use vduse_net::backend::af_packet::{self, PacketOptions};
 use vduse_net::backend::host::HostPorts;
 use vduse_net::backend::iface::PortError;
@@ -14,55 +11,9 @@ use vduse_net::backend::link::LinkWatch;
 use vduse_net::backend::{tap, FrameMeta, Port};
 use vduse_net::net::hdr::{F_NEEDS_CSUM, GSO_TCPV4};
 
-/// A network namespace the calling thread works in until drop (threads it
-/// starts meanwhile, like poll threads, are born in it too).
-struct NetNs {
-    name: String,
-    orig: OwnedFd,
-}
-
-fn run(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-impl NetNs {
-    fn enter(tag: &str) -> Option<NetNs> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || run(&["ip", "-V"]).is_err() {
-            eprintln!("skipped: needs root and iproute2");
-            return None;
-        }
-        let name = format!("vnt{}-{tag}", std::process::id());
-        run(&["ip", "netns", "add", &name]).expect("ip netns add");
-        let orig = OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net").unwrap());
-        let ns = NetNs { name, orig };
-        let target = std::fs::File::open(format!("/run/netns/{}", ns.name)).expect("netns file");
-        setns(target.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
-        ns.sh("ip link set lo up; sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
-        Some(ns)
-    }
-
-    /// Run a shell command in the namespace; panics on failure.
-    fn sh(&self, cmd: &str) {
-        self.try_sh(cmd).unwrap_or_else(|e| panic!("{e}"));
-    }
-
-    fn try_sh(&self, cmd: &str) -> Result<(), String> {
-        run(&["ip", "netns", "exec", &self.name, "sh", "-c", cmd])
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = setns(self.orig.as_fd(), CloneFlags::CLONE_NEWNET);
-        let _ = run(&["ip", "netns", "del", &self.name]);
-    }
-}
+#[path = "common/netns.rs"]
+mod netns;
+use netns::{run, NetNs};
 
 fn veth(ns: &NetNs) {
     ns.sh("ip link add va type veth peer name vb && ip link set va up && ip link set vb up");
@@ -172,7 +123,7 @@ fn udp_checksum_ok(f: &[u8]) -> bool {
 
 #[test]
 fn af_packet_frames_cross_a_veth_as_sent() {
-    let Some(ns) = NetNs::enter("afp") else { return };
+    let Some(ns) = NetNs::enter("vnt", "afp") else { return };
     veth(&ns);
     let HostPorts { ports: mut a, watch: _wa } = af_packet::open("va", 1, PacketOptions::default()).expect("open va");
     let HostPorts { ports: mut b, watch: _wb } = af_packet::open("vb", 1, PacketOptions::default()).expect("open vb");
@@ -211,7 +162,7 @@ fn af_packet_frames_cross_a_veth_as_sent() {
 
 #[test]
 fn af_packet_drops_frames_it_cannot_deliver_and_counts_them() {
-    let Some(ns) = NetNs::enter("afd") else { return };
+    let Some(ns) = NetNs::enter("vnt", "afd") else { return };
     veth(&ns);
     let HostPorts { ports: mut a, watch: _wa } = af_packet::open("va", 1, PacketOptions::default()).expect("open va");
     let HostPorts { ports: mut b, watch: wb } = af_packet::open("vb", 1, PacketOptions::default()).expect("open vb");
@@ -242,7 +193,7 @@ fn af_packet_drops_frames_it_cannot_deliver_and_counts_them() {
 
 #[test]
 fn af_packet_fanout_spreads_flows_over_pairs() {
-    let Some(ns) = NetNs::enter("aff") else { return };
+    let Some(ns) = NetNs::enter("vnt", "aff") else { return };
     veth(&ns);
     let HostPorts { ports: mut a, watch: _wa } = af_packet::open("va", 1, PacketOptions::default()).expect("open va");
     let HostPorts { ports: mut b, watch: _wb } =
@@ -281,7 +232,7 @@ fn poll_until(w: &mut dyn LinkWatch, want: bool, t: Duration) -> bool {
 
 #[test]
 fn af_packet_link_follows_the_veth_and_survives_its_deletion() {
-    let Some(ns) = NetNs::enter("afl") else { return };
+    let Some(ns) = NetNs::enter("vnt", "afl") else { return };
     veth(&ns);
     let HostPorts { mut ports, watch: mut w } = af_packet::open("va", 1, PacketOptions::default()).expect("open");
     assert!(w.is_up());
@@ -306,7 +257,7 @@ fn af_packet_link_follows_the_veth_and_survives_its_deletion() {
 
 #[test]
 fn tap_create_attach_and_refuse() {
-    let Some(ns) = NetNs::enter("tap") else { return };
+    let Some(ns) = NetNs::enter("vnt", "tap") else { return };
     // Created when missing, gone when its queues close.
     let HostPorts { ports, watch: w } = tap::open("vt0", 2).expect("create");
     assert!(std::path::Path::new("/sys/class/net").exists());
@@ -341,7 +292,7 @@ fn tap_create_attach_and_refuse() {
 
 #[test]
 fn tap_follows_its_move_to_another_namespace() {
-    let Some(ns) = NetNs::enter("tmv") else { return };
+    let Some(ns) = NetNs::enter("vnt", "tmv") else { return };
     let Some(other) = ({
         // The second namespace is created from the first's thread but only
         // used through `ip netns exec`.

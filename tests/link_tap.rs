@@ -4,12 +4,9 @@
 //! down` / `up` on the tap must show in config `status` with one config
 //! interrupt each.
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sched::{setns, CloneFlags};
 use vduse_net::backend::host::HostPorts;
 use vduse_net::backend::tap;
 use vduse_net::dataplane::{DeviceOptions, IdlePolicy, NetDevice};
@@ -18,49 +15,9 @@ use vduse_net::driver::DriverTransport;
 use vduse_net::net::config::{STATUS_OFFSET, VIRTIO_NET_S_LINK_UP};
 use vduse_net::vduse::model::{KernelModel, ModelConfig, ModelDriver};
 
-fn run(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-/// A network namespace the calling thread (and the threads it starts) works
-/// in until drop, which removes it, taps included, even after a failure.
-struct NetNs {
-    name: String,
-    orig: OwnedFd,
-}
-
-impl NetNs {
-    fn enter(tag: &str) -> Option<NetNs> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || run(&["ip", "-V"]).is_err() {
-            eprintln!("skipped: needs root and iproute2");
-            return None;
-        }
-        let name = format!("vnl{}-{tag}", std::process::id());
-        run(&["ip", "netns", "add", &name]).expect("ip netns add");
-        let orig = OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net").unwrap());
-        let ns = NetNs { name, orig };
-        let target = std::fs::File::open(format!("/run/netns/{}", ns.name)).expect("netns file");
-        setns(target.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
-        Some(ns)
-    }
-
-    fn sh(&self, cmd: &str) {
-        run(&["ip", "netns", "exec", &self.name, "sh", "-c", cmd]).unwrap_or_else(|e| panic!("{e}"));
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = setns(self.orig.as_fd(), CloneFlags::CLONE_NEWNET);
-        let _ = run(&["ip", "netns", "del", &self.name]);
-    }
-}
+#[path = "common/netns.rs"]
+mod netns;
+use netns::NetNs;
 
 fn status_word(t: &Arc<ModelDriver>) -> u16 {
     let mut b = [0u8; 2];
@@ -70,7 +27,7 @@ fn status_word(t: &Arc<ModelDriver>) -> u16 {
 
 #[test]
 fn tap_carrier_changes_reach_config_status_with_an_interrupt_each() {
-    let Some(ns) = NetNs::enter("tap") else { return };
+    let Some(ns) = NetNs::enter("vnl", "tap") else { return };
     ns.sh("ip tuntap add vls0 mode tap multi_queue vnet_hdr && ip link set vls0 up");
     let HostPorts { ports, watch } = tap::open("vls0", 1).expect("attach tap");
     assert!(watch.is_up());
