@@ -3,7 +3,6 @@
 # vduse: patched
 # needs: vduse-net
 # timeout: 420
-# optional: 8 of 11 runs with the vhost phase passed (1 of 1 with the last fix); the 3 failures were the test's timing under load (stats read before the socket was up; read after pktgen's exit had reset the ASIDs; an 8 s upgrade outage outlasting a 10 s pktgen run), each fixed, the last unverified by repeated runs
 #
 # Reconnect (issue 12) on a real kernel: two vduse-net devices wired together (--backend
 # patch, control queue on with the patched module), each bound to virtio_vdpa, their
