@@ -425,7 +425,7 @@ impl PollThread {
                 _ => *pair % used,
             };
             // Every queue RSS names is used (`rx_pairs`); keep it so.
-            let to = if chosen < used { chosen } else { chosen % used };
+            let to = chosen % used;
             match handoff.send(to, frame, meta) {
                 Ok(()) => t.rx_steered += 1,
                 // Full, or larger than a handoff slot: nowhere to go.
