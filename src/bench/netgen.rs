@@ -373,8 +373,11 @@ fn run_thread<E: Endpoint>(
         }
         work += n;
         if !sending {
+            // A stop request (SIGINT/SIGTERM) ends sending, not receiving:
+            // frames already in flight are drained like at a natural end,
+            // bounded by `stall`, or they would be reported lost.
             let all_sent = sh.senders.load(Ordering::Acquire) == 0;
-            if stop || (all_sent && sh.seen.load(Ordering::Relaxed) >= sh.sent.load(Ordering::Relaxed)) {
+            if all_sent && sh.seen.load(Ordering::Relaxed) >= sh.sent.load(Ordering::Relaxed) {
                 break;
             }
             let last = sh.t0 + Duration::from_nanos(sh.last_rx.load(Ordering::Relaxed));
