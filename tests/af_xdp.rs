@@ -142,6 +142,15 @@ fn gen(frames: u64, rate_per_thread: f64) -> NetGenOptions {
     }
 }
 
+/// Ends a run (sets its stop flag) when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 fn run(devices: Vec<NetDevice>, o: &NetGenOptions) -> NetReport {
     netgen::run_network(devices, o, &[], Arc::new(AtomicBool::new(false))).expect("run")
 }
@@ -337,7 +346,14 @@ fn deleting_the_interface_under_traffic_fails_the_ports_once_and_recreating_it_r
     let ns = reflector_ns("xl", "xlb", 1, Reflect::Redirect);
     let (dev, counters) = device(&ns, 0, "xl", 1, XdpOptions::default(), IdlePolicy::Adaptive { spins: 256 });
     let ns_name = ns.name().to_string();
+    // The run ends 2.5 s after the interface is back and set up, however
+    // long the `ip`/`tc` commands took on a loaded machine (a fixed 4 s run
+    // once ended before a slow `ip link set up`).
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_run = stop.clone();
     let flapper = std::thread::spawn(move || {
+        // Set on every way out, a failed `ip` command included.
+        let _end = StopOnDrop(stop);
         let ip = |args: &[&str]| {
             let out = Command::new("ip").args(["-n", &ns_name]).args(args).output().unwrap();
             assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -357,9 +373,10 @@ fn deleting_the_interface_under_traffic_fails_the_ports_once_and_recreating_it_r
             "filter", "add", "dev", "xlb", "ingress", "protocol", "all", "u32", "match", "u32", "0", "0", "action",
             "mirred", "egress", "redirect", "dev", "xlb",
         ]);
+        std::thread::sleep(Duration::from_millis(2500));
     });
-    let o = NetGenOptions { duration: Some(Duration::from_secs(4)), frames: None, ..gen(0, 20_000.0) };
-    let r = run(vec![dev], &o);
+    let o = NetGenOptions { duration: None, frames: None, ..gen(0, 20_000.0) };
+    let r = netgen::run_network(vec![dev], &o, &[], stop_run).expect("run");
     flapper.join().unwrap();
     eprintln!("{}; link events {:?}; port {:?}", summary(&r), r.link_events, counters[0].snapshot());
     let link = r.devices[0].as_ref().expect("device stats").link.clone().expect("link stats");
