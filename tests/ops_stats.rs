@@ -82,6 +82,14 @@ fn stats_follow_pktgen_and_end_at_its_totals() {
         }
         assert!(q["rx"]["ready"].as_bool().unwrap() && q["tx"]["enabled"].as_bool().unwrap());
         assert_eq!(q["queue_errors"], 0);
+        // Kicks are counted (a number, not null) and /metrics agrees; that
+        // they count real kicks is `kicks_wake_a_sleeping_poll_thread`.
+        let kicks = q["kicks"].as_u64().unwrap_or_else(|| panic!("pair {pair}: kicks {}", q["kicks"]));
+        assert_eq!(
+            metric(&samples, "vduse_net_kicks_total", &[("device", "pktgen0"), ("queue", pair.as_str())]),
+            Some(kicks as f64),
+            "pair {pair} kicks in /metrics"
+        );
     }
     assert_eq!(metric(&samples, "vduse_net_driver_ok", &[("device", "pktgen0")]), Some(1.0));
 
@@ -109,6 +117,25 @@ fn stats_follow_pktgen_and_end_at_its_totals() {
     }
     // The socket is gone with the process.
     assert!(!sock.exists(), "{} left behind", sock.display());
+}
+
+/// At 200 frames/s an adaptive-idle poll thread goes to sleep between
+/// frames (its spins last far less than 5 ms), so the driver's kicks wake
+/// it: the pair counts about one kick per frame.
+#[test]
+fn kicks_wake_a_sleeping_poll_thread() {
+    let out = Command::new(BIN)
+        .args(["pktgen", "--frames", "200", "--rate", "200", "--size", "64", "--idle", "adaptive"])
+        .args(["--no-stats-socket", "--json"])
+        .output()
+        .expect("pktgen");
+    assert!(out.status.success(), "pktgen: {}", String::from_utf8_lossy(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).expect("pktgen --json report");
+    assert_eq!(rep["lost"], 0);
+    let p = &rep["device"]["pairs"][0];
+    let kicks = p["kicks"].as_u64().unwrap_or_else(|| panic!("no kicks counter in {p}"));
+    assert!(p["sleeps"].as_u64().unwrap() > 0, "the poll thread never slept: {p}");
+    assert!(kicks > 0, "200 frames 5 ms apart and no kick counted: {p}");
 }
 
 #[test]
