@@ -48,6 +48,39 @@ fn every_readme_example_parses() {
     }
 }
 
+/// Every flag of `run` is a config key (the parser is built from them), so
+/// every one must have a row in the README's config key table: a flag added
+/// without documenting its key fails here.
+#[test]
+fn every_run_flag_is_a_documented_config_key() {
+    let help = vduse_net(&["run", "--help"], &[]);
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    let flags: Vec<&str> = help
+        .lines()
+        .map(str::trim_start)
+        // Option lines: `--flag ...` or `-x, --flag ...`.
+        .filter_map(|l| {
+            l.strip_prefix("--").or_else(|| l.get(4..).filter(|_| l.get(2..4) == Some(", "))?.strip_prefix("--"))
+        })
+        .map(|f| f.split([' ', '=', '<']).next().unwrap())
+        .filter(|f| !["help", "version", "config", "devices"].contains(f))
+        .collect();
+    assert!(flags.len() > 20 && flags.contains(&"iface") && flags.contains(&"queues"), "{flags:?}");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme.split("### Config file").nth(1).and_then(|s| s.split("\n\n").find(|p| p.starts_with("| key")));
+    let table = table.expect("the README's config key table (`| key | value | default |`)");
+    let documented: Vec<String> = table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| ").and_then(|l| l.split(" |").next()))
+        .flat_map(|cell| {
+            cell.split(['`', ',', '(', ')', ' ']).filter(|w| !w.is_empty()).map(String::from).collect::<Vec<_>>()
+        })
+        .collect();
+    let missing: Vec<_> = flags.iter().filter(|f| !documented.iter().any(|d| d == *f)).collect();
+    assert!(missing.is_empty(), "run flags without a row in the README's config key table: {missing:?}");
+}
+
 const DEV: &str = "[[device]]\nname = \"vn0\"\n";
 
 #[test]

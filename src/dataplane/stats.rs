@@ -71,6 +71,11 @@ counters!(
         queue_errors,
         sleeps,
         wakeups,
+        /// Driver kicks (notifications) the poll thread took from its kick
+        /// eventfds, which it reads only after a wait (an adaptive-idle
+        /// sleep, or waiting for its queues to start): a busy-polling
+        /// thread counts almost none.
+        kicks,
         /// Chains with more pieces than a `virtq::Chain` keeps (dropped).
         chain_overflow,
         /// Panics of the poll thread (each stops the pair until reset).

@@ -428,10 +428,14 @@ impl PollThread {
         // chains): look again after 1 ms, not the full idle sleep.
         let ms = if self.offloads.rx_short { 1 } else { IDLE_SLEEP.as_millis() as u16 };
         let fired = nix::poll::poll(&mut fds, PollTimeout::from(ms));
-        // Drain whatever fired; eventfds are non-blocking.
+        // Drain whatever fired; eventfds are non-blocking. A kick eventfd
+        // holds the number of kicks since it was last read (VDUSE signals it
+        // once per kick): the stats' `kicks`.
         let _ = self.wake.read();
-        let _ = self.kick_tx.read();
-        let _ = self.kick_rx.read();
+        let kicks = self.kick_tx.read().unwrap_or(0) + self.kick_rx.read().unwrap_or(0);
+        if kicks > 0 {
+            bump(&self.stats.kicks, kicks);
+        }
         !matches!(fired, Ok(0))
     }
 }
