@@ -1,5 +1,5 @@
 #!/bin/sh
-# kernels: 7.3
+# kernels: 6.12 7.3
 # vduse: patched
 # needs: vduse-net
 # bundles: ethtool
@@ -106,8 +106,8 @@ table() {
 	TBL=$(echo "$out" | awk '/^RSS hash key:/ { exit } /^ *[0-9]+:/ { for (i = 2; i <= NF; i++) printf "%s ", $i }')
 }
 
-# round NAME BASE MODE: FLOWS flows (source ports BASE+i, destination ports BASE+1000+i),
-# expected queues from the current table; checks the guest's and the device's counters
+# round NAME BASE MODE: FLOWS flows (ports from BASE), expected queues from the current
+# table; checks the guest's and the device's counters
 round() {
 	r_name=$1 r_base=$2 r_mode=$3
 	if ! table; then
@@ -115,12 +115,9 @@ round() {
 		return 1
 	fi
 	vt_info "$r_name: table ($(echo "$TBL" | wc -w) entries) $(echo "$TBL" | tr -s ' ' | cut -c1-64)...; key $KEY"
-	i=0
-	: >/tmp/flows
-	while [ $i -lt $FLOWS ]; do
-		echo "$((r_base + i)) $((r_base + 1000 + i))" >>/tmp/flows
-		i=$((i + 1))
-	done
+	# ports scattered (not in lockstep: Toeplitz is linear, and sequential ports split
+	# into equal counts whatever the key); distinct source ports within a round
+	awk -v n="$FLOWS" -v b="$r_base" 'BEGIN { for (i = 0; i < n; i++) print 10000 + (i * 7919 + b) % 50000, 1024 + (i * 104729 + 3 * b) % 30000 }' >/tmp/flows
 	toeplitz "$KEY" "$TBL" "$r_mode" </tmp/flows >/tmp/expect
 	want=$(awk -v q="$Q" '{ c[$4]++ } END { for (i = 0; i < q; i++) printf "%s%d", (i ? " " : ""), c[i] + 0 }' /tmp/expect)
 	g0=$(guest) d0=$(dev)
