@@ -194,7 +194,8 @@ veth() {
 		ip netns add A && ip netns add B &&
 		ip netns exec A sh -c 'echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6; echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6' &&
 		ip netns exec B sh -c 'echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6; echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6' &&
-		ip link add vpr type veth peer name vpb && ip link set vpb netns B && ip link set vpr up
+		ip link add vpr type veth peer name vpb && ip link set vpb netns B && ip -n B link set vpb up &&
+		ip link set vpr up
 }
 
 netns() {
@@ -205,8 +206,8 @@ netns() {
 		ip -n A neigh add $B_IP lladdr "$mac_b" dev "$IF" nud permanent &&
 		ip -n B neigh add $A_IP lladdr "$mac_a" dev vpb nud permanent &&
 		ip -n A link set lo up && ip -n B link set lo up &&
-		ip -n A link set "$IF" up && ip -n B link set vpb up &&
-		ip netns exec A ping -c 1 -w 20 $B_IP >/dev/null
+		ip -n A link set "$IF" up &&
+		ip netns exec A ping -c 1 -w 20 $B_IP
 }
 
 stop() {
@@ -239,7 +240,8 @@ main() {
 	HR=$(bit 57)
 	if [ "$HR" = 1 ]; then vt_pass rss.hash-report-negotiated; else vt_fail rss.hash-report-negotiated "HASH_REPORT not negotiated: $f"; fi
 	if ! out=$(netns 2>&1); then
-		vt_fail rss.netns "$out"
+		vt_fail rss.netns "$out | carrier $(ip netns exec A cat /sys/class/net/"$IF"/carrier 2>&1) | $(dev)"
+		tail -n 30 "$LOG" | while read -r l; do vt_info "log: $l"; done
 		return
 	fi
 	vt_pass rss.netns
