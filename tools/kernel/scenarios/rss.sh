@@ -4,7 +4,6 @@
 # needs: vduse-net
 # bundles: ethtool
 # timeout: 300
-# optional: new (2026-11-29); joins the default matrix after 3 passing runs in a row
 #
 # RSS and hash reports with the kernel's own virtio-net (issue 11, item 5): a device with
 # `--backend af-packet --iface vpr --queues 4 --features +rss,+hash_report` (the patched
