@@ -112,6 +112,11 @@ pub struct SplitQueue {
     /// used.idx when we last decided about an interrupt (event-idx "old").
     signalled_used: u16,
     notify_enabled: bool,
+    /// `size - 1` when the size is a power of two (always, for a queue the
+    /// slow path accepted: it refuses other sizes, and the split format
+    /// requires one, virtio 1.3 §2.7); 0 otherwise, and ring slots are then
+    /// taken `% size`. A mask instead of a division per avail and used slot.
+    mask: u16,
 }
 
 // SAFETY: the raw pointers point into mappings kept alive by the address
@@ -130,6 +135,19 @@ impl SplitQueue {
             published_used: cfg.avail_base,
             signalled_used: cfg.avail_base,
             notify_enabled: true,
+            mask: if cfg.size.is_power_of_two() { cfg.size - 1 } else { 0 },
+        }
+    }
+
+    /// The ring slot of free-running index `idx`: always `< size`.
+    #[inline]
+    fn slot(&self, idx: u16) -> usize {
+        if self.mask != 0 {
+            (idx & self.mask) as usize
+        } else {
+            // Size 1 (mask 0) and sizes the slow path refuses; size 0 panics
+            // here as before (a bug: no such queue is ever made).
+            (idx % self.cfg.size) as usize
         }
     }
 
@@ -291,7 +309,7 @@ impl SplitQueue {
     /// checked `pending() > 0`.
     #[inline]
     pub fn pop_head(&mut self) -> Result<Head, QueueError> {
-        let slot = (self.last_avail % self.cfg.size) as usize;
+        let slot = self.slot(self.last_avail);
         // SAFETY: slot < size, so 4 + 2*slot lies within the avail ring
         // (translated for avail_ring_size, 2-aligned).
         let head = u16::from_le(unsafe { std::ptr::read_volatile(self.ptrs().avail.add(4 + 2 * slot) as *const u16) });
@@ -324,7 +342,7 @@ impl SplitQueue {
     #[inline]
     pub fn push_used(&mut self, head: Head, len: u32) {
         let id = head.id;
-        let slot = (self.used_idx % self.cfg.size) as usize;
+        let slot = self.slot(self.used_idx);
         let at = 4 + 8 * slot;
         let used = self.ptrs().used;
         // SAFETY: slot < size, so [at, at + 8) lies within the used ring,
