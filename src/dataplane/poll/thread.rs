@@ -125,9 +125,16 @@ impl PollThread {
         loop {
             #[cfg(test)]
             crate::persist::fault::point(self.device.name(), crate::persist::fault::Stage::PollLoop);
-            while let Ok((cmd, reply)) = self.mailbox.try_recv() {
-                if let Flow::Exit = self.handle(cmd, &reply, reader) {
-                    return;
+            // `is_empty` is two loads of the channel's head and tail (SeqCst
+            // loads: plain loads on x86); an empty `try_recv` issues a SeqCst
+            // fence, once per iteration. A command posted after the check is
+            // seen at the next iteration, or wakes `wait` through the eventfd
+            // that `MailboxTx::post` writes after queueing it.
+            if !self.mailbox.is_empty() {
+                while let Ok((cmd, reply)) = self.mailbox.try_recv() {
+                    if let Flow::Exit = self.handle(cmd, &reply, reader) {
+                        return;
+                    }
                 }
             }
             if !self.active() {
