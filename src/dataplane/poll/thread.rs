@@ -159,7 +159,8 @@ impl PollThread {
                 let g = reader.read();
                 self.poll_once(&g)
             };
-            // One QSBR quiescent state (and its fence) per burst.
+            // One QSBR quiescent state per burst: one load, no fence (a
+            // store only when a writer asked for a grace period).
             reader.quiescent();
             // testpmd's --record-core-cycles: only iterations that moved frames.
             self.busy.end(t0, frames, &self.stats);
@@ -365,8 +366,9 @@ impl PollThread {
         let rx_wanted = self.port.rx_pending() > 0 || reflector || inbox;
         let (mut tx_more, mut rx_more) = (false, false);
         {
-            // Right after the loop's quiescent state: the fence in
-            // `Reader::quiescent` orders that store before this load.
+            // Right after the loop's quiescent state: a table loaded here
+            // follows that state's Acquire of the QSBR epoch (see
+            // crate::mem::qsbr), like the next burst's would.
             let g = reader.read();
             let tx_runnable = self.tx.runnable();
             let rx_runnable = self.rx.runnable();
