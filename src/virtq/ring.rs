@@ -59,6 +59,10 @@ pub trait Ring: Send {
         space: &AddressSpace,
         guard: &'g ReadGuard<'_>,
     ) -> Result<(), QueueError>;
+    /// Prefetch the next chain's first buffer (a hint; see
+    /// [`SplitQueue::prefetch_next`]). Nothing for a packed ring.
+    #[inline]
+    fn prefetch_next(&self, _space: &AddressSpace, _guard: &ReadGuard<'_>) {}
     /// [`Ring::pop_into`] returning a new chain (slow path, tests).
     fn pop<'g>(
         &mut self,
@@ -116,6 +120,10 @@ impl Ring for SplitQueue {
     ) -> Result<(), QueueError> {
         let head = self.pop_head()?;
         self.read_chain_into(chain, head, dir, space, guard)
+    }
+    #[inline]
+    fn prefetch_next(&self, space: &AddressSpace, guard: &ReadGuard<'_>) {
+        SplitQueue::prefetch_next(self, space, guard)
     }
     fn rewind(&mut self, heads: &[Head]) {
         SplitQueue::rewind(self, heads.len() as u16)

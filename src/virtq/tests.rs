@@ -143,6 +143,51 @@ fn a_head_from_a_larger_queue_is_refused_not_followed() {
     assert!(matches!(r, Err(QueueError::Malformed(Malformed::HeadOutOfRange(200)))), "{:?}", r.err());
 }
 
+/// `prefetch_next` is a hint: whatever the next avail entry holds (a good
+/// chain, an out-of-range head, an indirect descriptor, an unmapped buffer,
+/// nothing published yet) it consumes nothing, and the pops that follow see
+/// exactly what they would have seen without it.
+#[test]
+fn prefetch_next_consumes_nothing_and_changes_no_outcome() {
+    let mut r = rig(16);
+    r.drv.write_desc(0, VringDesc { addr: buf(0), len: 100, flags: 0, next: 0 }).unwrap();
+    r.drv
+        .write_desc(1, VringDesc { addr: buf(1), len: 32, flags: crate::uapi::virtio::VRING_DESC_F_INDIRECT, next: 0 })
+        .unwrap();
+    r.drv.write_desc(2, VringDesc { addr: 0x7000_0000, len: 64, flags: 0, next: 0 }).unwrap();
+    for head in [0u16, 1, 2, 40] {
+        r.drv.push_avail_raw(head);
+    }
+    let space = r.iotlb.space(0).unwrap().clone();
+    let mut reader = r.iotlb.qsbr().register();
+    let g = reader.read();
+    r.dev.refresh(&space, &g).unwrap();
+    // Nothing published: nothing read.
+    r.dev.prefetch_next(&space, &g);
+    assert_eq!(r.dev.pending().unwrap(), 0);
+    r.drv.publish();
+    assert_eq!(r.dev.pending().unwrap(), 4);
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let before = r.dev.last_avail();
+        r.dev.prefetch_next(&space, &g);
+        r.dev.prefetch_next(&space, &g);
+        assert_eq!(r.dev.last_avail(), before, "prefetch consumed an entry");
+        let out =
+            r.dev.pop_head().map(|h| r.dev.read_chain(h, Direction::DeviceReads, &space, &g).map(|c| c.readable_len()));
+        seen.push(format!("{out:?}"));
+    }
+    assert_eq!(seen[0], "Ok(Ok(100))");
+    // The indirect table at buf(1) holds zeroed descriptors: a zero-length
+    // buffer is legal, so the chain is empty.
+    assert_eq!(seen[1], "Ok(Ok(0))");
+    assert!(seen[2].starts_with("Ok(Err("), "{}", seen[2]);
+    assert!(seen[3].contains("HeadOutOfRange(40)"), "{}", seen[3]);
+    // A refused head is not consumed (the queue fails there), prefetched
+    // or not.
+    assert_eq!(r.dev.pending().unwrap(), 1);
+}
+
 /// Chains keep their pieces in order; reading gathers, writing scatters,
 /// totals count everything.
 #[test]

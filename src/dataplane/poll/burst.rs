@@ -76,6 +76,15 @@ impl<'a, R: Ring> Burst<'a, R> {
         }
     }
 
+    /// Prefetch the next chain's first buffer (a hint, see
+    /// [`Ring::prefetch_next`]); nothing after an error.
+    #[inline]
+    pub fn prefetch_next(&self, space: &AddressSpace, g: &ReadGuard<'_>) {
+        if self.error.is_none() {
+            self.ring.prefetch_next(space, g);
+        }
+    }
+
     /// The queue's size (slots in the ring).
     #[inline]
     pub fn queue_size(&self) -> u16 {

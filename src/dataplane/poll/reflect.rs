@@ -32,6 +32,8 @@ impl PollThread {
             if !tb.pop_into(&mut tchain, Direction::DeviceReads, space, g) {
                 break;
             }
+            // The next TX frame's lines travel while this one is copied.
+            tb.prefetch_next(space, g);
             done += 1;
             let total = tchain.readable_len() as usize;
             if total <= HDR_LEN || total - HDR_LEN > SLOT_SIZE || !tchain.readable_complete() {
@@ -69,6 +71,7 @@ impl PollThread {
                 tb.complete(tchain.head(), 0);
                 break;
             }
+            rb.prefetch_next(space, g);
             avail -= 1;
             let mut dst = rchain.writer();
             let out = HDR_LEN + len;

@@ -125,9 +125,16 @@ impl PollThread {
         loop {
             #[cfg(test)]
             crate::persist::fault::point(self.device.name(), crate::persist::fault::Stage::PollLoop);
-            while let Ok((cmd, reply)) = self.mailbox.try_recv() {
-                if let Flow::Exit = self.handle(cmd, &reply, reader) {
-                    return;
+            // `is_empty` is two loads of the channel's head and tail (SeqCst
+            // loads: plain loads on x86); an empty `try_recv` issues a SeqCst
+            // fence, once per iteration. A command posted after the check is
+            // seen at the next iteration, or wakes `wait` through the eventfd
+            // that `MailboxTx::post` writes after queueing it.
+            if !self.mailbox.is_empty() {
+                while let Ok((cmd, reply)) = self.mailbox.try_recv() {
+                    if let Flow::Exit = self.handle(cmd, &reply, reader) {
+                        return;
+                    }
                 }
             }
             if !self.active() {
@@ -152,7 +159,8 @@ impl PollThread {
                 let g = reader.read();
                 self.poll_once(&g)
             };
-            // One QSBR quiescent state (and its fence) per burst.
+            // One QSBR quiescent state per burst: one load, no fence (a
+            // store only when a writer asked for a grace period).
             reader.quiescent();
             // testpmd's --record-core-cycles: only iterations that moved frames.
             self.busy.end(t0, frames, &self.stats);
@@ -358,8 +366,9 @@ impl PollThread {
         let rx_wanted = self.port.rx_pending() > 0 || reflector || inbox;
         let (mut tx_more, mut rx_more) = (false, false);
         {
-            // Right after the loop's quiescent state: the fence in
-            // `Reader::quiescent` orders that store before this load.
+            // Right after the loop's quiescent state: a table loaded here
+            // follows that state's Acquire of the QSBR epoch (see
+            // crate::mem::qsbr), like the next burst's would.
             let g = reader.read();
             let tx_runnable = self.tx.runnable();
             let rx_runnable = self.rx.runnable();

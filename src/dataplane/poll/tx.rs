@@ -170,6 +170,7 @@ impl PollThread {
             if !b.pop_into(&mut chain, Direction::DeviceReads, space, g) {
                 break;
             }
+            b.prefetch_next(space, g);
             let mut h = [0u8; HDR_LEN];
             chain.read_at(0, &mut h);
             let out = if tx_plain(&h) {
