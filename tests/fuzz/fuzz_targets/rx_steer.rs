@@ -21,7 +21,9 @@
 //!   `pair % rx_pairs`. One exception, until frames over a handoff slot
 //!   are steered (issue 11, branch steer): such a frame may stay on its
 //!   arrival pair, and then it is counted `rx_unsteered`;
-//! - each frame is delivered once; `num_buffers` is 1 without MRG_RXBUF and
+//! - each frame is delivered once (deliveries are matched to offered
+//!   copies of the same bytes, each copy at most once, on a queue that
+//!   copy may go to); `num_buffers` is 1 without MRG_RXBUF and
 //!   equals the used entries the frame spans with it; with HASH_REPORT the
 //!   header's hash value and report are the expected ones (zero when no
 //!   hash is configured);
@@ -37,7 +39,7 @@
 
 #![no_main]
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -392,18 +394,66 @@ impl DriverQ {
 
 // ---------------------------------------------------------------- oracle
 
-/// A frame given to a port, and where it may be delivered.
-struct Offered {
-    bytes: Vec<u8>,
+/// Where a frame given to a port may be delivered.
+#[derive(Clone, Copy, Debug)]
+struct Dest {
     /// The receive queue RSS (or the arrival pair) designates.
     to: u16,
     /// Also acceptable: the arrival pair, for a frame too big to hand over
     /// (the documented `rx_unsteered` case).
     alt: Option<u16>,
-    hash: rss::RxHash,
-    delivered: bool,
-    /// Delivered on `alt`, not `to`.
-    on_alt: bool,
+}
+
+impl Dest {
+    fn allows(&self, q: u16) -> bool {
+        self.to == q || self.alt == Some(q)
+    }
+}
+
+/// Frames by their bytes (the fuzzer often offers the same bytes again):
+/// where each copy may go, and the queues copies arrived on.
+#[derive(Default)]
+struct Ledger {
+    offered: usize,
+    frames: HashMap<Vec<u8>, (Vec<Dest>, Vec<u16>)>,
+}
+
+impl Ledger {
+    /// Every delivery is matched to its own offered copy that allows its
+    /// queue (a bipartite matching, Kuhn's augmenting paths: a greedy
+    /// choice could give a copy that may only go to `to` the delivery on
+    /// `alt`).
+    fn check(&self) {
+        for (bytes, (dests, got)) in &self.frames {
+            let mut owner: Vec<Option<usize>> = vec![None; dests.len()];
+            fn augment(d: usize, got: &[u16], dests: &[Dest], seen: &mut [bool], owner: &mut [Option<usize>]) -> bool {
+                for f in 0..dests.len() {
+                    if dests[f].allows(got[d]) && !seen[f] {
+                        seen[f] = true;
+                        if owner[f].is_none_or(|o| augment(o, got, dests, seen, owner)) {
+                            owner[f] = Some(d);
+                            return true;
+                        }
+                    }
+                }
+                false
+            }
+            for d in 0..got.len() {
+                let mut seen = vec![false; dests.len()];
+                assert!(
+                    augment(d, got, dests, &mut seen, &mut owner),
+                    "a {}-byte frame delivered more often than offered for its queues: on {got:?}, offered for {dests:?}",
+                    bytes.len()
+                );
+            }
+        }
+    }
+
+    /// Deliveries on a queue that no copy of their bytes was meant for
+    /// but may take (the `rx_unsteered` exception).
+    fn on_alt(&self) -> usize {
+        self.frames.values().map(|(dests, got)| got.iter().filter(|&&q| dests.iter().all(|d| d.to != q)).count()).sum()
+    }
 }
 
 struct Expect {
@@ -423,8 +473,8 @@ impl Expect {
         }
     }
 
-    fn offer(&self, pair: u16, bytes: Vec<u8>) -> Offered {
-        let hash = self.hash(&bytes);
+    fn offer(&self, pair: u16, bytes: &[u8]) -> Dest {
+        let hash = self.hash(bytes);
         let active = pair < self.rx_pairs;
         let to = match &self.rss {
             Some(r) if hash.report == rss::HashReport::None => r.unclassified_queue,
@@ -433,13 +483,15 @@ impl Expect {
             None => pair % self.rx_pairs,
         };
         let alt = (active && to != pair && bytes.len() > SLOT_SIZE).then_some(pair);
-        Offered {
-            bytes,
-            to,
-            alt,
-            hash: if self.hash_report { hash } else { rss::RxHash::default() },
-            delivered: false,
-            on_alt: false,
+        Dest { to, alt }
+    }
+
+    /// The hash the header reports (zero without HASH_REPORT in force).
+    fn report(&self, frame: &[u8]) -> rss::RxHash {
+        if self.hash_report {
+            self.hash(frame)
+        } else {
+            rss::RxHash::default()
         }
     }
 }
@@ -546,7 +598,15 @@ fn frame(u: &mut Unstructured<'_>) -> ArbResult<(Vec<u8>, FrameMeta)> {
 
 /// Read the device's writes for the used entries published since the last
 /// look, and check each completed frame.
-fn collect(q: &mut DriverQ, queue: u16, mrg: bool, hdr_len: usize, offered: &mut [Offered], delivered: &mut [u64]) {
+fn collect(
+    q: &mut DriverQ,
+    queue: u16,
+    mrg: bool,
+    hdr_len: usize,
+    expect: &Expect,
+    ledger: &mut Ledger,
+    delivered: &mut [u64],
+) {
     let m = mems();
     let used_idx = le16(&m.ring, q.base + USED_OFF + 2);
     while q.used_seen != used_idx {
@@ -594,32 +654,24 @@ fn collect(q: &mut DriverQ, queue: u16, mrg: bool, hdr_len: usize, offered: &mut
             q.partial = Some((want, hdr, std::mem::take(&mut payload)));
             continue;
         }
-        let Some(o) =
-            offered.iter_mut().find(|o| !o.delivered && o.bytes == payload && (o.to == queue || o.alt == Some(queue)))
+        let Some((dests, got)) = ledger.frames.get_mut(&payload).filter(|(d, _)| d.iter().any(|d| d.allows(queue)))
         else {
-            let like: Vec<_> =
-                offered.iter().filter(|o| o.bytes == payload).map(|o| (o.to, o.alt, o.delivered)).collect();
+            let like = ledger.frames.get(&payload).map(|f| &f.0);
             panic!(
-                "queue {queue}: a {}-byte frame no port offered for this queue (same bytes offered: {like:?})",
+                "queue {queue}: a {}-byte frame no port offered for this queue (same bytes offered for: {like:?})",
                 payload.len()
             );
         };
-        o.delivered = true;
+        got.push(queue);
         if std::env::var_os("RX_STEER_DEBUG").is_some() {
-            eprintln!(
-                "frame of {} bytes on queue {queue}, to {} alt {:?} hash {:?}",
-                o.bytes.len(),
-                o.to,
-                o.alt,
-                o.hash
-            );
+            eprintln!("frame of {} bytes on queue {queue}, offered for {dests:?}", payload.len());
         }
-        o.on_alt = o.to != queue;
         delivered[queue as usize] += 1;
         if hdr_len == HASH_HDR_LEN {
             let value = u32::from_le_bytes(hdr[HDR_LEN..HDR_LEN + 4].try_into().unwrap());
             let report = u16::from_le_bytes([hdr[HDR_LEN + 4], hdr[HDR_LEN + 5]]);
-            assert_eq!((value, report), (o.hash.value, o.hash.report as u16), "queue {queue}: hash report");
+            let want = expect.report(&payload);
+            assert_eq!((value, report), (want.value, want.report as u16), "queue {queue}: hash report");
         }
     }
 }
@@ -755,11 +807,11 @@ fn run(data: &[u8]) -> ArbResult<()> {
     }
     drop(mesh);
 
-    let mut offered: Vec<Offered> = Vec::new();
+    let mut ledger = Ledger::default();
     let mut delivered = vec![0u64; pairs as usize];
     let step_all = |threads: &mut [FuzzPair],
                     queues: &mut [DriverQ],
-                    offered: &mut [Offered],
+                    ledger: &mut Ledger,
                     delivered: &mut [u64],
                     reader: &mut vduse_net::mem::Reader,
                     only: Option<usize>| {
@@ -774,7 +826,7 @@ fn run(data: &[u8]) -> ArbResult<()> {
             reader.quiescent();
         }
         for (p, q) in queues.iter_mut().enumerate() {
-            collect(q, p as u16, mrg, hdr_len, offered, delivered);
+            collect(q, p as u16, mrg, hdr_len, &expect, ledger, delivered);
         }
     };
     for _round in 0..256 {
@@ -786,7 +838,9 @@ fn run(data: &[u8]) -> ArbResult<()> {
                 let p = u.int_in_range(0..=pairs - 1)?;
                 for _ in 0..u.int_in_range(1..=8)? {
                     let (b, meta) = frame(&mut u)?;
-                    offered.push(expect.offer(p, b.clone()));
+                    let dest = expect.offer(p, &b);
+                    ledger.frames.entry(b.clone()).or_default().0.push(dest);
+                    ledger.offered += 1;
                     far[p as usize].lock().unwrap().push_back((b, meta));
                 }
             }
@@ -800,9 +854,9 @@ fn run(data: &[u8]) -> ArbResult<()> {
             }
             7 => {
                 let p = u.int_in_range(0..=pairs - 1)? as usize;
-                step_all(&mut threads, &mut queues, &mut offered, &mut delivered, &mut reader, Some(p));
+                step_all(&mut threads, &mut queues, &mut ledger, &mut delivered, &mut reader, Some(p));
             }
-            _ => step_all(&mut threads, &mut queues, &mut offered, &mut delivered, &mut reader, None),
+            _ => step_all(&mut threads, &mut queues, &mut ledger, &mut delivered, &mut reader, None),
         }
     }
     // The driver refills its rings until nothing more arrives (handed-over
@@ -813,7 +867,7 @@ fn run(data: &[u8]) -> ArbResult<()> {
         for (p, q) in queues.iter_mut().enumerate() {
             q.refill(32, p);
         }
-        step_all(&mut threads, &mut queues, &mut offered, &mut delivered, &mut reader, None);
+        step_all(&mut threads, &mut queues, &mut ledger, &mut delivered, &mut reader, None);
         idle = if delivered.iter().sum::<u64>() == before { idle + 1 } else { 0 };
         if idle == 2 {
             break;
@@ -836,9 +890,9 @@ fn run(data: &[u8]) -> ArbResult<()> {
     let got: u64 = delivered.iter().sum();
     assert_eq!(
         got + dropped + waiting,
-        offered.len() as u64,
+        ledger.offered as u64,
         "offered {} = delivered {got} + dropped {dropped} + waiting {waiting}",
-        offered.len()
+        ledger.offered
     );
     if std::env::var_os("RX_STEER_DEBUG").is_some() {
         let t =
@@ -848,7 +902,7 @@ fn run(data: &[u8]) -> ArbResult<()> {
             expect.rx_pairs,
             expect.rss.is_some(),
             expect.hash_report,
-            offered.len(),
+            ledger.offered,
             t(|s| s.rx_steered),
             t(|s| s.rx_merged),
             t(|s| s.rx_dropped_small),
@@ -856,7 +910,8 @@ fn run(data: &[u8]) -> ArbResult<()> {
             t(|s| s.queue_errors),
         );
     }
-    let alt_used = offered.iter().filter(|o| o.on_alt).count() as u64;
+    ledger.check();
+    let alt_used = ledger.on_alt() as u64;
     assert!(alt_used <= unsteered, "{alt_used} frames on their arrival pair, {unsteered} counted unsteered");
     // Nothing written into the ring memory beyond the rings.
     let mut tail = vec![0u8; (RING_STRIDE - USED_OFF - 4 - 8 * 256 - 2) as usize];
