@@ -63,7 +63,7 @@ use vduse_net::net::wire::build::{CsumFill, FrameSpec};
 use vduse_net::uapi::vduse::{VDUSE_ACCESS_RO, VDUSE_ACCESS_RW};
 use vduse_net::vduse::{IotlbRegion, IovaInfo, VduseDevice, VduseError, VqInfo};
 use vduse_net::virtq::{QueueConfig, RingFormat};
-use vduse_net_fuzz::{Region, Regions};
+use vduse_net_fuzz::{desc_bytes, Region, Regions};
 
 const MAX_PAIRS: usize = 8;
 /// Per pair: descriptor table, avail ring, used ring (up to 256 entries).
@@ -249,15 +249,6 @@ impl Port for FuzzPort {
 }
 
 // ---------------------------------------------------------- driver model
-
-fn desc_bytes(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[0..8].copy_from_slice(&addr.to_le_bytes());
-    b[8..12].copy_from_slice(&len.to_le_bytes());
-    b[12..14].copy_from_slice(&flags.to_le_bytes());
-    b[14..16].copy_from_slice(&next.to_le_bytes());
-    b
-}
 
 fn le16(m: &DmaMemory, off: u64) -> u16 {
     let mut b = [0u8; 2];
