@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use vduse_net::backend::loopback::Loopback;
 use vduse_net::backend::source::Source;
-use vduse_net::backend::{FrameMeta, Port, PortFrame};
+use vduse_net::backend::Port;
 use vduse_net::bench::frame;
 use vduse_net::bench::latency::{run_pingpong, LatencyOptions};
 use vduse_net::bench::pktgen::{self, Control, GenOptions, Mode, PktgenReport, Sizes};
@@ -16,47 +16,25 @@ use vduse_net::dataplane::DeviceOptions;
 use vduse_net::driver::net::NetDriverConfig;
 use vduse_net::vduse::model::ModelConfig;
 
-/// A loopback that drops every `drop_every`-th frame and flips one payload
-/// byte in every `flip_every`-th.
-struct Faulty {
-    inner: Loopback,
-    n: u64,
-    drop_every: u64,
-    flip_every: u64,
-}
+#[path = "common/tamper.rs"]
+mod tamper;
+use tamper::{flip_last, Tamper};
 
-impl Port for Faulty {
-    fn tx_slot(&mut self) -> Option<&mut [u8]> {
-        self.inner.tx_slot()
-    }
-    fn tx_commit(&mut self, len: usize, meta: FrameMeta) {
-        self.n += 1;
-        if self.n % self.drop_every == 0 {
-            // Not committed: the slot is reused by the next frame.
-            return;
-        }
-        if self.n % self.flip_every == 0 {
-            if let Some(s) = self.inner.tx_slot() {
-                s[len - 1] ^= 0x5a;
+/// A loopback that drops every `drop_every`-th frame and flips one payload
+/// byte in every `flip_every`-th (counted from 1).
+fn faulty(drop_every: u64, flip_every: u64) -> Box<dyn Port> {
+    Tamper::loopback(1024)
+        .on_tx(move |n, frame| {
+            let k = n + 1;
+            if k % drop_every == 0 {
+                return false;
             }
-        }
-        self.inner.tx_commit(len, meta);
-    }
-    fn tx_flush(&mut self) {
-        self.inner.tx_flush()
-    }
-    fn rx_peek(&mut self) -> Option<PortFrame<'_>> {
-        self.inner.rx_peek()
-    }
-    fn rx_consume(&mut self) {
-        self.inner.rx_consume()
-    }
-    fn rx_flush(&mut self) {
-        self.inner.rx_flush()
-    }
-    fn rx_pending(&self) -> usize {
-        self.inner.rx_pending()
-    }
+            if k % flip_every == 0 {
+                flip_last(frame);
+            }
+            true
+        })
+        .boxed()
 }
 
 fn testbed(name: &str, port: &mut dyn FnMut(u16) -> Box<dyn Port>) -> Testbed {
@@ -95,9 +73,7 @@ fn clean_loopback_counts_every_frame() {
 
 #[test]
 fn injected_loss_and_corruption_are_reported() {
-    let tb = testbed("acct-faulty", &mut |_| {
-        Box::new(Faulty { inner: Loopback::new(1024, true), n: 0, drop_every: 1000, flip_every: 777 })
-    });
+    let tb = testbed("acct-faulty", &mut |_| faulty(1000, 777));
     let r = run(tb, &opts(Mode::Loopback, 5000));
     assert_eq!(r.tx_frames, 5000);
     assert_eq!(r.lost, 5, "{r:?}");

@@ -8,13 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use vduse_net::backend::loopback::Loopback;
-use vduse_net::backend::{FrameMeta, Port, PortFrame};
+use tamper::{flip_last, Tamper};
 use vduse_net::bench::pktgen::{self, CheckMode, Control, GenOptions, Mode, PktgenReport, Sizes};
 use vduse_net::bench::testbed::Testbed;
 use vduse_net::dataplane::DeviceOptions;
 use vduse_net::driver::net::NetDriverConfig;
 use vduse_net::vduse::model::ModelConfig;
+
+#[path = "common/tamper.rs"]
+mod tamper;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vduse-net");
 
@@ -63,62 +65,30 @@ fn a_bad_check_mode_is_a_clear_error() {
     assert!(err.contains("--check") && err.contains("full or seq"), "{err}");
 }
 
-/// A loopback (through its slots, not the reflector path) that rewrites the
-/// sequence number of one frame and flips a payload byte in two others.
-struct Tamper {
-    inner: Loopback,
-    n: u64,
-}
-
 /// Sequence numbers as sent; `SEQ_AT` comes back as `SEQ_AT + 5`.
 const SEQ_AT: u64 = 1000;
 /// A sampled frame (a multiple of 64) and one that is not.
 const FLIP_SAMPLED: u64 = 640;
 const FLIP_UNSAMPLED: u64 = 641;
 
-impl Port for Tamper {
-    fn tx_slot(&mut self) -> Option<&mut [u8]> {
-        self.inner.tx_slot()
+/// What the loopback (through its slots, not the reflector path) does: it
+/// rewrites the sequence number of one frame and flips a payload byte in
+/// two others.
+fn tamper(seq: u64, frame: &mut [u8]) -> bool {
+    match seq {
+        SEQ_AT => frame[16..24].copy_from_slice(&(SEQ_AT + 5).to_le_bytes()),
+        FLIP_SAMPLED | FLIP_UNSAMPLED => flip_last(frame),
+        _ => {}
     }
-    fn tx_commit(&mut self, len: usize, meta: FrameMeta) {
-        let seq = self.n;
-        self.n += 1;
-        if let Some(s) = self.inner.tx_slot() {
-            match seq {
-                SEQ_AT => s[16..24].copy_from_slice(&(SEQ_AT + 5).to_le_bytes()),
-                FLIP_SAMPLED | FLIP_UNSAMPLED => s[len - 1] ^= 0x5a,
-                _ => {}
-            }
-        }
-        self.inner.tx_commit(len, meta);
-    }
-    fn tx_flush(&mut self) {
-        self.inner.tx_flush()
-    }
-    fn rx_peek(&mut self) -> Option<PortFrame<'_>> {
-        self.inner.rx_peek()
-    }
-    fn rx_consume(&mut self) {
-        self.inner.rx_consume()
-    }
-    fn rx_flush(&mut self) {
-        self.inner.rx_flush()
-    }
-    fn rx_pending(&self) -> usize {
-        self.inner.rx_pending()
-    }
+    true
 }
 
 fn run_tampered(name: &str, check: CheckMode) -> PktgenReport {
     let opts = DeviceOptions { name: name.into(), ..DeviceOptions::default() };
     let cfg = ModelConfig::patched_7_3().with_timeout(Duration::from_secs(5));
-    let tb = Testbed::model(
-        cfg,
-        opts,
-        &mut |_| Box::new(Tamper { inner: Loopback::new(1024, true), n: 0 }),
-        NetDriverConfig::default(),
-    )
-    .expect("testbed");
+    let tb =
+        Testbed::model(cfg, opts, &mut |_| Tamper::loopback(1024).on_tx(tamper).boxed(), NetDriverConfig::default())
+            .expect("testbed");
     let o = GenOptions {
         mode: Mode::Loopback,
         sizes: Sizes(vec![64, 300]),

@@ -5,14 +5,17 @@
 //! avail entry once (fix 3).
 
 mod common;
+#[path = "common/tamper.rs"]
+mod tamper;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use tamper::Tamper;
 use vduse_net::backend::loopback::Loopback;
-use vduse_net::backend::{FrameMeta, Port, PortFrame, PortWake};
+use vduse_net::backend::Port;
 use vduse_net::driver::net::NetDriver;
 use vduse_net::driver::DriverTransport;
 use vduse_net::uapi::vduse::{VDUSE_REQ_RESULT_FAILED, VDUSE_REQ_RESULT_OK};
@@ -22,7 +25,7 @@ use vduse_net::vduse::Request;
 
 const T: Duration = Duration::from_secs(5);
 
-/// What a test can make a [`TestPort`] do.
+/// What a test can make a [`test_port`] do.
 #[derive(Default)]
 struct Ctl {
     /// Panic at the next poll (once).
@@ -34,57 +37,27 @@ struct Ctl {
 }
 
 /// A loopback port the test can make panic or wedge its poll thread.
-struct TestPort {
-    inner: Loopback,
-    ctl: Arc<Ctl>,
-}
-
-impl TestPort {
-    fn boxed(ctl: &Arc<Ctl>) -> Box<dyn Port> {
-        Box::new(TestPort { inner: Loopback::new(256, true), ctl: ctl.clone() })
-    }
-}
-
-impl Port for TestPort {
-    fn tx_slot(&mut self) -> Option<&mut [u8]> {
-        self.inner.tx_slot()
-    }
-    fn tx_commit(&mut self, len: usize, meta: FrameMeta) {
-        self.inner.tx_commit(len, meta)
-    }
-    fn tx_flush(&mut self) {
-        self.inner.tx_flush()
-    }
-    fn rx_peek(&mut self) -> Option<PortFrame<'_>> {
-        self.inner.rx_peek()
-    }
-    fn rx_consume(&mut self) {
-        self.inner.rx_consume()
-    }
-    fn rx_flush(&mut self) {
-        self.inner.rx_flush()
-    }
-    fn rx_pending(&self) -> usize {
-        self.inner.rx_pending()
-    }
-    fn reflect(&self) -> Option<bool> {
+fn test_port(ctl: &Arc<Ctl>) -> Box<dyn Port> {
+    let (p, w) = (ctl.clone(), ctl.clone());
+    Tamper::loopback(256)
+        .reflecting()
         // Called once per poll of an active pair.
-        if self.ctl.panic.swap(false, Ordering::SeqCst) {
-            panic!("test port: injected panic");
-        }
-        self.inner.reflect()
-    }
-    fn wake(&self) -> Option<PortWake<'_>> {
-        // Called when the thread is about to block (idle or stopped).
-        if self.ctl.wedge.load(Ordering::SeqCst) {
-            self.ctl.wedged.fetch_add(1, Ordering::SeqCst);
-            while self.ctl.wedge.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(1));
+        .on_poll(move || {
+            if p.panic.swap(false, Ordering::SeqCst) {
+                panic!("test port: injected panic");
             }
-            self.ctl.wedged.fetch_sub(1, Ordering::SeqCst);
-        }
-        None
-    }
+        })
+        // Called when the thread is about to block (idle or stopped).
+        .on_idle(move || {
+            if w.wedge.load(Ordering::SeqCst) {
+                w.wedged.fetch_add(1, Ordering::SeqCst);
+                while w.wedge.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                w.wedged.fetch_sub(1, Ordering::SeqCst);
+            }
+        })
+        .boxed()
 }
 
 fn exchange_all(d: &mut NetDriver, what: &str) {
@@ -103,7 +76,7 @@ fn exchange_all(d: &mut NetDriver, what: &str) {
 fn a_panicking_poll_thread_fails_its_pair_and_a_reset_restarts_it() {
     let _s = serial();
     let ctl = Arc::new(Ctl::default());
-    let ports = vec![Box::new(Loopback::new(256, true)) as Box<dyn Port>, TestPort::boxed(&ctl)];
+    let ports = vec![Box::new(Loopback::new(256, true)) as Box<dyn Port>, test_port(&ctl)];
     let rig = Rig::with_ports(device_options("fp-panic", 2), ModelConfig::patched_7_3(), ports);
     let mut d = rig.probe(driver_config());
     let mut q = d.take_pairs();
@@ -152,7 +125,7 @@ fn last_result(rig: &Rig, f: impl Fn(&Request) -> bool) -> Option<u32> {
 fn a_reset_with_wedged_poll_threads_is_answered_in_time() {
     let _s = serial();
     let ctl = Arc::new(Ctl::default());
-    let ports = (0..3).map(|_| TestPort::boxed(&ctl)).collect();
+    let ports = (0..3).map(|_| test_port(&ctl)).collect();
     let rig = Rig::with_ports(device_options("fp-wedge", 3), ModelConfig::patched_7_3(), ports);
     let mut d = rig.probe(driver_config());
     assert_eq!(d.pairs(), 3);
@@ -182,7 +155,7 @@ fn a_reset_with_wedged_poll_threads_is_answered_in_time() {
 fn a_failed_driver_ok_stops_the_pairs_it_started() {
     let _s = serial();
     let ctl = Arc::new(Ctl::default());
-    let ports = vec![Box::new(Loopback::new(256, true)) as Box<dyn Port>, TestPort::boxed(&ctl)];
+    let ports = vec![Box::new(Loopback::new(256, true)) as Box<dyn Port>, test_port(&ctl)];
     let rig = Rig::with_ports(device_options("fp-rollback", 2), ModelConfig::patched_7_3(), ports);
     // Pair 1's thread blocks before DRIVER_OK: its Start is never acked.
     ctl.wedge.store(true, Ordering::SeqCst);

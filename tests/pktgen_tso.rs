@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use vduse_net::backend::loopback::Loopback;
-use vduse_net::backend::{FrameMeta, Port, PortFrame};
+use tamper::{flip_last, Tamper};
 use vduse_net::bench::pktgen::{self, Control, GenOptions, Mode};
 use vduse_net::bench::testbed::Testbed;
 use vduse_net::bench::tso::TsoOptions;
@@ -19,6 +18,9 @@ use vduse_net::dataplane::DeviceOptions;
 use vduse_net::driver::net::NetDriverConfig;
 use vduse_net::net::features as f;
 use vduse_net::vduse::model::ModelConfig;
+
+#[path = "common/tamper.rs"]
+mod tamper;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vduse-net");
 
@@ -107,51 +109,10 @@ fn bad_tso_values_are_clear_errors() {
     assert!(err.contains("HOST_TSO4"), "{err}");
 }
 
-/// A loopback that flips a payload byte of one segment and drops another,
-/// after the device segmented them: the check must see both.
-struct Tamper {
-    inner: Loopback,
-    n: u64,
-}
-
+/// The segments the loopback damages, after the device segmented them:
+/// the check must see both.
 const FLIP_AT: u64 = 100;
 const DROP_AT: u64 = 200;
-
-impl Port for Tamper {
-    fn tx_slot(&mut self) -> Option<&mut [u8]> {
-        self.inner.tx_slot()
-    }
-    fn tx_commit(&mut self, len: usize, meta: FrameMeta) {
-        let n = self.n;
-        self.n += 1;
-        match n {
-            // Not committed: the slot is reused, the segment never arrives.
-            DROP_AT => return,
-            FLIP_AT => {
-                if let Some(s) = self.inner.tx_slot() {
-                    s[len - 1] ^= 0x5a;
-                }
-            }
-            _ => {}
-        }
-        self.inner.tx_commit(len, meta);
-    }
-    fn tx_flush(&mut self) {
-        self.inner.tx_flush()
-    }
-    fn rx_peek(&mut self) -> Option<PortFrame<'_>> {
-        self.inner.rx_peek()
-    }
-    fn rx_consume(&mut self) {
-        self.inner.rx_consume()
-    }
-    fn rx_flush(&mut self) {
-        self.inner.rx_flush()
-    }
-    fn rx_pending(&self) -> usize {
-        self.inner.rx_pending()
-    }
-}
 
 #[test]
 fn a_damaged_and_a_lost_segment_are_caught() {
@@ -165,7 +126,18 @@ fn a_damaged_and_a_lost_segment_are_caught() {
     let tb = Testbed::model(
         ModelConfig::patched_7_3().with_timeout(Duration::from_secs(5)),
         opts,
-        &mut |_| Box::new(Tamper { inner: Loopback::new(1024, true), n: 0 }),
+        &mut |_| {
+            Tamper::loopback(1024)
+                .on_tx(|n, frame| match n {
+                    DROP_AT => false,
+                    FLIP_AT => {
+                        flip_last(frame);
+                        true
+                    }
+                    _ => true,
+                })
+                .boxed()
+        },
         dcfg,
     )
     .expect("testbed");

@@ -30,6 +30,8 @@
 //! the paths and the split path carries no per-chain dispatch.
 
 mod burst;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handoff;
 mod offload;
 mod reflect;

@@ -28,7 +28,7 @@ use vduse_net::uapi::vduse::VDUSE_ACCESS_RW;
 use vduse_net::virtq::{
     Direction, Head, QueueConfig, QueueError, RingFormat, SplitQueue, MAX_PIECES, MAX_READABLE_PIECES,
 };
-use vduse_net_fuzz::{PatternMemory, Region, Regions};
+use vduse_net_fuzz::{desc_bytes, PatternMemory, Region, Regions};
 
 /// Ring memory (descriptor table, avail, used, then indirect tables).
 const RING_IOVA: u64 = 0x1_0000;
@@ -112,15 +112,6 @@ fn walk(
         readable_complete: c.readable_complete(),
         writable_complete: c.writable_complete(),
     })
-}
-
-fn desc_bytes(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[0..8].copy_from_slice(&addr.to_le_bytes());
-    b[8..12].copy_from_slice(&len.to_le_bytes());
-    b[12..14].copy_from_slice(&flags.to_le_bytes());
-    b[14..16].copy_from_slice(&next.to_le_bytes());
-    b
 }
 
 struct Rig {

@@ -276,6 +276,18 @@ pub fn negotiated(u: &mut Unstructured<'_>) -> ArbResult<u64> {
     Ok(if u.ratio(3, 4)? { (raw & likely) | f::VERSION_1 } else { raw })
 }
 
+// ------------------------------------------------------------ split rings
+
+/// One split-ring descriptor (`struct vring_desc`, little endian).
+pub fn desc_bytes(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0..8].copy_from_slice(&addr.to_le_bytes());
+    b[8..12].copy_from_slice(&len.to_le_bytes());
+    b[12..14].copy_from_slice(&flags.to_le_bytes());
+    b[14..16].copy_from_slice(&next.to_le_bytes());
+    b
+}
+
 // ------------------------------------------------------------ memfd regions
 
 /// The byte at file offset `o` of every [`PatternMemory`].
