@@ -265,7 +265,11 @@ impl NetDevice {
                 vq_align: 4096,
                 ngroups,
                 nas,
-                config: NetConfig::new(opts.mac, cfg_pairs, opts.mtu).to_bytes().to_vec(),
+                config: crate::net::config::space(
+                    &NetConfig::new(opts.mac, cfg_pairs, opts.mtu),
+                    &crate::net::config::ConfigExt::DEFAULT,
+                    features,
+                ),
             }
         };
         let mut has_cvq = features & features::CTRL_VQ != 0;

@@ -197,7 +197,10 @@ fn parse_rss(data: &[u8]) -> Result<RssConfig, CtrlError> {
     if key_len > rss::MAX_KEY_SIZE {
         return Err(CtrlError::OutOfRange { command: RSS_CMD, value: key_len as u64 });
     }
-    if data.len() != tail + 3 + key_len {
+    // Bytes after the key are ignored, as QEMU's virtio-net does: Linux
+    // (6.14 on) sends `sizeof(struct virtio_net_rss_config_trailer)` (4,
+    // padded) plus the key, one byte more than the fields.
+    if data.len() < tail + 3 + key_len {
         return Err(short(tail + 3 + key_len));
     }
     let indirection_table: Vec<u16> = data[8..tail].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
@@ -209,7 +212,7 @@ fn parse_rss(data: &[u8]) -> Result<RssConfig, CtrlError> {
         indirection_table,
         unclassified_queue,
         max_tx_vq: le16(data, tail),
-        key: data[tail + 3..].to_vec(),
+        key: data[tail + 3..tail + 3 + key_len].to_vec(),
     })
 }
 
@@ -223,7 +226,9 @@ fn parse_hash(data: &[u8]) -> Result<HashConfig, CtrlError> {
     if key_len > rss::MAX_KEY_SIZE {
         return Err(CtrlError::OutOfRange { command: HASH_CMD, value: key_len as u64 });
     }
-    if data.len() != 13 + key_len {
+    // Trailing bytes ignored, as for RSS_CONFIG (Linux sends this command
+    // in the RSS layout: one table entry, padded trailer).
+    if data.len() < 13 + key_len {
         return Err(short(13 + key_len));
     }
     let mut reserved = [0u8; 8];
@@ -231,7 +236,7 @@ fn parse_hash(data: &[u8]) -> Result<HashConfig, CtrlError> {
     Ok(HashConfig {
         hash_types: u32::from_le_bytes([data[0], data[1], data[2], data[3]]),
         reserved,
-        key: data[13..].to_vec(),
+        key: data[13..13 + key_len].to_vec(),
     })
 }
 
@@ -829,7 +834,12 @@ mod tests {
             let (class, cmd, data) = c.encode();
             let mut long = data.clone();
             long.push(0);
-            assert!(is_bad_length(CtrlCommand::parse(class, cmd, &long)), "{c:?} + 1 byte");
+            if matches!(c, CtrlCommand::RssConfig(_) | CtrlCommand::HashConfig(_)) {
+                // Bytes after the key are ignored (Linux pads the trailer).
+                assert_eq!(CtrlCommand::parse(class, cmd, &long), Ok(c.clone()), "{c:?} + 1 byte");
+            } else {
+                assert!(is_bad_length(CtrlCommand::parse(class, cmd, &long)), "{c:?} + 1 byte");
+            }
             if !data.is_empty() {
                 assert!(is_bad_length(CtrlCommand::parse(class, cmd, &data[..data.len() - 1])), "{c:?} - 1 byte");
                 assert!(is_bad_length(CtrlCommand::parse(class, cmd, &[])), "{c:?} empty");
@@ -1111,11 +1121,25 @@ mod tests {
         assert!(oor(&long));
         let long = CtrlCommand::HashConfig(hash_cfg([0; 8], 41)).encode().2;
         assert!(matches!(CtrlCommand::parse(CLASS_MQ, CMD_MQ_HASH_CONFIG, &long), Err(CtrlError::OutOfRange { .. })));
-        // The key length byte disagrees with the bytes present.
+        // The key length byte promises more bytes than are present.
         let mut d = good.clone();
         let kl = d.len() - 41;
-        d[kl] = 39;
+        d.pop();
         assert!(is_bad_length(CtrlCommand::parse(CLASS_MQ, CMD_MQ_RSS_CONFIG, &d)));
+        d.push(0);
+        d[kl] = 39;
+        // A shorter key with a byte after it: Linux 6.14+ pads the trailer
+        // (`struct_size`), so bytes after the key are ignored, as QEMU does.
+        let Ok(CtrlCommand::RssConfig(c)) = CtrlCommand::parse(CLASS_MQ, CMD_MQ_RSS_CONFIG, &d) else {
+            panic!("trailing byte refused")
+        };
+        assert_eq!(c.key.len(), 39);
+        let mut linux = good.clone();
+        linux.push(0);
+        let Ok(CtrlCommand::RssConfig(c)) = CtrlCommand::parse(CLASS_MQ, CMD_MQ_RSS_CONFIG, &linux) else {
+            panic!("Linux's padded RSS_CONFIG refused")
+        };
+        assert_eq!(c.key.len(), 40);
         // Every truncation is an error.
         for cut in 0..good.len() {
             assert!(CtrlCommand::parse(CLASS_MQ, CMD_MQ_RSS_CONFIG, &good[..cut]).is_err(), "cut {cut}");
