@@ -441,8 +441,10 @@ both_formats!(
 /// A port the test feeds frames of any size (with their metadata) into:
 /// the patch's 2 KiB slots cannot carry jumbo or GSO frames. Its TX side
 /// drops what it is given.
+type FeedQueue = Arc<Mutex<VecDeque<(Vec<u8>, FrameMeta)>>>;
+
 struct FeedPort {
-    rx: Arc<Mutex<VecDeque<(Vec<u8>, FrameMeta)>>>,
+    rx: FeedQueue,
     wake: Arc<nix::sys::eventfd::EventFd>,
     cur: Option<(Vec<u8>, FrameMeta)>,
     tx: Vec<u8>,
@@ -450,7 +452,7 @@ struct FeedPort {
 
 #[derive(Clone)]
 struct Feed {
-    rx: Arc<Mutex<VecDeque<(Vec<u8>, FrameMeta)>>>,
+    rx: FeedQueue,
     wake: Arc<nix::sys::eventfd::EventFd>,
 }
 
