@@ -9,17 +9,21 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use vduse_net::backend::patch::{patch_pair, PatchPort};
-use vduse_net::backend::{FrameMeta, Port};
+use vduse_net::backend::{FrameMeta, Port, PortFrame, PortWake};
 use vduse_net::driver::net::{NetDriver, NetDriverConfig, QueuePair};
 use vduse_net::net::ctrl::{CtrlCommand, HashConfig, RssConfig};
 use vduse_net::net::features as f;
+use vduse_net::net::hdr::{F_NEEDS_CSUM, GSO_TCPV4};
+use vduse_net::net::offload::OffloadCaps;
 use vduse_net::net::rss;
-use vduse_net::net::wire::build::FrameSpec;
+use vduse_net::net::wire::build::{CsumFill, FrameSpec};
 use vduse_net::vduse::model::ModelConfig;
 
 /// The key of the Microsoft RSS verification suite.
@@ -68,7 +72,11 @@ impl Flow {
     }
 
     fn frame(&self, tag: u16) -> Vec<u8> {
-        let spec = FrameSpec { payload: 32, ..FrameSpec::default() };
+        self.frame_with(tag, 32, CsumFill::Full)
+    }
+
+    fn frame_with(&self, tag: u16, payload: usize, csum: CsumFill) -> Vec<u8> {
+        let spec = FrameSpec { payload, csum, ..FrameSpec::default() };
         let mut fr = spec.build();
         fr[..6].copy_from_slice(&DEV_MAC);
         fr[6..12].copy_from_slice(&PEER_MAC);
@@ -429,3 +437,220 @@ both_formats!(
     rss_spreads_one_ports_flows_by_the_table_and_reports_the_hash,
     frames_on_an_unused_pairs_port_reach_a_used_queue
 );
+
+/// A port the test feeds frames of any size (with their metadata) into:
+/// the patch's 2 KiB slots cannot carry jumbo or GSO frames. Its TX side
+/// drops what it is given.
+type FeedQueue = Arc<Mutex<VecDeque<(Vec<u8>, FrameMeta)>>>;
+
+struct FeedPort {
+    rx: FeedQueue,
+    wake: Arc<nix::sys::eventfd::EventFd>,
+    cur: Option<(Vec<u8>, FrameMeta)>,
+    tx: Vec<u8>,
+}
+
+#[derive(Clone)]
+struct Feed {
+    rx: FeedQueue,
+    wake: Arc<nix::sys::eventfd::EventFd>,
+}
+
+impl Feed {
+    fn push(&self, frames: &[(Vec<u8>, FrameMeta)]) {
+        self.rx.lock().unwrap().extend(frames.iter().cloned());
+        self.wake.write(1).expect("eventfd");
+    }
+}
+
+fn feed_port() -> (FeedPort, Feed) {
+    let wake =
+        Arc::new(nix::sys::eventfd::EventFd::from_flags(nix::sys::eventfd::EfdFlags::EFD_NONBLOCK).expect("eventfd"));
+    let rx = Arc::new(Mutex::new(VecDeque::new()));
+    (FeedPort { rx: rx.clone(), wake: wake.clone(), cur: None, tx: vec![0; 70_000] }, Feed { rx, wake })
+}
+
+impl Port for FeedPort {
+    fn tx_slot(&mut self) -> Option<&mut [u8]> {
+        Some(&mut self.tx)
+    }
+    fn tx_commit(&mut self, _len: usize, _meta: FrameMeta) {}
+    fn tx_flush(&mut self) {}
+    fn rx_peek(&mut self) -> Option<PortFrame<'_>> {
+        if self.cur.is_none() {
+            self.cur = self.rx.lock().unwrap().pop_front();
+        }
+        self.cur.as_ref().map(|(b, meta)| PortFrame { bytes: b, meta: *meta })
+    }
+    fn rx_consume(&mut self) {
+        self.cur = None;
+    }
+    fn rx_flush(&mut self) {}
+    fn rx_pending(&self) -> usize {
+        self.cur.is_some() as usize + self.rx.lock().unwrap().len()
+    }
+    fn offloads(&self) -> bool {
+        true
+    }
+    fn reserve_frames(&mut self, _max_frame: usize) -> bool {
+        true
+    }
+    fn set_offloads(&mut self, accept: OffloadCaps, _gso: bool) -> OffloadCaps {
+        accept
+    }
+    fn wake(&self) -> Option<PortWake<'_>> {
+        Some(PortWake { fd: self.wake.as_fd(), events: nix::poll::PollFlags::POLLIN })
+    }
+    fn disarm_rx_wakeup(&mut self) {
+        let _ = self.wake.read();
+    }
+}
+
+/// A device of `pairs` feed ports with MTU `mtu`.
+fn feed_rig(name: &str, pairs: u16, mtu: u16) -> (Rig, Vec<Feed>) {
+    let (ports, feeds): (Vec<Box<dyn Port>>, Vec<Feed>) = (0..pairs)
+        .map(|_| {
+            let (p, f) = feed_port();
+            (Box::new(p) as Box<dyn Port>, f)
+        })
+        .unzip();
+    let mut opts = device_options(name, pairs);
+    opts.mtu = mtu;
+    (Rig::with_ports(opts, ModelConfig::patched_7_3(), ports), feeds)
+}
+
+/// Tag -> (queue, hash value, header, frame).
+type GotHdr = BTreeMap<u16, (usize, u32, [u8; 12], Vec<u8>)>;
+
+fn receive_with_headers(qs: &mut [QueuePair], want: usize) -> GotHdr {
+    let mut got = GotHdr::new();
+    let end = Instant::now() + Duration::from_secs(20);
+    while got.len() < want && Instant::now() < end {
+        let mut n = 0;
+        for (i, q) in qs.iter_mut().enumerate() {
+            q.post_rx();
+            n += q.rx_burst_hashed(
+                &mut |h, (v, _), b| {
+                    let old = got.insert(tag_of(b), (i, v, *h, b.to_vec()));
+                    assert!(old.is_none(), "frame {} delivered twice", tag_of(b));
+                },
+                64,
+            );
+        }
+        if n == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    got
+}
+
+/// Issue 11: frames over 2 KiB (jumbo frames up to MTU 9216, a 64 KiB GSO
+/// frame with its offload header) are steered like small ones: each lands
+/// on the queue the table names, intact, with its hash and, for the GSO
+/// frame, the header fields the port gave it. Nothing stays unsteered.
+#[test]
+fn jumbo_and_gso_frames_are_steered_intact() {
+    let (rig, feeds) = feed_rig("rss-jumbo", 4, 9216);
+    let mut c = cfg(f::RSS | f::HASH_REPORT | f::MRG_RXBUF | f::GUEST_CSUM | f::GUEST_TSO4);
+    c.ring_size = 256;
+    let mut d = rig.probe(c);
+    let want = f::RSS | f::HASH_REPORT | f::MRG_RXBUF | f::GUEST_TSO4;
+    assert_eq!(d.features() & want, want, "default offer holds RSS and HASH_REPORT");
+    let mut qs = d.take_pairs();
+    let table: Vec<u16> = vec![1, 2, 3, 0, 3, 2, 1, 1];
+    assert_eq!(send_ctrl(&mut d, &rss_cmd(&table, 0, 4)), 0);
+    let gso = FrameMeta {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    // Ethernet frame lengths: 1514, 2 KiB + 1, MTU 9000 and 9216 frames,
+    // and GSO frames up to the 64 KiB IPv4 limit.
+    let mut frames = Vec::new();
+    let mut flows = Vec::new();
+    for i in 0..24u16 {
+        let fl = Flow::nth(i as u32);
+        let (fr, meta) = match i % 6 {
+            0 => (fl.frame_with(i, 1514 - 54, CsumFill::Full), FrameMeta::PLAIN),
+            1 => (fl.frame_with(i, 2049 - 54, CsumFill::Full), FrameMeta::PLAIN),
+            2 => (fl.frame_with(i, 9014 - 54, CsumFill::Full), FrameMeta::PLAIN),
+            3 => (fl.frame_with(i, 9230 - 54, CsumFill::Full), FrameMeta::PLAIN),
+            4 => (fl.frame_with(i, 30000, CsumFill::Partial), gso),
+            _ => (fl.frame_with(i, 65535 - 40, CsumFill::Partial), gso),
+        };
+        frames.push((fr, meta));
+        flows.push(fl);
+    }
+    feeds[0].push(&frames);
+    let got = receive_with_headers(&mut qs, frames.len());
+    let missing: Vec<(u16, usize)> =
+        (0..frames.len() as u16).filter(|t| !got.contains_key(t)).map(|t| (t, frames[t as usize].0.len())).collect();
+    assert_eq!(got.len(), frames.len(), "every frame delivered once; missing {missing:?}: {:?}", rig.stats().pairs);
+    let mut steered = 0;
+    for (i, fl) in flows.iter().enumerate() {
+        let (q, v, h, b) = &got[&(i as u16)];
+        let hash = fl.hash(&MS_KEY);
+        assert_eq!(*q, table[hash as usize % table.len()] as usize, "frame {i} ({} bytes): queue", b.len());
+        assert_eq!(*v, hash, "frame {i}: hash");
+        assert!(b == &frames[i].0, "frame {i} ({} bytes) changed", frames[i].0.len());
+        let meta = frames[i].1;
+        if meta.gso_size != 0 {
+            assert_eq!(h[1], GSO_TCPV4, "frame {i}: gso_type");
+            assert_eq!(u16::from_le_bytes([h[4], h[5]]), 1448, "frame {i}: gso_size");
+            assert_eq!(h[0] & F_NEEDS_CSUM, F_NEEDS_CSUM, "frame {i}: NEEDS_CSUM");
+            assert_eq!(u16::from_le_bytes([h[6], h[7]]), 34, "frame {i}: csum_start");
+        }
+        steered += (*q != 0) as u64;
+    }
+    let st = rig.stats();
+    assert!(steered > 0 && steered < frames.len() as u64, "{steered} of {} steered", frames.len());
+    assert_eq!(st.pairs[0].rx_steered, steered);
+    assert_eq!((st.pairs[0].rx_unsteered, st.pairs[0].rx_steer_dropped), (0, 0));
+    drop(qs);
+    rig.finish();
+}
+
+/// Issue 11: steering works with the most pairs the device takes (256,
+/// beyond the old 16-pair mesh): frames arriving on pair 0 and pair 200
+/// land on queues 128..=255 as a 128-entry table says.
+#[test]
+fn steering_works_with_the_most_pairs() {
+    let pairs = 256u16;
+    let (rig, feeds) = feed_rig("rss-256", pairs, 1500);
+    let mut c = cfg(f::RSS | f::HASH_REPORT);
+    c.ring_size = 64;
+    c.pairs = Some(pairs);
+    let mut d = rig.probe(c);
+    let mut qs = d.take_pairs();
+    assert_eq!(qs.len(), pairs as usize);
+    let table: Vec<u16> = (0..128).map(|i| 255 - i).collect();
+    assert_eq!(send_ctrl(&mut d, &rss_cmd(&table, 0, pairs)), 0);
+    let flows: Vec<Flow> = (0..64).map(Flow::nth).collect();
+    let frames: Vec<(Vec<u8>, FrameMeta)> =
+        flows.iter().enumerate().map(|(i, fl)| (fl.frame(i as u16), FrameMeta::PLAIN)).collect();
+    feeds[0].push(&frames[..32]);
+    feeds[200].push(&frames[32..]);
+    let got = receive_with_headers(&mut qs, frames.len());
+    assert_eq!(got.len(), frames.len(), "every frame delivered once");
+    for (i, fl) in flows.iter().enumerate() {
+        let (q, v, _, b) = &got[&(i as u16)];
+        let hash = fl.hash(&MS_KEY);
+        assert_eq!(*q, table[hash as usize % table.len()] as usize, "frame {i}: queue");
+        assert_eq!((*v, b), (hash, &frames[i].0), "frame {i}");
+    }
+    // Every frame whose queue is not the pair it arrived on was steered.
+    let expect = flows
+        .iter()
+        .enumerate()
+        .filter(|&(i, fl)| table[fl.hash(&MS_KEY) as usize % table.len()] != if i < 32 { 0 } else { 200 })
+        .count() as u64;
+    let st = rig.stats();
+    let steered: u64 = st.pairs.iter().map(|p| p.rx_steered).sum();
+    let unsteered: u64 = st.pairs.iter().map(|p| p.rx_unsteered + p.rx_steer_dropped).sum();
+    assert_eq!((steered, unsteered), (expect, 0));
+    drop(qs);
+    rig.finish();
+}

@@ -16,7 +16,7 @@ use super::stats::{PairCell, PairStats, SlowPathCounters, SlowPathStats};
 use super::IdlePolicy;
 use crate::backend::link::{LinkStats, LinkStatsSource, LinkWatch};
 use crate::backend::Port;
-use crate::net::config::{ConfigExt, NetConfig};
+use crate::net::config::NetConfig;
 use crate::net::features;
 use crate::uapi::vduse::{VDUSE_API_VERSION_1, VDUSE_F_QUEUE_READY, VDUSE_F_SUSPEND};
 use crate::uapi::virtio::VIRTIO_ID_NET;
@@ -174,19 +174,6 @@ impl DeviceOptions {
     }
 }
 
-/// The config space given at CREATE_DEV: the first 12 bytes, and with RSS,
-/// HASH_REPORT or SPEED_DUPLEX offered the fields up to
-/// `supported_hash_types` (§5.1.4), which the driver reads at probe: from
-/// a 12-byte space VDUSE reads zeros past the end, a 0-byte key and a
-/// 0-entry indirection table.
-fn config_space(mac: [u8; 6], pairs: u16, mtu: u16, features: u64) -> Vec<u8> {
-    let mut b = NetConfig::new(mac, pairs, mtu).to_bytes().to_vec();
-    if features & (features::RSS | features::HASH_REPORT | features::SPEED_DUPLEX) != 0 {
-        b.extend_from_slice(&ConfigExt::DEFAULT.to_bytes());
-    }
-    b
-}
-
 /// What was actually set up, after negotiation with the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
@@ -278,7 +265,11 @@ impl NetDevice {
                 vq_align: 4096,
                 ngroups,
                 nas,
-                config: config_space(opts.mac, cfg_pairs, opts.mtu, features),
+                config: crate::net::config::space(
+                    &NetConfig::new(opts.mac, cfg_pairs, opts.mtu),
+                    &crate::net::config::ConfigExt::DEFAULT,
+                    features,
+                ),
             }
         };
         let mut has_cvq = features & features::CTRL_VQ != 0;
@@ -689,31 +680,5 @@ mod tests {
         assert!(bounce_note(4, DEFAULT_RING_SIZE, 2, 1).is_none());
         // API 0: the whole 64 MiB in one address space.
         assert!(bounce_note(8, DEFAULT_RING_SIZE, 2, 0).is_none());
-    }
-
-    /// RSS and HASH_REPORT need the limits the driver reads at probe
-    /// (seen on 7.3: the config space ended at `mtu`).
-    #[test]
-    fn the_config_space_carries_the_rss_limits_when_they_are_offered() {
-        use crate::net::config::{ConfigExt, CONFIG_LEN, RSS_CONFIG_LEN};
-        let mac = [2, 0, 0, 0, 0, 1];
-        assert_eq!(
-            config_space(
-                mac,
-                4,
-                1500,
-                features::DEFAULT_OFFER & !(features::RSS | features::HASH_REPORT | features::SPEED_DUPLEX)
-            )
-            .len(),
-            CONFIG_LEN
-        );
-        for f in [features::RSS, features::HASH_REPORT, features::RSS | features::HASH_REPORT] {
-            let b = config_space(mac, 4, 1500, features::DEFAULT_OFFER | f);
-            assert_eq!(b.len(), RSS_CONFIG_LEN);
-            assert_eq!(NetConfig::from_bytes(&b), Ok(NetConfig::new(mac, 4, 1500)));
-            let ext = ConfigExt::from_config(&b).unwrap();
-            assert_eq!(ext, ConfigExt::DEFAULT);
-            ext.validate(f).unwrap();
-        }
     }
 }

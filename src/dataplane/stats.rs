@@ -60,11 +60,11 @@ counters!(
         /// Port frames handed to another pair's RX queue (RSS, or a pair
         /// the driver does not use passing its frames on).
         rx_steered,
-        /// Port frames dropped because the target pair's handoff ring was
-        /// full (that pair is not keeping up).
+        /// Port frames dropped because the target pair's handoff inbox (or
+        /// this pair's handoff arena) was full: a pair is not keeping up.
         rx_steer_dropped,
         /// Port frames RSS meant for another pair, delivered here instead
-        /// (larger than a handoff slot, or no handoff mesh: over 16 pairs).
+        /// (larger than 64 KiB, which no port hands over).
         rx_unsteered,
         reflected,
         irqs,

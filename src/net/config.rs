@@ -178,11 +178,40 @@ impl ConfigExt {
     }
 }
 
+/// The config space the device exposes at CREATE_DEV for `features`: the
+/// first 12 bytes, and with SPEED_DUPLEX, RSS or HASH_REPORT offered the
+/// fields up to `supported_hash_types` too ([`RSS_CONFIG_LEN`]). Without
+/// them a driver reads zero limits past the end: Linux then sends an
+/// RSS_CONFIG with no table and no key.
+pub fn space(net: &NetConfig, ext: &ConfigExt, features: u64) -> Vec<u8> {
+    use crate::net::features as f;
+    let mut b = net.to_bytes().to_vec();
+    if features & (f::SPEED_DUPLEX | f::RSS | f::HASH_REPORT) != 0 {
+        b.extend_from_slice(&ext.to_bytes());
+    }
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::mem::offset_of;
     use virtio_bindings::bindings::virtio_net::virtio_net_config;
+
+    #[test]
+    fn the_rss_limits_are_in_config_space_when_offered() {
+        use crate::net::features as f;
+        let net = NetConfig::new([2, 0, 0, 0, 0, 1], 4, 1500);
+        assert_eq!(space(&net, &ConfigExt::DEFAULT, f::DEFAULT_OFFER & !(f::RSS | f::HASH_REPORT)).len(), CONFIG_LEN);
+        for feat in [f::RSS, f::HASH_REPORT, f::DEFAULT_OFFER] {
+            let b = space(&net, &ConfigExt::DEFAULT, feat);
+            assert_eq!(b.len(), RSS_CONFIG_LEN);
+            let ext = ConfigExt::from_config(&b).unwrap();
+            assert_eq!(ext, ConfigExt::DEFAULT);
+            ext.validate(feat).unwrap();
+            assert_eq!(NetConfig::from_bytes(&b).unwrap(), net);
+        }
+    }
 
     #[test]
     fn offsets_match_bindings() {

@@ -17,6 +17,10 @@ use super::{offload::Offloads, PollSetup, PollThread, Queue};
 use crate::mem::{AddressSpace, ReadGuard};
 use crate::virtq::{QueueConfig, RingFormat, SplitQueue, VirtQueue};
 
+/// The largest frame one poll thread hands another: a port frame beyond
+/// it stays on the pair it arrived on (counted `rx_unsteered`).
+pub use super::offload::MAX_FRAME as HANDOFF_MAX_FRAME;
+
 /// One pair's poll thread, stepped by hand.
 pub struct FuzzPair(PollThread);
 

@@ -68,6 +68,8 @@ pub(super) struct Offloads {
     /// back: the chains available now are not work, only a kick (more
     /// buffers) is, so adaptive idle may sleep.
     pub rx_short: bool,
+    /// The chains of a merged RX frame (lent to each RX burst).
+    pub rx_merge: super::rx::MergeList,
 }
 
 impl Offloads {
@@ -88,6 +90,7 @@ impl Offloads {
             rx_seg_len: 0,
             rx_short: false,
             rx_buf: Box::new([]),
+            rx_merge: super::rx::MergeList::new(),
         }
     }
 

@@ -48,11 +48,35 @@ pub(super) struct RxChains<'g> {
     more: Chain<'g>,
     /// The hash the header reports (HASH_REPORT; zero: none).
     pub(super) hash: RxHash,
+    /// The chains of the merged frame being placed (the thread's, lent for
+    /// the burst: see [`MergeList`]).
+    merge: MergeList,
 }
 
 impl RxChains<'_> {
-    pub(super) fn new() -> Self {
-        RxChains { first: Chain::empty(), more: Chain::empty(), hash: RxHash::default() }
+    pub(super) fn new(merge: MergeList) -> Self {
+        RxChains { first: Chain::empty(), more: Chain::empty(), hash: RxHash::default(), merge }
+    }
+
+    /// End of the burst: the list goes back to the thread.
+    pub(super) fn into_merge(self) -> MergeList {
+        self.merge
+    }
+}
+
+/// Heads and lengths of the chains one merged frame takes (MRG_RXBUF),
+/// kept until the whole frame is written. Reserved once per thread for
+/// [`MAX_MERGE`] chains: a merged frame costs a push per chain, not a
+/// 256-entry array filled per frame.
+#[derive(Debug, Default)]
+pub struct MergeList {
+    heads: Vec<crate::virtq::Head>,
+    lens: Vec<u32>,
+}
+
+impl MergeList {
+    pub fn new() -> Self {
+        MergeList { heads: Vec::with_capacity(MAX_MERGE), lens: Vec::with_capacity(MAX_MERGE) }
     }
 }
 
@@ -104,13 +128,14 @@ pub(super) fn place<'g, R: Ring>(
     }
     // MRG_RXBUF: header and the frame's start into the first chain, the
     // rest across more; nothing is published until it is all written.
-    let mut heads = [ch.first.head(); MAX_MERGE];
-    let mut lens = [0u32; MAX_MERGE];
-    let mut n = 1;
+    let m = &mut ch.merge;
+    m.heads.clear();
+    m.lens.clear();
     write_hdr(&mut w, hdr, 0, o.rx_hdr_len, &ch.hash);
     let mut at = w.write(frame);
-    lens[0] = (o.rx_hdr_len + at) as u32;
-    while at < frame.len() && n < MAX_MERGE {
+    m.heads.push(ch.first.head());
+    m.lens.push((o.rx_hdr_len + at) as u32);
+    while at < frame.len() && m.heads.len() < MAX_MERGE {
         if *avail == 0 {
             *avail = b.pending();
             if *avail == 0 {
@@ -123,16 +148,16 @@ pub(super) fn place<'g, R: Ring>(
         }
         *avail -= 1;
         let k = ch.more.writer().write(&frame[at..]);
-        heads[n] = ch.more.head();
-        lens[n] = k as u32;
-        n += 1;
+        m.heads.push(ch.more.head());
+        m.lens.push(k as u32);
         at += k;
     }
+    let n = m.heads.len();
     if at < frame.len() {
         // The bytes written stay unpublished; the chains go back to the
         // ring. The frame waits for buffers, unless it can never fit: more
         // than MAX_MERGE buffers, or every slot of the ring too few.
-        b.rewind(&heads[..n]);
+        b.rewind(&m.heads);
         *avail += n;
         return if n == MAX_MERGE || n >= b.queue_size() as usize {
             Placed::TooSmall
@@ -141,7 +166,7 @@ pub(super) fn place<'g, R: Ring>(
         };
     }
     ch.first.write_at(10, &(n as u16).to_le_bytes());
-    for (&head, &len) in heads[..n].iter().zip(&lens[..n]) {
+    for (&head, &len) in m.heads.iter().zip(&m.lens) {
         b.complete(head, len);
     }
     Placed::Delivered { buffers: n }
@@ -202,6 +227,27 @@ impl RxInput<'_> {
     }
 }
 
+/// With RSS or hash reports configured: hash `frame` (the hash goes into
+/// `hash` for the header when reports are on) and answer the pair RSS gives
+/// it when that is not this one. A frame another pair handed over was
+/// steered here already.
+#[inline]
+fn steer_to(
+    filter: &crate::net::filter::RxFilter,
+    frame: &[u8],
+    handed: bool,
+    pair: u16,
+    hash: &mut RxHash,
+) -> Option<u16> {
+    let st = filter.steering()?;
+    let h = st.hash(frame);
+    if filter.hash_report() {
+        *hash = h;
+    }
+    let to = st.queue(&h).filter(|_| filter.rss() && !handed)?;
+    (to != pair).then_some(to)
+}
+
 impl PollThread {
     /// Take CTRL_GUEST_OFFLOADS_SET from the control-queue snapshot: one
     /// atomic load per poll pass while nothing changed. A snapshot made
@@ -230,7 +276,7 @@ impl PollThread {
         let mut filtered = 0;
         let mut offload = 0;
         let (mut steered, mut steer_dropped, mut unsteered) = (0u64, 0u64, 0u64);
-        let mut chains = RxChains::new();
+        let mut chains = RxChains::new(std::mem::take(&mut offloads.rx_merge));
         let Handoff { out, inbox } = handoff;
         // A port frame left half segmented goes first, so the
         // segmentation state stays its own.
@@ -244,32 +290,20 @@ impl PollThread {
                 filtered += 1;
                 continue;
             }
-            // RSS / hash reports: one branch while neither is configured.
-            if let Some(st) = filter.steering() {
-                let h = st.hash(frame);
-                if filter.hash_report() {
-                    chains.hash = h;
-                }
-                // Frames another pair handed over were steered there.
-                if filter.rss() && !handed {
-                    let to = st.queue(&h).unwrap_or(*pair);
-                    if to != *pair {
-                        match out.send(to, frame, meta) {
-                            Err(SendError::NoRoute) => unsteered += 1,
-                            sent => {
-                                if sent.is_ok() {
-                                    steered += 1;
-                                } else {
-                                    steer_dropped += 1;
-                                }
-                                input.consume();
-                                offloads.rx_seg_next = 0;
-                                offloads.rx_seg_len = 0;
-                                done += 1;
-                                continue;
-                            }
-                        }
-                    }
+            // RSS / hash reports (one branch while neither is configured):
+            // a frame RSS gives another pair goes to its inbox.
+            match steer_to(filter, frame, handed, *pair, &mut chains.hash).map(|to| out.send(to, frame, meta)) {
+                None => {}
+                // No route (a frame over 64 KiB): delivered here.
+                Some(Err(SendError::NoRoute)) => unsteered += 1,
+                Some(sent) => {
+                    steered += sent.is_ok() as u64;
+                    steer_dropped += sent.is_err() as u64;
+                    input.consume();
+                    offloads.rx_seg_next = 0;
+                    offloads.rx_seg_len = 0;
+                    done += 1;
+                    continue;
                 }
             }
             let placed = if !meta.is_offloaded() {
@@ -396,6 +430,7 @@ impl PollThread {
         input.flush();
         out.flush();
         b.finish(&**device, stats);
+        offloads.rx_merge = chains.into_merge();
         done + filtered + offload
     }
 }
@@ -428,7 +463,7 @@ impl PollThread {
             let to = chosen % used;
             match handoff.send(to, frame, meta) {
                 Ok(()) => t.rx_steered += 1,
-                // Full, or larger than a handoff slot: nowhere to go.
+                // Full, or no route (over 64 KiB): nowhere to go.
                 Err(_) => t.rx_steer_dropped += 1,
             }
             port.rx_consume();

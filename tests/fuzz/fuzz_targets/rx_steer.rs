@@ -46,8 +46,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use libfuzzer_sys::arbitrary::{Result as ArbResult, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use vduse_net::backend::{FrameMeta, Port, PortFrame, SLOT_SIZE};
-use vduse_net::dataplane::poll::fuzzing::FuzzPair;
+use vduse_net::backend::{FrameMeta, Port, PortFrame};
+use vduse_net::dataplane::poll::fuzzing::{FuzzPair, HANDOFF_MAX_FRAME};
 use vduse_net::dataplane::poll::{Handoff, PollSetup};
 use vduse_net::dataplane::stats::PairCell;
 use vduse_net::dataplane::{rx_vq, IdlePolicy};
@@ -390,8 +390,8 @@ impl DriverQ {
 struct Dest {
     /// The receive queue RSS (or the arrival pair) designates.
     to: u16,
-    /// Also acceptable: the arrival pair, for a frame too big to hand over
-    /// (the documented `rx_unsteered` case).
+    /// Also acceptable: the arrival pair, for a frame larger than the
+    /// handoff carries (the documented `rx_unsteered` case).
     alt: Option<u16>,
 }
 
@@ -473,7 +473,9 @@ impl Expect {
             None if active => pair,
             None => pair % self.rx_pairs,
         };
-        let alt = (active && to != pair && bytes.len() > SLOT_SIZE).then_some(pair);
+        // Only a frame too big for any handoff (over 64 KiB plus headers)
+        // stays on its arrival pair.
+        let alt = (active && to != pair && bytes.len() > HANDOFF_MAX_FRAME).then_some(pair);
         Dest { to, alt }
     }
 
