@@ -823,8 +823,13 @@ proptest! {
             // Invariants after every step.
             prop_assert!(r.dev.in_flight() <= size);
             prop_assert_eq!(r.dev.in_flight(), 0, "the test device completes what it takes");
-            let read_ahead = dist(r.dev.avail_pos(), r.drv.avail_pos(), size);
-            prop_assert!(read_ahead <= size as u32, "device at {:?} read past the driver at {:?}", r.dev.avail_pos(), r.drv.avail_pos());
+            // Once the queue failed the device reads nothing more, and a
+            // dishonest driver's raw pushes may lap it: positions a ring
+            // apart look alike, so the distance says nothing then.
+            if !failed {
+                let read_ahead = dist(r.dev.avail_pos(), r.drv.avail_pos(), size);
+                prop_assert!(read_ahead <= size as u32, "device at {:?} read past the driver at {:?}", r.dev.avail_pos(), r.drv.avail_pos());
+            }
             prop_assert_eq!(r.dev.used_pos(), r.dev.avail_pos(), "used follows avail");
             if honest {
                 prop_assert!(!failed, "an honest driver never breaks the queue");
