@@ -109,8 +109,12 @@ pub trait Port: Send {
     /// the device carries GSO frames (up to 64 KiB) at all. A port whose far
     /// side can hand it offloaded frames asks for at most `accept` (a tap:
     /// `TUNSETOFFLOAD`) and sizes its buffers for them, and returns what it
-    /// may now hand the device; a port that only ever gives plain frames
-    /// returns [`OffloadCaps::NONE`]. Cold: never per packet.
+    /// may now hand the device (while a change is on its way, the old
+    /// offloads too); a port that only ever gives plain frames returns
+    /// [`OffloadCaps::NONE`]. Cold: never per packet. Never blocks on the
+    /// RTNL lock (a guest's probe holds it while the slow path waits for
+    /// the poll thread that calls this): a tap applies the flags from a
+    /// thread of its own.
     fn set_offloads(&mut self, accept: OffloadCaps, gso: bool) -> OffloadCaps {
         let _ = (accept, gso);
         OffloadCaps::NONE

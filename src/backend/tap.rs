@@ -22,8 +22,19 @@
 //! deleted fails its ports (logged once, counted) and sets the device's
 //! link down; when a tap of the same name exists again in this process's
 //! namespace, the ports attach to it and the link comes back.
+//!
+//! Offloads: `TUNSETOFFLOAD` (and closing a queue fd) takes the RTNL lock,
+//! which a guest's virtio-net probe holds while it waits for DRIVER_OK and
+//! its first control commands, which the poll threads must acknowledge. So
+//! no poll thread makes that call: the ports of one tap share an
+//! [`OffloadApplier`], a thread that applies the latest wanted flags (they
+//! are per tap device, so one call serves every queue) and closes dead
+//! queue fds, while the ports validate frames against every flag set that
+//! may be in force until it is done.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -137,6 +148,159 @@ fn attached_name(fd: BorrowedFd<'_>) -> Result<String, Errno> {
     Ok(sys::ifreq_name(&r))
 }
 
+/// `TUNSETOFFLOAD` on a queue fd of the tap.
+fn tun_set_offload(fd: BorrowedFd<'_>, flags: u32) -> Result<(), Errno> {
+    sys::ioctl_set_value(fd, libc::TUNSETOFFLOAD, flags as libc::c_ulong)
+}
+
+/// What the ports and the applier thread share (under the mutex, which is
+/// never held across a syscall).
+struct ApplyState {
+    /// Flags to apply next (the latest request wins).
+    wanted: Option<u32>,
+    /// A queue fd of a reopened tap: the applier's from now on.
+    new_fd: Option<OwnedFd>,
+    /// Queue fds of a dead tap: closing one takes RTNL too.
+    graveyard: Vec<OwnedFd>,
+    /// Flags in force on the tap (the last that the kernel took).
+    applied: u32,
+    /// Flags being applied now (0: none): in force any moment.
+    in_flight: u32,
+    /// Calls made and the last thread they ran on (for tests and logs).
+    applies: u64,
+    last_thread: Option<std::thread::ThreadId>,
+    stop: bool,
+}
+
+struct ApplyShared {
+    state: Mutex<ApplyState>,
+    cv: Condvar,
+    name: String,
+    /// The call that applies flags (a stand-in in tests).
+    apply: fn(BorrowedFd<'_>, u32) -> Result<(), Errno>,
+}
+
+impl ApplyShared {
+    fn lock(&self) -> MutexGuard<'_, ApplyState> {
+        // A panic on the applier thread leaves the state consistent (every
+        // update is one assignment): keep going with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The thread that makes a tap's `TUNSETOFFLOAD` calls, shared by its
+/// ports (an `Arc` each); the last port's drop stops and joins it.
+pub struct OffloadApplier {
+    shared: Arc<ApplyShared>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl OffloadApplier {
+    /// An applier for the tap that `fd` (a queue fd the applier keeps) is
+    /// attached to.
+    fn spawn(fd: OwnedFd, name: &str) -> std::io::Result<Arc<OffloadApplier>> {
+        Self::spawn_with(fd, name, tun_set_offload)
+    }
+
+    fn spawn_with(
+        fd: OwnedFd,
+        name: &str,
+        apply: fn(BorrowedFd<'_>, u32) -> Result<(), Errno>,
+    ) -> std::io::Result<Arc<OffloadApplier>> {
+        let shared = Arc::new(ApplyShared {
+            state: Mutex::new(ApplyState {
+                wanted: None,
+                new_fd: None,
+                graveyard: Vec::new(),
+                applied: 0,
+                in_flight: 0,
+                applies: 0,
+                last_thread: None,
+                stop: false,
+            }),
+            cv: Condvar::new(),
+            name: name.into(),
+            apply,
+        });
+        let sh = shared.clone();
+        let join = std::thread::Builder::new().name("vduse-tapoff".into()).spawn(move || Self::run(&sh, fd))?;
+        Ok(Arc::new(OffloadApplier { shared, join: Some(join) }))
+    }
+
+    fn run(sh: &ApplyShared, mut fd: OwnedFd) {
+        let mut st = sh.lock();
+        loop {
+            let dead = std::mem::take(&mut st.graveyard);
+            if !dead.is_empty() {
+                drop(st);
+                drop(dead);
+                st = sh.lock();
+                continue;
+            }
+            if let Some(new) = st.new_fd.take() {
+                // A new tap starts without offloads.
+                st.applied = 0;
+                drop(st);
+                drop(std::mem::replace(&mut fd, new));
+                st = sh.lock();
+                continue;
+            }
+            if let Some(flags) = st.wanted.take() {
+                st.in_flight = flags;
+                drop(st);
+                let r = (sh.apply)(fd.as_fd(), flags);
+                st = sh.lock();
+                st.in_flight = 0;
+                st.applies += 1;
+                st.last_thread = Some(std::thread::current().id());
+                match r {
+                    Ok(()) => st.applied = flags,
+                    // The flags in force stay what they were; the ports keep
+                    // accepting them and what they asked for (a superset).
+                    Err(e) => log::warn!(
+                        "tap {}: TUNSETOFFLOAD {flags:#x}: {e}; the tap keeps the offloads it had ({:#x})",
+                        sh.name,
+                        st.applied
+                    ),
+                }
+                continue;
+            }
+            if st.stop {
+                return;
+            }
+            st = sh.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Ask for `flags` (never waits for the kernel): returns every flag set
+    /// the tap may hand frames with from now on until the next request,
+    /// the union of those in force, being applied and `flags`.
+    fn request(&self, flags: u32, new_fd: Option<OwnedFd>, dead: Option<OwnedFd>) -> u32 {
+        let mut st = self.shared.lock();
+        if let Some(fd) = new_fd {
+            st.new_fd = Some(fd);
+        }
+        if let Some(fd) = dead {
+            st.graveyard.push(fd);
+        }
+        st.wanted = Some(flags);
+        let may = st.applied | st.in_flight | flags;
+        drop(st);
+        self.shared.cv.notify_one();
+        may
+    }
+}
+
+impl Drop for OffloadApplier {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.cv.notify_one();
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
 /// Frames a port keeps on each side once GSO frames (up to 64 KiB) are
 /// negotiated: fewer, larger buffers.
 const GSO_QUEUE: usize = 64;
@@ -154,8 +318,10 @@ pub struct TapPort {
     rx_room: usize,
     /// The buffers' size without GSO: the device's MTU frame.
     base_room: usize,
-    /// The TUNSETOFFLOAD flags in force (what the tap may hand us).
+    /// The TUNSETOFFLOAD flags this port asked for last.
     tun_flags: u32,
+    /// Makes the TUNSETOFFLOAD calls off this thread.
+    applier: Arc<OffloadApplier>,
     /// A write said EAGAIN: wait for POLLOUT.
     tx_blocked: bool,
     /// Where frames go while the port is failed.
@@ -163,7 +329,7 @@ pub struct TapPort {
 }
 
 impl TapPort {
-    fn new(fd: OwnedFd, link: PortLink<OwnedFd>) -> TapPort {
+    fn new(fd: OwnedFd, link: PortLink<OwnedFd>, applier: Arc<OffloadApplier>) -> TapPort {
         TapPort {
             fd,
             link,
@@ -172,6 +338,7 @@ impl TapPort {
             rx_room: SLOT_SIZE,
             base_room: SLOT_SIZE,
             tun_flags: 0,
+            applier,
             tx_blocked: false,
             scratch: vec![0u8; SLOT_SIZE].into_boxed_slice(),
         }
@@ -191,20 +358,16 @@ impl TapPort {
         }
     }
 
-    /// TUNSETOFFLOAD: the tap hands us only offloads in `flags`.
-    fn apply_tun_flags(&mut self) {
-        if let Err(e) = sys::ioctl_set_value(self.fd.as_fd(), libc::TUNSETOFFLOAD, self.tun_flags as libc::c_ulong) {
-            log::warn!("tap: TUNSETOFFLOAD {:#x}: {e}; the tap keeps handing complete frames", self.tun_flags);
-            self.tun_flags = 0;
-        }
-    }
-
     #[inline]
     fn take_new(&mut self) {
         if let Some(fd) = self.link.take_new() {
-            self.fd = fd;
-            // A new queue fd starts without offloads.
-            self.apply_tun_flags();
+            // The applier applies our flags on the new tap (a new queue fd
+            // starts without offloads) and closes the old fd: both take
+            // RTNL. A failed dup leaves the applier on the dead fd: logged,
+            // the new tap hands complete frames.
+            let dup = fd.try_clone().map_err(|e| log::warn!("tap: dup of a reopened queue fd: {e}")).ok();
+            let old = std::mem::replace(&mut self.fd, fd);
+            self.applier.request(self.tun_flags, dup, Some(old));
             self.tx_blocked = false;
             self.rx.clear();
             // Frames queued for the dead fd are lost with it.
@@ -346,8 +509,11 @@ impl Port for TapPort {
             OffloadCaps { tso4: false, tso6: false, tso_ecn: false, uso4: false, uso6: false, ..accept }
         };
         self.tun_flags = accept.tun_flags();
-        self.apply_tun_flags();
-        OffloadCaps::from_tun_flags(self.tun_flags)
+        // Not applied here: see the module comment. Until the tap has the
+        // new flags it may hand frames with the old ones, so RX validation
+        // accepts both; delivery then fits each frame to what the driver
+        // takes (software checksum or segmentation, or a counted drop).
+        OffloadCaps::from_tun_flags(self.applier.request(self.tun_flags, None, None))
     }
 
     fn wake(&self) -> Option<PortWake<'_>> {
@@ -463,13 +629,17 @@ pub fn open(name: &str, pairs: u16) -> Result<HostPorts, PortError> {
         move |e: std::io::Error| PortError::os(op, name, Errno::from_raw(e.raw_os_error().unwrap_or(0)))
     };
     let probe_fd = fds[0].try_clone().map_err(oserr("dup"))?;
+    let applier = OffloadApplier::spawn(fds[0].try_clone().map_err(oserr("dup"))?, name).map_err(oserr("thread"))?;
     let own = IfQuery::new().map_err(|e| PortError::os("socket", name, e))?;
     let own_ns =
         iface::own_netns().and_then(|f| iface::netns_id(f.as_fd())).map_err(|e| PortError::os("netns", name, e))?;
     let (shared, links, notify) =
         link::port_links::<OwnedFd>(pairs, &format!("tap {name}")).map_err(oserr("eventfd"))?;
-    let ports: Vec<Box<dyn Port>> =
-        fds.into_iter().zip(links).map(|(fd, l)| Box::new(TapPort::new(fd, l)) as Box<dyn Port>).collect();
+    let ports: Vec<Box<dyn Port>> = fds
+        .into_iter()
+        .zip(links)
+        .map(|(fd, l)| Box::new(TapPort::new(fd, l, applier.clone())) as Box<dyn Port>)
+        .collect();
     let mut attach =
         TapAttach { name: name.into(), probe_fd: Some(probe_fd), own, moved: None, own_ns, ns_error_logged: false };
     let up = attach.probe() == Probe::Up;
@@ -496,7 +666,8 @@ mod tests {
         )
         .unwrap();
         let (shared, mut links, _notify) = port_links::<OwnedFd>(1, "tap test").unwrap();
-        (TapPort::new(a, links.remove(0)), b, shared)
+        let applier = OffloadApplier::spawn(a.try_clone().unwrap(), "test").unwrap();
+        (TapPort::new(a, links.remove(0), applier), b, shared)
     }
 
     fn send(p: &mut TapPort, byte: u8, len: usize, meta: FrameMeta) -> bool {
@@ -600,5 +771,101 @@ mod tests {
         let mut buf = [0u8; 256];
         assert_eq!(nix::unistd::read(b.as_raw_fd(), &mut buf).unwrap(), HDR_LEN + 60);
         assert_eq!(s[0].health.snapshot().reattached, 1);
+    }
+
+    /// Waits (bounded) until the applier's state satisfies `f`.
+    fn wait_state(a: &OffloadApplier, f: impl Fn(&ApplyState) -> bool) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if f(&a.shared.lock()) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        false
+    }
+
+    /// A stand-in for TUNSETOFFLOAD while another thread holds RTNL: it
+    /// returns only once the test opens the gate.
+    static GATE: Mutex<bool> = Mutex::new(false);
+    static GATE_CV: Condvar = Condvar::new();
+    fn gated_apply(_: BorrowedFd<'_>, _: u32) -> Result<(), Errno> {
+        let mut open = GATE.lock().unwrap();
+        while !*open {
+            open = GATE_CV.wait(open).unwrap();
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn set_offloads_never_waits_for_the_kernel_and_accepts_every_flag_set_in_force() {
+        let (a, _peer) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
+        let (_shared, mut links, _notify) = port_links::<OwnedFd>(1, "tap test").unwrap();
+        let applier = OffloadApplier::spawn_with(a.try_clone().unwrap(), "test", gated_apply).unwrap();
+        let mut p = TapPort::new(a, links.remove(0), applier.clone());
+        assert!(p.reserve_frames(SLOT_SIZE));
+        let csum = OffloadCaps { csum: true, ..OffloadCaps::NONE };
+
+        // The first request: nothing in force yet, the caps are what was asked.
+        let t = std::time::Instant::now();
+        assert_eq!(p.set_offloads(OffloadCaps::ALL, true), OffloadCaps::ALL);
+        assert!(wait_state(&applier, |s| s.in_flight == OffloadCaps::ALL.tun_flags()), "the applier took the request");
+        // While the kernel call blocks: the guest turns offloads off. The
+        // call returns at once, and the tap may still hand GSO frames.
+        assert_eq!(p.set_offloads(csum, false), OffloadCaps::ALL);
+        assert_eq!(p.set_offloads(OffloadCaps::NONE, false), OffloadCaps::ALL);
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(applier.shared.lock().applies, 0, "no kernel call has returned: nothing blocked on it here");
+
+        *GATE.lock().unwrap() = true;
+        GATE_CV.notify_all();
+        // The latest request (NONE) wins; the one in between is skipped.
+        assert!(wait_state(&applier, |s| s.applies == 2 && s.wanted.is_none() && s.in_flight == 0));
+        let st = applier.shared.lock();
+        assert_eq!(st.applied, 0);
+        assert_ne!(st.last_thread, Some(std::thread::current().id()));
+        drop(st);
+        // Now only what is in force and asked for.
+        assert_eq!(p.set_offloads(csum, false), csum);
+        assert!(wait_state(&applier, |s| s.applies == 3 && s.applied == csum.tun_flags()));
+        // The last port's drop stops and joins the thread.
+        drop(p);
+        let shared = applier.shared.clone();
+        drop(applier);
+        assert!(shared.lock().stop);
+        assert_eq!(Arc::strong_count(&shared), 1, "the applier thread is gone");
+    }
+
+    /// A real tap (needs CAP_NET_ADMIN; skipped otherwise): TUNSETOFFLOAD
+    /// runs on the applier thread, and a dead queue fd is closed there.
+    #[test]
+    fn tunsetoffload_runs_on_the_applier_thread() {
+        let name = format!("vdoff{}", std::process::id() % 100_000);
+        let (mut fds, created) = match open_queues(&name, 2) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("skipped: cannot create tap {name}: {e}");
+                return;
+            }
+        };
+        assert!(created);
+        let applier = OffloadApplier::spawn(fds[0].try_clone().unwrap(), &name).unwrap();
+        let (_shared, mut links, _notify) = port_links::<OwnedFd>(2, "tap test").unwrap();
+        let mut p1 = TapPort::new(fds.pop().unwrap(), links.pop().unwrap(), applier.clone());
+        let mut p0 = TapPort::new(fds.pop().unwrap(), links.pop().unwrap(), applier.clone());
+        assert!(p0.reserve_frames(SLOT_SIZE) && p1.reserve_frames(SLOT_SIZE));
+        assert_eq!(p0.set_offloads(OffloadCaps::ALL, true), OffloadCaps::ALL);
+        assert!(wait_state(&applier, |s| s.applies >= 1 && s.wanted.is_none() && s.in_flight == 0));
+        let st = applier.shared.lock();
+        assert_eq!(st.applied, OffloadCaps::ALL.tun_flags(), "the kernel took every offload");
+        assert_ne!(st.last_thread, Some(std::thread::current().id()));
+        drop(st);
+        // Once in force, a port asking for less still accepts what is in force.
+        let csum = OffloadCaps { csum: true, ..OffloadCaps::NONE };
+        assert_eq!(p1.set_offloads(csum, false), OffloadCaps::ALL);
+        assert!(wait_state(&applier, |s| s.applied == csum.tun_flags() && s.wanted.is_none() && s.in_flight == 0));
+        assert_eq!(p1.set_offloads(csum, false), csum);
+        drop((p0, p1));
+        drop(applier);
     }
 }

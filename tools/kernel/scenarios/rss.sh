@@ -9,9 +9,8 @@
 # `--backend af-packet --iface vpr --queues 4 --features +rss,+hash_report` (the patched
 # vduse.ko: RSS needs the control queue) bound to virtio_vdpa, its netdev in netns A
 # (10.77.0.1); vpr is one end of a veth whose other end is in netns B (10.77.0.2). The port
-# is AF_PACKET, not TAP: with a tap and the control queue the kernel's probe deadlocks (the
-# poll threads' TUNSETOFFLOAD at DRIVER_OK waits for the RTNL lock that virtnet_probe holds
-# while it waits for the DRIVER_OK reply; see the report of the rss branch). AF_PACKET's
+# is AF_PACKET; rss-tap.sh is the same with a TAP port (the probe deadlock with a tap and
+# the control queue, TUNSETOFFLOAD on the poll threads under the probe's RTNL). AF_PACKET's
 # fanout spreads the flows over the pairs' sockets by its own hash, so RSS has to move most
 # frames (rx_steered). Static neighbours and IPv6 off, so the only frames the guest receives
 # are the test's: each flow is one TCP SYN from B to a closed port of A (busybox nc; its
