@@ -4,7 +4,6 @@
 # needs: vduse-net
 # bundles: ethtool
 # timeout: 300
-# optional: the TAP port variant of rss (the probe deadlock with a tap and the control queue)
 #
 # rss.sh with `--backend tap --iface vpt` instead of AF_PACKET on a veth: the device creates
 # tap vpt (not persistent), which is moved into netns B (10.77.0.2) as the peer; the guest's
