@@ -11,9 +11,7 @@
 
 use std::sync::Arc;
 
-use super::super::cycles::BusyClock;
-use super::super::{rx_vq, tx_vq};
-use super::{offload::Offloads, PollSetup, PollThread, Queue};
+use super::{PollSetup, PollThread};
 use crate::mem::{AddressSpace, ReadGuard};
 use crate::virtq::{QueueConfig, RingFormat, SplitQueue, VirtQueue};
 
@@ -28,30 +26,7 @@ impl FuzzPair {
     /// The thread `PollThread::spawn` would run (unpinned; `setup.reader`,
     /// `core` and `idle` are not used: the caller steps it).
     pub fn new(setup: PollSetup) -> Self {
-        FuzzPair(PollThread {
-            pair: setup.pair,
-            rx: Queue::with_log(rx_vq(setup.pair), setup.log.as_ref()),
-            tx: Queue::with_log(tx_vq(setup.pair), setup.log.as_ref()),
-            busy: BusyClock::resume(&setup.stats),
-            device: setup.device,
-            space: setup.space,
-            mailbox: setup.mailbox,
-            wake: setup.wake,
-            kick_rx: setup.kick_rx,
-            kick_tx: setup.kick_tx,
-            port: setup.port,
-            filter: setup.filter,
-            stats: setup.stats,
-            burst: setup.burst.max(1),
-            idle: setup.idle,
-            format: RingFormat::Split,
-            suspended: false,
-            pair_active: true,
-            crashed: false,
-            offloads: Offloads::new(),
-            handoff: setup.handoff,
-            started: false,
-        })
+        FuzzPair(PollThread::new(setup).0)
     }
 
     /// What the `Start` command does for the RX side (DRIVER_OK):

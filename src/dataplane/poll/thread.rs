@@ -33,6 +33,36 @@ enum Flow {
 }
 
 impl PollThread {
+    /// The thread's state from its setup, and its QSBR reader: what
+    /// `spawn` runs (the fuzz entry point steps it by hand instead).
+    pub(super) fn new(setup: PollSetup) -> (PollThread, Reader) {
+        let t = PollThread {
+            pair: setup.pair,
+            device: setup.device,
+            space: setup.space,
+            mailbox: setup.mailbox,
+            wake: setup.wake,
+            kick_rx: setup.kick_rx,
+            kick_tx: setup.kick_tx,
+            port: setup.port,
+            filter: setup.filter,
+            stats: setup.stats.clone(),
+            burst: setup.burst.max(1),
+            idle: setup.idle,
+            rx: Queue::with_log(rx_vq(setup.pair), setup.log.as_ref()),
+            tx: Queue::with_log(tx_vq(setup.pair), setup.log.as_ref()),
+            format: RingFormat::Split,
+            suspended: false,
+            pair_active: true,
+            crashed: false,
+            busy: BusyClock::resume(&setup.stats),
+            offloads: super::offload::Offloads::new(),
+            handoff: setup.handoff,
+            started: false,
+        };
+        (t, setup.reader)
+    }
+
     pub fn spawn(setup: PollSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
         let name = format!("vduse-poll-{}", setup.pair);
         std::thread::Builder::new().name(name).spawn(move || {
@@ -42,31 +72,7 @@ impl PollThread {
                     log::warn!("pair {}: could not pin to core {core}", setup.pair);
                 }
             }
-            let reader = setup.reader;
-            let t = PollThread {
-                pair: setup.pair,
-                device: setup.device,
-                space: setup.space,
-                mailbox: setup.mailbox,
-                wake: setup.wake,
-                kick_rx: setup.kick_rx,
-                kick_tx: setup.kick_tx,
-                port: setup.port,
-                filter: setup.filter,
-                stats: setup.stats.clone(),
-                burst: setup.burst.max(1),
-                idle: setup.idle,
-                rx: Queue::with_log(rx_vq(setup.pair), setup.log.as_ref()),
-                tx: Queue::with_log(tx_vq(setup.pair), setup.log.as_ref()),
-                format: RingFormat::Split,
-                suspended: false,
-                pair_active: true,
-                crashed: false,
-                busy: BusyClock::resume(&setup.stats),
-                offloads: super::offload::Offloads::new(),
-                handoff: setup.handoff,
-                started: false,
-            };
+            let (t, reader) = PollThread::new(setup);
             t.supervise(reader);
         })
     }
