@@ -506,7 +506,8 @@ impl Port for FeedPort {
     }
 }
 
-/// A device of `pairs` feed ports with MTU `mtu`.
+/// A device of `pairs` feed ports with MTU `mtu`, offering RSS and hash
+/// reports.
 fn feed_rig(name: &str, pairs: u16, mtu: u16) -> (Rig, Vec<Feed>) {
     let (ports, feeds): (Vec<Box<dyn Port>>, Vec<Feed>) = (0..pairs)
         .map(|_| {
@@ -514,7 +515,7 @@ fn feed_rig(name: &str, pairs: u16, mtu: u16) -> (Rig, Vec<Feed>) {
             (Box::new(p) as Box<dyn Port>, f)
         })
         .unzip();
-    let mut opts = device_options(name, pairs);
+    let mut opts = device_offering(name, pairs, "+rss,+hash_report");
     opts.mtu = mtu;
     (Rig::with_ports(opts, ModelConfig::patched_7_3(), ports), feeds)
 }
@@ -555,7 +556,7 @@ fn jumbo_and_gso_frames_are_steered_intact() {
     c.ring_size = 256;
     let mut d = rig.probe(c);
     let want = f::RSS | f::HASH_REPORT | f::MRG_RXBUF | f::GUEST_TSO4;
-    assert_eq!(d.features() & want, want, "default offer holds RSS and HASH_REPORT");
+    assert_eq!(d.features() & want, want, "RSS, HASH_REPORT, MRG_RXBUF and GUEST_TSO4 negotiated");
     let mut qs = d.take_pairs();
     let table: Vec<u16> = vec![1, 2, 3, 0, 3, 2, 1, 1];
     assert_eq!(send_ctrl(&mut d, &rss_cmd(&table, 0, 4)), 0);
