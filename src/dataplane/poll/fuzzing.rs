@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::{PollSetup, PollThread};
 use crate::mem::{AddressSpace, ReadGuard};
-use crate::virtq::{QueueConfig, RingFormat, SplitQueue, VirtQueue};
+use crate::virtq::{QueueConfig, SplitQueue};
 
 /// The largest frame one poll thread hands another: a port frame beyond
 /// it stays on the pair it arrived on (counted `rx_unsteered`).
@@ -33,17 +33,7 @@ impl FuzzPair {
     /// the RX queue `rx` (split ring; none: no RX queue), the address
     /// space, whether the driver uses the pair, the negotiated features.
     pub fn start(&mut self, rx: Option<QueueConfig>, space: Arc<AddressSpace>, active: bool, features: u64) {
-        let t = &mut self.0;
-        t.rx = t.rx.cleared();
-        t.tx = t.tx.cleared();
-        t.rx.enabled = rx.is_some();
-        t.format = RingFormat::Split;
-        t.rx.q = rx.map(VirtQueue::new);
-        t.space = space;
-        t.suspended = false;
-        t.pair_active = active;
-        t.offloads.start(features, &mut *t.port);
-        t.started = true;
+        self.0.start(rx, None, space, active, features);
     }
 
     /// One RX pass of the loop (`run` -> `poll_rings`, without TX, the

@@ -14,6 +14,7 @@
 use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crossbeam::channel::Sender;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -24,8 +25,8 @@ use super::super::stats::bump;
 use super::super::{rx_vq, tx_vq, IdlePolicy, IDLE_SLEEP};
 use super::burst::fail_queue;
 use super::{PollSetup, PollThread, Queue};
-use crate::mem::{ReadGuard, Reader};
-use crate::virtq::{PackedQueue, Ring, RingFormat, SplitQueue, VirtQueue};
+use crate::mem::{AddressSpace, ReadGuard, Reader};
+use crate::virtq::{PackedQueue, QueueConfig, Ring, RingFormat, SplitQueue, VirtQueue};
 
 enum Flow {
     Continue,
@@ -75,6 +76,32 @@ impl PollThread {
             let (t, reader) = PollThread::new(setup);
             t.supervise(reader);
         })
+    }
+
+    /// DRIVER_OK: fresh queues on `rx`/`tx` in `space`, the negotiated
+    /// features in force (what `Command::Start` does before its checks;
+    /// the fuzz entry point calls it too).
+    pub(super) fn start(
+        &mut self,
+        rx: Option<QueueConfig>,
+        tx: Option<QueueConfig>,
+        space: Arc<AddressSpace>,
+        active: bool,
+        features: u64,
+    ) {
+        self.rx = self.rx.cleared();
+        self.tx = self.tx.cleared();
+        self.rx.enabled = rx.is_some();
+        self.tx.enabled = tx.is_some();
+        // Both queues of a device share the negotiated format.
+        self.format = rx.or(tx).map(|c| c.format).unwrap_or_default();
+        self.rx.q = rx.map(VirtQueue::new);
+        self.tx.q = tx.map(VirtQueue::new);
+        self.space = space;
+        self.suspended = false;
+        self.pair_active = active;
+        self.offloads.start(features, &mut *self.port);
+        self.started = true;
     }
 
     /// Run the loop until `Exit`; a panic stops the pair (see the module
@@ -204,19 +231,7 @@ impl PollThread {
         let mut flow = Flow::Continue;
         match cmd {
             Command::Start { rx, tx, space, active, features } => {
-                self.rx = self.rx.cleared();
-                self.tx = self.tx.cleared();
-                self.rx.enabled = rx.is_some();
-                self.tx.enabled = tx.is_some();
-                // Both queues of a device share the negotiated format.
-                self.format = rx.or(tx).map(|c| c.format).unwrap_or_default();
-                self.rx.q = rx.map(VirtQueue::new);
-                self.tx.q = tx.map(VirtQueue::new);
-                self.space = space;
-                self.suspended = false;
-                self.pair_active = active;
-                self.offloads.start(features, &mut *self.port);
-                self.started = true;
+                self.start(rx, tx, space, active, features);
                 if self.crashed {
                     log::warn!("pair {}: start refused until the device is reset (the pair failed)", self.pair);
                 } else {
