@@ -5,7 +5,7 @@
 #
 #   perf/dpdk.sh [--duration S] [--warmup S] [--scenarios a,b,..]
 #                [--vhost-core N] [--virtio-core N] [--bursts N]
-#                [--queue-size N] [--logdir DIR] [--no-install]
+#                [--queue-size N] [--logdir DIR] [--no-install] [--packed]
 #
 # Scenarios: loopback64 loopback1518 txonly rxonly pingpong (see perf/README.md).
 set -euo pipefail
@@ -20,6 +20,7 @@ bursts=8
 queue_size=256
 logdir=
 install=1
+packed=0
 
 usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit "${1:-2}"; }
 while [[ $# -gt 0 ]]; do
@@ -33,6 +34,7 @@ while [[ $# -gt 0 ]]; do
         --queue-size) queue_size=$2; shift 2 ;;
         --logdir) logdir=$2; shift 2 ;;
         --no-install) install=0; shift ;;
+        --packed) packed=1; shift ;;
         -h|--help) usage 0 ;;
         *) echo "dpdk.sh: unknown argument $1" >&2; usage ;;
     esac
@@ -76,6 +78,7 @@ for s in "${list[@]}"; do
     args=("$s" --duration "$duration" --warmup "$warmup" --vhost-core "$vhost_core"
           --virtio-core "$virtio_core" --bursts "$bursts" --queue-size "$queue_size")
     [[ -n $logdir ]] && args+=(--logdir "$logdir")
+    [[ $packed == 1 ]] && args+=(--packed)
     n=$((n + 1))
     tag="perf$$x$n"
     args+=(--tag "$tag")

@@ -3,13 +3,18 @@
 
 Input: meta.json (machine, commit, settings) and raw.jsonl, one record per run:
   {"round": 1, "scenario": "loopback64", "impl": "vduse-net"|"dpdk"|"floor",
-   "status": "ok"|"error"|"not available", "cmd": "...", "result": {...},
-   "error": "..."}
-For every scenario and round where both sides ran, ratio = vduse-net / DPDK of
-the scenario's main figure; the summary is the median of those ratios.
-Beside it, each side's busy cycles per frame (`device_cycles_per_frame`:
-vduse-net's poll thread, or testpmd's vhost side with --record-core-cycles;
-`generator_cycles_per_frame`: pktgen, or the virtio-user testpmd).
+   "variant": "split"|"packed"|"in_order", "status": "ok"|"error"|"not available",
+   "cmd": [...], "result": {...}, "error": "..."}
+(records without "variant" are split: the suite's files before the ring arms).
+
+Each vduse-net ring arm is paired with a DPDK arm: every vduse-net arm with
+DPDK split (the reference configuration), and vduse-net packed also with DPDK
+packed when that ran. For every pair, scenario and round where both sides ran,
+ratio = vduse-net / DPDK of the scenario's main figure and of the device's
+busy cycles per frame (`device_cycles_per_frame`: vduse-net's poll thread, or
+testpmd's vhost side with --record-core-cycles); the summary is the median of
+those per-round ratios. The targets of issue 14 are judged on the split/split
+pair (the default feature set); the other arms are reported beside.
 """
 
 import argparse
@@ -25,6 +30,27 @@ SCENARIOS = {
     "rxonly": ("driver RX only (device generates), 64 B", "Mpps device -> driver", "Mpps", True),
     "pingpong": ("ping-pong, one 64 B frame in flight", "round trip", "ns", False),
 }
+
+VARIANT_TEXT = {
+    "split": "split (default features)",
+    "packed": "packed (--ring packed)",
+    "in_order": "IN_ORDER (--features +in_order)",
+}
+
+# Issue 14's targets: (key, text, threshold, comparison). Judged on the
+# split/split pair; see targets().
+TARGETS = [
+    ("cycles64", "64 B loopback: vduse-net device cycles/frame <= 0.67x testpmd vhost cycles/packet", 0.67, "<="),
+    ("mpps64", "64 B loopback end to end: Mpps >= 1.5x the DPDK pair's", 1.5, ">="),
+    ("gbps1518", "1518 B loopback: Gbit/s >= 1.0x DPDK's", 1.0, ">="),
+    ("rtt_dpdk", "ping-pong RTT p50 <= DPDK's (DPDK: mean, it has no per-packet times)", 1.0, "<="),
+    ("rtt_floor", "ping-pong RTT p50 <= 3x the cache-line floor p50 of the same round", 3.0, "<="),
+    ("clean", "zero lost frames and zero integrity errors in every vduse-net run", None, None),
+]
+
+
+def variant_of(rec):
+    return rec.get("variant") or "split"
 
 
 def main_figure(scenario, impl, r):
@@ -55,62 +81,182 @@ def summary(values):
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
 
 
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def find(records, rd, scenario, impl, variant):
+    return next(
+        (r for r in records
+         if r["round"] == rd and r["scenario"] == scenario and r["impl"] == impl and variant_of(r) == variant),
+        None,
+    )
+
+
+def ok_result(rec):
+    return (rec.get("result") or {}) if rec and rec["status"] == "ok" else {}
+
+
+def pairs(meta, records):
+    """(vduse-net variant, DPDK variant) pairs to compare, in report order."""
+    st = meta["settings"]
+    vv = st.get("variants") or sorted({variant_of(r) for r in records if r["impl"] == "vduse-net"}) or ["split"]
+    dv = st.get("dpdk_variants") or sorted({variant_of(r) for r in records if r["impl"] == "dpdk"}) or ["split"]
+    out = [(v, "split") for v in vv]
+    for d in dv:
+        if d == "split":
+            continue
+        # DPDK's other ring layout against vduse-net's same layout if it ran,
+        # else against the default.
+        out.append((d if d in vv else "split", d))
+    return out
+
+
+def arm(records, rounds, s, vvar, dvar):
+    """Per-round figures of one (vduse-net arm, DPDK arm) pair in scenario s."""
+    per_round = []
+    notes = {}
+    statuses = {"vduse-net": set(), "dpdk": set()}
+    errors = {"vduse-net": set(), "dpdk": set()}
+    for rd in rounds:
+        row = {"round": rd}
+        recs = {"vduse-net": find(records, rd, s, "vduse-net", vvar), "dpdk": find(records, rd, s, "dpdk", dvar)}
+        for impl, rec in recs.items():
+            val = None
+            if rec is None:
+                statuses[impl].add("not run")
+            elif rec["status"] != "ok":
+                statuses[impl].add(rec["status"])
+                if rec.get("error"):
+                    errors[impl].add(rec["error"].splitlines()[0][:200])
+            else:
+                val, note = main_figure(s, impl, rec["result"])
+                notes[impl] = note
+                statuses[impl].add("ok" if val is not None else "no figure")
+            row[impl] = val
+            res = ok_result(rec)
+            row[f"{impl}_device_cpf"] = res.get("device_cycles_per_frame")
+            row[f"{impl}_generator_cpf"] = res.get("generator_cycles_per_frame")
+            row[f"{impl}_gbps_rx"] = res.get("gbps_rx")
+        vres = ok_result(recs["vduse-net"])
+        row["vduse-net_device_cpf_excl_long"] = vres.get("device_cycles_per_frame_excl_long")
+        row["vduse-net_generator_cpf_excl_long"] = vres.get("generator_cycles_per_frame_excl_long")
+        row["vduse-net_p50_ns"] = vres.get("p50_ns")
+        row["busier"] = vres.get("busier")
+        row["ratio"] = ratio(row["vduse-net"], row["dpdk"])
+        row["cycles_ratio"] = ratio(row["vduse-net_device_cpf"], row["dpdk_device_cpf"])
+        row["gbps_ratio"] = ratio(row["vduse-net_gbps_rx"], row["dpdk_gbps_rx"])
+        per_round.append(row)
+    busier = [r["busier"] for r in per_round if r["busier"]]
+    return {
+        "vduse_variant": vvar,
+        "dpdk_variant": dvar,
+        "figure_notes": notes,
+        "status": {k: sorted(v) for k, v in statuses.items()},
+        "errors": {k: sorted(v) for k, v in errors.items()},
+        "rounds": per_round,
+        "vduse-net": summary([r["vduse-net"] for r in per_round]),
+        "dpdk": summary([r["dpdk"] for r in per_round]),
+        "ratio": summary([r["ratio"] for r in per_round]),
+        "gbps_ratio": summary([r["gbps_ratio"] for r in per_round]),
+        "busier": {b: busier.count(b) for b in sorted(set(busier))},
+        "cycles": {
+            k: summary([r[k] for r in per_round])
+            for k in ("vduse-net_device_cpf", "dpdk_device_cpf", "cycles_ratio", "vduse-net_device_cpf_excl_long",
+                      "vduse-net_generator_cpf", "vduse-net_generator_cpf_excl_long", "dpdk_generator_cpf")
+        },
+    }
+
+
+def floor_by_round(records):
+    return {r["round"]: (r.get("result") or {}).get("p50_ns")
+            for r in records if r["impl"] == "floor" and r["status"] == "ok"}
+
+
+def judge(value, threshold, op):
+    if value is None:
+        return "no data"
+    ok = value <= threshold if op == "<=" else value >= threshold
+    return "met" if ok else "short"
+
+
+def targets(rep, records, vvar, dvar="split"):
+    """Issue 14's targets for one vduse-net arm against one DPDK arm: per
+    target the measured medians, the median of the per-round ratios and
+    met/short (or "no data" when a scenario did not run)."""
+    sc = rep["scenarios"]
+
+    def arm_of(s):
+        for a in (sc.get(s) or {}).get("arms", []):
+            if a["vduse_variant"] == vvar and a["dpdk_variant"] == dvar:
+                return a
+        return None
+
+    def med(a, key):
+        sm = a and (a["cycles"].get(key) if key in a["cycles"] else a.get(key))
+        return sm and sm["median"]
+
+    out = {}
+    a = arm_of("loopback64")
+    r = a and a["cycles"]["cycles_ratio"]
+    out["cycles64"] = {"vduse-net": med(a, "vduse-net_device_cpf"), "dpdk": med(a, "dpdk_device_cpf"),
+                       "unit": "cycles/frame", "ratio": r and r["median"]}
+    r = a and a["ratio"]
+    out["mpps64"] = {"vduse-net": med(a, "vduse-net"), "dpdk": med(a, "dpdk"), "unit": "Mpps",
+                     "ratio": r and r["median"]}
+    a = arm_of("loopback1518")
+    r = a and a["gbps_ratio"]
+    out["gbps1518"] = {
+        "vduse-net": a and (summary([x["vduse-net_gbps_rx"] for x in a["rounds"]]) or {}).get("median"),
+        "dpdk": a and (summary([x["dpdk_gbps_rx"] for x in a["rounds"]]) or {}).get("median"),
+        "unit": "Gbit/s", "ratio": r and r["median"]}
+    a = arm_of("pingpong")
+    p50 = [x["vduse-net_p50_ns"] for x in a["rounds"]] if a else []
+    dp = [x["dpdk"] for x in a["rounds"]] if a else []
+    sm = summary([ratio(p, d) for p, d in zip(p50, dp)])
+    out["rtt_dpdk"] = {"vduse-net": (summary(p50) or {}).get("median"), "dpdk": (summary(dp) or {}).get("median"),
+                       "unit": "ns", "ratio": sm and sm["median"]}
+    floors = floor_by_round(records)
+    fl = [floors.get(x["round"]) for x in a["rounds"]] if a else []
+    sm = summary([ratio(p, f) for p, f in zip(p50, fl)])
+    out["rtt_floor"] = {"vduse-net": (summary(p50) or {}).get("median"), "floor": (summary(fl) or {}).get("median"),
+                        "unit": "ns", "ratio": sm and sm["median"]}
+    runs = [r for r in records if r["impl"] == "vduse-net" and variant_of(r) == vvar]
+    ok = [r["result"] for r in runs if r["status"] == "ok" and r.get("result")]
+    failed = [r for r in runs if r["status"] == "error"]
+    lost = sum(int(x.get("lost") or 0) for x in ok)
+    integ = sum(int(x.get("integrity_errors") or 0) for x in ok)
+    dup = sum(int(x.get("duplicates_or_reordered") or 0) for x in ok)
+    out["clean"] = {"runs": len(ok), "failed": len(failed), "lost": lost, "integrity_errors": integ,
+                    "duplicates_or_reordered": dup}
+    for key, _text, thr, op in TARGETS:
+        t = out[key]
+        if key == "clean":
+            t["verdict"] = "no data" if not ok else ("met" if lost == integ == dup == 0 and not failed else "short")
+        else:
+            t["verdict"] = judge(t["ratio"], thr, op)
+    return out
+
+
 def build(meta, records):
     rounds = sorted({r["round"] for r in records})
     scen_names = [s for s in meta["settings"]["scenarios"] if s in SCENARIOS]
-    out = {"meta": meta, "scenarios": {}, "floor": None, "runs": records}
+    out = {"meta": meta, "scenarios": {}, "floor": None, "targets": {}, "runs": records}
+    prs = pairs(meta, records)
 
     for s in scen_names:
         title, label, unit, higher = SCENARIOS[s]
-        per_round = []
-        notes = {}
-        statuses = {"vduse-net": set(), "dpdk": set()}
-        for rd in rounds:
-            row = {"round": rd}
-            for impl in ("vduse-net", "dpdk"):
-                rec = next((r for r in records if r["round"] == rd and r["scenario"] == s and r["impl"] == impl), None)
-                val = None
-                if rec is None:
-                    statuses[impl].add("not run")
-                elif rec["status"] != "ok":
-                    statuses[impl].add(rec["status"])
-                else:
-                    val, note = main_figure(s, impl, rec["result"])
-                    notes[impl] = note
-                    statuses[impl].add("ok" if val is not None else "no figure")
-                row[impl] = val
-            v, d = row["vduse-net"], row["dpdk"]
-            row["ratio"] = v / d if v is not None and d else None
-            for impl in ("vduse-net", "dpdk"):
-                rec = next((r for r in records if r["round"] == rd and r["scenario"] == s and r["impl"] == impl), None)
-                res = (rec or {}).get("result") or {} if rec and rec["status"] == "ok" else {}
-                row[f"{impl}_device_cpf"] = res.get("device_cycles_per_frame")
-                row[f"{impl}_generator_cpf"] = res.get("generator_cycles_per_frame")
-                row[f"{impl}_device_cpf_excl_long"] = res.get("device_cycles_per_frame_excl_long")
-            vc, dc = row["vduse-net_device_cpf"], row["dpdk_device_cpf"]
-            row["cycles_ratio"] = vc / dc if vc is not None and dc else None
-            per_round.append(row)
         out["scenarios"][s] = {
             "title": title,
             "metric": label,
             "unit": unit,
             "higher_is_better": higher,
-            "figure_notes": notes,
-            "status": {k: sorted(v) for k, v in statuses.items()},
-            "rounds": per_round,
-            "vduse-net": summary([r["vduse-net"] for r in per_round]),
-            "dpdk": summary([r["dpdk"] for r in per_round]),
-            "ratio": summary([r["ratio"] for r in per_round]),
-            "cycles": {
-                k: summary([r[k] for r in per_round])
-                for k in ("vduse-net_device_cpf", "dpdk_device_cpf", "cycles_ratio", "vduse-net_device_cpf_excl_long",
-                          "vduse-net_generator_cpf", "dpdk_generator_cpf")
-            },
+            "arms": [arm(records, rounds, s, v, d) for v, d in prs],
         }
 
     floor = [r for r in records if r["impl"] == "floor"]
     if floor:
-        ok = [r["result"] for r in floor if r["status"] == "ok"]
+        ok = [r["result"] for r in floor if r["status"] == "ok" and r.get("result")]
         out["floor"] = {
             "status": sorted({r["status"] for r in floor}),
             "p50_ns": summary([r.get("p50_ns") for r in ok]),
@@ -118,6 +264,9 @@ def build(meta, records):
             "p99_ns": summary([r.get("p99_ns") for r in ok]),
             "rounds": [{"round": r["round"], **(r["result"] or {})} for r in floor if r["status"] == "ok"],
         }
+    for v, d in prs:
+        if d == "split" or v == d:
+            out["targets"][f"{v}/{d}"] = targets(out, records, v, d)
     return out
 
 
@@ -126,9 +275,19 @@ def status_text(st):
     return "; ".join(bad)
 
 
+def arm_label(a):
+    v, d = a["vduse_variant"], a["dpdk_variant"]
+    return v if d == "split" else f"{v} vs DPDK {d}"
+
+
+def fmt_ratio(v):
+    return "-" if v is None else f"{v:.2f}"
+
+
 def markdown(rep):
     m = rep["meta"]
     st = m["settings"]
+    skipped = st.get("variants_skipped") or {}
     lines = []
     lines.append(f"# vduse-net vs DPDK testpmd: {m['date']}")
     lines.append("")
@@ -141,53 +300,114 @@ def markdown(rep):
         f"device core {st['device_core']}, driver core {st['gen_core']}; "
         f"pktgen --check {st.get('check', 'full')}"
     )
+    vv = st.get("variants") or ["split"]
+    dv = st.get("dpdk_variants") or ["split"]
+    lines.append(f"- vduse-net ring arms: {', '.join(VARIANT_TEXT.get(v, v) for v in vv)}; "
+                 f"DPDK arms: {', '.join(dv)} (virtio-user{' / packed_vq=1' if 'packed' in dv else ''})")
+    for v, why in sorted(skipped.items()):
+        lines.append(f"- **vduse-net arm {v} not run**: {why}")
+    lines.append("")
+
+    lines.append("## Targets (issue 14)")
+    lines.append("")
+    lines.append("Judged on the default feature set (split ring) against DPDK split; ratio = median of the"
+                 " per-round ratios (vduse-net / DPDK, or / floor). Other arms beside, against DPDK split.")
+    lines.append("")
+    tg = rep.get("targets") or {}
+    main = tg.get("split/split")
+    others = [(k, t) for k, t in tg.items() if k != "split/split"]
+    head = "| target | vduse-net | reference | ratio | split |" + "".join(f" {k.replace('/split', '')} |" for k, _ in others)
+    lines.append(head)
+    lines.append("|---|---|---|---|---|" + "---|" * len(others))
+    for key, text, thr, op in TARGETS:
+        t = (main or {}).get(key)
+
+        def cell_val(t, which):
+            if not t:
+                return "-"
+            if key == "clean":
+                if which == "vduse-net":
+                    return (f"{t['runs']} runs: lost {t['lost']}, integrity errors {t['integrity_errors']}, "
+                            f"dup/reordered {t['duplicates_or_reordered']}, failed runs {t['failed']}")
+                return "0"
+            v = t.get(which)
+            if v is None:
+                return "-"
+            return f"{v:.0f} {t['unit']}" if t["unit"] in ("ns", "cycles/frame") else f"{v:.3f} {t['unit']}"
+
+        ref = "floor" if key == "rtt_floor" else "dpdk"
+        refcell = cell_val(t, ref) + (" (floor p50)" if key == "rtt_floor" and t else "")
+        ratio_cell = "-" if key == "clean" or not t else f"{fmt_ratio(t['ratio'])} ({op} {thr})"
+        verdict = (t or {}).get("verdict", "no data")
+        row = f"| {text} | {cell_val(t, 'vduse-net')} | {refcell} | {ratio_cell} | **{verdict}** |"
+        for _k, ot in others:
+            o = ot.get(key) or {}
+            if key == "clean":
+                row += f" {o.get('verdict', 'no data')} |"
+            else:
+                row += f" {fmt_ratio(o.get('ratio'))} ({o.get('verdict', 'no data')}) |"
+        lines.append(row)
+    lines.append("")
+
+    lines.append("## Rates and round trips")
     lines.append("")
     lines.append("Ratio = vduse-net / DPDK per round (same round, back to back), then the median over rounds.")
-    lines.append("For Mpps a ratio above 1 means vduse-net is faster; for round trip time, below 1.")
+    lines.append("For Mpps a ratio above 1 means vduse-net is faster; for round trip time, below 1."
+                 " vduse-net's ping-pong figure is its mean (p50 in the targets and in \"Every run\").")
     lines.append("")
-    lines.append("| scenario | figure | vduse-net median (min-max) | DPDK median (min-max) | ratio per round | median ratio |")
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("| scenario | arm | figure | vduse-net median (min-max) | DPDK median (min-max) | ratio per round | median ratio |")
+    lines.append("|---|---|---|---|---|---|---|")
     for s, sc in rep["scenarios"].items():
         unit = sc["unit"]
+        for a in sc["arms"]:
 
-        def cell(impl):
-            sm = sc[impl]
-            if sm is None:
-                return status_text(sc["status"][impl]) or "n/a"
-            return f"{fmt(sm['median'], unit)} ({fmt(sm['min'], unit)}-{fmt(sm['max'], unit)})"
+            def cell(impl):
+                sm = a[impl]
+                if sm is None:
+                    return status_text(a["status"][impl]) or "n/a"
+                return f"{fmt(sm['median'], unit)} ({fmt(sm['min'], unit)}-{fmt(sm['max'], unit)})"
 
-        ratios = ", ".join("-" if r["ratio"] is None else f"{r['ratio']:.2f}" for r in sc["rounds"])
-        med = "-" if sc["ratio"] is None else f"**{sc['ratio']['median']:.2f}**"
-        lines.append(f"| {sc['title']} | {sc['metric']} ({unit}) | {cell('vduse-net')} | {cell('dpdk')} | {ratios} | {med} |")
+            ratios = ", ".join(fmt_ratio(r["ratio"]) for r in a["rounds"])
+            med = "-" if a["ratio"] is None else f"**{a['ratio']['median']:.2f}**"
+            lines.append(f"| {sc['title']} | {arm_label(a)} | {sc['metric']} ({unit}) | {cell('vduse-net')} | "
+                         f"{cell('dpdk')} | {ratios} | {med} |")
     lines.append("")
 
     lines.append("## Busy cycles per frame")
     lines.append("")
     lines.append("testpmd's `--record-core-cycles` definition on both sides: TSC cycles of poll-loop iterations"
-                 " that moved frames, over the frames moved. Device = vduse-net's poll thread"
-                 " (`device_cycles_per_frame`) vs testpmd's vhost side; generator = `vduse-net pktgen`/`latency`"
-                 " vs the virtio-user testpmd. Medians over rounds (min-max); ratio = vduse-net / DPDK device"
-                 " cycles per round, then the median (below 1: vduse-net's device spends fewer cycles per frame).")
+                 " (bursts) that moved at least one frame, over the frames moved; idle polls are not counted."
+                 " Device = vduse-net's poll thread (`device_cycles_per_frame`) vs testpmd's vhost side;"
+                 " generator = `vduse-net pktgen`/`latency` vs the virtio-user testpmd. Medians over rounds"
+                 " (min-max); device ratio = vduse-net / DPDK vhost per round, then the median (below 1:"
+                 " vduse-net's device spends fewer cycles per frame). \"busier\" counts the rounds in which"
+                 " pktgen found the device or the generator spending more cycles per frame.")
     lines.append("")
-    lines.append("vduse-net's figure without iterations over 50 µs (mostly preemption on a shared machine; testpmd"
-                 " has no such figure) is in the last column.")
+    lines.append("vduse-net's figures without iterations over 50 µs (mostly preemption on a shared machine; testpmd"
+                 " has no such figure) are in the \"excl. long\" columns. testpmd counts from `start` to `stop`,"
+                 " warm-up included.")
     lines.append("")
-    lines.append("| scenario | vduse-net device | DPDK vhost | device ratio | vduse-net generator | DPDK virtio-user"
-                 " | vduse-net device excl. long |")
-    lines.append("|---|---|---|---|---|---|---|")
+    lines.append("| scenario | arm | vduse-net device | DPDK vhost | device ratio per round | median device ratio"
+                 " | vduse-net generator | DPDK virtio-user | busier (vduse-net) | vduse-net device excl. long"
+                 " | vduse-net generator excl. long |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for s, sc in rep["scenarios"].items():
-        cy = sc.get("cycles") or {}
+        for a in sc["arms"]:
+            cy = a["cycles"]
 
-        def cc(k):
-            sm = cy.get(k)
-            return "-" if sm is None else f"{sm['median']:.0f} ({sm['min']:.0f}-{sm['max']:.0f})"
+            def cc(k):
+                sm = cy.get(k)
+                return "-" if sm is None else f"{sm['median']:.0f} ({sm['min']:.0f}-{sm['max']:.0f})"
 
-        ratio = cy.get("cycles_ratio")
-        lines.append(
-            f"| {sc['title']} | {cc('vduse-net_device_cpf')} | {cc('dpdk_device_cpf')} | "
-            f"{'-' if ratio is None else format(ratio['median'], '.2f')} | {cc('vduse-net_generator_cpf')} | "
-            f"{cc('dpdk_generator_cpf')} | {cc('vduse-net_device_cpf_excl_long')} |"
-        )
+            per = ", ".join(fmt_ratio(r["cycles_ratio"]) for r in a["rounds"])
+            med = cy.get("cycles_ratio")
+            busier = ", ".join(f"{k} {n}/{len(a['rounds'])}" for k, n in a["busier"].items()) or "-"
+            lines.append(
+                f"| {sc['title']} | {arm_label(a)} | {cc('vduse-net_device_cpf')} | {cc('dpdk_device_cpf')} | {per} | "
+                f"{'-' if med is None else '**' + format(med['median'], '.2f') + '**'} | "
+                f"{cc('vduse-net_generator_cpf')} | {cc('dpdk_generator_cpf')} | {busier} | "
+                f"{cc('vduse-net_device_cpf_excl_long')} | {cc('vduse-net_generator_cpf_excl_long')} |"
+            )
     lines.append("")
 
     fl = rep.get("floor")
@@ -210,16 +430,18 @@ def markdown(rep):
 
     lines.append("## Every run")
     lines.append("")
-    lines.append("| round | scenario | impl | status | Mpps tx | Mpps rx | Gbit/s tx | Gbit/s rx | RTT / latency ns | lost | integrity errors |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| round | scenario | impl | arm | status | Mpps tx | Mpps rx | Gbit/s tx | Gbit/s rx | RTT / latency ns"
+                 " | device cycles/frame | generator cycles/frame | lost | integrity errors |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rep["runs"]:
         if r["impl"] == "floor":
             continue
         res = r.get("result") or {}
+        arm_txt = variant_of(r)
         if r["status"] != "ok":
             err = (r.get("error") or "").splitlines()
             note = r["status"] + (f": {err[0][:80]}" if err else "")
-            lines.append(f"| {r['round']} | {r['scenario']} | {r['impl']} | {note} | | | | | | | |")
+            lines.append(f"| {r['round']} | {r['scenario']} | {r['impl']} | {arm_txt} | {note} | | | | | | | | | |")
             continue
         lat = res.get("rtt_ns")
         if lat is None and res.get("p50_ns") is not None:
@@ -227,21 +449,23 @@ def markdown(rep):
             lat_txt = f"p50 {lat:.0f}, p99 {res.get('p99_ns', 0):.0f}"
         else:
             lat_txt = fmt(lat, "ns")
+        dc, gc = res.get("device_cycles_per_frame"), res.get("generator_cycles_per_frame")
         lines.append(
-            f"| {r['round']} | {r['scenario']} | {r['impl']} | ok | {fmt(res.get('mpps_tx'), 'M')} | "
+            f"| {r['round']} | {r['scenario']} | {r['impl']} | {arm_txt} | ok | {fmt(res.get('mpps_tx'), 'M')} | "
             f"{fmt(res.get('mpps_rx'), 'M')} | {fmt(res.get('gbps_tx'), 'G')} | {fmt(res.get('gbps_rx'), 'G')} | "
-            f"{lat_txt} | {res.get('lost', '-')} | {res.get('integrity_errors', '-')} |"
+            f"{lat_txt} | {'-' if dc is None else f'{dc:.0f}'} | {'-' if gc is None else f'{gc:.0f}'} | "
+            f"{res.get('lost', '-')} | {res.get('integrity_errors', '-')} |"
         )
     lines.append("")
     lines.append("## Command lines")
     lines.append("")
     seen = set()
     for r in rep["runs"]:
-        key = (r["scenario"], r["impl"])
+        key = (r["scenario"], r["impl"], variant_of(r))
         if key in seen or not r.get("cmd"):
             continue
         seen.add(key)
-        lines.append(f"- {r['scenario']} / {r['impl']}:")
+        lines.append(f"- {r['scenario']} / {r['impl']}{'' if r['impl'] == 'floor' else ' ' + variant_of(r)}:")
         for c in r["cmd"] if isinstance(r["cmd"], list) else [r["cmd"]]:
             lines.append(f"  `{c}`")
     lines.append("")

@@ -222,10 +222,13 @@ def rates(a, b):
     }
 
 
-# testpmd's --record-core-cycles line in the `stop` output (DPDK 21.11+):
-#   CPU cycles/packet=303.12 (busy cycles=1234 / total io packets=5678) at 2000 MHz Clock
-# Older releases said "total cycles" and "total RX packets"; the figure itself
-# is always "CPU cycles/packet=".
+# testpmd's --record-core-cycles line in the `stop` output, DPDK 22.11:
+#   CPU cycles/packet=637.92 (total cycles=3352881278 / total macswap packets=5256000) at 2100 MHz Clock
+# Later releases say "busy cycles"; the figure itself is always
+# "CPU cycles/packet=". In 22.11 the rx-driven engines (io, macswap, rxonly)
+# stop the clock only for bursts that received at least one packet, so empty
+# polls are excluded; txonly counts every burst it built; the divisor is
+# packets received (sent in txonly).
 CYCLES_RE = re.compile(
     r"CPU cycles/packet=([0-9.]+)"
     r"(?:\s*\((?:busy|total) cycles=(\d+) / total (.+?) packets=(\d+)\)(?: at (\d+) MHz Clock)?)?"
@@ -248,6 +251,30 @@ def parse_core_cycles(text):
     return out
 
 
+# --record-burst-stats lines in the `stop` output (DPDK 22.11):
+#   RX-bursts : 1068498 [83% of 0 pkts + 16% of 32 pkts + 0% of 1 pkts + 1% of other]
+# The two or three most frequent burst sizes, then the rest as "other".
+BURST_RE = re.compile(r"(RX|TX)-bursts\s*:\s*(\d+)\s*\[([^\]]*)\]")
+SPREAD_RE = re.compile(r"(\d+)% of (\d+) pkts")
+OTHER_RE = re.compile(r"(\d+)% of other")
+
+
+def parse_burst_stats(text):
+    """{"rx": {...}, "tx": {...}} from the last burst-stats lines of a `stop`
+    output (first port), or None. Each: bursts (polls, empty ones included in
+    RX), spread {burst size: percent} and other_pct."""
+    out = {}
+    for m in BURST_RE.finditer(text):
+        key = m.group(1).lower()
+        if key in out:
+            continue  # first port only; the accumulated block has none
+        spread = {int(n): int(pct) for pct, n in SPREAD_RE.findall(m.group(3))}
+        other = OTHER_RE.search(m.group(3))
+        out[key] = {"bursts": int(m.group(2)), "spread_pct": spread,
+                    "other_pct": int(other.group(1)) if other else 0}
+    return out or None
+
+
 def _on_term(signum, frame):
     raise KeyboardInterrupt
 
@@ -262,6 +289,7 @@ def main():
     ap.add_argument("--virtio-core", type=int, default=1)
     ap.add_argument("--bursts", type=int, default=8, help="bursts of 32 frames put in flight for loopback")
     ap.add_argument("--queue-size", type=int, default=256, help="virtio-user ring size")
+    ap.add_argument("--packed", action="store_true", help="virtio-user with a packed ring (packed_vq=1)")
     ap.add_argument("--mbufs", type=int, default=16384)
     ap.add_argument("--testpmd", default=shutil.which("dpdk-testpmd") or "dpdk-testpmd")
     ap.add_argument("--logdir", default=None, help="keep the two testpmd logs here")
@@ -284,7 +312,10 @@ def main():
     # prompt is written straight to the fd: unbuffer stdout so that a prompt
     # means the command's output has arrived.
     unbuf = ["stdbuf", "-o0", "-e0"]
-    common = [f"--total-num-mbufs={args.mbufs}", "--txpkts=%d" % size, "--record-core-cycles"]
+    # --record-burst-stats: `stop` also prints how full the RX/TX bursts were
+    # (the busy-cycles figure depends on it: full bursts amortise the poll).
+    common = [f"--total-num-mbufs={args.mbufs}", "--txpkts=%d" % size, "--record-core-cycles",
+              "--record-burst-stats"]
     vh_argv = [*unbuf, args.testpmd, *eal,
                "--lcores", f"0@{args.vhost_core},1@{args.vhost_core}",
                "--file-prefix", f"vh{tag}",
@@ -293,7 +324,8 @@ def main():
     vu_argv = [*unbuf, args.testpmd, *eal,
                "--lcores", f"0@{args.virtio_core},1@{args.virtio_core}",
                "--file-prefix", f"vu{tag}",
-               "--vdev", f"net_virtio_user0,path={sock},queue_size={args.queue_size}",
+               "--vdev", f"net_virtio_user0,path={sock},queue_size={args.queue_size}"
+               + (",packed_vq=1" if args.packed else ""),
                "--", "-i", f"--forward-mode={vu_mode}", *common]
     if vu_burst:
         vu_argv.append(f"--burst={vu_burst}")
@@ -303,6 +335,7 @@ def main():
         "impl": "dpdk-testpmd",
         "scenario": args.scenario,
         "size": size,
+        "ring": "packed" if args.packed else "split",
         "cmd_vhost": shlex.join(vh_argv) + f"  # then: start",
         "cmd_virtio": shlex.join(vu_argv) + f"  # then: {vu_start}",
     }
@@ -343,7 +376,17 @@ def main():
             "device_cycles_per_frame": vh_cyc and vh_cyc["cycles_per_packet"],
             "generator_cycles_per_frame": vu_cyc and vu_cyc["cycles_per_packet"],
             "core_cycles": {"vhost": vh_cyc, "virtio": vu_cyc},
+            "burst_stats": {"vhost": parse_burst_stats(vh_stop), "virtio": parse_burst_stats(vu_stop)},
         })
+        # What the vhost side negotiated: the ring layout asked for is the
+        # one measured only if the features say so (bit 34, RING_PACKED).
+        feats = re.findall(r"negotiated Virtio features: (0x[0-9a-fA-F]+)", vh.tail(1 << 20))
+        if feats:
+            f = int(feats[-1], 16)
+            result["virtio_features"] = feats[-1]
+            result["ring_negotiated"] = "packed" if f >> 34 & 1 else "split"
+            if result["ring_negotiated"] != result["ring"]:
+                raise RuntimeError(f"asked for a {result['ring']} ring, vhost negotiated {feats[-1]}")
         # txonly: the device side's receive count is the delivered rate.
         if args.scenario == "txonly":
             result["mpps_rx"] = 0.0
