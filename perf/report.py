@@ -316,7 +316,11 @@ def markdown(rep):
     tg = rep.get("targets") or {}
     main = tg.get("split/split")
     others = [(k, t) for k, t in tg.items() if k != "split/split"]
-    head = "| target | vduse-net | reference | ratio | split |" + "".join(f" {k.replace('/split', '')} |" for k, _ in others)
+    def tlabel(k):
+        v, d = k.split("/")
+        return v if d == "split" else f"{v} vs DPDK {d}"
+
+    head = "| target | vduse-net | reference | ratio | split |" + "".join(f" {tlabel(k)} |" for k, _ in others)
     lines.append(head)
     lines.append("|---|---|---|---|---|" + "---|" * len(others))
     for key, text, thr, op in TARGETS:
