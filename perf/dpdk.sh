@@ -6,6 +6,7 @@
 #   perf/dpdk.sh [--duration S] [--warmup S] [--scenarios a,b,..]
 #                [--vhost-core N] [--virtio-core N] [--bursts N]
 #                [--queue-size N] [--logdir DIR] [--no-install] [--packed]
+#                [--burst-stats]
 #
 # Scenarios: loopback64 loopback1518 txonly rxonly pingpong (see perf/README.md).
 set -euo pipefail
@@ -21,8 +22,9 @@ queue_size=256
 logdir=
 install=1
 packed=0
+burst_stats=0
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit "${1:-2}"; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit "${1:-2}"; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --duration) duration=$2; shift 2 ;;
@@ -35,6 +37,7 @@ while [[ $# -gt 0 ]]; do
         --logdir) logdir=$2; shift 2 ;;
         --no-install) install=0; shift ;;
         --packed) packed=1; shift ;;
+        --burst-stats) burst_stats=1; shift ;;
         -h|--help) usage 0 ;;
         *) echo "dpdk.sh: unknown argument $1" >&2; usage ;;
     esac
@@ -79,6 +82,7 @@ for s in "${list[@]}"; do
           --virtio-core "$virtio_core" --bursts "$bursts" --queue-size "$queue_size")
     [[ -n $logdir ]] && args+=(--logdir "$logdir")
     [[ $packed == 1 ]] && args+=(--packed)
+    [[ $burst_stats == 1 ]] && args+=(--burst-stats)
     n=$((n + 1))
     tag="perf$$x$n"
     args+=(--tag "$tag")

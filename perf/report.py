@@ -306,6 +306,13 @@ def markdown(rep):
                  f"DPDK arms: {', '.join(dv)} (virtio-user{' / packed_vq=1' if 'packed' in dv else ''})")
     for v, why in sorted(skipped.items()):
         lines.append(f"- **vduse-net arm {v} not run**: {why}")
+    tsc = sorted({round(r["result"]["tsc_hz"] / 1e6) for r in rep["runs"]
+                  if r["impl"] == "vduse-net" and r["status"] == "ok" and (r.get("result") or {}).get("tsc_hz")})
+    mhz = sorted({c["tsc_mhz"] for r in rep["runs"] if r["impl"] == "dpdk" and r["status"] == "ok"
+                  for c in ((r.get("result") or {}).get("core_cycles") or {}).values() if c and c.get("tsc_mhz")})
+    if tsc or mhz:
+        lines.append(f"- TSC rate: vduse-net measured {', '.join(map(str, tsc)) or '-'} MHz; "
+                     f"testpmd {', '.join(map(str, mhz)) or '-'} MHz (cycles are TSC ticks on both sides)")
     lines.append("")
 
     lines.append("## Targets (issue 14)")
@@ -344,9 +351,11 @@ def markdown(rep):
         ratio_cell = "-" if key == "clean" or not t else f"{fmt_ratio(t['ratio'])} ({op} {thr})"
         verdict = (t or {}).get("verdict", "no data")
         row = f"| {text} | {cell_val(t, 'vduse-net')} | {refcell} | {ratio_cell} | **{verdict}** |"
-        for _k, ot in others:
+        for k, ot in others:
             o = ot.get(key) or {}
-            if key == "clean":
+            if k.split("/")[0] in skipped:
+                row += " skipped |"
+            elif key == "clean":
                 row += f" {o.get('verdict', 'no data')} |"
             else:
                 row += f" {fmt_ratio(o.get('ratio'))} ({o.get('verdict', 'no data')}) |"
@@ -367,6 +376,8 @@ def markdown(rep):
 
             def cell(impl):
                 sm = a[impl]
+                if sm is None and impl == "vduse-net" and a["vduse_variant"] in skipped:
+                    return "skipped (see the header)"
                 if sm is None:
                     return status_text(a["status"][impl]) or "n/a"
                 return f"{fmt(sm['median'], unit)} ({fmt(sm['min'], unit)}-{fmt(sm['max'], unit)})"
@@ -445,6 +456,8 @@ def markdown(rep):
         if r["status"] != "ok":
             err = (r.get("error") or "").splitlines()
             note = r["status"] + (f": {err[0][:80]}" if err else "")
+            if r["impl"] == "vduse-net" and arm_txt in skipped and r["status"] == "not available":
+                note = "skipped (see the header)"
             lines.append(f"| {r['round']} | {r['scenario']} | {r['impl']} | {arm_txt} | {note} | | | | | | | | | |")
             continue
         lat = res.get("rtt_ns")

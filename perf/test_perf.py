@@ -67,13 +67,14 @@ class TestpmdParsing(unittest.TestCase):
 
 
 def vrun(rd, scen, variant, **res):
-    base = {"lost": 0, "integrity_errors": 0, "duplicates_or_reordered": 0}
+    base = {"lost": 0, "integrity_errors": 0, "duplicates_or_reordered": 0, "tsc_hz": 2.0999e9}
     base.update(res)
     return {"round": rd, "scenario": scen, "impl": "vduse-net", "variant": variant, "status": "ok",
             "cmd": [f"vduse-net {scen} {variant}"], "result": base, "error": None}
 
 
 def drun(rd, scen, variant="split", **res):
+    res.setdefault("core_cycles", {"vhost": {"tsc_mhz": 2100}, "virtio": None})
     return {"round": rd, "scenario": scen, "impl": "dpdk", "variant": variant, "status": "ok",
             "cmd": ["testpmd vhost", "testpmd virtio"], "result": res, "error": None}
 
@@ -206,6 +207,7 @@ class Report(unittest.TestCase):
                 self.assertIn("targets", json.load(f))
         self.assertIn("**vduse-net arm in_order not run**: skipped:", md)
         self.assertIn("## Targets (issue 14)", md)
+        self.assertIn("- TSC rate: vduse-net measured 2100 MHz; testpmd 2100 MHz", md)
         # The cycles row of loopback64 split: medians, per-round ratios, median ratio.
         row = next(line for line in md.splitlines()
                    if line.startswith("| loopback, 64 B frames | split | 210 (180-240) | 300 (300-300) |"))
@@ -214,6 +216,8 @@ class Report(unittest.TestCase):
         tgt = next(line for line in md.splitlines() if line.startswith("| 64 B loopback: vduse-net device cycles"))
         self.assertIn("0.70 (<= 0.67) | **short** |", tgt)
         self.assertIn("0.63 (met)", tgt)  # packed beside
+        self.assertTrue(tgt.endswith(" skipped |"), tgt)  # in_order
+        self.assertIn("| 1 | loopback64 | vduse-net | in_order | skipped (see the header) |", md)
 
 
 if __name__ == "__main__":
