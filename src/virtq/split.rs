@@ -338,7 +338,8 @@ impl SplitQueue {
             // SAFETY: slot < size, so 4 + 2*slot lies within the avail ring
             // (translated for avail_ring_size, 2-aligned); the entry is below
             // the avail index loaded with Acquire.
-            let head = u16::from_le(unsafe { std::ptr::read_volatile(self.ptrs().avail.add(4 + 2 * slot) as *const u16) });
+            let head =
+                u16::from_le(unsafe { std::ptr::read_volatile(self.ptrs().avail.add(4 + 2 * slot) as *const u16) });
             if head >= self.cfg.size {
                 continue;
             }
