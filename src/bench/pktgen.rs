@@ -357,9 +357,10 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
         }
         q.post_rx();
     }
+    let clock = cycles::TickClock::start();
     loop {
         let t0 = cycles::now();
-        let now = Instant::now();
+        let now = clock.instant(t0);
         let counts = Counts { rx: chk.frames, rx_bytes: chk.bytes, ..tx };
         if win_start.is_none() && now >= warm_end {
             win_start = Some((now, counts));

@@ -60,6 +60,33 @@ pub fn long_ticks() -> u64 {
     (hz() * LONG_ITERATION.as_secs_f64()) as u64
 }
 
+/// `Instant`s from [`now`] ticks: a loop that already reads the tick clock
+/// gets its wall time without a `clock_gettime` per iteration (in a VM the
+/// vDSO call cost a generator about 8% of its core). Anchored once; the
+/// rate is [`hz`], calibrated over 20 ms, so the drift is a few
+/// microseconds per second at worst.
+#[derive(Clone, Copy, Debug)]
+pub struct TickClock {
+    at: Instant,
+    tick: u64,
+    ns_per_tick: f64,
+}
+
+impl TickClock {
+    pub fn start() -> TickClock {
+        let ns_per_tick = 1e9 / hz();
+        TickClock { at: Instant::now(), tick: now(), ns_per_tick }
+    }
+
+    /// The `Instant` of tick `t` (one read after [`TickClock::start`]; a
+    /// tick from before it, another core's unsynchronised TSC, reads as the
+    /// anchor).
+    #[inline]
+    pub fn instant(&self, t: u64) -> Instant {
+        self.at + Duration::from_nanos((t.saturating_sub(self.tick) as f64 * self.ns_per_tick) as u64)
+    }
+}
+
 /// A poll thread's busy-cycle count: ticks of iterations that moved at least
 /// one frame, and those frames. Totals are kept here (owned by the thread)
 /// and stored into the pair's counters with one Relaxed store each per
@@ -147,6 +174,22 @@ pub fn per_frame_excl_long(cycles: u64, frames: u64, long_cycles: u64, long_fram
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tick_clock_follows_the_monotonic_clock() {
+        let c = TickClock::start();
+        let (i0, t0) = (Instant::now(), now());
+        std::thread::sleep(Duration::from_millis(30));
+        let (i1, t1) = (Instant::now(), now());
+        let d = c.instant(t1).saturating_duration_since(c.instant(t0));
+        let real = i1 - i0;
+        // The two reads of each pair are a few hundred ns apart at most,
+        // unless the thread was preempted between them: 2 ms of slack.
+        let off = d.abs_diff(real);
+        assert!(off < Duration::from_millis(2), "tick clock {d:?} vs monotonic {real:?}");
+        // A tick from before the anchor reads as the anchor.
+        assert_eq!(c.instant(0), c.instant(c.tick));
+    }
 
     #[test]
     fn an_iteration_that_moved_nothing_adds_nothing() {
