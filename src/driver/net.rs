@@ -740,6 +740,7 @@ impl NetDriver {
             return Err(DriverError::InvalidConfig(format!("ring size {} (device max {max_num})", cfg.ring_size)));
         }
         let event_idx = has(feature::EVENT_IDX);
+        let in_order = has(feature::IN_ORDER);
         let format = RingFormat::of_features(features);
 
         // The control queue's group moves to its own address space before
@@ -816,6 +817,7 @@ impl NetDriver {
                 let off = vq as usize * vq_bytes;
                 let iova = cfg.data_iova + off as u64;
                 let mut q = DriverRing::new(format, data_mem.clone(), off, iova, ring_size, event_idx)?;
+                q.set_in_order(in_order);
                 // Data queues are polled; wait_rx turns interrupts on when sleeping.
                 q.disable_interrupts();
                 setup(vq, &q)?;
@@ -850,7 +852,8 @@ impl NetDriver {
         let cvq = match cvq_mem {
             Some(mem) => {
                 let size = pow2_floor(CVQ_SIZE.min(max_num));
-                let q = DriverRing::new(format, mem.clone(), 0, cfg.cvq_iova, size, event_idx)?;
+                let mut q = DriverRing::new(format, mem.clone(), 0, cfg.cvq_iova, size, event_idx)?;
+                q.set_in_order(in_order);
                 setup(cvq_index, &q)?;
                 Some(Cvq {
                     vq: cvq_index,

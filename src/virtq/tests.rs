@@ -44,6 +44,7 @@ fn rig(size: u16) -> Rig {
         event_idx: false,
         indirect: true,
         format: RingFormat::Split,
+        in_order: false,
     });
     Rig { _src: src, iotlb, mem, drv, dev }
 }
@@ -79,6 +80,7 @@ fn ring_pointers_are_tagged_with_the_table_that_maps_them() {
         event_idx: false,
         indirect: false,
         format: RingFormat::Split,
+        in_order: false,
     });
     let mut reader = iotlb.qsbr().register();
     {
@@ -421,6 +423,7 @@ fn packed_cfg(drv: &PackedDriverQueue, event_idx: bool, indirect: bool) -> Queue
         event_idx,
         indirect,
         format: RingFormat::Packed,
+        in_order: false,
     }
 }
 
