@@ -399,8 +399,18 @@ impl DriverQueue {
     }
 
     /// Return a chain to the free list, walking the private links only.
+    ///
+    /// With IN_ORDER chains come back in the order they were taken from
+    /// the list, so the oldest in flight always lies right after the free
+    /// run: the links stay `x -> x + 1` (mod size), and descriptors are
+    /// used in table order as the spec asks of the driver (§2.7.5.1:
+    /// `next` is x + 1, 0 after the last).
     fn free_chain(&mut self, head: u16) {
         let n = self.chain_len[head as usize];
+        if self.in_order {
+            self.num_free += n;
+            return;
+        }
         let mut tail = head;
         for _ in 1..n {
             tail = self.next[tail as usize];

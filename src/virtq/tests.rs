@@ -1214,3 +1214,43 @@ fn in_order_packed_driver_refuses_inconsistent_descriptors() {
     assert_eq!(r.drv.pop_used(), Ok(None));
     assert_eq!(r.drv.used_pos(), RingPos { idx: 2, wrap: true });
 }
+
+/// Split ring, driver side with IN_ORDER: descriptors are used in table
+/// order (§2.7.5.1: `next` is x + 1, 0 after the last slot), lap after lap,
+/// with chains of several descriptors crossing the table's end.
+#[test]
+fn in_order_split_driver_uses_descriptors_in_table_order() {
+    let mut r = rig_with(8, true);
+    let space = r.iotlb.space(0).unwrap().clone();
+    let mut reader = r.iotlb.qsbr().register();
+    let mut expect_head = 0u16;
+    for round in 0..12u64 {
+        // Chains of 3 and 2 descriptors: 5 of the 8 slots, so they wrap.
+        let a = r.drv.add_chain(&[(buf(0), 8, false), (buf(1), 8, false), (buf(2), 8, false)], 2 * round).unwrap();
+        let b = r.drv.add_chain(&[(buf(3), 8, false), (buf(4), 8, true)], 2 * round + 1).unwrap();
+        assert_eq!((a, b), (expect_head, (expect_head + 3) % 8), "round {round}");
+        for (head, n) in [(a, 3u16), (b, 2)] {
+            for k in 0..n - 1 {
+                let x = (head + k) % 8;
+                let mut d = [0u8; 16];
+                r.mem.read(16 * x as usize, &mut d);
+                let next = u16::from_le_bytes([d[14], d[15]]);
+                assert_eq!(next, (x + 1) % 8, "round {round}: descriptor {x}");
+            }
+        }
+        expect_head = (expect_head + 5) % 8;
+        r.drv.publish();
+        let g = reader.read();
+        r.dev.refresh(&space, &g).unwrap();
+        for len in [0, 8] {
+            let c = r.dev.pop(Direction::Both, &space, &g).unwrap();
+            r.dev.push_used(c.head(), len);
+        }
+        r.dev.publish_used();
+        drop(g);
+        reader.quiescent();
+        assert_eq!(r.drv.pop_used().unwrap(), Some((2 * round, 0)));
+        assert_eq!(r.drv.pop_used().unwrap(), Some((2 * round + 1, 8)));
+        assert_eq!(r.drv.num_free(), 8);
+    }
+}
