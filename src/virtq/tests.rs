@@ -1051,7 +1051,6 @@ fn in_order_split_returns_a_run_of_readable_chains_with_one_entry() {
     assert_eq!(split_used_elem(&r, 2), (heads[2] as u32, 20), "the writable chain keeps its entry");
     assert_eq!(split_used_elem(&r, 3), (heads[4] as u32, 0), "run r3 r4, written at publish");
     assert_eq!(split_used_elem(&r, 4), (0xdead, 0xbeef));
-    drop(g);
     reader.quiescent();
     let back: Vec<_> = std::iter::from_fn(|| r.drv.pop_used().unwrap()).collect();
     assert_eq!(back, vec![(0, 0), (1, 0), (2, 20), (3, 0), (4, 0)]);
@@ -1137,11 +1136,12 @@ fn in_order_packed_returns_a_run_of_readable_chains_with_one_descriptor() {
     for round in 0..20u64 {
         let start = r.dev.used_pos();
         // r (2 slots), r, w, r: runs [r r] [w] [r].
-        let mut ids = Vec::new();
-        ids.push(r.drv.add_chain(&[(buf(0), 8, false), (buf(1), 8, false)], 10 * round).unwrap());
-        ids.push(r.drv.add_chain(&[(buf(2), 8, false)], 10 * round + 1).unwrap());
-        ids.push(r.drv.add_chain(&[(buf(3), 8, true)], 10 * round + 2).unwrap());
-        ids.push(r.drv.add_chain(&[(buf(4), 8, false)], 10 * round + 3).unwrap());
+        let ids = [
+            r.drv.add_chain(&[(buf(0), 8, false), (buf(1), 8, false)], 10 * round).unwrap(),
+            r.drv.add_chain(&[(buf(2), 8, false)], 10 * round + 1).unwrap(),
+            r.drv.add_chain(&[(buf(3), 8, true)], 10 * round + 2).unwrap(),
+            r.drv.add_chain(&[(buf(4), 8, false)], 10 * round + 3).unwrap(),
+        ];
         r.drv.publish();
         let g = reader.read();
         r.dev.refresh(&space, &g).unwrap();
@@ -1150,7 +1150,6 @@ fn in_order_packed_returns_a_run_of_readable_chains_with_one_descriptor() {
             r.dev.push_used(c.head(), if t == 2 { 6 } else { 0 });
         }
         r.dev.publish_used();
-        drop(g);
         reader.quiescent();
         // Slot by slot from the start: [id of chain 1 | skipped | skipped]
         // [id of chain 2, WRITE] [id of chain 3].
@@ -1247,7 +1246,6 @@ fn in_order_split_driver_uses_descriptors_in_table_order() {
             r.dev.push_used(c.head(), len);
         }
         r.dev.publish_used();
-        drop(g);
         reader.quiescent();
         assert_eq!(r.drv.pop_used().unwrap(), Some((2 * round, 0)));
         assert_eq!(r.drv.pop_used().unwrap(), Some((2 * round + 1, 8)));
