@@ -104,7 +104,9 @@ pub enum EnableOrder {
 pub struct NetDriverConfig {
     /// Features to accept when offered. VERSION_1 and ACCESS_PLATFORM are
     /// required. With RING_PACKED (not in the defaults) every queue, the
-    /// control queue too, is a packed ring.
+    /// control queue too, is a packed ring. With IN_ORDER (not in the
+    /// defaults either) every queue takes a used entry that returns a run
+    /// of chains.
     pub features: u64,
     /// Queue size of data queues (clamped to the device's maximum).
     pub ring_size: u16,
