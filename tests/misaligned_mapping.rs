@@ -74,6 +74,7 @@ fn config_fmt(desc: u64, format: RingFormat) -> QueueConfig {
         event_idx: false,
         indirect: true,
         format,
+        in_order: false,
     }
 }
 

@@ -13,8 +13,10 @@ use std::time::Duration;
 use common::*;
 use vduse_net::driver::net::{NetDriver, NetDriverConfig, QueuePair};
 use vduse_net::driver::DmaMemory;
+use vduse_net::net::features;
 use vduse_net::uapi::vhost_vdpa::VHOST_ACCESS_RW;
 use vduse_net::uapi::virtio::status;
+use vduse_net::vduse::model::ModelConfig;
 use vduse_net::vduse::Request;
 use virtio_bindings::bindings::virtio_net as vn;
 
@@ -238,9 +240,21 @@ fn reset_then_asid_changes_and_fresh_driver_ok(fmt: RingFormat) {
 /// positions (what a VMM does after a migration) continues every stream
 /// without loss, duplicates or damage.
 fn suspend_and_vq_state_under_traffic(fmt: RingFormat) {
-    let rig = Rig::new_fmt("ut-susp", 2, fmt);
+    suspend_and_vq_state(fmt, false)
+}
+
+/// The same with VIRTIO_F_IN_ORDER: TX runs come back with one used entry
+/// per burst, and the positions still agree on both sides.
+fn suspend_and_vq_state_in_order(fmt: RingFormat) {
+    suspend_and_vq_state(fmt, true)
+}
+
+fn suspend_and_vq_state(fmt: RingFormat, in_order: bool) {
+    let name = if in_order { "ut-susp-io" } else { "ut-susp" };
+    let rig = Rig::with_fmt(offering_in_order(device_options(name, 2), in_order), ModelConfig::patched_7_3(), fmt);
     let t = rig.transport();
-    let mut d = rig.probe(driver_config_fmt(fmt));
+    let mut d = rig.probe(driver_config_in_order(fmt, in_order));
+    assert_eq!(d.features() & features::IN_ORDER != 0, in_order, "IN_ORDER negotiated as asked");
     let mut q = d.take_pairs();
     let mut flows = vec![Flow::new(0), Flow::new(1)];
     for (f, p) in flows.iter_mut().zip(q.iter_mut()) {
@@ -302,4 +316,5 @@ both_formats!(
     iotlb_invalidate_and_remap_under_traffic,
     reset_then_asid_changes_and_fresh_driver_ok,
     suspend_and_vq_state_under_traffic,
+    suspend_and_vq_state_in_order,
 );

@@ -169,6 +169,9 @@ impl BenchArgs {
         if packed {
             dcfg.features |= features::RING_PACKED;
         }
+        // Likewise IN_ORDER (`--features +in_order`): the driver side takes
+        // a used entry that returns a run of chains.
+        dcfg.features |= opts.features & features::IN_ORDER;
         if let Some(n) = self.mrg_rxbuf {
             if !(64..=65536).contains(&n) {
                 return Err(CliError(format!("--mrg-rxbuf {n} must be in 64..=65536 bytes")));
@@ -361,6 +364,7 @@ pub fn run(mut a: PktgenArgs) -> CliResult {
     };
     let tb = b.testbed("pktgen0", &mut |i| mode.port(i, &sizes))?;
     let ring = b.ring_format(&tb).unwrap_or_default();
+    let in_order = tb.driver().is_some_and(|d| d.features() & features::IN_ORDER != 0);
     let o = match a.tso {
         None => o,
         Some(size) => {
@@ -402,6 +406,8 @@ pub fn run(mut a: PktgenArgs) -> CliResult {
     let post: Option<pktgen::PostCheck<'_>> = (fcheck || scheck || linger.is_some()).then_some(&mut post);
     let mut rep = pktgen::run_on(tb, &o, &cores, &ctl, &mut tick, post).map_err(|e| CliError(e.to_string()))?;
     rep.checks.insert("ring".into(), ring.name().into());
+    // What the driver negotiated (not what was asked for).
+    rep.checks.insert("in_order".into(), in_order.into());
     let ride = ride_through.map(|_| ride_through_verdict(&rep.queues, b.dev.ring_size as u64));
     if let Some((v, _)) = &ride {
         rep.checks.insert("ride_through".into(), v.clone());

@@ -496,6 +496,7 @@ impl SlowPath {
             event_idx: self.features & features::EVENT_IDX != 0,
             indirect: self.features & features::INDIRECT_DESC != 0,
             format: RingFormat::of_features(self.features),
+            in_order: self.features & features::IN_ORDER != 0,
         })
     }
 

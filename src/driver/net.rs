@@ -104,7 +104,9 @@ pub enum EnableOrder {
 pub struct NetDriverConfig {
     /// Features to accept when offered. VERSION_1 and ACCESS_PLATFORM are
     /// required. With RING_PACKED (not in the defaults) every queue, the
-    /// control queue too, is a packed ring.
+    /// control queue too, is a packed ring. With IN_ORDER (not in the
+    /// defaults either) every queue takes a used entry that returns a run
+    /// of chains.
     pub features: u64,
     /// Queue size of data queues (clamped to the device's maximum).
     pub ring_size: u16,
@@ -740,6 +742,7 @@ impl NetDriver {
             return Err(DriverError::InvalidConfig(format!("ring size {} (device max {max_num})", cfg.ring_size)));
         }
         let event_idx = has(feature::EVENT_IDX);
+        let in_order = has(feature::IN_ORDER);
         let format = RingFormat::of_features(features);
 
         // The control queue's group moves to its own address space before
@@ -816,6 +819,7 @@ impl NetDriver {
                 let off = vq as usize * vq_bytes;
                 let iova = cfg.data_iova + off as u64;
                 let mut q = DriverRing::new(format, data_mem.clone(), off, iova, ring_size, event_idx)?;
+                q.set_in_order(in_order);
                 // Data queues are polled; wait_rx turns interrupts on when sleeping.
                 q.disable_interrupts();
                 setup(vq, &q)?;
@@ -850,7 +854,8 @@ impl NetDriver {
         let cvq = match cvq_mem {
             Some(mem) => {
                 let size = pow2_floor(CVQ_SIZE.min(max_num));
-                let q = DriverRing::new(format, mem.clone(), 0, cfg.cvq_iova, size, event_idx)?;
+                let mut q = DriverRing::new(format, mem.clone(), 0, cfg.cvq_iova, size, event_idx)?;
+                q.set_in_order(in_order);
                 setup(cvq_index, &q)?;
                 Some(Cvq {
                     vq: cvq_index,

@@ -71,6 +71,19 @@ pub struct PackedDriverQueue {
     avail_count: u16,
     used_count: u16,
     irq_enabled: bool,
+    /// VIRTIO_F_IN_ORDER negotiated: one used descriptor may complete a
+    /// run of chains (see [`Self::pop_used`]).
+    in_order: bool,
+    /// Buffer id per chain number (chains added, counted from creation,
+    /// mod size): the order chains were made available in, private.
+    order: Box<[u16]>,
+    /// Per buffer id: bytes the chain lets the device write (the length of
+    /// a chain an IN_ORDER run returns without a descriptor of its own).
+    writable_len: Box<[u32]>,
+    /// Chains of the current IN_ORDER run not yet taken back, and the
+    /// length in the run's descriptor (its last chain's).
+    batch_left: u16,
+    batch_len: u32,
 }
 
 impl PackedDriverQueue {
@@ -111,6 +124,11 @@ impl PackedDriverQueue {
             avail_count: 0,
             used_count: 0,
             irq_enabled: true,
+            in_order: false,
+            order: vec![0; n].into_boxed_slice(),
+            writable_len: vec![0; n].into_boxed_slice(),
+            batch_left: 0,
+            batch_len: 0,
         })
     }
 
@@ -148,6 +166,12 @@ impl PackedDriverQueue {
     pub fn used_pos(&self) -> RingPos {
         self.used
     }
+    /// VIRTIO_F_IN_ORDER was negotiated: accept a used descriptor that
+    /// returns a run of chains (set before the first chain is added).
+    pub fn set_in_order(&mut self, on: bool) {
+        self.in_order = on;
+    }
+
     /// Chains published so far (mod 2^16).
     pub fn avail_count(&self) -> u16 {
         self.avail_count
@@ -237,6 +261,7 @@ impl PackedDriverQueue {
         });
         self.write_chain(descs, id);
         self.chain_len[id as usize] = segments.len() as u16;
+        self.writable_len[id as usize] = segments.iter().filter(|s| s.2).fold(0u32, |a, s| a.saturating_add(s.1));
         self.tokens[id as usize] = Some(token);
         self.num_free -= segments.len() as u16;
         Ok(id)
@@ -261,8 +286,16 @@ impl PackedDriverQueue {
             self.added = self.added.saturating_add(1);
         }
         if let Some(h) = head {
+            self.note_order(id);
             self.unpublished.push(h);
         }
+    }
+
+    /// Record the buffer id of the chain being added (before it joins
+    /// `unpublished`).
+    fn note_order(&mut self, id: u16) {
+        let n = self.avail_count.wrapping_add(self.unpublished.len() as u16);
+        self.order[(n % self.size) as usize] = id;
     }
 
     /// Make every chain added so far visible to the device.
@@ -331,7 +364,18 @@ impl PackedDriverQueue {
     /// A used descriptor naming an id that is not in flight is an error and
     /// is not consumed: without its chain length the ring cannot be read
     /// on (the queue is broken for this driver).
+    ///
+    /// With IN_ORDER one used descriptor may stand for a run of chains: it
+    /// lies over the run's first slot and names the run's last buffer id;
+    /// every published chain made available up to that one and not yet
+    /// taken back is returned, in order, each with its whole writable
+    /// length (the last with the descriptor's), and the used position moves
+    /// past the slots they took. An id in flight but not published yet is
+    /// an error ([`RingError::UsedIdOutOfOrder`]), not consumed either.
     pub fn pop_used(&mut self) -> Result<Option<(u64, u32)>, RingError> {
+        if self.batch_left > 0 {
+            return self.pop_batched().map(Some);
+        }
         let (flags, id, len) = self.read_used(self.used.idx);
         if !is_used(flags, self.used.wrap) {
             return Ok(None);
@@ -339,10 +383,56 @@ impl PackedDriverQueue {
         if id >= self.size {
             return Err(RingError::UsedIdOutOfRange { id: id as u32, size: self.size });
         }
+        if self.in_order {
+            let Some(run) = self.run_to(self.used_count, id) else {
+                return Err(if self.tokens[id as usize].is_none() {
+                    RingError::UsedIdNotInFlight { id: id as u32 }
+                } else {
+                    RingError::UsedIdOutOfOrder { id: id as u32 }
+                });
+            };
+            self.batch_left = run;
+            self.batch_len = len;
+            return self.pop_batched().map(Some);
+        }
         let Some(token) = self.tokens[id as usize].take() else {
             return Err(RingError::UsedIdNotInFlight { id: id as u32 });
         };
         let n = self.chain_len[id as usize];
+        self.take_back(id, n);
+        Ok(Some((token, len)))
+    }
+
+    /// IN_ORDER: how many chains, from chain number `from` on, a used
+    /// descriptor naming `id` returns: up to and including `id`'s chain,
+    /// among those published and not taken back. `None` when `id` is not
+    /// one of them.
+    fn run_to(&self, from: u16, id: u16) -> Option<u16> {
+        if self.tokens.get(id as usize).map_or(true, Option::is_none) {
+            return None;
+        }
+        let window = self.avail_count.wrapping_sub(from).min(self.size);
+        (0..window).find(|&i| self.order[(from.wrapping_add(i) % self.size) as usize] == id).map(|i| i + 1)
+    }
+
+    /// The next chain of an IN_ORDER run: the oldest one not taken back.
+    fn pop_batched(&mut self) -> Result<(u64, u32), RingError> {
+        let id = self.order[(self.used_count % self.size) as usize];
+        self.batch_left -= 1;
+        // Only a raw test chain (push_raw with an id it could not record)
+        // can sit in the run unrecorded: an error, and the run ends there.
+        let Some(token) = self.tokens.get_mut(id as usize).and_then(Option::take) else {
+            self.batch_left = 0;
+            return Err(RingError::UsedIdNotInFlight { id: id as u32 });
+        };
+        let len = if self.batch_left == 0 { self.batch_len } else { self.writable_len[id as usize] };
+        let n = self.chain_len[id as usize];
+        self.take_back(id, n);
+        Ok((token, len))
+    }
+
+    /// Free chain `id` of `n` slots and move the used position past it.
+    fn take_back(&mut self, id: u16, n: u16) {
         advance(&mut self.used, n, self.size);
         self.num_free += n;
         self.free_ids.push(id);
@@ -350,7 +440,6 @@ impl PackedDriverQueue {
         if self.event_idx && self.irq_enabled {
             self.write_driver_event(self.used.encode(), VRING_PACKED_EVENT_FLAG_DESC);
         }
-        Ok(Some((token, len)))
     }
 
     /// Ask the device for interrupts again. Returns true when a used
@@ -374,9 +463,10 @@ impl PackedDriverQueue {
         self.write_driver_event(0, VRING_PACKED_EVENT_FLAG_DISABLE);
     }
 
-    /// A used descriptor waits at the used position.
+    /// A used descriptor waits at the used position (or the rest of an
+    /// IN_ORDER run is still to be taken back).
     pub fn used_ready(&self) -> bool {
-        is_used(self.read_used(self.used.idx).0, self.used.wrap)
+        self.batch_left > 0 || is_used(self.read_used(self.used.idx).0, self.used.wrap)
     }
 
     /// Look ahead without consuming: the position after every used
@@ -386,10 +476,31 @@ impl PackedDriverQueue {
         let mut pos = self.used;
         let mut n = 0u16;
         let mut seen = 0u32;
+        // The rest of an IN_ORDER run being taken back.
+        let mut run = self.batch_left;
         while seen < self.size as u32 {
+            if run > 0 {
+                let id = self.order[(self.used_count.wrapping_add(n) % self.size) as usize];
+                if self.tokens.get(id as usize).map_or(true, Option::is_none) {
+                    break;
+                }
+                let len = self.chain_len[id as usize].max(1);
+                advance(&mut pos, len, self.size);
+                seen += len as u32;
+                n += 1;
+                run -= 1;
+                continue;
+            }
             let (flags, id, _) = self.read_used(pos.idx);
             if !is_used(flags, pos.wrap) || id >= self.size || self.tokens[id as usize].is_none() {
                 break;
+            }
+            if self.in_order {
+                match self.run_to(self.used_count.wrapping_add(n), id) {
+                    Some(k) => run = k,
+                    None => break,
+                }
+                continue;
             }
             let len = self.chain_len[id as usize].max(1);
             advance(&mut pos, len, self.size);
@@ -426,11 +537,18 @@ impl PackedDriverQueue {
         }
         let id = descs[descs.len() - 1].id;
         let n = (descs.len() as u16).min(self.size);
+        // In the private order whether recorded or not: a run reaching an
+        // unrecorded chain is an error (see pop_batched).
+        self.note_order(id);
         if id < self.size && self.tokens[id as usize].is_none() && n <= self.num_free {
             if let Some(i) = self.free_ids.iter().position(|&f| f == id) {
                 self.free_ids.swap_remove(i);
                 self.tokens[id as usize] = Some(u64::MAX);
                 self.chain_len[id as usize] = n;
+                self.writable_len[id as usize] = descs[..n as usize]
+                    .iter()
+                    .filter(|d| d.flags & VRING_DESC_F_WRITE != 0)
+                    .fold(0u32, |a, d| a.saturating_add(d.len));
             }
         }
         // The slots are the device's now, recorded or not: the driver never

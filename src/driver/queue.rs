@@ -55,6 +55,12 @@ impl DriverRing {
         }
     }
 
+    /// VIRTIO_F_IN_ORDER was negotiated: a used entry may return a run of
+    /// chains (set before the first chain is added).
+    pub fn set_in_order(&mut self, on: bool) {
+        either!(self, q => q.set_in_order(on))
+    }
+
     pub fn format(&self) -> RingFormat {
         match self {
             DriverRing::Split(_) => RingFormat::Split,

@@ -34,6 +34,11 @@ pub enum RingError {
     UsedIdOutOfRange { id: u32, size: u16 },
     #[error("device returned used id {id}, which is not in flight")]
     UsedIdNotInFlight { id: u32 },
+    /// IN_ORDER: the id is in flight, but not among the chains the entry
+    /// may complete (made available after chains the device has not
+    /// returned, past the used index, or not yet published).
+    #[error("device returned used id {id} out of order (IN_ORDER)")]
+    UsedIdOutOfOrder { id: u32 },
     #[error("used idx {used} is {ahead} entries ahead of last seen {last} (queue size {size})")]
     UsedIdxJump { used: u16, last: u16, ahead: u16, size: u16 },
 }
@@ -84,6 +89,21 @@ pub struct DriverQueue {
     /// used.idx at its last read; entries below it need no new load.
     used_cache: u16,
     irq_enabled: bool,
+    /// VIRTIO_F_IN_ORDER negotiated: one used entry may complete a run of
+    /// chains (see [`Self::pop_used`]).
+    in_order: bool,
+    /// Driver-private copy of the avail ring (head per avail index mod
+    /// size): the order chains were made available in, which the device
+    /// cannot rewrite.
+    avail_heads: Box<[u16]>,
+    /// Per head: bytes the chain lets the device write, the length of a
+    /// chain an IN_ORDER run returns without an entry of its own ("used
+    /// completely").
+    writable_len: Box<[u32]>,
+    /// Chains of the current IN_ORDER run not yet taken back, and the
+    /// length in the run's entry (its last chain's).
+    batch_left: u16,
+    batch_len: u32,
 }
 
 impl DriverQueue {
@@ -123,6 +143,11 @@ impl DriverQueue {
             last_used: 0,
             used_cache: 0,
             irq_enabled: true,
+            in_order: false,
+            avail_heads: vec![0; n].into_boxed_slice(),
+            writable_len: vec![0; n].into_boxed_slice(),
+            batch_left: 0,
+            batch_len: 0,
         })
     }
 
@@ -151,6 +176,12 @@ impl DriverQueue {
     pub fn offset(&self) -> usize {
         self.offset
     }
+    /// VIRTIO_F_IN_ORDER was negotiated: accept a used entry that returns
+    /// a run of chains (set before the first chain is added).
+    pub fn set_in_order(&mut self, on: bool) {
+        self.in_order = on;
+    }
+
     /// The used index this driver has consumed up to.
     pub fn last_used(&self) -> u16 {
         self.last_used
@@ -203,7 +234,8 @@ impl DriverQueue {
         unsafe { std::ptr::write_volatile(self.ptr(16 * i as usize).cast::<VringDesc>(), le) }
     }
 
-    fn store_avail_entry(&self, slot: u16, head: u16) {
+    fn store_avail_entry(&mut self, slot: u16, head: u16) {
+        self.avail_heads[(slot % self.size) as usize] = head;
         let rel = self.layout.avail + 4 + 2 * (slot % self.size) as usize;
         // Relaxed: made visible by the Release store of avail.idx in publish.
         self.atomic16(rel).store(head.to_le(), Ordering::Relaxed);
@@ -236,6 +268,7 @@ impl DriverQueue {
         self.free_head = self.next[i as usize];
         self.num_free -= segments.len() as u16;
         self.chain_len[head as usize] = segments.len() as u16;
+        self.writable_len[head as usize] = segments.iter().filter(|s| s.2).fold(0u32, |a, s| a.saturating_add(s.1));
         self.tokens[head as usize] = Some(token);
         self.store_avail_entry(self.avail_shadow, head);
         self.avail_shadow = self.avail_shadow.wrapping_add(1);
@@ -273,7 +306,19 @@ impl DriverQueue {
     }
 
     /// Take the next used chain back: `(token, len written by the device)`.
+    ///
+    /// With IN_ORDER one used entry may stand for a run of chains (virtio
+    /// 1.3 §2.7.9): the entry at the next used slot names the run's last
+    /// chain, and every chain made available before it and not yet taken
+    /// back is returned too, in the order they were made available, each
+    /// with its whole writable length (the last one with the entry's); the
+    /// used index moves on by the run. The id must be one of the chains the
+    /// device may complete now (published, in flight, within the used
+    /// index), or it is an error, as a bad id is without IN_ORDER.
     pub fn pop_used(&mut self) -> Result<Option<(u64, u32)>, RingError> {
+        if self.batch_left > 0 {
+            return self.pop_batched().map(Some);
+        }
         let mut used = self.used_cache;
         if used == self.last_used {
             // Acquire: the used element written before the device's Release
@@ -298,6 +343,21 @@ impl DriverQueue {
             let p = self.ptr(rel).cast::<u32>();
             (u32::from_le(std::ptr::read_volatile(p)), u32::from_le(std::ptr::read_volatile(p.add(1))))
         };
+        if self.in_order && id < self.size as u32 {
+            // The chains the entry may complete: published, not taken back,
+            // and within the used index, in the order they were made
+            // available (the private copy, not the shared ring).
+            let window = ahead.min(self.published.wrapping_sub(self.last_used)).min(self.size);
+            let run = (0..window).find(|&i| {
+                let at = (self.last_used.wrapping_add(i) % self.size) as usize;
+                self.avail_heads[at] as u32 == id && self.tokens[id as usize].is_some()
+            });
+            if let Some(i) = run {
+                self.batch_left = i + 1;
+                self.batch_len = len;
+                return self.pop_batched().map(Some);
+            }
+        }
         // The entry is consumed even when bad, so a broken device produces
         // one error per bad entry rather than an endless loop.
         self.last_used = self.last_used.wrapping_add(1);
@@ -308,13 +368,49 @@ impl DriverQueue {
         let Some(token) = self.tokens[id as usize].take() else {
             return Err(RingError::UsedIdNotInFlight { id });
         };
+        if self.in_order {
+            // In flight, but not where the entry may complete it: put it
+            // back (it is still the device's).
+            self.tokens[id as usize] = Some(token);
+            return Err(RingError::UsedIdOutOfOrder { id });
+        }
         self.free_chain(id as u16);
         Ok(Some((token, len)))
     }
 
+    /// The next chain of an IN_ORDER run: the oldest one not taken back.
+    fn pop_batched(&mut self) -> Result<(u64, u32), RingError> {
+        let head = self.avail_heads[(self.last_used % self.size) as usize];
+        self.last_used = self.last_used.wrapping_add(1);
+        self.update_used_event();
+        self.batch_left -= 1;
+        // Only a raw test chain (push_avail_raw) can sit in the run without
+        // being recorded: an error, and the run ends there.
+        let token = match self.tokens.get_mut(head as usize).and_then(Option::take) {
+            Some(t) => t,
+            None => {
+                self.batch_left = 0;
+                return Err(RingError::UsedIdNotInFlight { id: head as u32 });
+            }
+        };
+        let len = if self.batch_left == 0 { self.batch_len } else { self.writable_len[head as usize] };
+        self.free_chain(head);
+        Ok((token, len))
+    }
+
     /// Return a chain to the free list, walking the private links only.
+    ///
+    /// With IN_ORDER chains come back in the order they were taken from
+    /// the list, so the oldest in flight always lies right after the free
+    /// run: the links stay `x -> x + 1` (mod size), and descriptors are
+    /// used in table order as the spec asks of the driver (§2.7.5.1:
+    /// `next` is x + 1, 0 after the last).
     fn free_chain(&mut self, head: u16) {
         let n = self.chain_len[head as usize];
+        if self.in_order {
+            self.num_free += n;
+            return;
+        }
         let mut tail = head;
         for _ in 1..n {
             tail = self.next[tail as usize];

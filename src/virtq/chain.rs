@@ -429,7 +429,7 @@ impl<'c, 'g> Builder<'c, 'g> {
     /// The chain is complete; its head is known now.
     #[inline]
     pub(super) fn finish(self, head: Head) {
-        self.chain.head = head;
+        self.chain.head = head.with_readable_only(!self.seen_writable);
     }
 }
 

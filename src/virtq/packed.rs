@@ -150,6 +150,10 @@ pub struct PackedQueue {
     /// Slots published since the last interrupt decision.
     since_signal: u32,
     notify_enabled: bool,
+    /// IN_ORDER: where the run of completed device-readable chains without
+    /// a used descriptor yet starts, and the run's last buffer id.
+    batch_start: Option<RingPos>,
+    batch_id: u16,
 }
 
 // SAFETY: the raw pointers point into mappings kept alive by the address
@@ -176,6 +180,8 @@ impl PackedQueue {
             first: None,
             since_signal: 0,
             notify_enabled: true,
+            batch_start: None,
+            batch_id: 0,
         }
     }
 
@@ -484,7 +490,9 @@ impl PackedQueue {
 
     /// Write a used descriptor for `head` (not yet visible: see
     /// `publish_used`). The used position moves on by the slots the chain
-    /// took, as the driver's does when it reads this descriptor.
+    /// took, as the driver's does when it reads this descriptor. With
+    /// IN_ORDER a device-readable chain gets no descriptor of its own: it
+    /// joins the run that [`Self::flush_batch`] returns with one.
     #[inline]
     pub fn push_used(&mut self, head: Head, len: u32) {
         let size = self.cfg.size;
@@ -492,8 +500,38 @@ impl PackedQueue {
         // else so the positions stay consistent (memory safety does not
         // depend on it: every slot is taken modulo the ring).
         let slots = head.slots().clamp(1, self.in_flight.max(1));
-        let slot = self.used.idx;
-        let mut flags = used_bits(self.used.wrap);
+        if self.cfg.in_order && head.readable_only() {
+            // "Used completely" is "0 bytes written" for such a chain, so
+            // skipping its descriptor loses nothing (IN_ORDER, §2.8).
+            self.batch_start.get_or_insert(self.used);
+            self.batch_id = head.index();
+        } else {
+            self.flush_batch();
+            self.write_used(self.used, head.index(), len);
+        }
+        self.used.advance(slots, size);
+        self.in_flight = self.in_flight.saturating_sub(slots);
+        self.unpublished = (self.unpublished + slots).min(size);
+    }
+
+    /// Write the one used descriptor for the run of device-readable chains
+    /// completed since the last descriptor (IN_ORDER): over the run's first
+    /// slot, with the run's last buffer id; the used position already moved
+    /// past the whole run, and the driver skips the same slots by the
+    /// chains it knows it made available there.
+    #[inline]
+    fn flush_batch(&mut self) {
+        if let Some(at) = self.batch_start.take() {
+            self.write_used(at, self.batch_id, 0);
+        }
+    }
+
+    /// Write a used descriptor at `at`: id and len now; the flags now, or,
+    /// for the publish batch's first descriptor, in `publish_used`.
+    #[inline]
+    fn write_used(&mut self, at: RingPos, id: u16, len: u32) {
+        let slot = at.idx;
+        let mut flags = used_bits(at.wrap);
         if len > 0 {
             flags |= VRING_DESC_F_WRITE;
         }
@@ -502,7 +540,7 @@ impl PackedQueue {
         // write access; the slot was read by the device before (it lies in
         // the taken range), so the driver no longer writes it.
         unsafe {
-            std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).id), head.index().to_le());
+            std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).id), id.to_le());
             std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).len), len.to_le());
         }
         match self.first {
@@ -512,15 +550,13 @@ impl PackedQueue {
             // Release after this.
             Some(_) => self.flags_atomic(slot).store(flags.to_le(), Ordering::Relaxed),
         }
-        self.used.advance(slots, size);
-        self.in_flight = self.in_flight.saturating_sub(slots);
-        self.unpublished = (self.unpublished + slots).min(size);
     }
 
     /// Make the batch visible, once per burst. Returns whether the driver
     /// asked to be interrupted for it.
     #[inline]
     pub fn publish_used(&mut self) -> bool {
+        self.flush_batch();
         let Some((slot, flags)) = self.first.take() else {
             return false;
         };

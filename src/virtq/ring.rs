@@ -80,6 +80,9 @@ pub trait Ring: Send {
     /// returned empty.
     fn rewind(&mut self, heads: &[Head]);
     /// Return a chain with `len` bytes written (visible at `publish_used`).
+    /// Chains must be returned in the order they were taken (every path
+    /// does): with IN_ORDER negotiated a run of device-readable ones gets
+    /// one used entry, written at the end of the run or at `publish_used`.
     fn push_used(&mut self, head: Head, len: u32);
     /// Publish what was pushed, once per burst; whether to interrupt.
     fn publish_used(&mut self) -> bool;

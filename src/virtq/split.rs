@@ -65,12 +65,26 @@ pub struct Head {
     /// Ring slots the chain occupied (packed: where the next used
     /// descriptor goes; split: 1, unused).
     slots: u16,
+    /// The walk found no device-writable buffer: "used completely" means
+    /// 0 bytes written, so with IN_ORDER the chain may be returned without
+    /// a used entry of its own (see [`QueueConfig::in_order`]).
+    readable_only: bool,
 }
 
 impl Head {
     #[inline]
     pub(super) fn new(id: u16, slots: u16) -> Self {
-        Head { id, slots }
+        Head { id, slots, readable_only: false }
+    }
+    /// The same head, marked by the walk that read its chain.
+    #[inline]
+    pub(super) fn with_readable_only(self, readable_only: bool) -> Self {
+        Head { readable_only, ..self }
+    }
+    /// Whether the walk found only device-readable buffers.
+    #[inline]
+    pub fn readable_only(self) -> bool {
+        self.readable_only
     }
     /// The head index (split) or buffer id (packed).
     #[inline]
@@ -102,6 +116,13 @@ pub struct QueueConfig {
     pub indirect: bool,
     /// Split or packed (VIRTIO_F_RING_PACKED negotiated).
     pub format: RingFormat,
+    /// VIRTIO_F_IN_ORDER negotiated: the device uses chains in the order it
+    /// took them (it always does), and a run of completed device-readable
+    /// chains is returned with one used entry naming the run's last chain
+    /// (virtio 1.3 "In-order use of descriptors", §2.7.9 for split rings
+    /// and its packed counterpart in §2.8), written when the run ends: at a
+    /// chain with a length the driver needs, or at `publish_used`.
+    pub in_order: bool,
 }
 
 /// Host pointers into the rings, valid for one table id.
@@ -130,6 +151,10 @@ pub struct SplitQueue {
     /// used.idx when we last decided about an interrupt (event-idx "old").
     signalled_used: u16,
     notify_enabled: bool,
+    /// IN_ORDER: completed device-readable chains not yet given a used
+    /// entry (counted in `used_idx` already), and the last one's id.
+    batch: u16,
+    batch_id: u16,
     /// `size - 1` when the size is a power of two (always, for a queue the
     /// slow path accepted: it refuses other sizes, and the split format
     /// requires one, virtio 1.3 §2.7); 0 otherwise, and ring slots are then
@@ -153,6 +178,8 @@ impl SplitQueue {
             published_used: cfg.avail_base,
             signalled_used: cfg.avail_base,
             notify_enabled: true,
+            batch: 0,
+            batch_id: 0,
             mask: if cfg.size.is_power_of_two() { cfg.size - 1 } else { 0 },
         }
     }
@@ -421,11 +448,44 @@ impl SplitQueue {
         Ok(from_le(unsafe { std::ptr::read_volatile(self.ptrs().desc.add(i as usize)) }))
     }
 
-    /// Write a used element (not yet visible: see `publish_used`).
+    /// Return a chain with `len` bytes written (not yet visible: see
+    /// `publish_used`). With IN_ORDER a device-readable chain gets no entry
+    /// of its own: it joins the run that [`Self::flush_batch`] returns with
+    /// one entry.
     #[inline]
     pub fn push_used(&mut self, head: Head, len: u32) {
-        let id = head.id;
-        let slot = self.slot(self.used_idx);
+        if self.cfg.in_order && head.readable_only() {
+            // Only a chain without writable buffers: "used completely" is
+            // then exactly "0 bytes written" (§2.7.9), so nothing is lost.
+            self.batch += 1;
+            self.batch_id = head.id;
+            self.used_idx = self.used_idx.wrapping_add(1);
+            return;
+        }
+        self.flush_batch();
+        self.write_used(self.used_idx, head.id, len);
+        self.used_idx = self.used_idx.wrapping_add(1);
+    }
+
+    /// Write the used entry for the run of device-readable chains waiting
+    /// since the last one (IN_ORDER): at the run's first used slot, naming
+    /// its last chain; `used_idx` already counts the whole run, and the
+    /// driver skips the slots after the entry (§2.7.9: "the used ring entry
+    /// at an offset matching the first available ring entry in the batch").
+    #[inline]
+    fn flush_batch(&mut self) {
+        if self.batch == 0 {
+            return;
+        }
+        let at = self.used_idx.wrapping_sub(self.batch);
+        self.write_used(at, self.batch_id, 0);
+        self.batch = 0;
+    }
+
+    /// Write used element number `idx` (free-running).
+    #[inline]
+    fn write_used(&mut self, idx: u16, id: u16, len: u32) {
+        let slot = self.slot(idx);
         let at = 4 + 8 * slot;
         let used = self.ptrs().used;
         // SAFETY: slot < size, so [at, at + 8) lies within the used ring,
@@ -434,13 +494,13 @@ impl SplitQueue {
             std::ptr::write_volatile(used.add(at) as *mut u32, (id as u32).to_le());
             std::ptr::write_volatile(used.add(at + 4) as *mut u32, len.to_le());
         }
-        self.used_idx = self.used_idx.wrapping_add(1);
     }
 
     /// Make pushed used elements visible, once per burst. Returns whether
     /// the driver asked to be interrupted for them.
     #[inline]
     pub fn publish_used(&mut self) -> bool {
+        self.flush_batch();
         if self.used_idx == self.published_used {
             return false;
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::*;
-use crate::driver::ring::DriverQueue;
+use crate::driver::ring::{DriverQueue, RingError};
 use crate::driver::DmaMemory;
 use crate::mem::testing::MemfdSource;
 use crate::mem::Iotlb;
@@ -29,11 +29,17 @@ struct Rig {
 }
 
 fn rig(size: u16) -> Rig {
+    rig_with(size, false)
+}
+
+/// A rig with VIRTIO_F_IN_ORDER negotiated on both sides, or not.
+fn rig_with(size: u16, in_order: bool) -> Rig {
     let src = Arc::new(MemfdSource::default());
     let mem = Arc::new(DmaMemory::new("virtq-test", MEM).unwrap());
     src.add(0, IOVA, &mem, 0, MEM as u64, VDUSE_ACCESS_RW);
     let iotlb = Iotlb::new(1, src.clone());
-    let drv = DriverQueue::new(mem.clone(), 0, IOVA, size, false).unwrap();
+    let mut drv = DriverQueue::new(mem.clone(), 0, IOVA, size, false).unwrap();
+    drv.set_in_order(in_order);
     let dev = SplitQueue::new(QueueConfig {
         index: 0,
         size,
@@ -44,6 +50,7 @@ fn rig(size: u16) -> Rig {
         event_idx: false,
         indirect: true,
         format: RingFormat::Split,
+        in_order,
     });
     Rig { _src: src, iotlb, mem, drv, dev }
 }
@@ -79,6 +86,7 @@ fn ring_pointers_are_tagged_with_the_table_that_maps_them() {
         event_idx: false,
         indirect: false,
         format: RingFormat::Split,
+        in_order: false,
     });
     let mut reader = iotlb.qsbr().register();
     {
@@ -317,10 +325,15 @@ proptest! {
     /// size`), and never consumes past what the driver published. A
     /// malformed ring is an error, never a panic; the device then stops
     /// the queue as the poll thread does.
+    ///
+    /// With IN_ORDER (`in_order`) runs of readable chains come back with
+    /// one used entry, and every chain still comes back once with its
+    /// length: 0 for a readable chain, the writable bytes for one with a
+    /// writable buffer (the token says which).
     #[test]
-    fn each_head_is_completed_once_and_in_flight_stays_bounded(ops in prop::collection::vec(op(), 1..60)) {
+    fn each_head_is_completed_once_and_in_flight_stays_bounded(ops in prop::collection::vec(op(), 1..60), in_order in any::<bool>()) {
         let size = 16u16;
-        let mut r = rig(size);
+        let mut r = rig_with(size, in_order);
         let space = r.iotlb.space(0).unwrap().clone();
         let mut reader = r.iotlb.qsbr().register();
         let mut honest = true;
@@ -329,8 +342,10 @@ proptest! {
             match op {
                 Op::Add(lens) => {
                     for (k, n) in lens.into_iter().enumerate() {
-                        let segs: Vec<_> = (0..n as usize).map(|i| (buf(i + k), 16u32, false)).collect();
-                        if r.drv.add_chain(&segs, k as u64).is_err() {
+                        // Chains of 3 end in a writable buffer: the token
+                        // is the length the device reports for it.
+                        let segs: Vec<_> = (0..n as usize).map(|i| (buf(i + k), 16u32, n == 3 && i == 2)).collect();
+                        if r.drv.add_chain(&segs, if n == 3 { 16 } else { 0 }).is_err() {
                             break;
                         }
                     }
@@ -348,7 +363,11 @@ proptest! {
                 }
                 Op::Reclaim => loop {
                     match r.drv.pop_used() {
-                        Ok(Some(_)) => {}
+                        Ok(Some((token, len))) => {
+                            if honest {
+                                prop_assert_eq!(len as u64, token, "the length of each chain");
+                            }
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             prop_assert!(!honest, "honest driver got a bad used entry: {e}");
@@ -363,8 +382,8 @@ proptest! {
                         let pending = r.dev.pending()?;
                         for _ in 0..(n as u16).min(pending) {
                             let head = r.dev.pop_head()?;
-                            let c = r.dev.read_chain(head, Direction::DeviceReads, &space, &g)?;
-                            r.dev.push_used(c.head(), 0);
+                            let c = r.dev.read_chain(head, Direction::Both, &space, &g)?;
+                            r.dev.push_used(c.head(), c.writable_len());
                         }
                         Ok(())
                     };
@@ -411,6 +430,10 @@ struct PackedRig {
 }
 
 fn packed_cfg(drv: &PackedDriverQueue, event_idx: bool, indirect: bool) -> QueueConfig {
+    packed_cfg_with(drv, event_idx, indirect, false)
+}
+
+fn packed_cfg_with(drv: &PackedDriverQueue, event_idx: bool, indirect: bool, in_order: bool) -> QueueConfig {
     QueueConfig {
         index: 0,
         size: drv.size(),
@@ -421,16 +444,23 @@ fn packed_cfg(drv: &PackedDriverQueue, event_idx: bool, indirect: bool) -> Queue
         event_idx,
         indirect,
         format: RingFormat::Packed,
+        in_order,
     }
 }
 
 fn packed_rig(size: u16, event_idx: bool) -> PackedRig {
+    packed_rig_with(size, event_idx, false)
+}
+
+/// A packed rig with VIRTIO_F_IN_ORDER negotiated on both sides, or not.
+fn packed_rig_with(size: u16, event_idx: bool, in_order: bool) -> PackedRig {
     let src = Arc::new(MemfdSource::default());
     let mem = Arc::new(DmaMemory::new("virtq-packed", MEM).unwrap());
     src.add(0, IOVA, &mem, 0, MEM as u64, VDUSE_ACCESS_RW);
     let iotlb = Iotlb::new(1, src.clone());
-    let drv = PackedDriverQueue::new(mem.clone(), 0, IOVA, size, event_idx).unwrap();
-    let dev = PackedQueue::new(packed_cfg(&drv, event_idx, true));
+    let mut drv = PackedDriverQueue::new(mem.clone(), 0, IOVA, size, event_idx).unwrap();
+    drv.set_in_order(in_order);
+    let dev = PackedQueue::new(packed_cfg_with(&drv, event_idx, true, in_order));
     PackedRig { _src: src, iotlb, mem, drv, dev }
 }
 
@@ -748,10 +778,14 @@ proptest! {
     /// never holds more than the ring (in flight <= size) and never reads
     /// past what the driver published; a malformed chain is an error, never
     /// a panic, and takes nothing.
+    ///
+    /// With IN_ORDER (`in_order`) runs of readable chains come back with
+    /// one used descriptor; every chain still comes back once, with its
+    /// length (the token).
     #[test]
-    fn packed_ids_are_completed_once_and_in_flight_stays_bounded(ops in prop::collection::vec(pop_strategy(), 1..60)) {
+    fn packed_ids_are_completed_once_and_in_flight_stays_bounded(ops in prop::collection::vec(pop_strategy(), 1..60), in_order in any::<bool>()) {
         let size = 16u16;
-        let mut r = packed_rig(size, true);
+        let mut r = packed_rig_with(size, true, in_order);
         let space = r.iotlb.space(0).unwrap().clone();
         let mut reader = r.iotlb.qsbr().register();
         let mut honest = true;
@@ -761,8 +795,8 @@ proptest! {
             match op {
                 POp::Add(lens) => {
                     for (k, n) in lens.into_iter().enumerate() {
-                        let segs: Vec<_> = (0..n as usize).map(|i| (buf(i + k), 16u32, false)).collect();
-                        if r.drv.add_chain(&segs, k as u64).is_err() {
+                        let segs: Vec<_> = (0..n as usize).map(|i| (buf(i + k), 16u32, n == 3 && i == 2)).collect();
+                        if r.drv.add_chain(&segs, if n == 3 { 16 } else { 0 }).is_err() {
                             break;
                         }
                     }
@@ -791,7 +825,11 @@ proptest! {
                 POp::RawId(_) | POp::WrapMismatch | POp::RawLong(_) => {}
                 POp::Reclaim => loop {
                     match r.drv.pop_used() {
-                        Ok(Some(_)) => {}
+                        Ok(Some((token, len))) => {
+                            if honest {
+                                prop_assert_eq!(len as u64, token, "the length of each chain");
+                            }
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             prop_assert!(!honest, "honest driver got a bad used descriptor: {e}");
@@ -805,9 +843,9 @@ proptest! {
                         r.dev.refresh(&space, &g)?;
                         let pending = r.dev.pending()?;
                         for _ in 0..(n as u16).min(pending) {
-                            let c = r.dev.pop_chain(Direction::DeviceReads, &space, &g)?;
+                            let c = r.dev.pop_chain(Direction::Both, &space, &g)?;
                             assert_in_flight_bounded(r.dev.in_flight() <= size);
-                            r.dev.push_used(c.head(), 0);
+                            r.dev.push_used(c.head(), c.writable_len());
                             completed += 1;
                         }
                         Ok(())
@@ -953,4 +991,264 @@ fn rewound_chains_are_taken_again() {
     assert_eq!((r.dev.avail_pos(), r.dev.in_flight(), r.dev.pending().unwrap()), before);
     let again = r.dev.pop_chain(Direction::DeviceWrites, &space, &g).unwrap();
     assert_eq!((again.head().index(), again.writable_len()), (c.head().index(), 16));
+}
+
+// ---- VIRTIO_F_IN_ORDER: one used entry per run of readable chains ----
+
+/// The used element at free-running index `i` of a split rig: (id, len).
+fn split_used_elem(r: &Rig, i: u16) -> (u32, u32) {
+    let at = r.drv.layout().used + 4 + 8 * (i % r.drv.size()) as usize;
+    let mut b = [0u8; 8];
+    r.mem.read(at, &mut b);
+    (u32::from_le_bytes(b[..4].try_into().unwrap()), u32::from_le_bytes(b[4..].try_into().unwrap()))
+}
+
+/// Write a used element and used.idx as a (hostile) device would.
+fn split_write_used(r: &Rig, i: u16, id: u32, len: u32, used_idx: u16) {
+    let at = r.drv.layout().used + 4 + 8 * (i % r.drv.size()) as usize;
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&id.to_le_bytes());
+    b[4..].copy_from_slice(&len.to_le_bytes());
+    r.mem.write(at, &b);
+    r.mem.write(r.drv.layout().used + 2, &used_idx.to_le_bytes());
+}
+
+/// Split ring: TX-like (readable) chains are returned with one used entry
+/// per run, at the run's first slot, naming its last chain; a chain with a
+/// writable buffer ends the run and keeps its own entry and length; the
+/// driver side takes every chain back once, in order, with its length.
+#[test]
+fn in_order_split_returns_a_run_of_readable_chains_with_one_entry() {
+    let mut r = rig_with(16, true);
+    let space = r.iotlb.space(0).unwrap().clone();
+    let mut reader = r.iotlb.qsbr().register();
+    // Poison the used ring: slots the device skips keep this.
+    for i in 0..16 {
+        split_write_used(&r, i, 0xdead, 0xbeef, 0);
+    }
+    // r0 r1 w2 r3 r4: two runs around a writable chain.
+    let mut heads = Vec::new();
+    for t in 0..5u64 {
+        let writable = t == 2;
+        heads.push(r.drv.add_chain(&[(buf(t as usize), 32, writable)], t).unwrap());
+    }
+    r.drv.publish();
+    let g = reader.read();
+    r.dev.refresh(&space, &g).unwrap();
+    for t in 0..5 {
+        let c = r.dev.pop(Direction::Both, &space, &g).unwrap();
+        assert_eq!(c.head().readable_only(), t != 2);
+        r.dev.push_used(c.head(), if t == 2 { 20 } else { 0 });
+    }
+    assert_eq!(r.dev.used_idx(), 5, "the used index counts every chain");
+    // Nothing visible before the publish; the first run's entry was written
+    // when the writable chain ended it.
+    assert_eq!(r.drv.used_idx(), 0);
+    r.dev.publish_used();
+    assert_eq!(r.drv.used_idx(), 5);
+    assert_eq!(split_used_elem(&r, 0), (heads[1] as u32, 0), "run r0 r1: one entry naming r1");
+    assert_eq!(split_used_elem(&r, 1), (0xdead, 0xbeef), "skipped slot untouched");
+    assert_eq!(split_used_elem(&r, 2), (heads[2] as u32, 20), "the writable chain keeps its entry");
+    assert_eq!(split_used_elem(&r, 3), (heads[4] as u32, 0), "run r3 r4, written at publish");
+    assert_eq!(split_used_elem(&r, 4), (0xdead, 0xbeef));
+    reader.quiescent();
+    let back: Vec<_> = std::iter::from_fn(|| r.drv.pop_used().unwrap()).collect();
+    assert_eq!(back, vec![(0, 0), (1, 0), (2, 20), (3, 0), (4, 0)]);
+    assert_eq!(r.drv.num_free(), 16);
+    assert_eq!(r.drv.last_used(), 5);
+
+    // Without IN_ORDER the same device writes one entry per chain.
+    let mut r = rig_with(16, false);
+    r.drv.add_chain(&[(buf(0), 32, false)], 0).unwrap();
+    r.drv.add_chain(&[(buf(1), 32, false)], 1).unwrap();
+    r.drv.publish();
+    let g = reader.read();
+    let space = r.iotlb.space(0).unwrap().clone();
+    r.dev.refresh(&space, &g).unwrap();
+    for _ in 0..2 {
+        let c = r.dev.pop(Direction::DeviceReads, &space, &g).unwrap();
+        r.dev.push_used(c.head(), 0);
+    }
+    r.dev.publish_used();
+    assert_eq!((split_used_elem(&r, 0).0, split_used_elem(&r, 1).0), (0, 1));
+}
+
+/// Split ring, driver side, against a hostile device with IN_ORDER: an
+/// entry naming a chain past the used index, one not yet published, or
+/// one not in flight is an error, as a bad id is without IN_ORDER; a
+/// consistent batched entry after them still works.
+#[test]
+fn in_order_split_driver_refuses_inconsistent_entries() {
+    let mut r = rig_with(8, true);
+    let h: Vec<u16> = (0..4u64).map(|t| r.drv.add_chain(&[(buf(t as usize), 16, false)], t).unwrap()).collect();
+    r.drv.publish();
+    // Not published: a fifth chain.
+    let h4 = r.drv.add_chain(&[(buf(4), 16, false)], 4).unwrap();
+    // The entry names the third chain, but used.idx says two: past it.
+    split_write_used(&r, 0, h[2] as u32, 0, 2);
+    assert_eq!(r.drv.pop_used(), Err(RingError::UsedIdOutOfOrder { id: h[2] as u32 }));
+    assert_eq!(r.drv.num_free(), 3, "nothing freed");
+
+    let mut r = rig_with(8, true);
+    let h: Vec<u16> = (0..3u64).map(|t| r.drv.add_chain(&[(buf(t as usize), 16, false)], t).unwrap()).collect();
+    r.drv.publish();
+    let h3 = r.drv.add_chain(&[(buf(3), 16, false)], 3).unwrap();
+    // In flight but never published: the device cannot have used it.
+    split_write_used(&r, 0, h3 as u32, 0, 4);
+    assert_eq!(r.drv.pop_used(), Err(RingError::UsedIdOutOfOrder { id: h3 as u32 }));
+    // Not in flight at all, and out of range.
+    split_write_used(&r, 1, 7, 0, 4);
+    assert_eq!(r.drv.pop_used(), Err(RingError::UsedIdNotInFlight { id: 7 }));
+    split_write_used(&r, 2, 99, 0, 4);
+    assert_eq!(r.drv.pop_used(), Err(RingError::UsedIdOutOfRange { id: 99, size: 8 }));
+    let _ = (h, h4);
+
+    // A consistent run: the entry names the second chain, used.idx 2.
+    let mut r = rig_with(8, true);
+    let h: Vec<u16> = (0..3u64).map(|t| r.drv.add_chain(&[(buf(t as usize), 16, true)], t).unwrap()).collect();
+    r.drv.publish();
+    split_write_used(&r, 0, h[1] as u32, 5, 2);
+    // The skipped chain is "used completely" (its writable length), the
+    // last one has the entry's length.
+    assert_eq!(r.drv.pop_used(), Ok(Some((0, 16))));
+    assert_eq!(r.drv.pop_used(), Ok(Some((1, 5))));
+    assert_eq!(r.drv.pop_used(), Ok(None));
+    // An entry naming a chain already taken back is not in flight.
+    split_write_used(&r, 2, h[0] as u32, 0, 3);
+    assert_eq!(r.drv.pop_used(), Err(RingError::UsedIdNotInFlight { id: h[0] as u32 }));
+}
+
+/// Packed ring: a run of readable chains gets one used descriptor over the
+/// run's first slot with the run's last buffer id, the other slots keep
+/// what the driver wrote; a writable chain keeps its own; the driver takes
+/// every chain back in order and lands where the device's used position is,
+/// over many laps.
+#[test]
+fn in_order_packed_returns_a_run_of_readable_chains_with_one_descriptor() {
+    let mut r = packed_rig_with(8, false, true);
+    let space = r.iotlb.space(0).unwrap().clone();
+    let mut reader = r.iotlb.qsbr().register();
+    let flags = |r: &PackedRig, slot: usize| {
+        let mut b = [0u8; 16];
+        r.mem.read(16 * slot, &mut b);
+        (u16::from_le_bytes([b[12], b[13]]), u16::from_le_bytes([b[14], b[15]]))
+    };
+    for round in 0..20u64 {
+        let start = r.dev.used_pos();
+        // r (2 slots), r, w, r: runs [r r] [w] [r].
+        let ids = [
+            r.drv.add_chain(&[(buf(0), 8, false), (buf(1), 8, false)], 10 * round).unwrap(),
+            r.drv.add_chain(&[(buf(2), 8, false)], 10 * round + 1).unwrap(),
+            r.drv.add_chain(&[(buf(3), 8, true)], 10 * round + 2).unwrap(),
+            r.drv.add_chain(&[(buf(4), 8, false)], 10 * round + 3).unwrap(),
+        ];
+        r.drv.publish();
+        let g = reader.read();
+        r.dev.refresh(&space, &g).unwrap();
+        for t in 0..4 {
+            let c = r.dev.pop_chain(Direction::Both, &space, &g).unwrap();
+            r.dev.push_used(c.head(), if t == 2 { 6 } else { 0 });
+        }
+        r.dev.publish_used();
+        reader.quiescent();
+        // Slot by slot from the start: [id of chain 1 | skipped | skipped]
+        // [id of chain 2, WRITE] [id of chain 3].
+        let slot = |k: u16| ((start.idx + k) % 8) as usize;
+        let wrap_at = |k: u16| if start.idx + k >= 8 { !start.wrap } else { start.wrap };
+        let (id0, f0) = flags(&r, slot(0));
+        assert!(packed::is_used(f0, wrap_at(0)) && id0 == ids[1], "round {round}: run [r r] named by its last");
+        assert!(!packed::is_used(flags(&r, slot(1)).1, wrap_at(1)), "round {round}: skipped slot not marked used");
+        assert!(!packed::is_used(flags(&r, slot(2)).1, wrap_at(2)), "round {round}: skipped slot not marked used");
+        let (id3, f3) = flags(&r, slot(3));
+        assert!(packed::is_used(f3, wrap_at(3)) && id3 == ids[2] && f3 & VRING_DESC_F_WRITE != 0);
+        let (id4, f4) = flags(&r, slot(4));
+        assert!(packed::is_used(f4, wrap_at(4)) && id4 == ids[3]);
+        assert!(r.drv.used_ready());
+        assert_eq!(r.drv.peek_used(), (r.dev.used_pos(), 4), "peek sees through the runs");
+        let back: Vec<_> = std::iter::from_fn(|| r.drv.pop_used().unwrap()).collect();
+        let t = 10 * round;
+        assert_eq!(back, vec![(t, 0), (t + 1, 0), (t + 2, 6), (t + 3, 0)]);
+        assert_eq!(r.drv.used_pos(), r.dev.used_pos());
+        assert_eq!(r.drv.num_free(), 8);
+    }
+}
+
+/// Packed ring, driver side, against a hostile device with IN_ORDER: a
+/// used descriptor naming an unpublished chain, or one not in flight, is
+/// an error and is not consumed; the rest of a run, once started, is taken
+/// back even when asked one at a time.
+#[test]
+fn in_order_packed_driver_refuses_inconsistent_descriptors() {
+    let mut r = packed_rig_with(8, false, true);
+    let a = r.drv.add_chain(&[(buf(0), 8, false)], 0).unwrap();
+    let b = r.drv.add_chain(&[(buf(1), 8, true)], 1).unwrap();
+    r.drv.publish();
+    let c = r.drv.add_chain(&[(buf(2), 8, false)], 2).unwrap();
+    let write_used = |r: &PackedRig, slot: usize, id: u16, len: u32, wrap: bool| {
+        let mut d = [0u8; 16];
+        r.mem.read(16 * slot, &mut d);
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&id.to_le_bytes());
+        d[14..16].copy_from_slice(&packed::used_bits(wrap).to_le_bytes());
+        r.mem.write(16 * slot, &d);
+    };
+    // Unpublished chain c.
+    write_used(&r, 0, c, 0, true);
+    assert_eq!(r.drv.pop_used(), Err(RingError::UsedIdOutOfOrder { id: c as u32 }));
+    assert_eq!(r.drv.pop_used(), Err(RingError::UsedIdOutOfOrder { id: c as u32 }), "not consumed");
+    // An id not in flight.
+    let free = (0..8).find(|i| ![a, b, c].contains(i)).unwrap();
+    write_used(&r, 0, free, 0, true);
+    assert_eq!(r.drv.pop_used(), Err(RingError::UsedIdNotInFlight { id: free as u32 }));
+    assert_eq!(r.drv.peek_used().1, 0, "peek stops at it too");
+    // Out of range.
+    write_used(&r, 0, 8, 0, true);
+    assert_eq!(r.drv.pop_used(), Err(RingError::UsedIdOutOfRange { id: 8, size: 8 }));
+    // A consistent one: b's id over a's slot returns a then b.
+    write_used(&r, 0, b, 3, true);
+    assert_eq!(r.drv.peek_used().1, 2);
+    assert_eq!(r.drv.pop_used(), Ok(Some((0, 0))));
+    assert!(r.drv.used_ready(), "the run's rest is ready");
+    assert_eq!(r.drv.pop_used(), Ok(Some((1, 3))));
+    assert_eq!(r.drv.pop_used(), Ok(None));
+    assert_eq!(r.drv.used_pos(), RingPos { idx: 2, wrap: true });
+}
+
+/// Split ring, driver side with IN_ORDER: descriptors are used in table
+/// order (§2.7.5.1: `next` is x + 1, 0 after the last slot), lap after lap,
+/// with chains of several descriptors crossing the table's end.
+#[test]
+fn in_order_split_driver_uses_descriptors_in_table_order() {
+    let mut r = rig_with(8, true);
+    let space = r.iotlb.space(0).unwrap().clone();
+    let mut reader = r.iotlb.qsbr().register();
+    let mut expect_head = 0u16;
+    for round in 0..12u64 {
+        // Chains of 3 and 2 descriptors: 5 of the 8 slots, so they wrap.
+        let a = r.drv.add_chain(&[(buf(0), 8, false), (buf(1), 8, false), (buf(2), 8, false)], 2 * round).unwrap();
+        let b = r.drv.add_chain(&[(buf(3), 8, false), (buf(4), 8, true)], 2 * round + 1).unwrap();
+        assert_eq!((a, b), (expect_head, (expect_head + 3) % 8), "round {round}");
+        for (head, n) in [(a, 3u16), (b, 2)] {
+            for k in 0..n - 1 {
+                let x = (head + k) % 8;
+                let mut d = [0u8; 16];
+                r.mem.read(16 * x as usize, &mut d);
+                let next = u16::from_le_bytes([d[14], d[15]]);
+                assert_eq!(next, (x + 1) % 8, "round {round}: descriptor {x}");
+            }
+        }
+        expect_head = (expect_head + 5) % 8;
+        r.drv.publish();
+        let g = reader.read();
+        r.dev.refresh(&space, &g).unwrap();
+        for len in [0, 8] {
+            let c = r.dev.pop(Direction::Both, &space, &g).unwrap();
+            r.dev.push_used(c.head(), len);
+        }
+        r.dev.publish_used();
+        reader.quiescent();
+        assert_eq!(r.drv.pop_used().unwrap(), Some((2 * round, 0)));
+        assert_eq!(r.drv.pop_used().unwrap(), Some((2 * round + 1, 8)));
+        assert_eq!(r.drv.num_free(), 8);
+    }
 }

@@ -74,6 +74,24 @@ pub fn driver_config_fmt(fmt: RingFormat) -> NetDriverConfig {
     c
 }
 
+/// `opts` with VIRTIO_F_IN_ORDER added by name (`--features +in_order`)
+/// when `in_order`.
+pub fn offering_in_order(mut opts: DeviceOptions, in_order: bool) -> DeviceOptions {
+    if in_order {
+        opts.features = features::select(opts.features, "+in_order").expect("in_order by name");
+    }
+    opts
+}
+
+/// [`driver_config_fmt`] asking for IN_ORDER too when `in_order`.
+pub fn driver_config_in_order(fmt: RingFormat, in_order: bool) -> NetDriverConfig {
+    let mut c = driver_config_fmt(fmt);
+    if in_order {
+        c.features |= features::IN_ORDER;
+    }
+    c
+}
+
 /// Run the test body `$name(fmt: RingFormat)` once per ring format, as the
 /// tests `split::$name` and `packed::$name`.
 #[macro_export]

@@ -242,6 +242,7 @@ fn run(data: &[u8]) -> ArbResult<()> {
         event_idx: u.arbitrary()?,
         indirect: u.arbitrary()?,
         format: RingFormat::Split,
+        in_order: false,
     };
     if u.ratio(1, 16)? {
         // Misaligned or unmapped rings.

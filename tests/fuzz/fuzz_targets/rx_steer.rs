@@ -783,6 +783,7 @@ fn run(data: &[u8]) -> ArbResult<()> {
             event_idx: cfg[26] >> (1 + p % 7) & 1 == 1,
             indirect: false,
             format: RingFormat::Split,
+            in_order: false,
         };
         t.start(Some(cfg), space.clone(), p < expect.rx_pairs, neg);
         far.push(frames);
