@@ -392,6 +392,22 @@ impl PackedQueue {
         Ok(chains)
     }
 
+    /// Prefetch the start of the next chain's first buffer (see
+    /// [`crate::virtq::SplitQueue::prefetch_next`]): its descriptor was read
+    /// by the `pending` scan, so only the buffer's lines are a miss. A hint
+    /// only: the descriptor is read again and checked when taken, and only
+    /// one the driver made available (flags loaded with Acquire) is used.
+    #[inline]
+    pub fn prefetch_next(&self, space: &AddressSpace, guard: &ReadGuard<'_>) {
+        if self.avail_cache == 0 {
+            return;
+        }
+        let d = self.read_desc(self.avail.idx);
+        if is_avail(d.flags, self.avail.wrap) {
+            super::split::prefetch_buffer(d.addr, d.len, d.flags, space, guard);
+        }
+    }
+
     /// Take the next chain: walk it in ring order, each descriptor read once
     /// and checked (available with the expected wrap counter, the shared
     /// [`Builder`] rules), its buffer id (in the last descriptor, or the

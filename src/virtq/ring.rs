@@ -60,9 +60,8 @@ pub trait Ring: Send {
         guard: &'g ReadGuard<'_>,
     ) -> Result<(), QueueError>;
     /// Prefetch the next chain's first buffer (a hint; see
-    /// [`SplitQueue::prefetch_next`]). Nothing for a packed ring.
-    #[inline]
-    fn prefetch_next(&self, _space: &AddressSpace, _guard: &ReadGuard<'_>) {}
+    /// [`SplitQueue::prefetch_next`]).
+    fn prefetch_next(&self, space: &AddressSpace, guard: &ReadGuard<'_>);
     /// [`Ring::pop_into`] returning a new chain (slow path, tests).
     fn pop<'g>(
         &mut self,
@@ -196,6 +195,10 @@ impl Ring for PackedQueue {
         PackedQueue::push_used(self, head, len)
     }
     #[inline]
+    fn prefetch_next(&self, space: &AddressSpace, guard: &ReadGuard<'_>) {
+        PackedQueue::prefetch_next(self, space, guard)
+    }
+    #[inline]
     fn publish_used(&mut self) -> bool {
         PackedQueue::publish_used(self)
     }
@@ -273,6 +276,9 @@ impl Ring for VirtQueue {
         guard: &'g ReadGuard<'_>,
     ) -> Result<(), QueueError> {
         either!(self, q => Ring::pop_into(q, chain, dir, space, guard))
+    }
+    fn prefetch_next(&self, space: &AddressSpace, guard: &ReadGuard<'_>) {
+        either!(self, q => Ring::prefetch_next(q, space, guard))
     }
     fn rewind(&mut self, heads: &[Head]) {
         either!(self, q => Ring::rewind(q, heads))

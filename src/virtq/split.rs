@@ -37,6 +37,25 @@ fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// Prefetch the first two lines (a small frame and its header) of the
+/// buffer a descriptor names, when it is a direct buffer that translates in
+/// the current table with the descriptor's access. A hint only.
+#[inline]
+pub(super) fn prefetch_buffer(addr: u64, len: u32, flags: u16, space: &AddressSpace, guard: &ReadGuard<'_>) {
+    if flags & VRING_DESC_F_INDIRECT != 0 || len == 0 {
+        return;
+    }
+    let access = if flags & VRING_DESC_F_WRITE != 0 { Access::Write } else { Access::Read };
+    let len = (len as u64).min(128);
+    if let Ok(p) = space.load(guard).translate(addr, len, access) {
+        prefetch(p);
+        if len > 64 {
+            // SAFETY: p + 64 lies inside the translated [p, p + len).
+            prefetch(unsafe { p.add(64) });
+        }
+    }
+}
+
 /// Avail entries whose descriptor lines one `pending_fresh` asks for: a
 /// burst's worth.
 const DESC_PREFETCH: u16 = 32;
@@ -415,19 +434,7 @@ impl SplitQueue {
         // (translated for avail_ring_size, 2-aligned).
         let head = u16::from_le(unsafe { std::ptr::read_volatile(self.ptrs().avail.add(4 + 2 * slot) as *const u16) });
         let Ok(d) = self.desc(head) else { return };
-        if d.flags & VRING_DESC_F_INDIRECT != 0 || d.len == 0 {
-            return;
-        }
-        let access = if d.flags & VRING_DESC_F_WRITE != 0 { Access::Write } else { Access::Read };
-        // The first two lines: a small frame and its header.
-        let len = (d.len as u64).min(128);
-        if let Ok(p) = space.load(guard).translate(d.addr, len, access) {
-            prefetch(p);
-            if len > 64 {
-                // SAFETY: p + 64 lies inside the translated [p, p + len).
-                prefetch(unsafe { p.add(64) });
-            }
-        }
+        prefetch_buffer(d.addr, d.len, d.flags, space, guard);
     }
 
     /// Give back the last `chains` heads taken and not completed: the next

@@ -516,6 +516,41 @@ fn packed_chains_round_trip_over_many_laps() {
     assert_eq!(r.dev.avail_pos(), RingPos { idx: 0, wrap: true });
 }
 
+/// The packed ring's `prefetch_next` is a hint too: nothing made available
+/// yet, an indirect descriptor, an unmapped buffer: it
+/// takes nothing, and the pops that follow see what they would without it.
+#[test]
+fn packed_prefetch_next_consumes_nothing_and_changes_no_outcome() {
+    let mut r = packed_rig(8, false);
+    let space = r.iotlb.space(0).unwrap().clone();
+    let mut reader = r.iotlb.qsbr().register();
+    r.drv.push_raw_chain(&[(buf(0), 100, 0)], 0);
+    r.drv.push_raw_chain(&[(buf(1), 32, VRING_DESC_F_INDIRECT)], 1);
+    r.drv.push_raw_chain(&[(0x7000_0000, 64, 0)], 2);
+    let g = reader.read();
+    r.dev.refresh(&space, &g).unwrap();
+    // Nothing made available: nothing read.
+    r.dev.prefetch_next(&space, &g);
+    assert_eq!(r.dev.pending().unwrap(), 0);
+    r.drv.publish();
+    assert_eq!(r.dev.pending_fresh().unwrap(), 3);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let before = r.dev.avail_pos();
+        r.dev.prefetch_next(&space, &g);
+        r.dev.prefetch_next(&space, &g);
+        assert_eq!(r.dev.avail_pos(), before, "prefetch consumed a slot");
+        let out = r.dev.pop_chain(Direction::DeviceReads, &space, &g).map(|c| c.readable_len());
+        seen.push(format!("{out:?}"));
+    }
+    assert_eq!(seen[0], "Ok(100)");
+    assert_eq!(seen[1], "Ok(0)");
+    assert!(seen[2].contains("Unmapped"), "{}", seen[2]);
+    // A refused chain is not taken (the queue fails there), prefetched or
+    // not.
+    assert_eq!(r.dev.pending().unwrap(), 1);
+}
+
 /// The batch's first used descriptor is stored last: until `publish_used`
 /// the driver sees none of the batch, although the later ones are written.
 #[test]
