@@ -25,7 +25,9 @@ impl PollThread {
         let mut tb = Burst::<R>::begin(tx, space, g);
         let mut rb = Burst::<R>::begin(rx, space, g);
         let n = tb.pending().min(*burst);
-        let mut avail = rb.pending();
+        // Nothing to send: the RX avail index (a line the driver writes) is
+        // not read.
+        let mut avail = if n > 0 { rb.pending() } else { 0 };
         let mut done = 0;
         let (mut tchain, mut rchain) = (Chain::empty(), Chain::empty());
         while done < n && avail > 0 {
