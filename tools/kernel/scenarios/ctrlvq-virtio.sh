@@ -59,7 +59,7 @@ fi
 vt_info "interface $IF"
 
 # MQ at probe: VQ_PAIRS_SET 2, or RSS_CONFIG for 2 pairs when the kernel took RSS.
-if grep "$DEV: driver accepted features" "$LOG" | tail -n 1 | grep -q ' rss[] ]'; then
+if grep "$DEV: driver accepted features" "$LOG" | tail -n 1 | grep -qi ' rss[] ]'; then
 	vt_info "RSS negotiated: the pairs come with RSS_CONFIG"
 	want="control command RssConfig(.*max_tx_vq: 2.*) -> RssChanged(2)" what="RSS_CONFIG (max_tx_vq 2)"
 else

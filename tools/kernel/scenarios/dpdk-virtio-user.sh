@@ -11,9 +11,9 @@
 # --vdev net_virtio_user0,path=/dev/vhost-vdpa-N,queues=2` drives device dp0 (2 pairs +
 # control queue, patched vduse.ko) through vhost-vdpa, forwarding with macswap. dp0 is
 # patched to dp1, which the outer kernel's virtio-net drives (virtio_vdpa); the kernel's
-# pktgen sends a fixed number of frames (FRAMES, paced, half on each of dp1's TX queues)
-# to testpmd's MAC, and testpmd sends each back on the queue it came in with the addresses
-# swapped.
+# pktgen sends a fixed number of frames (FRAMES, paced, half on each of dp1's TX queues,
+# from 32 source addresses so RSS spreads them) to testpmd's MAC, and testpmd sends each
+# back on the queue it came in with the addresses swapped.
 # Evidence: testpmd received and sent exactly FRAMES with no miss or error (port stats);
 # dp1 took FRAMES from the kernel, dp0 gave testpmd FRAMES and took FRAMES back, dp1 gave
 # the kernel FRAMES, both pairs carried frames, nothing was dropped (device counters); the
@@ -141,7 +141,9 @@ tp "set burst tx delay 1000 retry 200"
 tp "start"
 
 # --- the frames: pktgen, FRAMES in all, half on each TX queue of the interface (one pktgen
-# thread per queue), paced 50 us apart
+# thread per queue), paced 50 us apart, from 32 IPv4 source addresses in turn: with RSS
+# (negotiated by virtio-user and the kernel; testpmd hashes IP addresses only) one address
+# would put every frame on one queue of dp0, and the row wants both pairs to carry frames
 step "pktgen: $FRAMES frames to $DEVMAC"
 tx0=$(cat "/sys/class/net/$IF/statistics/tx_packets")
 rx0=$(cat "/sys/class/net/$IF/statistics/rx_packets")
@@ -155,6 +157,8 @@ for q in 0 1; do
 	pg "$IF@$q" "queue_map_min $q"
 	pg "$IF@$q" "queue_map_max $q"
 	pg "$IF@$q" "dst 10.98.0.2"
+	pg "$IF@$q" "src_min 10.98.1.1"
+	pg "$IF@$q" "src_max 10.98.1.32"
 	pg "$IF@$q" "dst_mac $DEVMAC"
 done
 # "start" returns when every frame is out; a queue that never drains would block it for
@@ -230,7 +234,7 @@ fi
 vt_info "$S: waits for an RX buffer (rx_no_buffer, not losses): dp0 $(sum_pairs "$st0" rx_no_buffer), dp1 $(sum_pairs "$st1" rx_no_buffer)"
 # queues=2: virtio-user asks for 2 pairs on the device's own control queue; with RSS
 # negotiated (DPDK's virtio_set_multiple_queues_rss) that is RSS_CONFIG, not VQ_PAIRS_SET.
-if grep "dp0: driver accepted features" "$LOG" | tail -n 1 | grep -q ' rss[] ]'; then
+if grep "dp0: driver accepted features" "$LOG" | tail -n 1 | grep -qi ' rss[] ]'; then
 	want="dp0: control command RssConfig(.*max_tx_vq: 2.*) -> RssChanged(2)" what="RSS_CONFIG (max_tx_vq 2)"
 else
 	want="dp0: control command MqPairsSet(2) -> PairsChanged(2)" what="VQ_PAIRS_SET 2"
