@@ -699,7 +699,7 @@ fn a_burst_towards_a_slow_queue_waits_in_the_port_and_arrives_in_order() {
         rig.stats().pairs[0]
     );
     std::thread::sleep(Duration::from_millis(100));
-    let st = rig.stats().pairs[0].clone();
+    let st = rig.stats().pairs[0];
     assert_eq!((st.rx_steered, st.rx_steer_dropped), (256, 0), "the rest waits: {st:?}");
     let mut got = Vec::new();
     let end = Instant::now() + Duration::from_secs(20);
@@ -710,7 +710,7 @@ fn a_burst_towards_a_slow_queue_waits_in_the_port_and_arrives_in_order() {
     }
     let want: Vec<(usize, u16)> = (0..frames.len()).map(|k| (1, k as u16)).collect();
     assert_eq!(got, want, "every frame on queue 1, in order");
-    let st = rig.stats().pairs[0].clone();
+    let st = rig.stats().pairs[0];
     assert_eq!((st.rx_steered, st.rx_steer_dropped), (1000, 0), "{st:?}");
     drop(qs);
     rig.finish();
@@ -740,7 +740,7 @@ fn a_queue_that_never_posts_buffers_costs_one_bounded_wait() {
     loop {
         // Queues 0 and 1 take everything; queue 2 never posts.
         let n = receive_in_order(&mut qs, &[0, 1], &mut got);
-        let st = rig.stats().pairs[0].clone();
+        let st = rig.stats().pairs[0];
         if st.rx_steer_dropped > 0 && first_drop.is_none() {
             first_drop = Some(t0.elapsed());
         }
@@ -757,7 +757,7 @@ fn a_queue_that_never_posts_buffers_costs_one_bounded_wait() {
     let want: Vec<(usize, u16)> =
         dest.iter().enumerate().filter(|&(_, &q)| q == 1).map(|(k, &q)| (q, k as u16)).collect();
     assert_eq!(got, want, "queue 1 got all its frames, in order, nothing else");
-    let st = rig.stats().pairs[0].clone();
+    let st = rig.stats().pairs[0];
     assert_eq!(st.rx_steered, (frames.len() - to_stuck + 256) as u64, "{st:?}");
     // Queue 2's driver wakes up: the 256 that were handed over arrive, the
     // oldest of its frames, in order.

@@ -963,7 +963,7 @@ mod tests {
         let w = wakes(3);
         let mut m = Handoff::sized(&w, 64, 2);
         m[0].out.wait_ticks = 1000;
-        let mut s = |m: &mut Vec<Handoff>, to: u16, t: u64| m[0].out.steer(to, &[to as u8; 60], FrameMeta::PLAIN, || t);
+        let s = |m: &mut Vec<Handoff>, to: u16, t: u64| m[0].out.steer(to, &[to as u8; 60], FrameMeta::PLAIN, || t);
         assert_eq!(s(&mut m, 1, 0), Steer::Sent);
         assert_eq!(s(&mut m, 1, 0), Steer::Sent);
         assert_eq!(s(&mut m, 1, 100), Steer::Wait);
