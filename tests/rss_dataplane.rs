@@ -698,9 +698,13 @@ fn a_burst_towards_a_slow_queue_waits_in_the_port_and_arrives_in_order() {
         "inbox filled: {:?}",
         rig.stats().pairs[0]
     );
+    let before = rig.stats().pairs[0].sleeps;
     std::thread::sleep(Duration::from_millis(100));
     let st = rig.stats().pairs[0];
     assert_eq!((st.rx_steered, st.rx_steer_dropped), (256, 0), "the rest waits: {st:?}");
+    // Blocked, the thread sleeps (adaptive idle) rather than spinning on
+    // the frame in its port.
+    assert!(st.sleeps > before, "pair 0 never slept while blocked: {st:?}");
     let mut got = Vec::new();
     let end = Instant::now() + Duration::from_secs(20);
     while got.len() < frames.len() && Instant::now() < end {
