@@ -60,8 +60,13 @@ counters!(
         /// Port frames handed to another pair's RX queue (RSS, or a pair
         /// the driver does not use passing its frames on).
         rx_steered,
-        /// Port frames dropped because the target pair's handoff inbox (or
-        /// this pair's handoff arena) was full: a pair is not keeping up.
+        /// Port frames dropped on their way to another pair: the target's
+        /// handoff inbox (or this pair's arena) stayed full for longer than
+        /// the back-pressure bound (`handoff::STEER_WAIT`, 500 ms), or was
+        /// full again after such a wait (a pair whose driver posts no RX
+        /// buffers); also frames over 64 KiB from a pair the driver does
+        /// not use. A frame that finds its target full waits in the port
+        /// and is not counted here.
         rx_steer_dropped,
         /// Port frames RSS meant for another pair, delivered here instead
         /// (larger than 64 KiB, which no port hands over).

@@ -76,7 +76,8 @@ pub const PAIR: &[(&str, Class)] = &[
     ),
     ("rx_merged", Class::Event("rx_merged_frames", "Frames delivered over several RX buffers (MRG_RXBUF).")),
     ("rx_steered", Class::Event("rx_steered_frames", "Port frames handed to another pair's RX queue (RSS).")),
-    // The RX queue RSS chose belongs to a pair that is not keeping up.
+    // The RX queue RSS chose belongs to a pair that made no room for the
+    // back-pressure bound (a driver that posts no RX buffers).
     ("rx_steer_dropped", Class::Drop(Dir::Rx, "steer_full")),
     (
         "rx_unsteered",

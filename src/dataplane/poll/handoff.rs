@@ -40,17 +40,43 @@
 //! an earlier sender's cell, still being written, hid the later ones. Only
 //! the sleeper writes its flag: senders load it (see `Outbox::flush`).
 //!
+//! Back-pressure (issue 11): a port frame RSS gives another pair does not
+//! get dropped because that pair's inbox, or this pair's arena, is full:
+//! [`Outbox::steer`] answers [`Steer::Wait`], the poll thread leaves the
+//! frame in its port and ends the RX pass (as when its driver has no RX
+//! buffers), so the port, and behind it the kernel or the peer, holds the
+//! burst. Later port frames wait behind it, which keeps each flow's order.
+//! One pair whose driver never posts RX buffers must not stop the others
+//! for ever, so the wait is bounded in time ([`STEER_WAIT`], read on the
+//! poll thread's cycle clock): a frame still blocked after it is dropped
+//! (`rx_steer_dropped`), and the pair it waited on is *given up*: later
+//! frames that find it full are dropped at once, without waiting, until a
+//! frame reaches it again (its receiver made room). A slow receiver then
+//! costs one wait of the bound, not one per frame.
+//!
+//! Who makes room: a full inbox only its owner (`Inbox::release` gives
+//! cells back); a full arena only the receiver of its oldest record (the
+//! arena is freed in order). That pair is the *blocker*. A blocked thread
+//! about to sleep ([`Handoff::arm_room`]) sets its bit in the blocker's
+//! `waiters` mask, then looks for room once more; a receiver that gave
+//! something back looks at its mask and writes the eventfd of every thread
+//! in it (once per wait, not per frame). A SeqCst fence on each side
+//! between store and load (Dekker, as for `sleeping`): the blocked thread
+//! either sees the room or is woken.
+//!
 //! The loom model at the end runs this file's code (atomics from loom under
-//! `--cfg loom`): wake-ups with two senders, and arena chunks reused only
-//! after their reader is done.
+//! `--cfg loom`): wake-ups with two senders, arena chunks reused only after
+//! their reader is done, and a sender blocked at a full inbox or a full
+//! arena always woken when room is made.
 
 use std::cell::UnsafeCell;
 #[cfg(not(loom))]
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[cfg(loom)]
-use loom::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam::utils::CachePadded;
 use nix::sys::eventfd::EventFd;
@@ -68,16 +94,49 @@ pub const ARENA_BYTES: usize = 512 * 1024;
 /// Descriptors each inbox holds (a power of two).
 pub const INBOX_CELLS: usize = 256;
 
+/// How long a port frame may wait for room at a full target before it is
+/// dropped (see the module docs). Five idle sleeps
+/// ([`IDLE_SLEEP`](crate::dataplane::IDLE_SLEEP)): a blocked thread that
+/// missed its wake-up still retries several times before it drops, and a
+/// driver that posts no RX buffer for half a second is not one that is
+/// just slower than the port (a NAPI poll refills within a softirq).
+pub const STEER_WAIT: Duration = Duration::from_millis(500);
+
 /// Why a frame was not handed over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendError {
     /// The target's inbox or the sender's arena is full (a receiver is not
-    /// keeping up): drop and count.
+    /// keeping up): try again once it makes room ([`Outbox::steer`] does).
     Full,
     /// No route to that pair (fewer than two pairs, the pair itself, or out
     /// of range) or the frame is larger than [`MAX_FRAME`]: the caller
     /// delivers it itself.
     NoRoute,
+}
+
+/// What became of a frame offered to [`Outbox::steer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Steer {
+    /// Handed over.
+    Sent,
+    /// No room now: leave the frame in the port, end the RX pass, try
+    /// again (the thread sleeps through [`Handoff::arm_room`]).
+    Wait,
+    /// Blocked longer than [`STEER_WAIT`], or at a pair given up on: drop
+    /// the frame and count it (`rx_steer_dropped`).
+    Dropped,
+    /// No route ([`SendError::NoRoute`]): deliver it here.
+    NoRoute,
+}
+
+/// The port frame at the head of this pair's port waits for room.
+#[derive(Clone, Copy, Debug)]
+struct Blocked {
+    /// Cycle clock when it first found no room.
+    since: u64,
+    to: usize,
+    /// Its chunks.
+    need: usize,
 }
 
 struct Sleeper {
@@ -147,16 +206,32 @@ struct Queue {
     tail: CachePadded<AtomicUsize>,
     cells: Box<[Cell]>,
     mask: usize,
+    /// Bit `p`: pair `p` is blocked until this inbox's owner gives
+    /// something back (set by the blocked pair, cleared by the owner when
+    /// it wakes it; see the module docs).
+    waiters: CachePadded<Box<[AtomicU64]>>,
 }
 
 impl Queue {
-    fn new(cells: usize) -> Self {
+    fn new(cells: usize, pairs: usize) -> Self {
         let cells = cells.max(2).next_power_of_two();
         Queue {
             tail: CachePadded::new(AtomicUsize::new(0)),
             cells: (0..cells).map(|i| Cell { seq: AtomicUsize::new(i), entry: EntryCell::new() }).collect(),
             mask: cells - 1,
+            waiters: CachePadded::new((0..pairs.div_ceil(64)).map(|_| AtomicU64::new(0)).collect()),
         }
+    }
+
+    /// No cell free for the next sender (what `claim` would answer, without
+    /// claiming): checked before a frame is copied into the arena, so a
+    /// blocked thread that retries does not copy it every time.
+    #[inline]
+    fn looks_full(&self) -> bool {
+        let pos = self.tail.load(Ordering::Relaxed);
+        // Acquire: as in `claim`.
+        let seq = self.cells[pos & self.mask].seq.load(Ordering::Acquire);
+        (seq.wrapping_sub(pos) as isize) < 0
     }
 
     /// Claim the next cell, or `None` when the queue is full.
@@ -261,6 +336,17 @@ pub struct Outbox {
     tail: usize,
     /// Chunks of the record starting at each chunk (this side only).
     rec: Box<[u32]>,
+    /// The pair the record starting at each chunk went to: the one that
+    /// frees it, so the blocker when the arena is full.
+    rec_to: Box<[u16]>,
+    /// The port frame this pair could not hand over yet (back-pressure).
+    blocked: Option<Blocked>,
+    /// Bit `p`: a frame waited [`STEER_WAIT`] for pair `p` and was dropped;
+    /// frames that find `p` full are dropped at once until `p` frees one of
+    /// ours or a frame reaches it.
+    given_up: Box<[u64]>,
+    /// [`STEER_WAIT`] in cycle-clock ticks (0: not measured yet).
+    wait_ticks: u64,
     /// Bit `j`: frames published towards `j` since the last flush.
     dirty: Box<[u64]>,
     any_dirty: bool,
@@ -290,7 +376,7 @@ impl Handoff {
         let routed = if n >= 2 { n } else { 0 };
         let chunks = chunks.max(2);
         let shared = Arc::new(Shared {
-            inboxes: (0..routed).map(|_| Queue::new(cells)).collect(),
+            inboxes: (0..routed).map(|_| Queue::new(cells, n)).collect(),
             arenas: (0..routed).map(|_| Arena::new(chunks)).collect(),
             sleepers: wakes.iter().map(|w| Sleeper { sleeping: AtomicBool::new(false), wake: w.clone() }).collect(),
         });
@@ -302,6 +388,10 @@ impl Handoff {
                     head: 0,
                     tail: 0,
                     rec: vec![0; if routed > 0 { chunks } else { 0 }].into_boxed_slice(),
+                    rec_to: vec![0; if routed > 0 { chunks } else { 0 }].into_boxed_slice(),
+                    blocked: None,
+                    given_up: vec![0; n.div_ceil(64)].into_boxed_slice(),
+                    wait_ticks: 0,
                     dirty: vec![0; n.div_ceil(64)].into_boxed_slice(),
                     any_dirty: false,
                 },
@@ -319,6 +409,32 @@ impl Handoff {
     #[inline]
     pub fn send(&mut self, to: u16, frame: &[u8], meta: FrameMeta) -> Result<(), SendError> {
         self.out.send(to, frame, meta)
+    }
+
+    /// Hand a port frame over with back-pressure ([`Outbox::steer`]).
+    #[inline]
+    pub fn steer(&mut self, to: u16, frame: &[u8], meta: FrameMeta) -> Steer {
+        self.out.steer(to, frame, meta, super::super::cycles::now)
+    }
+
+    /// The port frame that waited is gone (consumed for another reason).
+    #[inline]
+    pub fn unblock(&mut self) {
+        self.out.unblock()
+    }
+
+    /// A port frame waits for room at another pair.
+    #[inline]
+    pub fn steer_blocked(&self) -> bool {
+        self.out.blocked.is_some()
+    }
+
+    /// About to sleep with a port frame blocked: ask the pair that can make
+    /// room to wake us, then look once more. `None`: nothing blocked;
+    /// `Some(true)`: room now (do not sleep, retry); `Some(false)`: the
+    /// blocker will write our eventfd when it gives something back.
+    pub fn arm_room(&mut self) -> Option<bool> {
+        self.out.arm_room()
     }
 
     #[inline]
@@ -365,8 +481,11 @@ impl Handoff {
         self.inbox.release()
     }
 
-    /// Forget frames in flight (device reset): consume whatever waits.
+    /// Forget frames in flight (device reset): consume whatever waits, and
+    /// the port frame's wait (a new driver, a fresh bound).
     pub fn drain(&mut self) -> usize {
+        self.out.blocked = None;
+        self.out.given_up.fill(0);
         let mut n = 0;
         while self.peek().is_some() {
             self.consume();
@@ -393,6 +512,10 @@ impl Outbox {
         }
         let Some((at, pad)) = self.room(need) else { return Err(SendError::Full) };
         let shared = &*self.shared;
+        let q = &shared.inboxes[to];
+        if q.looks_full() {
+            return Err(SendError::Full);
+        }
         let arena = &shared.arenas[self.pair];
         #[cfg(loom)]
         arena.guards[at].with_mut(|_| ());
@@ -401,7 +524,6 @@ impl Outbox {
         // freed names them, so no receiver reads them, and only this
         // thread writes this arena.
         unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), arena.at(at), frame.len()) };
-        let q = &shared.inboxes[to];
         let Some(pos) = q.claim() else { return Err(SendError::Full) };
         // Commit the chunks (and the padding skipped to wrap round); the
         // padding frees itself.
@@ -409,10 +531,12 @@ impl Outbox {
         if pad > 0 {
             let p = self.head % chunks;
             self.rec[p] = pad as u32;
+            self.rec_to[p] = to as u16;
             arena.free[p].store(true, Ordering::Relaxed);
             self.head = self.head.wrapping_add(pad);
         }
         self.rec[at] = need as u32;
+        self.rec_to[at] = to as u16;
         self.head = self.head.wrapping_add(need);
         q.publish(pos, Entry { from: self.pair as u16, chunk: at as u32, len: frame.len() as u32, meta });
         self.dirty[to / 64] |= 1 << (to % 64);
@@ -451,8 +575,107 @@ impl Outbox {
                 break;
             }
             arena.free[t].store(false, Ordering::Relaxed);
+            // Its receiver is making room again: not given up any more.
+            let r = self.rec_to[t] as usize;
+            self.given_up[r / 64] &= !(1 << (r % 64));
             self.tail = self.tail.wrapping_add(self.rec[t] as usize);
         }
+    }
+
+    /// [`send`](Self::send) with back-pressure, for a port frame: `Wait`
+    /// while there is no room (the caller leaves the frame in the port),
+    /// `Dropped` once it waited [`STEER_WAIT`] (by `now`, the poll thread's
+    /// cycle clock, read only when there is no room) or when the pair that
+    /// must make room was given up. The frame waiting is the port's head
+    /// until the caller consumes it, then [`Handoff::unblock`].
+    #[inline]
+    pub fn steer(&mut self, to: u16, frame: &[u8], meta: FrameMeta, now: impl FnOnce() -> u64) -> Steer {
+        match self.send(to, frame, meta) {
+            Ok(()) => {
+                self.blocked = None;
+                let t = to as usize;
+                self.given_up[t / 64] &= !(1 << (t % 64));
+                Steer::Sent
+            }
+            Err(SendError::NoRoute) => {
+                self.blocked = None;
+                Steer::NoRoute
+            }
+            Err(SendError::Full) => self.no_room(to as usize, frame.len().div_ceil(CHUNK).max(1), now),
+        }
+    }
+
+    #[cold]
+    fn no_room(&mut self, to: usize, need: usize, now: impl FnOnce() -> u64) -> Steer {
+        let b = self.blocker(to, need).unwrap_or(to);
+        if self.given_up[b / 64] & (1 << (b % 64)) != 0 {
+            self.blocked = None;
+            return Steer::Dropped;
+        }
+        let now = now();
+        let bound = self.wait_ticks();
+        match self.blocked {
+            Some(w) if now.wrapping_sub(w.since) >= bound => {
+                self.given_up[b / 64] |= 1 << (b % 64);
+                self.blocked = None;
+                Steer::Dropped
+            }
+            Some(ref mut w) => {
+                (w.to, w.need) = (to, need);
+                Steer::Wait
+            }
+            None => {
+                self.blocked = Some(Blocked { since: now, to, need });
+                Steer::Wait
+            }
+        }
+    }
+
+    /// The port frame that waited is gone (consumed for another reason).
+    #[inline]
+    pub fn unblock(&mut self) {
+        self.blocked = None;
+    }
+
+    fn wait_ticks(&mut self) -> u64 {
+        if self.wait_ticks == 0 {
+            self.wait_ticks = (super::super::cycles::hz() * STEER_WAIT.as_secs_f64()).max(1.0) as u64;
+        }
+        self.wait_ticks
+    }
+
+    /// Which pair must give something back before `need` chunks can go to
+    /// `to`: `None` when there is room now. The arena first (its oldest
+    /// record's receiver frees in order), then `to`'s inbox.
+    fn blocker(&mut self, to: usize, need: usize) -> Option<usize> {
+        if self.room(need).is_none() {
+            let chunks = self.rec.len();
+            return Some(self.rec_to[self.tail % chunks] as usize);
+        }
+        self.shared.inboxes[to].looks_full().then_some(to)
+    }
+
+    /// See [`Handoff::arm_room`].
+    fn arm_room(&mut self) -> Option<bool> {
+        let w = self.blocked?;
+        let bit = 1u64 << (self.pair % 64);
+        let Some(mut b) = self.blocker(w.to, w.need) else { return Some(true) };
+        // The blocker may change under us (the arena's oldest record freed,
+        // the next one another pair's): register with each until stable.
+        for _ in 0..4 {
+            // Relaxed: ordered before the room check by the fence.
+            self.shared.inboxes[b].waiters[self.pair / 64].fetch_or(bit, Ordering::Relaxed);
+            // SeqCst: our bit is stored before we look for room (pairs with
+            // the fence in `Inbox::release`, after it gave room back).
+            dekker_fence();
+            match self.blocker(w.to, w.need) {
+                None => return Some(true),
+                Some(now) if now == b => return Some(false),
+                Some(now) => b = now,
+            }
+        }
+        // Still moving: room is being made; retry rather than sleep.
+        Some(true)
     }
 
     /// Wake the targets that sleep (after the frames `send` published) and
@@ -535,6 +758,7 @@ impl Inbox {
     #[inline]
     pub fn release(&mut self) {
         let Some(q) = self.shared.inboxes.get(self.pair) else { return };
+        let mut gave = false;
         while self.released != self.head {
             let cell = &q.cells[self.released & q.mask];
             // SAFETY: consumed and not yet given back: still ours.
@@ -546,6 +770,33 @@ impl Inbox {
             // claim the cell again (its Acquire in `Queue::claim`).
             cell.seq.store(self.released.wrapping_add(q.cells.len()), Ordering::Release);
             self.released = self.released.wrapping_add(1);
+            gave = true;
+        }
+        if gave {
+            self.wake_waiters(q);
+        }
+    }
+
+    /// Room was given back: wake the pairs blocked on us (a fence and a
+    /// load per word of the mask once per release; a syscall only for a
+    /// pair that registered, once per wait).
+    #[inline]
+    fn wake_waiters(&self, q: &Queue) {
+        // SeqCst: the Release stores above (cells given back, chunks freed)
+        // come before the loads of the mask (pairs with `arm_room`).
+        dekker_fence();
+        for (w, word) in q.waiters.iter().enumerate() {
+            if word.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let mut bits = word.swap(0, Ordering::Relaxed);
+            while bits != 0 {
+                let p = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if let Some(s) = self.shared.sleepers.get(p) {
+                    let _ = s.wake.write(1);
+                }
+            }
         }
     }
 }
@@ -656,6 +907,106 @@ mod tests {
         m[0].flush();
         assert_eq!(m[1].drain(), fit);
         assert!(m[0].send(1, &big, FrameMeta::PLAIN).is_ok(), "chunks freed");
+    }
+
+    /// Back-pressure: a full inbox answers `Wait` (nothing dropped) until
+    /// its owner gives cells back; a sender that armed is woken by that
+    /// release; then every frame arrives, in order.
+    #[test]
+    fn a_full_target_makes_the_sender_wait_and_wakes_it() {
+        let w = wakes(2);
+        let mut m = Handoff::sized(&w, 64, 4);
+        m[0].out.wait_ticks = 1000;
+        let f = |k: u8| [k; 60];
+        let mut k = 0u8;
+        let mut next = 0u8;
+        let mut waits = 0;
+        let mut t = 0u64;
+        while k < 12 {
+            t += 10;
+            match m[0].out.steer(1, &f(k), FrameMeta::PLAIN, || t) {
+                Steer::Sent => k += 1,
+                Steer::Wait => {
+                    waits += 1;
+                    assert!(m[0].steer_blocked());
+                    assert_eq!(m[0].arm_room(), Some(false), "no room yet: sleep");
+                    assert!(w[0].read().is_err(), "not woken before room is made");
+                    // The receiver takes two frames and gives them back.
+                    for _ in 0..2 {
+                        assert_eq!(m[1].peek().expect("published").bytes, &f(next)[..], "in order");
+                        m[1].consume();
+                        next += 1;
+                    }
+                    m[1].release();
+                    assert_eq!(w[0].read().expect("woken by the release"), 1);
+                }
+                s => panic!("{s:?}"),
+            }
+        }
+        assert!(waits >= 4, "{waits} waits");
+        assert!(!m[0].steer_blocked());
+        assert_eq!(m[0].arm_room(), None, "nothing blocked: nothing to arm");
+        let mut rest = Vec::new();
+        while let Some(f) = m[1].peek() {
+            rest.push(f.bytes[0]);
+            m[1].consume();
+        }
+        assert_eq!((next, rest), (8, (8..12).collect::<Vec<_>>()), "the last four, in order");
+    }
+
+    /// The bound: a frame blocked longer than the wait bound is dropped,
+    /// its blocker given up (the next frame finding it full drops at
+    /// once), until the blocker takes a frame again; then frames wait
+    /// again.
+    #[test]
+    fn a_stuck_target_costs_one_wait_then_drops_at_once() {
+        let w = wakes(3);
+        let mut m = Handoff::sized(&w, 64, 2);
+        m[0].out.wait_ticks = 1000;
+        let s = |m: &mut Vec<Handoff>, to: u16, t: u64| m[0].out.steer(to, &[to as u8; 60], FrameMeta::PLAIN, || t);
+        assert_eq!(s(&mut m, 1, 0), Steer::Sent);
+        assert_eq!(s(&mut m, 1, 0), Steer::Sent);
+        assert_eq!(s(&mut m, 1, 100), Steer::Wait);
+        assert_eq!(s(&mut m, 1, 500), Steer::Wait);
+        assert_eq!(s(&mut m, 1, 1099), Steer::Wait, "within the bound");
+        assert_eq!(s(&mut m, 1, 1100), Steer::Dropped, "bound passed");
+        assert!(!m[0].steer_blocked());
+        assert_eq!(s(&mut m, 1, 1101), Steer::Dropped, "given up: no second wait");
+        // Other pairs are not affected.
+        assert_eq!(s(&mut m, 2, 1102), Steer::Sent);
+        assert_eq!(m[2].drain(), 1);
+        // Pair 1 takes its frames: no longer given up.
+        assert_eq!(m[1].drain(), 2);
+        assert_eq!(s(&mut m, 1, 2000), Steer::Sent);
+        assert_eq!(s(&mut m, 1, 2000), Steer::Sent);
+        assert_eq!(s(&mut m, 1, 2001), Steer::Wait, "waits again");
+        // A reset forgets the wait.
+        m[0].drain();
+        assert!(!m[0].steer_blocked());
+    }
+
+    /// A full arena: the pair to wait for is the receiver of the oldest
+    /// record, whatever the frame's target; its release wakes us.
+    #[test]
+    fn a_full_arena_waits_for_the_oldest_records_receiver() {
+        let w = wakes(3);
+        // Eight chunks: two 900-byte frames (four chunks each) fill it.
+        let mut m = Handoff::sized(&w, 8, 16);
+        m[0].out.wait_ticks = 1000;
+        assert_eq!(m[0].out.steer(1, &[1; 900], FrameMeta::PLAIN, || 0), Steer::Sent);
+        assert_eq!(m[0].out.steer(2, &[2; 900], FrameMeta::PLAIN, || 0), Steer::Sent);
+        assert_eq!(m[0].out.steer(2, &[3; 60], FrameMeta::PLAIN, || 1), Steer::Wait);
+        assert_eq!(m[0].arm_room(), Some(false));
+        // Pair 2 frees its record: not the oldest, no room, no wake-up.
+        assert_eq!(m[2].peek().unwrap().bytes[0], 2);
+        m[2].consume();
+        m[2].release();
+        assert!(w[0].read().is_err(), "pair 2 was not the blocker");
+        assert_eq!(m[0].arm_room(), Some(false), "still full: pair 1 holds the oldest record");
+        assert_eq!(m[1].drain(), 1);
+        assert_eq!(w[0].read().expect("woken by pair 1"), 1);
+        assert_eq!(m[0].arm_room(), Some(true), "room now");
+        assert_eq!(m[0].out.steer(2, &[3; 60], FrameMeta::PLAIN, || 2), Steer::Sent);
     }
 
     #[test]
@@ -829,6 +1180,63 @@ mod loom_model {
     fn without_the_fences_a_frame_can_wait_for_the_timeout() {
         FENCES_OFF.with(|f| f.set(true));
         wake_model(1);
+    }
+
+    /// A sender blocked at a full inbox (two cells) or a full arena (one
+    /// 600-byte frame in four chunks) registers with the blocker and looks
+    /// again; the receiver consumes and releases concurrently. If the
+    /// sender saw no room (and so sleeps), the release must have woken it;
+    /// either way the frame then goes.
+    fn room_model(arena: bool) {
+        loom::model(move || {
+            let w = wakes(2);
+            // Arena: four chunks, 600-byte frames (three chunks), room in
+            // the inbox; inbox: two cells, 40-byte frames.
+            let (len, fill, cells) = if arena { (600, 1, 4) } else { (40, 2, 2) };
+            let mut m = Handoff::sized(&w, 4, cells);
+            let mut rx = m.pop().unwrap();
+            let mut tx = m.pop().unwrap();
+            tx.out.wait_ticks = u64::MAX;
+            let big = vec![9u8; len];
+            for _ in 0..fill {
+                assert_eq!(tx.out.steer(1, &big, FrameMeta::PLAIN, || 0), Steer::Sent);
+            }
+            assert_eq!(tx.out.steer(1, &big, FrameMeta::PLAIN, || 0), Steer::Wait);
+            let receiver = loom::thread::spawn(move || {
+                while rx.peek().is_some() {
+                    rx.consume();
+                }
+                rx.release();
+                rx
+            });
+            let room = tx.arm_room();
+            let mut rx = receiver.join().unwrap();
+            if room == Some(false) {
+                assert!(w[0].read().is_ok(), "blocked and asleep with room made and no wake-up");
+            }
+            assert_eq!(tx.out.steer(1, &big, FrameMeta::PLAIN, || 0), Steer::Sent);
+            let f = rx.peek().expect("the blocked frame went");
+            assert!(f.bytes.len() == len && f.bytes.iter().all(|&b| b == 9));
+        });
+    }
+
+    #[test]
+    fn a_sender_blocked_at_a_full_inbox_is_always_woken() {
+        room_model(false);
+    }
+
+    #[test]
+    fn a_sender_blocked_at_a_full_arena_is_always_woken() {
+        room_model(true);
+    }
+
+    /// The control: without the fences a blocked sender can sleep through
+    /// the release that made room.
+    #[test]
+    #[should_panic(expected = "no wake-up")]
+    fn without_the_fences_a_blocked_sender_can_miss_its_wake_up() {
+        FENCES_OFF.with(|f| f.set(true));
+        room_model(false);
     }
 
     #[test]

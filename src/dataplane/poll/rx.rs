@@ -12,7 +12,7 @@
 //! buffers half way loses nothing.
 
 use super::burst::Burst;
-use super::handoff::{Handoff, Inbox, SendError};
+use super::handoff::{Handoff, Inbox, Steer};
 use super::offload::{rx_plain_hdr, Offloads, MAX_MERGE};
 use super::PollThread;
 use crate::backend::{Port, PortFrame};
@@ -193,6 +193,9 @@ struct RxInput<'a> {
     /// The burst began on the inbox (only then are slots given back: no
     /// stores to the rings' lines while nothing is handed over).
     used_inbox: bool,
+    /// A port frame was consumed since the loop last looked: the one that
+    /// waited for room at another pair (if any) is gone.
+    port_taken: bool,
 }
 
 impl RxInput<'_> {
@@ -214,6 +217,7 @@ impl RxInput<'_> {
         if self.from_inbox {
             self.inbox.consume()
         } else {
+            self.port_taken = true;
             self.port.rx_consume()
         }
     }
@@ -281,8 +285,13 @@ impl PollThread {
         // A port frame left half segmented goes first, so the
         // segmentation state stays its own.
         let from_inbox = offloads.rx_seg_next == 0 && inbox.pending();
-        let mut input = RxInput { port: &mut **port, inbox, from_inbox, used_inbox: from_inbox };
+        let mut input = RxInput { port: &mut **port, inbox, from_inbox, used_inbox: from_inbox, port_taken: false };
         while done < *burst {
+            if std::mem::take(&mut input.port_taken) {
+                // The port frame that waited for room (if any) was
+                // consumed: the next one's wait starts afresh.
+                out.unblock();
+            }
             let Some((PortFrame { bytes: frame, meta }, handed)) = input.peek() else { break };
             if !filter.accepts(frame) {
                 input.consume();
@@ -291,19 +300,29 @@ impl PollThread {
                 continue;
             }
             // RSS / hash reports (one branch while neither is configured):
-            // a frame RSS gives another pair goes to its inbox.
-            match steer_to(filter, frame, handed, *pair, &mut chains.hash).map(|to| out.send(to, frame, meta)) {
-                None => {}
-                // No route (a frame over 64 KiB): delivered here.
-                Some(Err(SendError::NoRoute)) => unsteered += 1,
-                Some(sent) => {
-                    steered += sent.is_ok() as u64;
-                    steer_dropped += sent.is_err() as u64;
-                    input.consume();
-                    offloads.rx_seg_next = 0;
-                    offloads.rx_seg_len = 0;
-                    done += 1;
-                    continue;
+            // a frame RSS gives another pair goes to its inbox. Only port
+            // frames are steered (`handed`), and a port frame is steered
+            // before any of it is placed or segmented here, so a blocked
+            // one leaves no half-done state (`rx_seg_*`, MRG chains).
+            if let Some(to) = steer_to(filter, frame, handed, *pair, &mut chains.hash) {
+                match out.steer(to, frame, meta, crate::dataplane::cycles::now) {
+                    // No route (a frame over 64 KiB): delivered here.
+                    Steer::NoRoute => unsteered += 1,
+                    // Back-pressure: the target (or the pair holding our
+                    // arena) is full. The frame stays in the port, and the
+                    // frames behind it too (per-flow order), until room is
+                    // made or the bound drops it; the pass ends as for a
+                    // driver with no RX buffers.
+                    Steer::Wait => break,
+                    sent => {
+                        steered += (sent == Steer::Sent) as u64;
+                        steer_dropped += (sent == Steer::Dropped) as u64;
+                        input.consume();
+                        offloads.rx_seg_next = 0;
+                        offloads.rx_seg_len = 0;
+                        done += 1;
+                        continue;
+                    }
                 }
             }
             let placed = if !meta.is_offloaded() {
@@ -427,6 +446,9 @@ impl PollThread {
         b.tally.rx_steered += steered;
         b.tally.rx_steer_dropped += steer_dropped;
         b.tally.rx_unsteered += unsteered;
+        if input.port_taken {
+            out.unblock();
+        }
         input.flush();
         out.flush();
         b.finish(&**device, stats);
@@ -452,6 +474,8 @@ impl PollThread {
             done += 1;
             if !filter.accepts(frame) {
                 port.rx_consume();
+                // If it waited for room, it waits no more.
+                handoff.unblock();
                 t.rx_filtered += 1;
                 continue;
             }
@@ -461,10 +485,15 @@ impl PollThread {
             };
             // Every queue RSS names is used (`rx_pairs`); keep it so.
             let to = chosen % used;
-            match handoff.send(to, frame, meta) {
-                Ok(()) => t.rx_steered += 1,
-                // Full, or no route (over 64 KiB): nowhere to go.
-                Err(_) => t.rx_steer_dropped += 1,
+            match handoff.steer(to, frame, meta) {
+                Steer::Sent => t.rx_steered += 1,
+                // Back-pressure, as in `process_rx`: wait in the port.
+                Steer::Wait => {
+                    done -= 1;
+                    break;
+                }
+                // Waited too long, or no route (over 64 KiB): nowhere to go.
+                Steer::Dropped | Steer::NoRoute => t.rx_steer_dropped += 1,
             }
             port.rx_consume();
         }

@@ -178,7 +178,13 @@ impl PollThread {
                     if self.forward_port() > 0 {
                         continue;
                     }
-                    if !self.port.arm_rx_wakeup() {
+                    // A frame blocked at a full pair (RSS back-pressure):
+                    // that pair wakes us when it makes room.
+                    let room = self.handoff.arm_room();
+                    if room == Some(true) {
+                        continue;
+                    }
+                    if !self.port.arm_rx_wakeup() || room.is_some() {
                         let _ = self.wait(false, true);
                     }
                     self.port.disarm_rx_wakeup();
@@ -384,6 +390,11 @@ impl PollThread {
         // Frames other pairs handed over wait for RX buffers like the
         // port's; `arm` also asks those pairs to wake us.
         let inbox = self.handoff.arm();
+        // A port frame blocked at a full pair (RSS back-pressure): RX
+        // buffers are no work until that pair makes room, and it wakes us
+        // then (`arm_room` asked it to); room now is work.
+        let room = self.handoff.arm_room();
+        let steer_wait = room == Some(false);
         let rx_wanted = self.port.rx_pending() > 0 || reflector || inbox;
         let (mut tx_more, mut rx_more) = (false, false);
         {
@@ -403,7 +414,7 @@ impl PollThread {
                     Ok(m) if is_tx => tx_more = m,
                     // Chains too few for the frame waiting (MRG_RXBUF) are
                     // not work; the kick that adds buffers is.
-                    Ok(m) => rx_more = m && !self.offloads.rx_short,
+                    Ok(m) => rx_more = m && !self.offloads.rx_short && (!steer_wait || inbox),
                     Err(e) => {
                         fail_queue(&*self.device, &self.stats, queue, e);
                         self.handoff.disarm();
@@ -415,7 +426,8 @@ impl PollThread {
         // A reflector has work only when a TX frame and an RX buffer are both
         // there; otherwise any pending side with the port's frames is work.
         let mut more = if reflector && self.rx.runnable() { tx_more && rx_more } else { tx_more || rx_more };
-        if self.port.arm_rx_wakeup() {
+        let port_ready = self.port.arm_rx_wakeup();
+        if (port_ready && !steer_wait) || room == Some(true) {
             more = true;
         }
         let mut woken = true;

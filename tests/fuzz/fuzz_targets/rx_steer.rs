@@ -29,7 +29,9 @@
 //!   hash is configured);
 //! - counters add up: frames delivered == `rx_frames`, per queue; and
 //!   offered == delivered + filtered + dropped (too small, offload,
-//!   handoff full) + still waiting in a port or a handoff ring at the end;
+//!   steering that waited past the back-pressure bound) + still waiting in
+//!   a port (a frame blocked at a full pair stays there) or a handoff ring
+//!   at the end;
 //! - no panic, and nothing written outside the mapped buffers (the ring
 //!   memory beyond the rings stays zero).
 //!

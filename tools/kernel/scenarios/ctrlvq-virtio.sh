@@ -10,7 +10,10 @@
 # sent to): each control command the kernel sends must reach the device's slow path
 # ("control command ... -> ..." at info level), be answered (the kernel would log an error
 # and the ip command would fail otherwise), and change what the dataplane lets through:
-#   - MQ: VQ_PAIRS_SET 2 at probe;
+#   - MQ: VQ_PAIRS_SET 2 at probe, or, when the driver negotiated RSS (in the device's
+#     default offer), RSS_CONFIG with max_tx_vq 2 instead (Linux's virtnet_set_queues sends
+#     RSS_CONFIG then, never VQ_PAIRS_SET): which one the kernel must send follows from the
+#     features it accepted (the device's "driver accepted features" line);
 #   - RX mode at link up (promisc off): a frame to a foreign unicast MAC is filtered;
 #   - `ip link set IF promisc on`: the same frames now reach the kernel;
 #   - `ip link set IF address M`: MAC_ADDR_SET; frames to M now pass with promisc off;
@@ -55,11 +58,17 @@ if [ -z "$IF" ]; then
 fi
 vt_info "interface $IF"
 
-# MQ at probe.
-if vt_wait_log 10 "control command MqPairsSet(2) -> PairsChanged(2)"; then
+# MQ at probe: VQ_PAIRS_SET 2, or RSS_CONFIG for 2 pairs when the kernel took RSS.
+if grep "$DEV: driver accepted features" "$LOG" | tail -n 1 | grep -qi ' rss[] ]'; then
+	vt_info "RSS negotiated: the pairs come with RSS_CONFIG"
+	want="control command RssConfig(.*max_tx_vq: 2.*) -> RssChanged(2)" what="RSS_CONFIG (max_tx_vq 2)"
+else
+	want="control command MqPairsSet(2) -> PairsChanged(2)" what="VQ_PAIRS_SET 2"
+fi
+if vt_wait_log 10 "$want"; then
 	vt_pass ctrlvq.mq-pairs
 else
-	vt_fail ctrlvq.mq-pairs "no VQ_PAIRS_SET 2 at probe: $(grep 'control command' "$LOG" | tr '\n' '|')"
+	vt_fail ctrlvq.mq-pairs "no $what at probe: $(grep 'control command\|accepted features' "$LOG" | tr '\n' '|')"
 fi
 
 echo 1 >/proc/sys/net/ipv6/conf/"$IF"/disable_ipv6 2>/dev/null # no autoconf chatter

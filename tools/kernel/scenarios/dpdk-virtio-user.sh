@@ -11,14 +11,15 @@
 # --vdev net_virtio_user0,path=/dev/vhost-vdpa-N,queues=2` drives device dp0 (2 pairs +
 # control queue, patched vduse.ko) through vhost-vdpa, forwarding with macswap. dp0 is
 # patched to dp1, which the outer kernel's virtio-net drives (virtio_vdpa); the kernel's
-# pktgen sends a fixed number of frames (FRAMES, paced, half on each of dp1's TX queues)
-# to testpmd's MAC, and testpmd sends each back on the queue it came in with the addresses
-# swapped.
+# pktgen sends a fixed number of frames (FRAMES, paced, half on each of dp1's TX queues,
+# from 32 source addresses so RSS spreads them) to testpmd's MAC, and testpmd sends each
+# back on the queue it came in with the addresses swapped.
 # Evidence: testpmd received and sent exactly FRAMES with no miss or error (port stats);
 # dp1 took FRAMES from the kernel, dp0 gave testpmd FRAMES and took FRAMES back, dp1 gave
 # the kernel FRAMES, both pairs carried frames, nothing was dropped (device counters); the
 # interface sent and got back FRAMES (its statistics); virtio-user set 2 pairs through the
-# device's control queue (VQ_PAIRS_SET 2) and nothing was refused; no error line in
+# device's control queue (VQ_PAIRS_SET 2, or RSS_CONFIG when it negotiated RSS, which the
+# device offers by default) and nothing was refused; no error line in
 # testpmd's output or the device log; testpmd and vduse-net exit cleanly.
 # DPDK is trixie's 24.11 (tools/kernel/bundle dpdk). Bookworm's 22.11
 # (VDUSE_NET_DPDK_SUITE=bookworm) cannot drive the device: its virtio-user emulates the
@@ -140,7 +141,9 @@ tp "set burst tx delay 1000 retry 200"
 tp "start"
 
 # --- the frames: pktgen, FRAMES in all, half on each TX queue of the interface (one pktgen
-# thread per queue), paced 50 us apart
+# thread per queue), paced 50 us apart, from 32 IPv4 source addresses in turn: with RSS
+# (negotiated by virtio-user and the kernel; testpmd hashes IP addresses only) one address
+# would put every frame on one queue of dp0, and the row wants both pairs to carry frames
 step "pktgen: $FRAMES frames to $DEVMAC"
 tx0=$(cat "/sys/class/net/$IF/statistics/tx_packets")
 rx0=$(cat "/sys/class/net/$IF/statistics/rx_packets")
@@ -154,6 +157,8 @@ for q in 0 1; do
 	pg "$IF@$q" "queue_map_min $q"
 	pg "$IF@$q" "queue_map_max $q"
 	pg "$IF@$q" "dst 10.98.0.2"
+	pg "$IF@$q" "src_min 10.98.1.1"
+	pg "$IF@$q" "src_max 10.98.1.32"
 	pg "$IF@$q" "dst_mac $DEVMAC"
 done
 # "start" returns when every frame is out; a queue that never drains would block it for
@@ -214,7 +219,7 @@ fi
 d0rx=$(sum_pairs "$st0" rx_frames) d0tx=$(sum_pairs "$st0" tx_frames)
 d1rx=$(sum_pairs "$st1" rx_frames) d1tx=$(sum_pairs "$st1" tx_frames)
 # rx_no_buffer counts waits for a free RX buffer (the frame stays queued), not losses
-drops=$(($(sum_pairs "$st0" tx_dropped) + $(sum_pairs "$st1" tx_dropped) + $(sum_pairs "$st0" queue_errors) + $(sum_pairs "$st1" queue_errors)))
+drops=$(($(sum_pairs "$st0" tx_dropped) + $(sum_pairs "$st1" tx_dropped) + $(sum_pairs "$st0" queue_errors) + $(sum_pairs "$st1" queue_errors) + $(sum_pairs "$st0" rx_steer_dropped) + $(sum_pairs "$st1" rx_steer_dropped)))
 p1=$(printf '%s\n' "$st0" | sed 's/.*"pairs":\[{[^}]*},//' | sed -n 's/^{"tx_frames":\([0-9]*\).*/\1/p')
 if [ "$d1tx" = "$FRAMES" ] && [ "$d0rx" = "$FRAMES" ] && [ "$d0tx" = "$FRAMES" ] && [ "$d1rx" = "$FRAMES" ] && [ "$drops" = 0 ]; then
 	vt_pass $S.device-counters
@@ -227,12 +232,21 @@ else
 	vt_fail $S.both-pairs "dp0 pair 1 took ${p1:-?} of $FRAMES frames from testpmd (want some on each pair)"
 fi
 vt_info "$S: waits for an RX buffer (rx_no_buffer, not losses): dp0 $(sum_pairs "$st0" rx_no_buffer), dp1 $(sum_pairs "$st1" rx_no_buffer)"
-# queues=2: virtio-user asks for 2 pairs on the device's own control queue
-if grep -q "dp0: control command MqPairsSet(2) -> PairsChanged(2)" "$LOG"; then
+# queues=2: virtio-user asks for 2 pairs on the device's own control queue; with RSS
+# negotiated (DPDK's virtio_set_multiple_queues_rss) that is RSS_CONFIG, not VQ_PAIRS_SET.
+if grep "dp0: driver accepted features" "$LOG" | tail -n 1 | grep -qi ' rss[] ]'; then
+	want="dp0: control command RssConfig(.*max_tx_vq: 2.*) -> RssChanged(2)" what="RSS_CONFIG (max_tx_vq 2)"
+else
+	want="dp0: control command MqPairsSet(2) -> PairsChanged(2)" what="VQ_PAIRS_SET 2"
+fi
+if grep -q "$want" "$LOG"; then
 	vt_pass $S.mq-pairs
 else
-	vt_fail $S.mq-pairs "no VQ_PAIRS_SET 2 from virtio-user: $(grep 'dp0: control command' "$LOG" | tr '\n' '|')"
+	vt_fail $S.mq-pairs "no $what from virtio-user: $(grep 'dp0: control command\|dp0: driver accepted' "$LOG" | tr '\n' '|')"
 fi
+steered=$(($(sum_pairs "$st0" rx_steered) + $(sum_pairs "$st1" rx_steered)))
+sdropped=$(($(sum_pairs "$st0" rx_steer_dropped) + $(sum_pairs "$st1" rx_steer_dropped)))
+vt_info "$S: RSS steering: $steered frames handed to another pair, $sdropped dropped (rx_steer_dropped)"
 # Error lines, less the counters' names and two informational lines: the error-handling
 # mode testpmd reports for every port, and EAL's notice that a virtual device has no
 # interrupt file descriptor to (un)register a callback on.
