@@ -55,9 +55,11 @@ fn in_order_with_mergeable_rx_buffers_and_two_pairs() {
         // entry each (their lengths), TX runs get one.
         check(&["--ring", ring, "--size", "1518", "--mrg-rxbuf", "512"], ring, 1);
         check(&["--ring", ring, "--mode", "rxonly", "--size", "1518", "--mrg-rxbuf", "512"], ring, 1);
-        // rxonly with two pairs is left out: it reports lost and integrity
-        // errors without IN_ORDER too (a generator accounting issue on main).
-        for mode in ["loopback", "txonly"] {
+        // rxonly with two pairs: before the driver's VQ_PAIRS_SET, pair 1's
+        // source frames went to pair 0 (a pair the driver does not use
+        // forwards its port's frames), seen there as foreign: lost and
+        // integrity errors. A source's frames are now bound to their pair.
+        for mode in ["loopback", "txonly", "rxonly"] {
             check(&["--ring", ring, "--mode", mode, "--queues", "2", "--mrg-rxbuf", "512"], ring, 2);
         }
     }

@@ -127,6 +127,13 @@ pub trait Port: Send {
     fn reflect(&self) -> Option<bool> {
         None
     }
+    /// The port's frames belong to its own pair's RX queue (a benchmark
+    /// source that numbers its frames per pair): while the driver does not
+    /// use the pair they wait, rather than go to the pairs it uses as a
+    /// real port's frames do.
+    fn pair_bound(&self) -> bool {
+        false
+    }
     /// What to sleep on in adaptive idle mode, after `arm_rx_wakeup`
     /// returned `false`: an eventfd another thread signals, or a host
     /// port's fd (readable when frames arrive, writable again after

@@ -74,6 +74,10 @@ impl Port for Source {
     fn rx_pending(&self) -> usize {
         usize::from(self.left > 0)
     }
+    /// Frame n of pair k is checked as such by the generator.
+    fn pair_bound(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

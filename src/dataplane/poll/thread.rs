@@ -146,7 +146,12 @@ impl PollThread {
     /// Started, healthy, but a pair the driver does not use (fewer pairs
     /// than the port has): pass the port's frames on.
     fn forwards(&self) -> bool {
-        self.started && !self.crashed && !self.suspended && !self.pair_active && self.handoff.enabled()
+        self.started
+            && !self.crashed
+            && !self.suspended
+            && !self.pair_active
+            && self.handoff.enabled()
+            && !self.port.pair_bound()
     }
 
     fn active(&self) -> bool {
