@@ -275,7 +275,10 @@ impl PollThread {
         let PollThread { device, space, port, stats, burst, rx, filter, offloads, handoff, pair, .. } = self;
         let filter = filter.current();
         let mut b = Burst::<R>::begin(rx, space, g);
-        let mut avail = b.pending();
+        // Read by `place` when a frame needs a chain: a pass whose frames are
+        // all filtered or steered away leaves the avail index (a line the
+        // driver writes) alone.
+        let mut avail = 0;
         let mut done = 0;
         let mut filtered = 0;
         let mut offload = 0;
