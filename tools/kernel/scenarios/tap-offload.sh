@@ -1,6 +1,7 @@
 #!/bin/sh
 # kernels: 6.12 7.3
-# needs: vduse-net
+# needs: vduse-net tc
+# modules: +sch_ingress +cls_u32 +act_mirred
 # timeout: 600
 # memory: 2048
 #
@@ -15,7 +16,10 @@
 #     work, drops) from its exit line.
 #   - a third device with `--mtu 9000`: both ends at MTU 9000, 8972-byte pings (9000-byte
 #     IP packets) both ways with no IP fragmentation on either side (the Ip FragCreates and
-#     ReasmReqds counters of /proc/net/snmp stay put), and 16 MiB A -> B with equal sha256.
+#     ReasmReqds counters of /proc/net/snmp stay put) and DF set: a tc u32 filter on each
+#     receiving side counts the 9000-byte IPv4 packets with the DF bit that arrive (busybox
+#     ping has no -M do, but Linux sends with DF whenever the packet fits the path MTU,
+#     IP_PMTUDISC_WANT), and 16 MiB A -> B with equal sha256.
 # shellcheck source=tools/kernel/guest/vduse-test.sh
 . /lib/vduse-test.sh
 
@@ -158,11 +162,27 @@ snmp() {
 	ip netns exec "$1" awk -v f="$2" '/^Ip:/ { if (!h) { for (i = 1; i <= NF; i++) c[$i] = i; h = 1 } else print $c[f] }' /proc/net/snmp
 }
 
+# df_watch NS DEV: count the 9000-byte IPv4 packets with DF set that DEV in NS receives
+# (u32 on the clsact ingress hook; the mirror to lo is only there to have action counters)
+df_watch() {
+	ip netns exec "$1" tc qdisc add dev "$2" clsact &&
+		ip netns exec "$1" tc filter add dev "$2" ingress pref 1 protocol ip u32 \
+			match u16 9000 0xffff at 2 match u16 0x4000 0x4000 at 6 action mirred egress mirror dev lo
+}
+
+# df_seen NS DEV: packets df_watch counted
+df_seen() {
+	ip netns exec "$1" tc -s filter show dev "$2" ingress | awk '/Sent/ { print $4; exit }'
+}
+
 # jumbo: MTU 9000 end to end on a device started with --mtu 9000
 jumbo() {
 	if start vj /tmp/vj.log --backend tap --iface tapo --mtu 9000 && bind vj; then
 		if out=$(netns 2>&1) && out=$(ip -n A link set "$IF" mtu 9000 && ip -n B link set tapo mtu 9000 2>&1); then
 			vt_pass offload.vj.mtu
+			if ! out=$(df_watch B tapo 2>&1 && df_watch A "$IF" 2>&1); then
+				vt_fail offload.vj.df "tc: $out"
+			fi
 			fa=$(snmp A FragCreates) rb=$(snmp B ReasmReqds)
 			if out=$(ip netns exec A ping -c 3 -s 8972 -w 30 10.79.0.2 2>&1) &&
 				out2=$(ip netns exec B ping -c 3 -s 8972 -w 30 10.79.0.1 2>&1); then
@@ -172,6 +192,15 @@ jumbo() {
 					vt_pass offload.vj.ping-9000
 				else
 					vt_fail offload.vj.ping-9000 "IP fragmentation seen: FragCreates $fa -> $fa2, ReasmReqds $rb -> $rb2"
+				fi
+				# Each side's three echo requests arrive whole, DF set (the replies
+				# are sent without DF, as Linux's ICMP socket does).
+				db=$(df_seen B tapo) da=$(df_seen A "$IF")
+				vt_info "vj: 9000-byte IPv4 packets with DF received: B (from A) ${db:-?}, A (from B) ${da:-?}"
+				if [ "${db:-0}" -ge 3 ] && [ "${da:-0}" -ge 3 ]; then
+					vt_pass offload.vj.df
+				else
+					vt_fail offload.vj.df "9000-byte DF packets seen: B ${db:-?}, A ${da:-?} (want 3 each)"
 				fi
 			else
 				vt_fail offload.vj.ping-9000 "$(echo "$out $out2" | tail -n 2) | $(vt_log_tail)"
