@@ -112,6 +112,8 @@ pub struct Chain<'g> {
     readable: u32,
     writable: u32,
     descriptors: u32,
+    /// Writable bytes the next walk needs (see [`Chain::want_writable`]).
+    want: u32,
     _guard: PhantomData<&'g ReadGuard<'g>>,
 }
 
@@ -132,8 +134,22 @@ impl<'g> Chain<'g> {
             readable: 0,
             writable: 0,
             descriptors: 0,
+            want: u32::MAX,
             _guard: PhantomData,
         }
+    }
+
+    /// The next walk into this chain needs only `bytes` writable bytes
+    /// (an RX frame and its header): it stops translating once the kept
+    /// writable pieces hold that many, so a long chain (Linux's big-packet
+    /// receive buffers, 17 pages) costs its first descriptors, not all.
+    /// The rest of the chain is then not read (split) or only stepped over
+    /// (packed, whose slots must be counted), so a bad descriptor past the
+    /// frame is not refused: the device never touches it. One walk only:
+    /// the walk resets it.
+    #[inline]
+    pub fn want_writable(&mut self, bytes: u32) {
+        self.want = bytes;
     }
 
     pub fn head(&self) -> Head {
@@ -366,6 +382,8 @@ pub(super) struct Builder<'c, 'g> {
     seen_writable: bool,
     /// Most descriptors a chain may visit (buffers plus one indirect one).
     limit: u32,
+    /// Writable bytes the caller needs (`u32::MAX`: the whole chain).
+    want: u32,
 }
 
 impl<'c, 'g> Builder<'c, 'g> {
@@ -383,7 +401,15 @@ impl<'c, 'g> Builder<'c, 'g> {
         chain.readable = 0;
         chain.writable = 0;
         chain.descriptors = 0;
-        Builder { chain, dir, seen_writable: false, limit: size as u32 + 1 }
+        let want = std::mem::replace(&mut chain.want, u32::MAX);
+        Builder { chain, dir, seen_writable: false, limit: size as u32 + 1, want }
+    }
+
+    /// The kept writable pieces hold what the caller wants: the walk may
+    /// stop translating (see [`Chain::want_writable`]).
+    #[inline]
+    pub(super) fn enough(&self) -> bool {
+        self.chain.writable >= self.want && self.chain.writable_complete
     }
 
     /// Count one visited descriptor; a chain past the limit is a loop or
@@ -517,7 +543,9 @@ impl SplitQueue {
                 continue;
             }
             b.buffer(d.flags & VRING_DESC_F_WRITE != 0, d.addr, d.len, space, guard)?;
-            if d.flags & VRING_DESC_F_NEXT == 0 {
+            // Done at the chain's end, or once the frame fits (the split
+            // ring's used entry needs only the head).
+            if d.flags & VRING_DESC_F_NEXT == 0 || b.enough() {
                 b.finish(head);
                 return Ok(());
             }

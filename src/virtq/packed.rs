@@ -467,6 +467,11 @@ impl PackedQueue {
                 // The table's entries follow one another; WRITE is the only
                 // flag that counts in them (§2.8.8), INDIRECT is refused.
                 for i in 0..n {
+                    if b.enough() {
+                        // The frame fits: the table's other entries are not
+                        // read (the indirect descriptor took one slot).
+                        break;
+                    }
                     // SAFETY: i < n entries of a table translated for n * 16
                     // bytes with read access, its IOVA and host address
                     // 8-byte aligned (both checked).
@@ -480,7 +485,11 @@ impl PackedQueue {
                 }
                 break d.id;
             }
-            b.buffer(d.flags & VRING_DESC_F_WRITE != 0, d.addr, d.len, space, guard)?;
+            // Once the frame fits, the rest is only stepped over: its slots
+            // are the chain's, but its buffers are not translated.
+            if !b.enough() {
+                b.buffer(d.flags & VRING_DESC_F_WRITE != 0, d.addr, d.len, space, guard)?;
+            }
             if d.flags & VRING_DESC_F_NEXT == 0 {
                 break d.id;
             }

@@ -196,6 +196,78 @@ fn prefetch_next_consumes_nothing_and_changes_no_outcome() {
     assert_eq!(r.dev.pending().unwrap(), 1);
 }
 
+/// An RX walk that wants `n` writable bytes stops translating once it has
+/// them: a chain whose third buffer is unmapped holds a 100-byte frame in
+/// its first two and is taken; a walk that needs the third (or the whole
+/// chain, the default) refuses it. The want is for one walk only.
+#[test]
+fn a_walk_that_wants_n_bytes_stops_at_them_split() {
+    use crate::uapi::virtio::{VRING_DESC_F_NEXT as NEXT, VRING_DESC_F_WRITE as WRITE};
+    let mut r = rig(16);
+    let chain = |r: &mut Rig, first: u16| {
+        r.drv.write_desc(first, VringDesc { addr: buf(0), len: 64, flags: WRITE | NEXT, next: first + 1 }).unwrap();
+        r.drv.write_desc(first + 1, VringDesc { addr: buf(1), len: 64, flags: WRITE | NEXT, next: first + 2 }).unwrap();
+        r.drv
+            .write_desc(first + 2, VringDesc { addr: 0x7000_0000, len: 64, flags: WRITE | NEXT, next: first + 3 })
+            .unwrap();
+        r.drv.write_desc(first + 3, VringDesc { addr: buf(2), len: 64, flags: WRITE, next: 0 }).unwrap();
+        r.drv.push_avail_raw(first);
+    };
+    chain(&mut r, 0);
+    chain(&mut r, 4);
+    chain(&mut r, 8);
+    r.drv.publish();
+    let space = r.iotlb.space(0).unwrap().clone();
+    let mut reader = r.iotlb.qsbr().register();
+    let g = reader.read();
+    r.dev.refresh(&space, &g).unwrap();
+    let mut c = Chain::empty();
+    c.want_writable(100);
+    let h = r.dev.pop_head().unwrap();
+    r.dev.read_chain_into(&mut c, h, Direction::DeviceWrites, &space, &g).unwrap();
+    assert_eq!((c.writable_len(), c.descriptors(), c.head().index()), (128, 2, 0));
+    assert_eq!(c.writer().write(&[9u8; 100]), 100);
+    // 129 bytes need the unmapped third buffer.
+    c.want_writable(129);
+    let h = r.dev.pop_head().unwrap();
+    let e = r.dev.read_chain_into(&mut c, h, Direction::DeviceWrites, &space, &g).unwrap_err();
+    assert!(matches!(e, QueueError::Xlate(_)), "{e:?}");
+    // The want was used up: the next walk reads the whole chain.
+    let h = r.dev.pop_head().unwrap();
+    assert!(r.dev.read_chain_into(&mut c, h, Direction::DeviceWrites, &space, &g).is_err());
+}
+
+/// The packed ring's walk steps over the rest of a chain once the frame
+/// fits (its slots are the chain's: the next chain starts after them) but
+/// does not translate it.
+#[test]
+fn a_walk_that_wants_n_bytes_stops_at_them_packed() {
+    let mut r = packed_rig(16, false);
+    let space = r.iotlb.space(0).unwrap().clone();
+    let mut reader = r.iotlb.qsbr().register();
+    let (w, n) = (VRING_DESC_F_WRITE, VRING_DESC_F_NEXT);
+    r.drv.push_raw_chain(&[(buf(0), 64, w | n), (buf(1), 64, w | n), (0x7000_0000, 64, w | n), (buf(2), 64, w)], 3);
+    r.drv.push_raw_chain(&[(buf(3), 64, w)], 5);
+    r.drv.publish();
+    let g = reader.read();
+    r.dev.refresh(&space, &g).unwrap();
+    let mut c = Chain::empty();
+    c.want_writable(100);
+    r.dev.pop_chain_into(&mut c, Direction::DeviceWrites, &space, &g).unwrap();
+    assert_eq!((c.writable_len(), c.head().index(), c.head().slots()), (128, 3, 4));
+    let d = r.dev.pop_chain(Direction::DeviceWrites, &space, &g).unwrap();
+    assert_eq!((d.writable_len(), d.head().index(), d.head().slots()), (64, 5, 1));
+    // Without a want the same chain is refused at its unmapped buffer.
+    let mut r = packed_rig(16, false);
+    r.drv.push_raw_chain(&[(buf(0), 64, w | n), (buf(1), 64, w | n), (0x7000_0000, 64, w | n), (buf(2), 64, w)], 3);
+    r.drv.publish();
+    let space = r.iotlb.space(0).unwrap().clone();
+    let mut reader = r.iotlb.qsbr().register();
+    let g = reader.read();
+    r.dev.refresh(&space, &g).unwrap();
+    assert!(r.dev.pop_chain(Direction::DeviceWrites, &space, &g).is_err());
+}
+
 /// Chains keep their pieces in order; reading gathers, writing scatters,
 /// totals count everything.
 #[test]

@@ -69,6 +69,7 @@ impl PollThread {
                 tb.complete(tchain.head(), 0);
                 continue;
             }
+            rchain.want_writable((HDR_LEN + len) as u32);
             if !rb.pop_into(&mut rchain, Direction::DeviceWrites, space, g) {
                 tb.complete(tchain.head(), 0);
                 break;

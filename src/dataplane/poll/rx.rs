@@ -104,6 +104,7 @@ pub(super) fn place<'g, R: Ring>(
             return Placed::NoBuffer { returned: 0 };
         }
     }
+    ch.first.want_writable(total as u32);
     if !b.pop_into(&mut ch.first, Direction::DeviceWrites, space, g) {
         return Placed::Broken;
     }
@@ -142,6 +143,7 @@ pub(super) fn place<'g, R: Ring>(
                 break;
             }
         }
+        ch.more.want_writable((frame.len() - at) as u32);
         if !b.pop_into(&mut ch.more, Direction::DeviceWrites, space, g) {
             // The queue failed; what was taken is never published.
             return Placed::Broken;
