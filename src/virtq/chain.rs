@@ -142,7 +142,8 @@ impl<'g> Chain<'g> {
     /// The next walk into this chain needs only `bytes` writable bytes
     /// (an RX frame and its header): it stops translating once the kept
     /// writable pieces hold that many, so a long chain (Linux's big-packet
-    /// receive buffers, a page per descriptor) costs its first descriptors, not all.
+    /// receive buffers, a page per descriptor) costs its first descriptors,
+    /// not all.
     /// The rest of the chain is then not read (split) or only stepped over
     /// (packed, whose slots must be counted), so a bad descriptor past the
     /// frame is not refused: the device never touches it. One walk only:
