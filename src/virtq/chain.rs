@@ -524,8 +524,12 @@ impl SplitQueue {
         let mut table: Option<(*const VringDesc, u16)> = None;
         // A head checked against another queue's size is refused here.
         let mut d = self.desc(head.index())?;
+        // Index of `d` in the table it came from, and the ones walked so far.
+        let mut at = head.index();
+        let mut walked = Distinct::new();
         loop {
             b.visit()?;
+            walked.note(at);
             if d.flags & VRING_DESC_F_INDIRECT != 0 {
                 let n = indirect_entries(
                     table.is_some(),
@@ -541,15 +545,20 @@ impl SplitQueue {
                 }
                 table = Some((p as *const VringDesc, n));
                 d = read_indirect(p as *const VringDesc, 0);
+                // The table's entries are another index space.
+                (at, walked) = (0, Distinct::new());
                 continue;
             }
             b.buffer(d.flags & VRING_DESC_F_WRITE != 0, d.addr, d.len, space, guard)?;
             // Done at the chain's end, or once the frame fits (the split
-            // ring's used entry needs only the head).
-            if d.flags & VRING_DESC_F_NEXT == 0 || b.enough() {
+            // ring's used entry needs only the head) in descriptors walked
+            // once each: a loop would otherwise pass as a frame-sized chain
+            // whose pieces alias, and is left to the whole walk to refuse.
+            if d.flags & VRING_DESC_F_NEXT == 0 || (b.enough() && walked.distinct()) {
                 b.finish(head);
                 return Ok(());
             }
+            at = d.next;
             d = match table {
                 Some((p, n)) => {
                     if d.next >= n {
@@ -560,6 +569,44 @@ impl SplitQueue {
                 None => self.desc(d.next).map_err(|_| Malformed::NextOutOfRange(d.next))?,
             };
         }
+    }
+}
+
+/// The first descriptors of a split chain's walk, to tell a loop from a
+/// chain that may stop early ([`Chain::want_writable`]): up to
+/// [`Distinct::MAX`] of them, each compared with those before (a frame
+/// fits in one or two; a longer one walks the whole chain).
+struct Distinct {
+    ids: [u16; Distinct::MAX],
+    n: usize,
+    /// No repeat among the first `n`, and no more than MAX walked.
+    ok: bool,
+}
+
+impl Distinct {
+    const MAX: usize = 8;
+
+    #[inline]
+    fn new() -> Self {
+        Distinct { ids: [0; Self::MAX], n: 0, ok: true }
+    }
+
+    #[inline]
+    fn note(&mut self, i: u16) {
+        if !self.ok {
+            return;
+        }
+        if self.n == Self::MAX || self.ids[..self.n].contains(&i) {
+            self.ok = false;
+        } else {
+            self.ids[self.n] = i;
+            self.n += 1;
+        }
+    }
+
+    #[inline]
+    fn distinct(&self) -> bool {
+        self.ok
     }
 }
 

@@ -237,6 +237,29 @@ fn a_walk_that_wants_n_bytes_stops_at_them_split() {
     assert!(r.dev.read_chain_into(&mut c, h, Direction::DeviceWrites, &space, &g).is_err());
 }
 
+/// A loop is refused even when going round it would gather the bytes a
+/// walk wants (found by the rx_steer fuzzer: a two-descriptor loop taken
+/// for a 7 KiB frame, its pieces aliasing, the used length past the
+/// chain's real 3.8 KiB).
+#[test]
+fn a_loop_is_refused_even_when_its_laps_would_hold_the_frame() {
+    use crate::uapi::virtio::{VRING_DESC_F_NEXT as NEXT, VRING_DESC_F_WRITE as WRITE};
+    let mut r = rig(16);
+    r.drv.write_desc(0, VringDesc { addr: buf(0), len: 64, flags: WRITE | NEXT, next: 1 }).unwrap();
+    r.drv.write_desc(1, VringDesc { addr: buf(1), len: 64, flags: WRITE | NEXT, next: 0 }).unwrap();
+    r.drv.push_avail_raw(0);
+    r.drv.publish();
+    let space = r.iotlb.space(0).unwrap().clone();
+    let mut reader = r.iotlb.qsbr().register();
+    let g = reader.read();
+    r.dev.refresh(&space, &g).unwrap();
+    let mut c = Chain::empty();
+    c.want_writable(200);
+    let h = r.dev.pop_head().unwrap();
+    let e = r.dev.read_chain_into(&mut c, h, Direction::DeviceWrites, &space, &g).unwrap_err();
+    assert!(matches!(e, QueueError::Malformed(Malformed::ChainTooLong)), "{e:?}");
+}
+
 /// The packed ring's walk steps over the rest of a chain once the frame
 /// fits (its slots are the chain's: the next chain starts after them) but
 /// does not translate it.
