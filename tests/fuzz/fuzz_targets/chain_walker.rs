@@ -25,8 +25,9 @@ use libfuzzer_sys::fuzz_target;
 use vduse_net::driver::DmaMemory;
 use vduse_net::mem::{Access, AddressSpace, Qsbr, ReadGuard};
 use vduse_net::uapi::vduse::VDUSE_ACCESS_RW;
+use vduse_net::uapi::virtio::VRING_DESC_F_INDIRECT;
 use vduse_net::virtq::{
-    Direction, Head, QueueConfig, QueueError, RingFormat, SplitQueue, MAX_PIECES, MAX_READABLE_PIECES,
+    Chain, Direction, Head, QueueConfig, QueueError, RingFormat, SplitQueue, MAX_PIECES, MAX_READABLE_PIECES,
 };
 use vduse_net_fuzz::{desc_bytes, PatternMemory, Region, Regions};
 
@@ -84,16 +85,22 @@ struct Info {
 /// changes; the oracles below only need the pieces and the totals. The
 /// device's writes go through the chain's own writer (`write_at`), so
 /// `marks` are (offset in the writable part, byte) pairs to write.
+#[allow(clippy::too_many_arguments)]
 fn walk(
     q: &SplitQueue,
     head: Head,
     dir: Direction,
+    want: Option<u32>,
     space: &AddressSpace,
     g: &ReadGuard<'_>,
     pieces: &mut Vec<Piece>,
     marks: impl FnOnce(&[Piece]) -> Vec<(usize, u8)>,
 ) -> Result<Info, QueueError> {
-    let c = q.read_chain(head, dir, space, g)?;
+    let mut c = Chain::empty();
+    if let Some(w) = want {
+        c.want_writable(w);
+    }
+    q.read_chain_into(&mut c, head, dir, space, g)?;
     for (part, writable) in [(c.readable(), false), (c.writable(), true)] {
         let mut at = 0;
         for p in part {
@@ -351,9 +358,34 @@ fn run(data: &[u8]) -> ArbResult<()> {
             }
             marks
         };
-        match walk(&q, head, dir, &rig.space, &g, &mut pieces, check) {
+        // An RX walk may stop once it holds what the frame needs.
+        let want = if dir == Direction::DeviceWrites && u.ratio(1, 2)? { Some(u.int_in_range(1..=0x1_0000)?) } else { None };
+        let walked = walk(&q, head, dir, want, &rig.space, &g, &mut pieces, check);
+        if let Ok(info) = &walked {
+            // Whatever the walk kept, it never went round a loop: the
+            // direct descriptors it visited (read back here from the table)
+            // are distinct. Chains through an indirect table are left to
+            // the walker's own counting.
+            let mut seen = Vec::new();
+            let mut i = head.index();
+            for _ in 0..info.descriptors {
+                let mut d = [0u8; 16];
+                m.ring.read((i as u64 * 16) as usize, &mut d);
+                let flags = u16::from_le_bytes([d[12], d[13]]);
+                if flags & VRING_DESC_F_INDIRECT != 0 || i >= size {
+                    break;
+                }
+                assert!(!seen.contains(&i), "descriptor {i} walked twice: a loop was taken ({info:?}, want {want:?})");
+                seen.push(i);
+                i = u16::from_le_bytes([d[14], d[15]]);
+            }
+        }
+        match walked {
             Ok(info) => {
-                assert_eq!(info.head, head);
+                // The chain's head is the one taken (the walk adds whether
+                // it holds writable buffers, for IN_ORDER).
+                assert_eq!((info.head.index(), info.head.slots()), (head.index(), head.slots()));
+                assert!(!info.head.readable_only() || info.writable == 0, "readable-only with writable bytes: {info:?}");
                 assert!(info.descriptors >= 1 && info.descriptors <= size as u32 + 1, "{info:?}");
                 let sum = |w: bool| pieces.iter().filter(|p| p.writable == w).map(|p| p.len as u64).sum::<u64>();
                 let (rd, wr) = (sum(false), sum(true));
