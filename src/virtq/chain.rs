@@ -518,18 +518,39 @@ impl SplitQueue {
         space: &AddressSpace,
         guard: &'g ReadGuard<'_>,
     ) -> Result<(), QueueError> {
+        // Two copies of the walk: the one for whole chains carries nothing
+        // of the early stop.
+        if chain.want == u32::MAX {
+            self.walk::<false>(chain, head, dir, space, guard)
+        } else {
+            self.walk::<true>(chain, head, dir, space, guard)
+        }
+    }
+
+    /// [`SplitQueue::read_chain_into`]; `WANTED`: the chain has a want
+    /// ([`Chain::want_writable`]) and may stop early.
+    #[inline]
+    fn walk<'g, const WANTED: bool>(
+        &self,
+        chain: &mut Chain<'g>,
+        head: Head,
+        dir: Direction,
+        space: &AddressSpace,
+        guard: &'g ReadGuard<'_>,
+    ) -> Result<(), QueueError> {
         let size = self.size();
         let mut b = Builder::new(chain, dir, size);
         // (host pointer, entries) of the indirect table once we entered one.
         let mut table: Option<(*const VringDesc, u16)> = None;
         // A head checked against another queue's size is refused here.
         let mut d = self.desc(head.index())?;
-        // Index of `d` in the table it came from, and the ones walked so far.
+        // Index of `d`, and the direct descriptors walked that had a next
+        // (see the early stop below; filled only past the first).
         let mut at = head.index();
-        let mut walked = Distinct::new();
+        let mut walked = [0u16; EARLY_STOP_MAX];
+        let mut n_walked = 0usize;
         loop {
             b.visit()?;
-            walked.note(at);
             if d.flags & VRING_DESC_F_INDIRECT != 0 {
                 let n = indirect_entries(
                     table.is_some(),
@@ -545,20 +566,31 @@ impl SplitQueue {
                 }
                 table = Some((p as *const VringDesc, n));
                 d = read_indirect(p as *const VringDesc, 0);
-                // The table's entries are another index space.
-                (at, walked) = (0, Distinct::new());
                 continue;
             }
             b.buffer(d.flags & VRING_DESC_F_WRITE != 0, d.addr, d.len, space, guard)?;
-            // Done at the chain's end, or once the frame fits (the split
-            // ring's used entry needs only the head) in descriptors walked
-            // once each: a loop would otherwise pass as a frame-sized chain
-            // whose pieces alias, and is left to the whole walk to refuse.
-            if d.flags & VRING_DESC_F_NEXT == 0 || (b.enough() && walked.distinct()) {
+            if d.flags & VRING_DESC_F_NEXT == 0 {
                 b.finish(head);
                 return Ok(());
             }
-            at = d.next;
+            // The frame fits before the chain's end (the split ring's used
+            // entry needs only the head): stop, if the direct descriptors
+            // walked were each walked once and are few (a longer frame, or
+            // one in an indirect table, walks the whole chain). A loop would
+            // otherwise pass as a frame-sized chain whose pieces alias; it
+            // is left to the whole walk to refuse. Nothing of this runs for
+            // a one-descriptor chain.
+            if WANTED && table.is_none() {
+                if n_walked < EARLY_STOP_MAX {
+                    walked[n_walked] = at;
+                }
+                n_walked += 1;
+                if b.enough() && n_walked <= EARLY_STOP_MAX && distinct(&walked[..n_walked]) {
+                    b.finish(head);
+                    return Ok(());
+                }
+                at = d.next;
+            }
             d = match table {
                 Some((p, n)) => {
                     if d.next >= n {
@@ -572,42 +604,14 @@ impl SplitQueue {
     }
 }
 
-/// The first descriptors of a split chain's walk, to tell a loop from a
-/// chain that may stop early ([`Chain::want_writable`]): up to
-/// [`Distinct::MAX`] of them, each compared with those before (a frame
+/// Most descriptors an RX walk takes before it may stop early (a frame
 /// fits in one or two; a longer one walks the whole chain).
-struct Distinct {
-    ids: [u16; Distinct::MAX],
-    n: usize,
-    /// No repeat among the first `n`, and no more than MAX walked.
-    ok: bool,
-}
+const EARLY_STOP_MAX: usize = 8;
 
-impl Distinct {
-    const MAX: usize = 8;
-
-    #[inline]
-    fn new() -> Self {
-        Distinct { ids: [0; Self::MAX], n: 0, ok: true }
-    }
-
-    #[inline]
-    fn note(&mut self, i: u16) {
-        if !self.ok {
-            return;
-        }
-        if self.n == Self::MAX || self.ids[..self.n].contains(&i) {
-            self.ok = false;
-        } else {
-            self.ids[self.n] = i;
-            self.n += 1;
-        }
-    }
-
-    #[inline]
-    fn distinct(&self) -> bool {
-        self.ok
-    }
+/// No index twice (a handful: each compared with those after it).
+#[inline]
+fn distinct(ids: &[u16]) -> bool {
+    ids.iter().enumerate().all(|(k, i)| !ids[k + 1..].contains(i))
 }
 
 #[inline]
