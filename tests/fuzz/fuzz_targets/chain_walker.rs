@@ -262,6 +262,9 @@ fn run(data: &[u8]) -> ArbResult<()> {
         _ => Direction::Both,
     };
 
+    // Where the walker reads the descriptor table (the loop oracle reads it
+    // back from the same place).
+    let desc_off = cfg.desc_addr.wrapping_sub(RING_IOVA);
     let mut q = SplitQueue::new(cfg);
     // The head of every completed chain, and of every consumed avail slot.
     let mut completed: Vec<u16> = Vec::new();
@@ -369,8 +372,12 @@ fn run(data: &[u8]) -> ArbResult<()> {
             let mut seen = Vec::new();
             let mut i = head.index();
             for _ in 0..info.descriptors {
+                let at = desc_off.wrapping_add(i as u64 * 16);
+                if at + 16 > RING_LEN {
+                    break;
+                }
                 let mut d = [0u8; 16];
-                m.ring.read((i as u64 * 16) as usize, &mut d);
+                m.ring.read(at as usize, &mut d);
                 let flags = u16::from_le_bytes([d[12], d[13]]);
                 if flags & VRING_DESC_F_INDIRECT != 0 || i >= size {
                     break;
