@@ -369,6 +369,17 @@ impl SplitQueue {
         Ok(n)
     }
 
+    /// The head in avail entry `at` (its slot is `at` modulo the size), read
+    /// once; callers read only entries below an avail index they loaded with
+    /// Acquire, and check the value before using it as an index.
+    #[inline]
+    fn avail_entry(&self, at: u16) -> u16 {
+        let slot = self.slot(at);
+        // SAFETY: slot < size, so 4 + 2*slot lies within the avail ring
+        // (translated for avail_ring_size, 2-aligned).
+        u16::from_le(unsafe { std::ptr::read_volatile(self.ptrs().avail.add(4 + 2 * slot) as *const u16) })
+    }
+
     /// Ask for the descriptor lines of the avail entries `[from, to)` (those
     /// the Acquire load of avail.idx just made visible), at most
     /// [`DESC_PREFETCH`] of them: the driver's core wrote every one, so each
@@ -380,12 +391,7 @@ impl SplitQueue {
         let n = to.wrapping_sub(from).min(DESC_PREFETCH);
         let mut last_line = usize::MAX;
         for k in 0..n {
-            let slot = self.slot(from.wrapping_add(k));
-            // SAFETY: slot < size, so 4 + 2*slot lies within the avail ring
-            // (translated for avail_ring_size, 2-aligned); the entry is below
-            // the avail index loaded with Acquire.
-            let head =
-                u16::from_le(unsafe { std::ptr::read_volatile(self.ptrs().avail.add(4 + 2 * slot) as *const u16) });
+            let head = self.avail_entry(from.wrapping_add(k));
             if head >= self.cfg.size {
                 continue;
             }
@@ -406,10 +412,7 @@ impl SplitQueue {
     /// checked `pending() > 0`.
     #[inline]
     pub fn pop_head(&mut self) -> Result<Head, QueueError> {
-        let slot = self.slot(self.last_avail);
-        // SAFETY: slot < size, so 4 + 2*slot lies within the avail ring
-        // (translated for avail_ring_size, 2-aligned).
-        let head = u16::from_le(unsafe { std::ptr::read_volatile(self.ptrs().avail.add(4 + 2 * slot) as *const u16) });
+        let head = self.avail_entry(self.last_avail);
         if head >= self.cfg.size {
             return Err(Malformed::HeadOutOfRange(head).into());
         }
@@ -429,10 +432,7 @@ impl SplitQueue {
         if self.avail_cache == self.last_avail {
             return;
         }
-        let slot = self.slot(self.last_avail);
-        // SAFETY: slot < size, so 4 + 2*slot lies within the avail ring
-        // (translated for avail_ring_size, 2-aligned).
-        let head = u16::from_le(unsafe { std::ptr::read_volatile(self.ptrs().avail.add(4 + 2 * slot) as *const u16) });
+        let head = self.avail_entry(self.last_avail);
         let Ok(d) = self.desc(head) else { return };
         prefetch_buffer(d.addr, d.len, d.flags, space, guard);
     }
