@@ -99,6 +99,7 @@ pub struct BusyClock {
     frames: u64,
     long_cycles: u64,
     long_frames: u64,
+    iterations: u64,
     /// Ticks above which an iteration is long (0: none is).
     long: u64,
 }
@@ -113,6 +114,7 @@ impl BusyClock {
             frames: s.busy_frames,
             long_cycles: s.busy_long_cycles,
             long_frames: s.busy_long_frames,
+            iterations: s.busy_iterations,
             long: long_ticks(),
         }
     }
@@ -129,6 +131,7 @@ impl BusyClock {
         let dt = now().saturating_sub(t0);
         self.cycles = self.cycles.wrapping_add(dt);
         self.frames = self.frames.wrapping_add(frames);
+        self.iterations = self.iterations.wrapping_add(1);
         if self.long != 0 && dt > self.long {
             self.long_iteration(dt, frames, stats);
         }
@@ -150,6 +153,7 @@ impl BusyClock {
         // Only this thread writes these counters: plain stores.
         stats.busy_cycles.store(self.cycles, Relaxed);
         stats.busy_frames.store(self.frames, Relaxed);
+        stats.busy_iterations.store(self.iterations, Relaxed);
     }
 
     pub fn cycles(&self) -> u64 {

@@ -99,6 +99,10 @@ counters!(
         /// than `cycles::LONG_ITERATION` (mostly preemption when shared).
         busy_long_cycles,
         busy_long_frames,
+        /// The iterations counted in `busy_cycles`: `busy_frames` over this
+        /// is the mean burst, which says how much each burst's fixed costs
+        /// (ring indexes, publishing, counters) weigh per frame.
+        busy_iterations,
     }
 );
 

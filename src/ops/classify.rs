@@ -95,6 +95,13 @@ pub const PAIR: &[(&str, Class)] = &[
     ("busy_frames", Class::Event("busy_frames", "Frames moved by the iterations counted in busy_cycles.")),
     ("busy_long_cycles", Class::Event("busy_long_cycles", "The part of busy_cycles from iterations over 50 us.")),
     ("busy_long_frames", Class::Event("busy_long_frames", "The part of busy_frames from iterations over 50 us.")),
+    (
+        "busy_iterations",
+        Class::Event(
+            "busy_iterations",
+            "Poll iterations counted in busy_cycles (busy_frames over this: the mean burst).",
+        ),
+    ),
 ];
 
 pub fn pair(name: &str) -> Option<Class> {

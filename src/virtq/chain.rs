@@ -242,6 +242,139 @@ impl<'g> Chain<'g> {
     }
 }
 
+/// Chains one [`Lookahead`] holds: a burst's worth.
+pub const LOOKAHEAD: usize = 32;
+
+/// A one-descriptor chain read ahead of its turn by a ring's pre-walk
+/// (`SplitQueue::prewalk`): its ring position, head, and its one buffer,
+/// already checked (direction, head in range, no NEXT or INDIRECT, length
+/// non-zero) and translated.
+#[derive(Clone, Copy, Debug)]
+pub struct Prewalked {
+    /// The ring position the chain was read at (split: the avail index).
+    pub(super) at: u16,
+    pub(super) head: u16,
+    pub(super) writable: bool,
+    pub(super) piece: Piece,
+}
+
+/// Storage for a [`Lookahead`], kept with its queue so a burst does not
+/// build (or zero) it each time. Entries are only read through the
+/// `Lookahead` that wrote them.
+pub struct LookaheadBuf([MaybeUninit<Prewalked>; LOOKAHEAD]);
+
+impl Default for LookaheadBuf {
+    fn default() -> Self {
+        LookaheadBuf([MaybeUninit::uninit(); LOOKAHEAD])
+    }
+}
+
+// SAFETY: a `Lookahead` starts empty over its buffer and reads only the
+// entries it pushed under its own guard; the pointers an older one left
+// behind are never read, so moving the storage between threads moves no
+// usable pointer.
+unsafe impl Send for LookaheadBuf {}
+
+/// The chains a burst read ahead, in ring order: a pre-walk reads the
+/// descriptors of a whole burst and translates their buffers before any
+/// frame is copied, so the buffers' cache lines (written by the driver's
+/// core) are requested together instead of one chain at a time, and each
+/// descriptor is read and translated once. Its pieces are valid under the
+/// read guard `'g` only, like a [`Chain`]'s.
+pub struct Lookahead<'a, 'g> {
+    buf: &'a mut LookaheadBuf,
+    n: u8,
+    next: u8,
+    _guard: PhantomData<&'g ReadGuard<'g>>,
+}
+
+impl<'a, 'g> Lookahead<'a, 'g> {
+    /// An empty read-ahead over `buf` (what it held before is forgotten).
+    #[inline]
+    pub fn new(buf: &'a mut LookaheadBuf) -> Self {
+        Lookahead { buf, n: 0, next: 0, _guard: PhantomData }
+    }
+
+    /// Forget every chain not taken yet.
+    #[inline]
+    pub fn clear(&mut self) {
+        self.n = 0;
+        self.next = 0;
+    }
+
+    /// Chains read ahead and not taken yet.
+    #[inline]
+    pub fn len(&self) -> usize {
+        (self.n - self.next) as usize
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.n == self.next
+    }
+
+    #[inline]
+    pub(super) fn is_full(&self) -> bool {
+        self.n as usize == LOOKAHEAD
+    }
+
+    /// Add a chain whose buffer `ptr` was translated under the guard `'g`
+    /// (the caller checked `!is_full()`).
+    #[inline]
+    pub(super) fn push(&mut self, at: u16, head: u16, ptr: *mut u8, len: u32, writable: bool) {
+        self.buf.0[self.n as usize] = MaybeUninit::new(Prewalked { at, head, writable, piece: Piece { ptr, len } });
+        self.n += 1;
+    }
+
+    /// The next chain, not taken yet.
+    #[inline]
+    pub(super) fn peek(&self) -> Option<Prewalked> {
+        if self.next == self.n {
+            return None;
+        }
+        // SAFETY: entries below `n` were written by this Lookahead's `push`
+        // (`new` starts at 0); Prewalked is Copy.
+        Some(unsafe { self.buf.0[self.next as usize].assume_init() })
+    }
+
+    /// Ask for the first lines of the buffer of the chain `d` places after
+    /// the next one (if read ahead): for writing when the device writes it.
+    #[inline]
+    pub fn prefetch(&self, d: usize) {
+        let i = self.next as usize + d;
+        if i < self.n as usize {
+            // SAFETY: entries below `n` were written by this Lookahead's
+            // `push`; Prewalked is Copy.
+            let p = unsafe { self.buf.0[i].assume_init() };
+            super::split::prefetch_lines(p.piece.ptr, p.piece.len, p.writable);
+        }
+    }
+
+    /// Take the chain `peek` returned.
+    #[inline]
+    pub(super) fn advance(&mut self) {
+        self.next += 1;
+    }
+}
+
+impl<'g> Chain<'g> {
+    /// Fill this chain from a pre-walked one: the same chain the walk would
+    /// have made of it (one piece, totals, a head marked readable-only or
+    /// not). The want, if any, is consumed as a walk would.
+    #[inline]
+    pub(super) fn fill_single(&mut self, p: &Prewalked, head: Head) {
+        self.pieces[0] = MaybeUninit::new(p.piece);
+        self.n = 1;
+        self.n_readable = if p.writable { 0 } else { 1 };
+        self.readable_complete = true;
+        self.writable_complete = true;
+        (self.readable, self.writable) = if p.writable { (0, p.piece.len) } else { (p.piece.len, 0) };
+        self.descriptors = 1;
+        self.want = u32::MAX;
+        self.head = head.with_readable_only(!p.writable);
+    }
+}
+
 /// Reads the readable part of a chain front to back.
 pub struct ChainReader<'c> {
     pieces: &'c [Piece],
@@ -292,6 +425,24 @@ impl ChainReader<'_> {
             self.advance(k);
         }
         done
+    }
+
+    /// The next `N` bytes as a local, when the current piece holds them all
+    /// (a fixed-size copy the compiler inlines); `None`, nothing consumed,
+    /// otherwise (then [`Self::read`]).
+    #[inline]
+    pub fn read_array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let p = *self.pieces.get(self.at)?;
+        if p.len() - self.off < N {
+            return None;
+        }
+        let mut out = [0u8; N];
+        // SAFETY: as in `read`: `p` is valid for `p.len` readable bytes
+        // while the chain's guard lives, and off + N <= p.len. memmove, no
+        // reference over guest memory.
+        unsafe { std::ptr::copy(p.ptr.add(self.off), out.as_mut_ptr(), N) };
+        self.advance(N);
+        Some(out)
     }
 
     /// Copy up to `n` bytes from this chain's readable part into `to`'s

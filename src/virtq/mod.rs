@@ -8,7 +8,10 @@
 //! - [`chain`]: descriptor-chain walking and validation into a [`Chain`] of
 //!   guest memory pieces, and the overlap-safe copies in and out of it
 //!   ([`ChainReader`], [`ChainWriter`]): the only code besides `src/mem`
-//!   that dereferences guest pointers.
+//!   that dereferences guest pointers. A burst may read a run of
+//!   one-descriptor chains ahead ([`SplitQueue::prewalk`] into a
+//!   [`chain::Lookahead`]): the same checks, done before the first frame is
+//!   copied, so the buffers' lines can be requested early.
 //!
 //! Every field the driver wrote is read once into a local, validated, and
 //! only then used. Anything malformed is a [`QueueError`]; the caller stops

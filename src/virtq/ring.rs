@@ -10,7 +10,7 @@
 //! every call: fine for the slow path (control queue, lifecycle), not used
 //! per chain on the fast path.
 
-use super::chain::{Chain, Direction};
+use super::chain::{Chain, Direction, Lookahead};
 use super::packed::PackedQueue;
 use super::split::{Head, QueueConfig, SplitQueue};
 use super::QueueError;
@@ -73,6 +73,27 @@ pub trait Ring: Send {
         self.pop_into(&mut chain, dir, space, guard)?;
         Ok(chain)
     }
+    /// Read ahead up to `max` of the next chains into `la`, their buffers'
+    /// lines requested (see [`SplitQueue::prewalk`]); a format without a
+    /// read-ahead leaves `la` empty and every chain is walked when taken.
+    #[inline]
+    fn prewalk<'g>(
+        &self,
+        la: &mut Lookahead<'_, 'g>,
+        _max: usize,
+        _dir: Direction,
+        _space: &AddressSpace,
+        _guard: &'g ReadGuard<'_>,
+    ) {
+        la.clear();
+    }
+    /// Take the next chain from `la` if it is this ring's next one (see
+    /// [`SplitQueue::pop_prewalked`]).
+    #[inline]
+    fn pop_prewalked<'g>(&mut self, la: &mut Lookahead<'_, 'g>, _chain: &mut Chain<'g>) -> bool {
+        la.clear();
+        false
+    }
     /// Give back the chains taken last (`heads`, most recent pops, none
     /// completed): the next pops take them again. MRG_RXBUF uses it when a
     /// frame finds too few RX buffers, so the driver never sees buffers
@@ -126,6 +147,21 @@ impl Ring for SplitQueue {
     #[inline]
     fn prefetch_next(&self, space: &AddressSpace, guard: &ReadGuard<'_>) {
         SplitQueue::prefetch_next(self, space, guard)
+    }
+    #[inline]
+    fn prewalk<'g>(
+        &self,
+        la: &mut Lookahead<'_, 'g>,
+        max: usize,
+        dir: Direction,
+        space: &AddressSpace,
+        guard: &'g ReadGuard<'_>,
+    ) {
+        SplitQueue::prewalk(self, la, max, dir, space, guard)
+    }
+    #[inline]
+    fn pop_prewalked<'g>(&mut self, la: &mut Lookahead<'_, 'g>, chain: &mut Chain<'g>) -> bool {
+        SplitQueue::pop_prewalked(self, la, chain)
     }
     fn rewind(&mut self, heads: &[Head]) {
         SplitQueue::rewind(self, heads.len() as u16)

@@ -16,11 +16,12 @@
 
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
+use super::chain::{Chain, Direction, Lookahead};
 use super::{Malformed, QueueError, RingFormat};
 use crate::mem::{Access, AddressSpace, ReadGuard, XlateError};
 use crate::uapi::virtio::{
     avail_ring_size, desc_table_size, used_ring_size, vring_need_event, VringDesc, VRING_AVAIL_F_NO_INTERRUPT,
-    VRING_DESC_F_INDIRECT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
 };
 
 /// Ask for the cache line at `p` (a hint: it never faults or changes
@@ -37,22 +38,50 @@ fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// Ask for the first two lines of a translated buffer (a small frame and
+/// its header): for writing (`prefetchw`, the line comes exclusive, so the
+/// copy does not take it shared first and then again to own it) when the
+/// device will write it.
+#[inline(always)]
+pub(crate) fn prefetch_lines(p: *mut u8, len: u32, write: bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+        let second = len > 64;
+        // SAFETY: prefetches are hints that never fault or change memory;
+        // p + 64 stays inside the buffer when it is longer than 64 bytes.
+        unsafe {
+            if write {
+                _mm_prefetch::<_MM_HINT_ET0>(p as *const i8);
+                if second {
+                    _mm_prefetch::<_MM_HINT_ET0>(p.add(64) as *const i8);
+                }
+            } else {
+                _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+                if second {
+                    _mm_prefetch::<_MM_HINT_T0>(p.add(64) as *const i8);
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len, write);
+}
+
 /// Prefetch the first two lines (a small frame and its header) of the
 /// buffer a descriptor names, when it is a direct buffer that translates in
-/// the current table with the descriptor's access. A hint only.
+/// the current table with the descriptor's access (for writing when the
+/// device may write it). A hint only.
 #[inline]
 pub(super) fn prefetch_buffer(addr: u64, len: u32, flags: u16, space: &AddressSpace, guard: &ReadGuard<'_>) {
     if flags & VRING_DESC_F_INDIRECT != 0 || len == 0 {
         return;
     }
-    let access = if flags & VRING_DESC_F_WRITE != 0 { Access::Write } else { Access::Read };
-    let len = (len as u64).min(128);
-    if let Ok(p) = space.load(guard).translate(addr, len, access) {
-        prefetch(p);
-        if len > 64 {
-            // SAFETY: p + 64 lies inside the translated [p, p + len).
-            prefetch(unsafe { p.add(64) });
-        }
+    let write = flags & VRING_DESC_F_WRITE != 0;
+    let access = if write { Access::Write } else { Access::Read };
+    let len = len.min(128);
+    if let Ok(p) = space.load(guard).translate(addr, len as u64, access) {
+        prefetch_lines(p, len, write);
     }
 }
 
@@ -435,6 +464,78 @@ impl SplitQueue {
         let head = self.avail_entry(self.last_avail);
         let Ok(d) = self.desc(head) else { return };
         prefetch_buffer(d.addr, d.len, d.flags, space, guard);
+    }
+
+    /// Read ahead the next chains, up to `max` and [`super::chain::LOOKAHEAD`], into
+    /// `la`: as long as they are one-descriptor chains the walk would
+    /// accept for `dir` (a direct buffer, no NEXT, of the right direction,
+    /// non-empty, translating into one region of the current table). The
+    /// first other chain ends the read-ahead; it and those after it are
+    /// walked when taken, so every rule and every error stays the walk's.
+    /// Nothing is consumed: [`Self::pop_prewalked`] takes them in order.
+    /// The buffers' first lines are prefetched (for writing, when the
+    /// device will write them).
+    ///
+    /// Every avail entry and descriptor is read once, here; only entries
+    /// below the avail index last loaded (Acquire) are read.
+    #[inline]
+    pub fn prewalk<'g>(
+        &self,
+        la: &mut Lookahead<'_, 'g>,
+        max: usize,
+        dir: Direction,
+        space: &AddressSpace,
+        guard: &'g ReadGuard<'_>,
+    ) {
+        la.clear();
+        let want_write = match dir {
+            Direction::DeviceReads => false,
+            Direction::DeviceWrites => true,
+            // Command chains (readable, then writable) are never one
+            // descriptor: the walk takes them.
+            Direction::Both => return,
+        };
+        let n = (self.avail_cache.wrapping_sub(self.last_avail) as usize).min(max);
+        if n < 2 || self.ptrs.is_none() {
+            // One chain gains nothing from being read ahead.
+            return;
+        }
+        let table = space.load(guard);
+        let access = if want_write { Access::Write } else { Access::Read };
+        for k in 0..n as u16 {
+            if la.is_full() {
+                break;
+            }
+            let at = self.last_avail.wrapping_add(k);
+            let head = self.avail_entry(at);
+            let Ok(d) = self.desc(head) else { break };
+            let writable = d.flags & VRING_DESC_F_WRITE != 0;
+            if d.flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT) != 0 || writable != want_write || d.len == 0 {
+                break;
+            }
+            let Ok(p) = table.translate(d.addr, d.len as u64, access) else { break };
+            la.push(at, head, p, d.len, writable);
+        }
+    }
+
+    /// Take the next chain `la` read ahead, into `chain`, if it is the
+    /// chain this ring would pop next; `false` (and `la` emptied) when it
+    /// holds none or is stale (the ring moved without it).
+    #[inline]
+    pub fn pop_prewalked<'g>(&mut self, la: &mut Lookahead<'_, 'g>, chain: &mut Chain<'g>) -> bool {
+        match la.peek() {
+            Some(p) if p.at == self.last_avail => {
+                chain.fill_single(&p, Head::new(p.head, 1));
+                la.advance();
+                self.last_avail = self.last_avail.wrapping_add(1);
+                true
+            }
+            Some(_) => {
+                la.clear();
+                false
+            }
+            None => false,
+        }
     }
 
     /// Give back the last `chains` heads taken and not completed: the next

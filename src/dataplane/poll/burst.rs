@@ -7,16 +7,34 @@
 //!
 //! A burst is generic over the ring format ([`Ring`]): the poll thread
 //! picks the format once per iteration and every call below is static.
+//!
+//! [`Burst::prewalk`] reads the burst's chains ahead (split rings): their
+//! descriptors read and buffers translated before the first frame is
+//! copied, buffer lines requested [`PREFETCH_AHEAD`] chains ahead of the
+//! copy, and `pop_into` then takes them without walking again. Measured in
+//! 64 B loopback device cycles per frame (interleaved A/B, medians): 0.88x
+//! with every buffer requested at the read-ahead, 0.80x with the distance
+//! of 8, against the one-chain-ahead prefetch before it.
 
 use super::super::stats::{bump, PairCell, PairStats};
 use super::Queue;
 use crate::mem::{AddressSpace, ReadGuard};
 use crate::persist::fault::Stage;
 use crate::vduse::VduseDevice;
+use crate::virtq::chain::Lookahead;
 use crate::virtq::{Chain, Direction, Head, QueueError, Ring};
 
-pub(super) struct Burst<'a, R: Ring> {
+/// How many chains ahead of the one being copied a burst's read-ahead
+/// requests buffer lines. Measured in 64 B loopback device cycles per
+/// frame (interleaved, 5 rounds): 4 ahead 1.06x, 8 ahead 0.91x and 16
+/// ahead 0.99x of requesting all 32 at the read-ahead; more in flight than
+/// the core's fill buffers only queues them.
+const PREFETCH_AHEAD: usize = 8;
+
+pub(super) struct Burst<'a, 'g, R: Ring> {
     ring: &'a mut R,
+    /// Chains read ahead by [`Burst::prewalk`], taken first by `pop_into`.
+    ahead: Lookahead<'a, 'g>,
     vq: u32,
     failed: &'a mut bool,
     log: &'a crate::persist::PositionSlot,
@@ -26,15 +44,15 @@ pub(super) struct Burst<'a, R: Ring> {
     pub tally: PairStats,
 }
 
-impl<'a, R: Ring> Burst<'a, R> {
+impl<'a, 'g, R: Ring> Burst<'a, 'g, R> {
     /// Start a burst on a runnable queue of format `R`: re-derive ring
     /// pointers if the address space changed.
     #[inline]
-    pub fn begin(queue: &'a mut Queue, space: &AddressSpace, g: &ReadGuard<'_>) -> Burst<'a, R> {
-        let Queue { vq, q, failed, log, .. } = queue;
+    pub fn begin(queue: &'a mut Queue, space: &AddressSpace, g: &'g ReadGuard<'_>) -> Burst<'a, 'g, R> {
+        let Queue { vq, q, failed, log, ahead, .. } = queue;
         let ring = R::of(q.as_mut().expect("runnable queue")).expect("a queue of the pair's ring format");
         let error = ring.refresh(space, g).err();
-        Burst { ring, vq: *vq, failed, log, error, tally: PairStats::default() }
+        Burst { ring, ahead: Lookahead::new(ahead), vq: *vq, failed, log, error, tally: PairStats::default() }
     }
 
     /// Chains available now (0 after an error).
@@ -57,7 +75,7 @@ impl<'a, R: Ring> Burst<'a, R> {
     /// the driver broke the queue (the burst ends, `finish` stops the
     /// queue; `chain` is not to be used). The caller checked `pending`.
     #[inline]
-    pub fn pop_into<'g>(
+    pub fn pop_into(
         &mut self,
         chain: &mut Chain<'g>,
         dir: Direction,
@@ -66,6 +84,10 @@ impl<'a, R: Ring> Burst<'a, R> {
     ) -> bool {
         if self.error.is_some() {
             return false;
+        }
+        if self.ring.pop_prewalked(&mut self.ahead, chain) {
+            self.ahead.prefetch(PREFETCH_AHEAD - 1);
+            return true;
         }
         match self.ring.pop_into(chain, dir, space, g) {
             Ok(()) => true,
@@ -76,11 +98,28 @@ impl<'a, R: Ring> Burst<'a, R> {
         }
     }
 
+    /// Read ahead up to `max` of the chains the burst will take (see
+    /// [`Ring::prewalk`]): their descriptors read and buffers translated
+    /// now. The first [`PREFETCH_AHEAD`] buffers are requested here, and
+    /// each chain `pop_into` takes from the read-ahead requests the one
+    /// that many places later, so a buffer's lines are on their way while
+    /// the frames before it are copied, at no translation cost.
+    #[inline]
+    pub fn prewalk(&mut self, max: usize, dir: Direction, space: &AddressSpace, g: &'g ReadGuard<'_>) {
+        if self.error.is_none() {
+            self.ring.prewalk(&mut self.ahead, max, dir, space, g);
+            for d in 0..PREFETCH_AHEAD {
+                self.ahead.prefetch(d);
+            }
+        }
+    }
+
     /// Prefetch the next chain's first buffer (a hint, see
-    /// [`Ring::prefetch_next`]); nothing after an error.
+    /// [`Ring::prefetch_next`]); nothing after an error, nor while chains
+    /// read ahead remain (their lines were requested already).
     #[inline]
     pub fn prefetch_next(&self, space: &AddressSpace, g: &ReadGuard<'_>) {
-        if self.error.is_none() {
+        if self.error.is_none() && self.ahead.is_empty() {
             self.ring.prefetch_next(space, g);
         }
     }
@@ -95,6 +134,7 @@ impl<'a, R: Ring> Burst<'a, R> {
     /// [`Ring::rewind`]).
     #[inline]
     pub fn rewind(&mut self, heads: &[Head]) {
+        self.ahead.clear();
         self.ring.rewind(heads);
     }
 

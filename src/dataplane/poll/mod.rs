@@ -69,11 +69,13 @@ struct Queue {
     failed: bool,
     /// Where bursts log the queue's position (reconnect).
     log: crate::persist::PositionSlot,
+    /// Where a burst reads chains ahead (see [`crate::virtq::chain::Lookahead`]).
+    ahead: crate::virtq::chain::LookaheadBuf,
 }
 
 impl Queue {
     fn new(vq: u32) -> Self {
-        Queue { vq, q: None, enabled: false, failed: false, log: Default::default() }
+        Queue { vq, q: None, enabled: false, failed: false, log: Default::default(), ahead: Default::default() }
     }
     fn with_log(vq: u32, log: Option<&Arc<crate::persist::StateLog>>) -> Self {
         Queue { log: crate::persist::PositionSlot::new(log, vq), ..Queue::new(vq) }

@@ -28,6 +28,10 @@ impl PollThread {
         // Nothing to send: the RX avail index (a line the driver writes) is
         // not read.
         let mut avail = if n > 0 { rb.pending() } else { 0 };
+        if n > 0 && avail > 0 {
+            tb.prewalk(n, Direction::DeviceReads, space, g);
+            rb.prewalk(n.min(avail), Direction::DeviceWrites, space, g);
+        }
         let mut done = 0;
         let (mut tchain, mut rchain) = (Chain::empty(), Chain::empty());
         while done < n && avail > 0 {
@@ -49,8 +53,23 @@ impl PollThread {
             tb.tally.tx_frames += 1;
             tb.tally.tx_bytes += len as u64;
             let mut src = tchain.reader();
+            // Header and filter prefix in one fixed-size copy when the first
+            // buffer holds both (the common case: one inlined copy instead of
+            // two calls); piece by piece otherwise.
             let mut hdr = [0u8; HDR_LEN];
-            src.read(&mut hdr);
+            let mut eth = [0u8; FILTER_PREFIX];
+            let k = match src.read_array::<{ HDR_LEN + FILTER_PREFIX }>() {
+                Some(b) if len >= FILTER_PREFIX => {
+                    hdr.copy_from_slice(&b[..HDR_LEN]);
+                    eth.copy_from_slice(&b[HDR_LEN..]);
+                    FILTER_PREFIX
+                }
+                _ => {
+                    src = tchain.reader();
+                    src.read(&mut hdr);
+                    src.read(&mut eth[..len.min(FILTER_PREFIX)])
+                }
+            };
             let mut v = [0u8; VNET_HDR_LEN];
             v.copy_from_slice(&hdr[..VNET_HDR_LEN]);
             if FrameMeta::parse(&v).is_offloaded() {
@@ -59,8 +78,6 @@ impl PollThread {
                 tb.complete(tchain.head(), 0);
                 continue;
             }
-            let mut eth = [0u8; FILTER_PREFIX];
-            let k = src.read(&mut eth[..len.min(FILTER_PREFIX)]);
             if swap {
                 mac_swap(&mut eth[..k]);
             }

@@ -88,7 +88,7 @@ impl MergeList {
 /// them as length errors.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn place<'g, R: Ring>(
-    b: &mut Burst<'_, R>,
+    b: &mut Burst<'_, 'g, R>,
     avail: &mut usize,
     space: &AddressSpace,
     g: &'g ReadGuard<'_>,

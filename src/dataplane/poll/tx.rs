@@ -160,6 +160,7 @@ impl PollThread {
         let mut b = Burst::<R>::begin(tx, space, g);
         b.tally = tally;
         let n = b.pending().min(*burst);
+        b.prewalk(n, Direction::DeviceReads, space, g);
         let mut done = 0;
         let mut chain = Chain::empty();
         while done < n {
