@@ -62,7 +62,12 @@ fn a_bad_check_mode_is_a_clear_error() {
     let out = Command::new(BIN).args(["pktgen", "--frames", "10", "--check", "some"]).output().expect("run pktgen");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--check") && err.contains("full or seq"), "{err}");
+    assert!(err.contains("--check") && err.contains("full, seq or sample"), "{err}");
+    // Reading only some frames counts loss exactly in fwd mode only.
+    let out = Command::new(BIN).args(["pktgen", "--frames", "10", "--check", "sample"]).output().expect("run pktgen");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--check sample needs --mode fwd"), "{err}");
 }
 
 /// Sequence numbers as sent; `SEQ_AT` comes back as `SEQ_AT + 5`.
@@ -118,4 +123,73 @@ fn seq_checks_catch_a_rewritten_sequence_number_and_sampled_corruption() {
     // payload no longer matches its sequence number).
     assert_eq!(full.integrity_errors, 3, "{full:?}");
     assert_eq!(full.duplicates_or_reordered, 0, "{full:?}");
+}
+
+#[test]
+fn pktgen_fwd_forwards_every_frame_and_counts_it_once() {
+    let out = Command::new(BIN)
+        .args(["pktgen", "--mode", "fwd", "--frames", "20000", "--size", "64,1518", "--json", "--check", "seq"])
+        .output()
+        .expect("run pktgen");
+    assert!(out.status.success(), "pktgen --mode fwd: {}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(r["mode"], "fwd");
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["integrity_errors"], 0);
+    assert_eq!(r["duplicates_or_reordered"], 0);
+    let tx = r["tx_frames"].as_u64().unwrap();
+    // The last burst completes: at most one burst past --frames.
+    assert!((20000..=20000 + 32).contains(&tx), "{tx}");
+    assert_eq!(r["rx_frames"], tx);
+    // The device reflected each frame once; the generator counts each once.
+    assert_eq!(r["device"]["pairs"][0]["busy_frames"], tx);
+    positive(&r["generator_cycles_per_frame"], "generator_cycles_per_frame");
+    positive(&r["device_cycles_per_frame"], "device_cycles_per_frame");
+}
+
+fn run_fwd_tampered(
+    name: &str,
+    check: CheckMode,
+    tamper: impl FnMut(u64, &mut [u8]) -> bool + Send + 'static,
+) -> PktgenReport {
+    let opts = DeviceOptions { name: name.into(), ..DeviceOptions::default() };
+    let cfg = ModelConfig::patched_7_3().with_timeout(Duration::from_secs(5));
+    let mut tamper = Some(tamper);
+    let tb = Testbed::model(
+        cfg,
+        opts,
+        &mut |_| Tamper::loopback(1024).on_tx(tamper.take().expect("one pair")).boxed(),
+        NetDriverConfig::default(),
+    )
+    .expect("testbed");
+    let o = GenOptions {
+        mode: Mode::Fwd,
+        sizes: Sizes(vec![64, 300]),
+        frames: Some(5000),
+        stall: Duration::from_millis(300),
+        check,
+        ..GenOptions::default()
+    };
+    let ctl = Arc::new(Control::new(1, Arc::new(AtomicBool::new(false))));
+    pktgen::run_on(tb, &o, &[], &ctl, &mut |_, _| {}, None).expect("run")
+}
+
+#[test]
+fn fwd_counts_a_frame_lost_on_the_way_once_and_catches_corruption() {
+    for check in [CheckMode::Seq, CheckMode::Sample] {
+        // The 1000th frame through the device never arrives: it was going
+        // round, so one frame is lost (not one per lap), nothing reordered.
+        let r = run_fwd_tampered("fwd-drop", check, |n, _| n != 1000);
+        assert!(r.failed(), "{r:?}");
+        assert_eq!((r.lost, r.duplicates_or_reordered, r.integrity_errors), (1, 0, 0), "{check:?}: {r:?}");
+        // Every frame from the 2000th on damaged: the sampled ones (full
+        // payload checks) show it.
+        let r = run_fwd_tampered("fwd-flip", check, |n, f| {
+            if n >= 2000 {
+                flip_last(f);
+            }
+            true
+        });
+        assert!(r.integrity_errors > 0, "{check:?}: {r:?}");
+    }
 }

@@ -61,13 +61,17 @@ pub enum Mode {
     Loopback,
     TxOnly,
     RxOnly,
+    /// testpmd's io forwarding on the driver side: a fixed set of frames
+    /// goes round (the device reflects them, the generator sends each one
+    /// back out of the buffer it arrived in, reading only its header).
+    Fwd,
 }
 
 impl Mode {
     /// The device-side port for pair `pair` in this mode.
     pub fn port(self, pair: u16, sizes: &Sizes) -> Box<dyn Port> {
         match self {
-            Mode::Loopback => Box::new(Loopback::new(1024, true)),
+            Mode::Loopback | Mode::Fwd => Box::new(Loopback::new(1024, true)),
             Mode::TxOnly => Box::new(Sink::new()),
             Mode::RxOnly => {
                 let sizes = sizes.clone();
@@ -93,6 +97,11 @@ pub enum CheckMode {
     /// their header written over the buffer's old bytes. For rate runs where
     /// the generator must not be the bottleneck.
     Seq,
+    /// `--mode fwd` only: every [`frame::SAMPLE`]-th frame to arrive is
+    /// checked in full, the others are not read at all (testpmd's `io`
+    /// reads none). Loss is still counted exactly (every frame must come
+    /// back once after the end); order is not checked.
+    Sample,
 }
 
 impl CheckMode {
@@ -100,7 +109,8 @@ impl CheckMode {
         match s {
             "full" => Ok(CheckMode::Full),
             "seq" => Ok(CheckMode::Seq),
-            _ => Err(format!("--check {s:?}: expected full or seq")),
+            "sample" => Ok(CheckMode::Sample),
+            _ => Err(format!("--check {s:?}: expected full, seq or sample")),
         }
     }
 }
@@ -192,6 +202,63 @@ pub struct RxCheck {
     /// Sequence numbers skipped over (frames never seen).
     pub gaps: u64,
     pub mode: CheckMode,
+    /// `--mode fwd`: sequence numbers repeat every lap.
+    pub laps: Option<Laps>,
+    /// Frames that arrived (`--check sample` picks every SAMPLE-th).
+    pub arrivals: u64,
+}
+
+/// `--mode fwd`: the same `n` frames (sequence numbers 0..n) go round, so
+/// a number repeats every lap. [`Laps::running`] maps it to a running count,
+/// so [`RxCheck`]'s rules hold (ahead: frames lost; behind: duplicated or
+/// reordered). A frame missing from a lap counts as lost once: it is marked
+/// dead and later laps skip it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Laps {
+    n: u64,
+    /// The number expected next (< n).
+    next: u64,
+    dead: Vec<bool>,
+    /// The running count of the next frame.
+    count: u64,
+}
+
+impl Laps {
+    pub fn new(n: u64) -> Laps {
+        let n = n.max(1);
+        Laps { n, next: 0, dead: vec![false; n as usize], count: 0 }
+    }
+
+    /// The running count of a frame numbered `seq`; `None` for a number
+    /// behind the expected one (a duplicate or a reordered frame), of a
+    /// frame already counted lost, or out of range.
+    pub fn running(&mut self, seq: u64) -> Option<u64> {
+        if seq >= self.n {
+            return None;
+        }
+        for _ in 0..self.n {
+            if !self.dead[self.next as usize] {
+                break;
+            }
+            self.next = (self.next + 1) % self.n;
+        }
+        let d = (seq + self.n - self.next) % self.n;
+        if d > self.n / 2 || self.dead[seq as usize] {
+            return None;
+        }
+        let mut lost = 0;
+        for k in 0..d {
+            let i = ((self.next + k) % self.n) as usize;
+            if !self.dead[i] {
+                self.dead[i] = true;
+                lost += 1;
+            }
+        }
+        let r = self.count + lost;
+        self.count = r + 1;
+        self.next = (seq + 1) % self.n;
+        Some(r)
+    }
 }
 
 impl RxCheck {
@@ -208,8 +275,28 @@ impl RxCheck {
         let c = match self.mode {
             CheckMode::Full => frame::check(f),
             CheckMode::Seq => frame::check_sampled(f),
+            CheckMode::Sample => return self.sampled(f),
         };
         self.checked(c, f.len());
+    }
+
+    /// `--check sample`: a full check of every SAMPLE-th arrival (its
+    /// payload, pair and length; not its place in the order), the others
+    /// counted unread.
+    #[inline]
+    fn sampled(&mut self, f: &[u8]) {
+        self.arrivals += 1;
+        if self.arrivals % frame::SAMPLE == 0 {
+            match frame::check(f) {
+                Check::Ok { pair, .. } if pair == self.pair => {}
+                _ => {
+                    self.integrity_errors += 1;
+                    return;
+                }
+            }
+        }
+        self.frames += 1;
+        self.bytes += f.len() as u64;
     }
 
     /// Account a frame of `len` bytes already checked as `c`.
@@ -217,6 +304,14 @@ impl RxCheck {
     pub fn checked(&mut self, c: Check, len: usize) {
         match c {
             Check::Ok { pair, seq } if pair == self.pair => {
+                let seq = match self.laps.as_mut().map(|l| l.running(seq)) {
+                    None => seq,
+                    Some(Some(r)) => r,
+                    Some(None) => {
+                        self.duplicates_or_reordered += 1;
+                        return;
+                    }
+                };
                 if seq >= self.next {
                     self.gaps += seq - self.next;
                     self.next = seq + 1;
@@ -319,6 +414,8 @@ pub struct QueueReport {
     /// Busy ticks over `run_s`, per side.
     pub generator_busy_fraction: f64,
     pub device_busy_fraction: Option<f64>,
+    /// Frames per device iteration that moved any (the mean burst).
+    pub device_frames_per_burst: Option<f64>,
     /// The longest time without progress (a device restart shows here), when
     /// it ended (seconds from the start), and the frames received after it.
     pub longest_pause_s: f64,
@@ -351,6 +448,15 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
     // (length, end, frames received before its end)
     let mut pause = (Duration::ZERO, start, 0u64);
     let mut idle = 0u32;
+    // --mode fwd: the frames that go round (half the ring: with every RX
+    // buffer forwarded and waiting on TX, the reflector would have none
+    // left to deliver into); those sent so far, and those that came back
+    // after forwarding stopped (each surviving frame comes back once more).
+    let fwd_frames = (q.ring_size() as u64 / 2).max(1).min(limit);
+    let (mut generated, mut drained) = (0u64, 0u64);
+    if o.mode == Mode::Fwd {
+        chk.laps = Some(Laps::new(fwd_frames));
+    }
     if o.mode != Mode::TxOnly {
         if let Some(len) = o.rx_buffer_len {
             q.set_rx_buffer_len(len);
@@ -371,9 +477,14 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
         }
         let sending = win_end.is_none() && tx.tx < limit;
         let mut work = 0;
-        if o.mode != Mode::RxOnly {
+        // fwd: after its first frames the generator only forwards.
+        let generating = o.mode != Mode::Fwd || generated < fwd_frames;
+        if o.mode != Mode::RxOnly && generating {
             if sending {
-                let want = tb.allow(now, burst.min((limit - tx.tx) as usize));
+                let mut want = tb.allow(now, burst.min((limit - tx.tx) as usize));
+                if o.mode == Mode::Fwd {
+                    want = want.min((fwd_frames - generated) as usize);
+                }
                 if want > 0 {
                     let (mut seq, mut bytes) = (tx.tx, 0u64);
                     let n = if let Some(t) = &tso {
@@ -403,6 +514,7 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
                         )
                     };
                     tb.take(n);
+                    generated += n as u64;
                     tx.tx += n as u64;
                     tx.tx_bytes += bytes;
                     work += n;
@@ -412,8 +524,22 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
             }
         }
         let mut moved = work as u64;
-        if o.mode != Mode::TxOnly {
-            let got = if let Some(t) = &tso {
+        // fwd: nothing is received until every frame that goes round was
+        // sent, so they go round in the order of their numbers.
+        if o.mode != Mode::TxOnly && !(o.mode == Mode::Fwd && generating && sending) {
+            let got = if o.mode == Mode::Fwd {
+                let before = q.stats().tx_bytes;
+                let reads = o.check != CheckMode::Sample;
+                let (got, sent) = q.fwd_burst(&mut |f| chk.frame(f), burst, sending, reads);
+                // Each frame counts once, as sent (like loopback's).
+                moved += sent as u64;
+                tx.tx += sent as u64;
+                tx.tx_bytes += q.stats().tx_bytes - before;
+                if !sending {
+                    drained += got as u64;
+                }
+                got
+            } else if let Some(t) = &tso {
                 q.rx_burst_merged(
                     &mut |h, f| {
                         let c = t.check(h, f, chk.next);
@@ -441,6 +567,8 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
             Mode::Loopback => !sending && chk.seen() >= tx.tx * per_frame,
             Mode::TxOnly => !sending && q.tx_free() >= q.ring_size() as usize,
             Mode::RxOnly => win_end.is_some() || chk.seen() >= limit,
+            // Every frame that went round came back once after the end.
+            Mode::Fwd => !sending && drained >= generated,
         };
         if work > 0 {
             // Busy ticks as testpmd counts them: iterations that did work.
@@ -507,6 +635,8 @@ pub fn run_queue(q: &mut QueuePair, pair: u16, o: &GenOptions, ctl: &Control) ->
         // Set from the device's counters by the caller.
         Mode::TxOnly => 0,
         Mode::RxOnly => chk.gaps,
+        // A frame lost on the way does not come back after the end.
+        Mode::Fwd => generated.saturating_sub(drained),
     };
     let s = q.stats();
     r.driver_errors = s.tx_errors + s.rx_errors + s.kick_errors;
@@ -686,6 +816,7 @@ pub fn summarize(
             if q.run_s > 0.0 {
                 q.device_busy_fraction = Some(p.busy_cycles as f64 / hz / q.run_s);
             }
+            q.device_frames_per_burst = cycles::per_frame(p.busy_frames, p.busy_iterations);
             q.device_cycles_per_frame_excl_long =
                 cycles::per_frame_excl_long(p.busy_cycles, p.busy_frames, p.busy_long_cycles, p.busy_long_frames);
             dev_c += p.busy_cycles;
@@ -790,6 +921,43 @@ pub fn run_on(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn laps_count_frames_going_round_and_a_lost_one_once() {
+        let mut l = Laps::new(16);
+        // Two laps in order: a running count.
+        let got: Vec<_> = (0..32).map(|k| l.running(k % 16)).collect();
+        assert_eq!(got, (0..32).map(Some).collect::<Vec<_>>());
+        // Frame 1 goes missing: 2 comes after 0 and the running count skips
+        // one; on later laps 1 is not missed again.
+        assert_eq!(l.running(0), Some(32));
+        assert_eq!(l.running(2), Some(34));
+        for k in 3..16 {
+            assert_eq!(l.running(k), Some(32 + k));
+        }
+        assert_eq!(l.running(0), Some(48));
+        assert_eq!(l.running(2), Some(49));
+        // A number behind the expected one (a duplicate), the lost one
+        // coming back, or one out of range: not counted.
+        assert_eq!(l.running(0), None);
+        assert_eq!(l.running(1), None);
+        assert_eq!(l.running(16), None);
+        assert_eq!(l.running(3), Some(50));
+    }
+
+    #[test]
+    fn rx_check_with_laps_reports_a_missing_frame_as_one_gap() {
+        let mut c = RxCheck::with_mode(0, CheckMode::Seq);
+        c.laps = Some(Laps::new(8));
+        // Five laps; frame 5 is lost in the second and so never comes back.
+        for k in (0..40u64).filter(|&k| k < 13 || k % 8 != 5) {
+            c.checked(Check::Ok { pair: 0, seq: k % 8 }, 64);
+        }
+        assert_eq!((c.frames, c.gaps, c.duplicates_or_reordered), (36, 1, 0));
+        // It coming back after all is a duplicate, not a frame.
+        c.checked(Check::Ok { pair: 0, seq: 5 }, 64);
+        assert_eq!((c.frames, c.duplicates_or_reordered), (36, 1));
+    }
     use super::*;
 
     fn frame_of(pair: u16, seq: u64) -> Vec<u8> {

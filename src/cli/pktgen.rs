@@ -54,6 +54,10 @@ pub enum ModeArg {
     Txonly,
     /// Driver RX only; the device generates numbered frames.
     Rxonly,
+    /// As loopback, but the driver side forwards what it receives back out
+    /// of the same buffer (testpmd's io forwarding: zero copy, payload not
+    /// written), with half the ring's worth of frames going round.
+    Fwd,
 }
 
 impl From<ModeArg> for Mode {
@@ -62,6 +66,7 @@ impl From<ModeArg> for Mode {
             ModeArg::Loopback => Mode::Loopback,
             ModeArg::Txonly => Mode::TxOnly,
             ModeArg::Rxonly => Mode::RxOnly,
+            ModeArg::Fwd => Mode::Fwd,
         }
     }
 }
@@ -266,9 +271,12 @@ pub struct PktgenArgs {
     #[arg(long, value_name = "SECS")]
     linger: Option<f64>,
     /// Receive-side checks: full (header and payload of every frame, the
-    /// default) or seq (sequence numbers of every frame, payload of every
-    /// 64th; for rate runs where the generator must not be the bottleneck).
-    #[arg(long, default_value = "full", value_name = "full|seq")]
+    /// default), seq (sequence numbers of every frame, payload of every
+    /// 64th; for rate runs where the generator must not be the bottleneck)
+    /// or sample (--mode fwd only: every 64th frame in full, the others not
+    /// read, as testpmd's io forwarding reads none; loss is still counted
+    /// exactly, order is not checked).
+    #[arg(long, default_value = "full", value_name = "full|seq|sample")]
     check: String,
     /// Loopback: send TCP/IPv4 GSO frames of SIZE bytes (Ethernet header
     /// included; gso_size = the MSS of the device's MTU) so the device
@@ -317,6 +325,11 @@ pub fn run(mut a: PktgenArgs) -> CliResult {
         return Err(CliError(format!("--rate {} must be a number of frames per second >= 0", a.rate)));
     }
     let check = CheckMode::parse(&a.check).map_err(CliError)?;
+    if check == CheckMode::Sample && a.mode != ModeArg::Fwd {
+        return Err(CliError(
+            "--check sample needs --mode fwd (the only mode that counts loss without reading every frame)".into(),
+        ));
+    }
     if let Some(backend) = a.backend {
         return run_host(&a, backend, sizes, duration, warmup);
     }

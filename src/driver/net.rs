@@ -2,6 +2,7 @@
 //! vhost-vdpa user (such as QEMU) performs, poll-mode queue pairs for packet
 //! generators, and the control queue in its own address space.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -188,9 +189,23 @@ struct DataQueue {
     /// Bytes of each RX buffer offered to the device (up to `buf_size`).
     post_len: usize,
     stride: usize,
-    /// Slots owned by the driver; capacity = queue size, never grows.
-    free: Vec<u16>,
+    /// Slots owned by the driver (at most the queue size), taken from the
+    /// front and given back at the end: with chains completed in order a
+    /// slot keeps meeting the same descriptor (the ring's free list is
+    /// FIFO too), so the descriptor's contents repeat and are not stored
+    /// again (`DriverQueue::store_desc`).
+    free: VecDeque<u16>,
 }
+
+/// The token bit of a TX chain that carries a forwarded RX buffer
+/// ([`QueuePair::fwd_burst`]); the rest of the token is the RX slot.
+const FWD_TOKEN: u64 = 1 << 32;
+
+/// RX buffers a burst requests ahead of the one being checked.
+const RX_PREFETCH_AHEAD: usize = 8;
+
+/// TX buffers a burst requests ahead of the one being written.
+const TX_PREFETCH_AHEAD: usize = 8;
 
 impl DataQueue {
     fn slot_ptr(&self, slot: u16) -> *mut u8 {
@@ -206,8 +221,8 @@ impl DataQueue {
 
     /// Give a slot back; tokens that are not ours (raw tests) are refused.
     fn release(&mut self, token: u64) -> bool {
-        if token < self.q.size() as u64 && self.free.len() < self.free.capacity() {
-            self.free.push(token as u16);
+        if token < self.q.size() as u64 && self.free.len() < self.q.size() as usize {
+            self.free.push_back(token as u16);
             true
         } else {
             false
@@ -304,9 +319,22 @@ impl QueuePair {
         }
         let hl = self.hdr_len;
         let room = self.tx.buf_size - hl;
+        // The lines this burst writes were the device's last: request them
+        // for writing up front (descriptors, avail slots) and the buffers
+        // a few frames ahead, so the stores do not wait one line at a time.
+        self.tx.q.prefetch_adds(max);
+        let ahead = |free: &VecDeque<u16>, k: usize| free.get(k).copied();
+        for k in 0..TX_PREFETCH_AHEAD {
+            if let Some(s) = ahead(&self.tx.free, k) {
+                crate::virtq::split::prefetch_lines(self.tx.slot_ptr(s), (hl + 64) as u32, true);
+            }
+        }
         let mut n = 0;
         while n < max {
-            let Some(slot) = self.tx.free.pop() else { break };
+            let Some(slot) = self.tx.free.pop_front() else { break };
+            if let Some(s) = ahead(&self.tx.free, TX_PREFETCH_AHEAD - 1) {
+                crate::virtq::split::prefetch_lines(self.tx.slot_ptr(s), (hl + 64) as u32, true);
+            }
             // SAFETY: the slot is on the free list, so the device does not own
             // it (a device writing it anyway only corrupts bytes it was never
             // handed); the buffer is buf_size bytes inside the mapping.
@@ -320,13 +348,13 @@ impl QueuePair {
                 buf[NET_HDR_LEN..hl].fill(0);
             }
             if len == 0 {
-                self.tx.free.push(slot);
+                self.tx.free.push_front(slot);
                 break;
             }
             let seg = [(self.tx.slot_iova(slot), (hl + len) as u32, false)];
             if self.tx.q.add_chain(&seg, slot as u64).is_err() {
                 // Cannot happen while slots and descriptors match one to one.
-                self.tx.free.push(slot);
+                self.tx.free.push_front(slot);
                 self.stats.tx_errors += 1;
                 break;
             }
@@ -370,7 +398,7 @@ impl QueuePair {
     /// Post every free RX slot as a device-writable buffer.
     pub fn post_rx(&mut self) -> usize {
         let mut n = 0;
-        while let Some(slot) = self.rx.free.pop() {
+        while let Some(slot) = self.rx.free.pop_front() {
             if !self.post_rx_slot(slot) {
                 break;
             }
@@ -383,7 +411,7 @@ impl QueuePair {
     fn post_rx_slot(&mut self, slot: u16) -> bool {
         let seg = [(self.rx.slot_iova(slot), self.rx.post_len as u32, true)];
         if self.rx.q.add_chain(&seg, slot as u64).is_err() {
-            self.rx.free.push(slot);
+            self.rx.free.push_front(slot);
             self.stats.rx_errors += 1;
             return false;
         }
@@ -405,7 +433,9 @@ impl QueuePair {
     pub fn rx_burst(&mut self, f: &mut dyn FnMut(&[u8]), max: usize) -> usize {
         let mut delivered = 0;
         let mut reposted = false;
+        self.prefetch_rx(0..RX_PREFETCH_AHEAD as u16);
         for _ in 0..max {
+            self.prefetch_rx(RX_PREFETCH_AHEAD as u16..RX_PREFETCH_AHEAD as u16 + 1);
             match self.rx.q.pop_used() {
                 Ok(None) => break,
                 Err(e) => {
@@ -439,6 +469,118 @@ impl QueuePair {
         }
         self.publish_rx(reposted);
         delivered
+    }
+
+    /// testpmd's io forwarding, for `pktgen --mode fwd`: hand up to `max`
+    /// received frames to `f` and, with `forward`, send each one back out
+    /// from the buffer it arrived in, header and all (zero copy: only what
+    /// `f` reads of a frame is touched here). A forwarded buffer returns
+    /// to the RX ring when its TX chain completes; without `forward`, or
+    /// when the TX ring has no room, it is reposted at once. TX chains of
+    /// [`Self::tx_burst`] are taken back as usual. Returns (frames
+    /// received, frames forwarded). `reads`: `f` reads every frame (their
+    /// first lines are then prefetched; otherwise no frame is touched here,
+    /// so its lines stay with the device that wrote them).
+    pub fn fwd_burst(&mut self, f: &mut dyn FnMut(&[u8]), max: usize, forward: bool, reads: bool) -> (usize, usize) {
+        let mut reposted = self.reclaim_fwd();
+        let (mut got, mut sent) = (0, 0);
+        let hl = self.hdr_len;
+        let ahead = if reads { RX_PREFETCH_AHEAD as u16 } else { 0 };
+        self.prefetch_rx(0..ahead);
+        for _ in 0..max {
+            self.prefetch_rx(ahead..ahead + reads as u16);
+            let (slot, len) = match self.rx.q.pop_used() {
+                Ok(None) => break,
+                Err(e) => {
+                    self.stats.rx_errors += 1;
+                    log::debug!("rx vq {}: {e}", self.rx.vq);
+                    break;
+                }
+                Ok(Some((token, len))) => (token, len as usize),
+            };
+            if slot >= self.rx.q.size() as u64 {
+                // Not one of our slots (raw test chain).
+                self.stats.rx_errors += 1;
+                continue;
+            }
+            let slot = slot as u16;
+            if len < hl || len > self.rx.buf_size {
+                self.stats.rx_errors += 1;
+                reposted |= self.post_rx_slot(slot);
+                continue;
+            }
+            // SAFETY: the device returned this slot, so the driver owns it
+            // again; len <= buf_size keeps it in the buffer.
+            let buf = unsafe { std::slice::from_raw_parts(self.rx.slot_ptr(slot), len) };
+            f(&buf[hl..]);
+            self.stats.rx_packets += 1;
+            self.stats.rx_bytes += (len - hl) as u64;
+            got += 1;
+            // The device's RX header goes out as the TX header: no offload
+            // flags, and num_buffers means nothing on transmit.
+            let seg = [(self.rx.slot_iova(slot), len as u32, false)];
+            if forward && self.tx.q.add_chain(&seg, FWD_TOKEN | slot as u64).is_ok() {
+                self.stats.tx_packets += 1;
+                self.stats.tx_bytes += (len - hl) as u64;
+                sent += 1;
+            } else {
+                reposted |= self.post_rx_slot(slot);
+            }
+        }
+        if sent > 0 {
+            self.tx.q.publish();
+            if self.tx.q.needs_kick() && self.kick(self.tx.vq) {
+                self.stats.tx_kicks += 1;
+            }
+        }
+        self.publish_rx(reposted);
+        (got, sent)
+    }
+
+    /// Request the first line (header, sequence number) of the RX buffers
+    /// the device should return `ks` places from now: the device wrote
+    /// them, so each is a miss, and asked for a few frames ahead they
+    /// arrive while the frames before them are checked. A hint only.
+    #[inline]
+    fn prefetch_rx(&self, ks: std::ops::Range<u16>) {
+        for k in ks {
+            match self.rx.q.token_ahead(k) {
+                Some(t) if t < self.rx.q.size() as u64 => {
+                    crate::virtq::split::prefetch_lines(self.rx.slot_ptr(t as u16), 1, false)
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Take back completed TX chains: forwarded RX buffers are reposted,
+    /// TX slots freed. Returns whether any RX buffer was reposted.
+    fn reclaim_fwd(&mut self) -> bool {
+        let mut reposted = false;
+        for _ in 0..self.tx.q.size() {
+            match self.tx.q.pop_used() {
+                Ok(Some((token, _))) if token & FWD_TOKEN != 0 => {
+                    let slot = token & !FWD_TOKEN;
+                    if slot < self.rx.q.size() as u64 {
+                        reposted |= self.post_rx_slot(slot as u16);
+                    } else {
+                        self.stats.tx_errors += 1;
+                    }
+                }
+                Ok(Some((token, _))) => {
+                    if !self.tx.release(token) {
+                        self.stats.tx_errors += 1;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.stats.tx_errors += 1;
+                    log::debug!("tx vq {}: {e}", self.tx.vq);
+                    break;
+                }
+            }
+        }
+        reposted
     }
 
     /// With MRG_RXBUF: hand up to `max` received frames to `f` with their
@@ -823,8 +965,7 @@ impl NetDriver {
                 // Data queues are polled; wait_rx turns interrupts on when sleeping.
                 q.disable_interrupts();
                 setup(vq, &q)?;
-                let mut free = Vec::with_capacity(ring_size as usize);
-                free.extend((0..ring_size).rev());
+                let free: VecDeque<u16> = (0..ring_size).collect();
                 Ok(DataQueue {
                     vq,
                     q,

@@ -102,6 +102,21 @@ impl DriverRing {
     pub fn add_chain(&mut self, segments: &[Segment], token: u64) -> Result<u16, RingError> {
         either!(self, q => q.add_chain(segments, token))
     }
+    /// See [`DriverQueue::token_ahead`] (split rings; `None` for packed).
+    #[inline]
+    pub fn token_ahead(&self, k: u16) -> Option<u64> {
+        match self {
+            DriverRing::Split(q) => q.token_ahead(k),
+            DriverRing::Packed(_) => None,
+        }
+    }
+    /// Request the lines the next `n` adds write (split rings; a hint).
+    #[inline]
+    pub fn prefetch_adds(&self, n: usize) {
+        if let DriverRing::Split(q) = self {
+            q.prefetch_adds(n);
+        }
+    }
     #[inline]
     pub fn publish(&mut self) {
         either!(self, q => q.publish())

@@ -74,6 +74,9 @@ pub struct DriverQueue {
     layout: RingLayout,
     event_idx: bool,
     free_head: u16,
+    /// The free list's last entry: freed chains join at the tail (FIFO),
+    /// so descriptors cycle in a fixed order, as the avail slots do.
+    free_tail: u16,
     num_free: u16,
     /// Driver-private links: the free list, and the links of chains in flight.
     next: Box<[u16]>,
@@ -133,6 +136,7 @@ impl DriverQueue {
             layout,
             event_idx,
             free_head: 0,
+            free_tail: size - 1,
             num_free: size,
             next,
             chain_len: vec![0; n].into_boxed_slice(),
@@ -227,18 +231,38 @@ impl DriverQueue {
 
     fn store_desc(&self, i: u16, d: VringDesc) {
         let le = VringDesc { addr: d.addr.to_le(), len: d.len.to_le(), flags: d.flags.to_le(), next: d.next.to_le() };
-        // SAFETY: i < size (callers check), so the 16 bytes lie in the
-        // descriptor table; 16-aligned. The device must not read a descriptor
-        // before it is published, so a volatile (non-atomic) write suffices;
-        // the Release store of avail.idx orders it.
-        unsafe { std::ptr::write_volatile(self.ptr(16 * i as usize).cast::<VringDesc>(), le) }
+        let p = self.ptr(16 * i as usize).cast::<VringDesc>();
+        // SAFETY: i < size (callers check), so the 16 bytes at p lie in the
+        // descriptor table, 16-aligned. A descriptor being filled is free:
+        // the device has no business with it now.
+        if unsafe { std::ptr::read_volatile(p) } == le {
+            // What the device will read is there already (written and
+            // published before): not storing keeps the line shared.
+            return;
+        }
+        // SAFETY: as above. The device must not read a descriptor before it
+        // is published, so a volatile (non-atomic) write suffices; the
+        // Release store of avail.idx orders it.
+        unsafe { std::ptr::write_volatile(p, le) }
+    }
+
+    /// The ring slot of free-running index `i`: the size is a power of two
+    /// (`new` refuses others), so a mask, not a division per entry.
+    #[inline]
+    fn slot(&self, i: u16) -> usize {
+        (i & (self.size - 1)) as usize
     }
 
     fn store_avail_entry(&mut self, slot: u16, head: u16) {
-        self.avail_heads[(slot % self.size) as usize] = head;
-        let rel = self.layout.avail + 4 + 2 * (slot % self.size) as usize;
+        self.avail_heads[self.slot(slot)] = head;
+        let rel = self.layout.avail + 4 + 2 * self.slot(slot);
         // Relaxed: made visible by the Release store of avail.idx in publish.
-        self.atomic16(rel).store(head.to_le(), Ordering::Relaxed);
+        // An entry that holds this head already is not stored again (see
+        // `store_desc`).
+        let entry = self.atomic16(rel);
+        if entry.load(Ordering::Relaxed) != head.to_le() {
+            entry.store(head.to_le(), Ordering::Relaxed);
+        }
     }
 
     /// Queue a chain; visible to the device only after [`Self::publish`].
@@ -273,6 +297,46 @@ impl DriverQueue {
         self.store_avail_entry(self.avail_shadow, head);
         self.avail_shadow = self.avail_shadow.wrapping_add(1);
         Ok(head)
+    }
+
+    /// Ask for the lines the next `n` one-descriptor [`Self::add_chain`]s
+    /// will write, for writing: their descriptors (the free list's next
+    /// entries) and avail slots. The device read them last, so each is on
+    /// its core; requested together they arrive together instead of each
+    /// store waiting for its own line. A hint only.
+    pub fn prefetch_adds(&self, n: usize) {
+        let mut i = self.free_head;
+        let mut last_line = usize::MAX;
+        for _ in 0..n.min(self.num_free as usize) {
+            if i >= self.size {
+                break;
+            }
+            let p = self.ptr(16 * i as usize);
+            if p as usize >> 6 != last_line {
+                last_line = p as usize >> 6;
+                crate::virtq::split::prefetch_lines(p, 16, true);
+            }
+            i = self.next[i as usize];
+        }
+        let first = self.layout.avail + 4 + 2 * self.slot(self.avail_shadow);
+        let last = self.layout.avail + 4 + 2 * self.slot(self.avail_shadow.wrapping_add(n.max(1) as u16 - 1));
+        crate::virtq::split::prefetch_lines(self.ptr(first), 2, true);
+        crate::virtq::split::prefetch_lines(self.ptr(last), 2, true);
+    }
+
+    /// The token of the chain `k` places after the next one to come back,
+    /// among those the used index last read says are back, if the device
+    /// returns chains in the order they were made available (every device
+    /// here does; a hint for prefetching, never trusted). Chains not back
+    /// yet are not named: their buffers may be the device's to write now.
+    #[inline]
+    pub fn token_ahead(&self, k: u16) -> Option<u64> {
+        let back = self.used_cache.wrapping_sub(self.last_used).min(self.published.wrapping_sub(self.last_used));
+        if k >= back {
+            return None;
+        }
+        let head = self.avail_heads[self.slot(self.last_used.wrapping_add(k))];
+        self.tokens.get(head as usize).copied().flatten()
     }
 
     /// Make every chain added so far visible to the device.
@@ -335,7 +399,7 @@ impl DriverQueue {
         if ahead > self.size {
             return Err(RingError::UsedIdxJump { used, last: self.last_used, ahead, size: self.size });
         }
-        let rel = self.layout.used + 4 + 8 * (self.last_used % self.size) as usize;
+        let rel = self.layout.used + 4 + 8 * self.slot(self.last_used);
         // SAFETY: the slot index is reduced mod size, so the 8-byte element is
         // inside the used ring and 4-aligned (used ring is 4-aligned). The
         // element is read once into locals; ordering comes from the Acquire above.
@@ -349,7 +413,7 @@ impl DriverQueue {
             // available (the private copy, not the shared ring).
             let window = ahead.min(self.published.wrapping_sub(self.last_used)).min(self.size);
             let run = (0..window).find(|&i| {
-                let at = (self.last_used.wrapping_add(i) % self.size) as usize;
+                let at = self.slot(self.last_used.wrapping_add(i));
                 self.avail_heads[at] as u32 == id && self.tokens[id as usize].is_some()
             });
             if let Some(i) = run {
@@ -380,7 +444,7 @@ impl DriverQueue {
 
     /// The next chain of an IN_ORDER run: the oldest one not taken back.
     fn pop_batched(&mut self) -> Result<(u64, u32), RingError> {
-        let head = self.avail_heads[(self.last_used % self.size) as usize];
+        let head = self.avail_heads[self.slot(self.last_used)];
         self.last_used = self.last_used.wrapping_add(1);
         self.update_used_event();
         self.batch_left -= 1;
@@ -415,8 +479,18 @@ impl DriverQueue {
         for _ in 1..n {
             tail = self.next[tail as usize];
         }
-        self.next[tail as usize] = self.free_head;
-        self.free_head = head;
+        // FIFO: a chain freed joins the tail. With chains completed in the
+        // order they were made available (every device here), descriptor d
+        // then always fills avail slot d (mod size) with the same buffer,
+        // so the unchanged descriptors and avail entries are not written
+        // again (see `store_desc`): their lines stay valid in the device's
+        // cache instead of moving to this core and back every frame.
+        if self.num_free == 0 {
+            self.free_head = head;
+        } else {
+            self.next[self.free_tail as usize] = head;
+        }
+        self.free_tail = tail;
         self.num_free += n;
     }
 
