@@ -29,6 +29,13 @@ SCENARIOS = {
     "txonly": ("driver TX only (device drops), 64 B", "Mpps driver -> device", "Mpps", True),
     "rxonly": ("driver RX only (device generates), 64 B", "Mpps device -> driver", "Mpps", True),
     "pingpong": ("ping-pong, one 64 B frame in flight", "round trip", "ns", False),
+    # pktgen --mode fwd: the driver side forwards what it receives without
+    # copying and reads only each frame's header, as testpmd's io forwarding
+    # (DPDK's side of these rows is its loopback pair, unchanged).
+    "fwd64": ("forward, 64 B frames (driver side: zero-copy forwarding, as testpmd io)", "Mpps forwarded", "Mpps",
+              True),
+    "fwd1518": ("forward, 1518 B frames (driver side: zero-copy forwarding, as testpmd io)", "Mpps forwarded",
+                "Mpps", True),
 }
 
 VARIANT_TEXT = {
@@ -43,6 +50,10 @@ TARGETS = [
     ("cycles64", "64 B loopback: vduse-net device cycles/frame <= 0.67x testpmd vhost cycles/packet", 0.67, "<="),
     ("mpps64", "64 B loopback end to end: Mpps >= 1.5x the DPDK pair's", 1.5, ">="),
     ("gbps1518", "1518 B loopback: Gbit/s >= 1.0x DPDK's", 1.0, ">="),
+    ("cycles64_fwd", "64 B forward (pktgen --mode fwd, testpmd io's division of work): device cycles/frame <= 0.67x"
+     " testpmd vhost cycles/packet", 0.67, "<="),
+    ("mpps64_fwd", "64 B forward end to end: Mpps >= 1.5x the DPDK pair's", 1.5, ">="),
+    ("gbps1518_fwd", "1518 B forward: Gbit/s >= 1.0x DPDK's", 1.0, ">="),
     ("rtt_dpdk", "ping-pong RTT p50 <= DPDK's (DPDK: mean, it has no per-packet times)", 1.0, "<="),
     ("rtt_floor", "ping-pong RTT p50 <= 3x the cache-line floor p50 of the same round", 3.0, "<="),
     ("clean", "zero lost frames and zero integrity errors in every vduse-net run", None, None),
@@ -197,19 +208,21 @@ def targets(rep, records, vvar, dvar="split"):
         return sm and sm["median"]
 
     out = {}
-    a = arm_of("loopback64")
-    r = a and a["cycles"]["cycles_ratio"]
-    out["cycles64"] = {"vduse-net": med(a, "vduse-net_device_cpf"), "dpdk": med(a, "dpdk_device_cpf"),
-                       "unit": "cycles/frame", "ratio": r and r["median"]}
-    r = a and a["ratio"]
-    out["mpps64"] = {"vduse-net": med(a, "vduse-net"), "dpdk": med(a, "dpdk"), "unit": "Mpps",
-                     "ratio": r and r["median"]}
-    a = arm_of("loopback1518")
-    r = a and a["gbps_ratio"]
-    out["gbps1518"] = {
-        "vduse-net": a and (summary([x["vduse-net_gbps_rx"] for x in a["rounds"]]) or {}).get("median"),
-        "dpdk": a and (summary([x["dpdk_gbps_rx"] for x in a["rounds"]]) or {}).get("median"),
-        "unit": "Gbit/s", "ratio": r and r["median"]}
+    # The same three rate targets on pktgen's loopback and fwd scenarios.
+    for sfx, s64, s1518 in (("", "loopback64", "loopback1518"), ("_fwd", "fwd64", "fwd1518")):
+        a = arm_of(s64)
+        r = a and a["cycles"]["cycles_ratio"]
+        out["cycles64" + sfx] = {"vduse-net": med(a, "vduse-net_device_cpf"), "dpdk": med(a, "dpdk_device_cpf"),
+                                 "unit": "cycles/frame", "ratio": r and r["median"]}
+        r = a and a["ratio"]
+        out["mpps64" + sfx] = {"vduse-net": med(a, "vduse-net"), "dpdk": med(a, "dpdk"), "unit": "Mpps",
+                               "ratio": r and r["median"]}
+        a = arm_of(s1518)
+        r = a and a["gbps_ratio"]
+        out["gbps1518" + sfx] = {
+            "vduse-net": a and (summary([x["vduse-net_gbps_rx"] for x in a["rounds"]]) or {}).get("median"),
+            "dpdk": a and (summary([x["dpdk_gbps_rx"] for x in a["rounds"]]) or {}).get("median"),
+            "unit": "Gbit/s", "ratio": r and r["median"]}
     a = arm_of("pingpong")
     p50 = [x["vduse-net_p50_ns"] for x in a["rounds"]] if a else []
     dp = [x["dpdk"] for x in a["rounds"]] if a else []
@@ -297,7 +310,7 @@ def markdown(rep):
     lines.append(f"- load average before / after: {m.get('load_before', '?')} / {m.get('load_after', '?')}")
     lines.append(
         f"- {st['rounds']} rounds x {st['duration']} s per run, vduse-net and DPDK alternating (A B A B); "
-        f"device core {st['device_core']}, driver core {st['gen_core']}; "
+        f"device core {st['device_core']}, driver core {st['gen_core']}; {st.get('ring_size', 256)}-entry rings; "
         f"pktgen --check {st.get('check', 'full')}"
     )
     vv = st.get("variants") or ["split"]

@@ -153,6 +153,25 @@ class Report(unittest.TestCase):
         self.assertEqual(p["gbps1518"]["verdict"], "no data")
         self.assertEqual(rep["targets"]["in_order/split"]["clean"]["verdict"], "no data")
 
+    def test_fwd_rows_get_their_own_targets(self):
+        m = meta()
+        m["settings"]["scenarios"].append("fwd64")
+        recs = records()
+        # fwd64: 12 Mpps at 150 cycles vs DPDK's loopback pair at 8 Mpps, 300.
+        for rd in (1, 2):
+            recs.append(vrun(rd, "fwd64", "split", mpps_rx=12.0, device_cycles_per_frame=150.0))
+            recs.append(drun(rd, "fwd64", mpps_rx=8.0, device_cycles_per_frame=300.0))
+        t = report.build(m, recs)["targets"]["split/split"]
+        self.assertAlmostEqual(t["cycles64_fwd"]["ratio"], 0.5)
+        self.assertEqual(t["cycles64_fwd"]["verdict"], "met")
+        self.assertAlmostEqual(t["mpps64_fwd"]["ratio"], 1.5)
+        self.assertEqual(t["mpps64_fwd"]["verdict"], "met")
+        self.assertEqual(t["gbps1518_fwd"]["verdict"], "no data")
+        # The loopback rows are judged on their own scenario still.
+        self.assertAlmostEqual(t["cycles64"]["ratio"], 0.7)
+        md = report.markdown(report.build(m, recs))
+        self.assertIn("64 B forward end to end", md)
+
     def test_lost_frames_or_failed_run_fail_clean(self):
         recs = records()
         recs.append(vrun(3, "loopback64", "split", mpps_rx=1.0, lost=2))
