@@ -373,26 +373,7 @@ impl QueuePair {
 
     /// Take back TX slots the device has finished with.
     pub fn reclaim_tx(&mut self) -> usize {
-        let mut n = 0;
-        // Bounded: each pop consumes one used entry and at most `size` can be pending.
-        for _ in 0..self.tx.q.size() {
-            match self.tx.q.pop_used() {
-                Ok(Some((token, _))) => {
-                    if self.tx.release(token) {
-                        n += 1;
-                    } else {
-                        self.stats.tx_errors += 1;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    self.stats.tx_errors += 1;
-                    log::debug!("tx vq {}: {e}", self.tx.vq);
-                    break;
-                }
-            }
-        }
-        n
+        self.take_back_tx().0
     }
 
     /// Post every free RX slot as a device-writable buffer.
@@ -482,7 +463,7 @@ impl QueuePair {
     /// first lines are then prefetched; otherwise no frame is touched here,
     /// so its lines stay with the device that wrote them).
     pub fn fwd_burst(&mut self, f: &mut dyn FnMut(&[u8]), max: usize, forward: bool, reads: bool) -> (usize, usize) {
-        let mut reposted = self.reclaim_fwd();
+        let mut reposted = self.take_back_tx().1;
         let (mut got, mut sent) = (0, 0);
         let hl = self.hdr_len;
         let ahead = if reads { RX_PREFETCH_AHEAD as u16 } else { 0 };
@@ -553,10 +534,12 @@ impl QueuePair {
         }
     }
 
-    /// Take back completed TX chains: forwarded RX buffers are reposted,
-    /// TX slots freed. Returns whether any RX buffer was reposted.
-    fn reclaim_fwd(&mut self) -> bool {
-        let mut reposted = false;
+    /// Take back completed TX chains: TX slots are freed, forwarded RX
+    /// buffers ([`Self::fwd_burst`]) reposted. Returns (TX slots freed,
+    /// whether an RX buffer was reposted).
+    fn take_back_tx(&mut self) -> (usize, bool) {
+        let (mut freed, mut reposted) = (0, false);
+        // Bounded: each pop consumes one used entry and at most `size` can be pending.
         for _ in 0..self.tx.q.size() {
             match self.tx.q.pop_used() {
                 Ok(Some((token, _))) if token & FWD_TOKEN != 0 => {
@@ -568,7 +551,9 @@ impl QueuePair {
                     }
                 }
                 Ok(Some((token, _))) => {
-                    if !self.tx.release(token) {
+                    if self.tx.release(token) {
+                        freed += 1;
+                    } else {
                         self.stats.tx_errors += 1;
                     }
                 }
@@ -580,7 +565,7 @@ impl QueuePair {
                 }
             }
         }
-        reposted
+        (freed, reposted)
     }
 
     /// With MRG_RXBUF: hand up to `max` received frames to `f` with their
