@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -24,17 +24,25 @@ const T: Duration = Duration::from_secs(5);
 
 /// Traffic on one pair in its own thread until `stop` (or a burst not
 /// coming back within `patience`); every frame checked.
-fn background(
+fn background(q: QueuePair, f: Flow, stop: Arc<AtomicBool>, patience: Duration) -> JoinHandle<(QueuePair, Flow)> {
+    background_counted(q, f, stop, patience, Arc::new(AtomicU64::new(0)))
+}
+
+/// [`background`], storing the frames received so far in `got` after each
+/// exchange, for a test that must see the flow running before it acts.
+fn background_counted(
     mut q: QueuePair,
     mut f: Flow,
     stop: Arc<AtomicBool>,
     patience: Duration,
+    got: Arc<AtomicU64>,
 ) -> JoinHandle<(QueuePair, Flow)> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             if !f.exchange(&mut q, 64, patience) {
                 break;
             }
+            got.store(f.next_rx, Ordering::Relaxed);
         }
         (q, f)
     })
@@ -169,9 +177,13 @@ fn reset_then_asid_changes_and_fresh_driver_ok(fmt: RingFormat) {
     let stop = Arc::new(AtomicBool::new(false));
     let q1 = q.pop().unwrap();
     // Frames lost to the reset end the loop quickly.
-    let bg = background(q1, Flow::new(1), stop.clone(), Duration::from_millis(200));
+    let got = Arc::new(AtomicU64::new(0));
+    let bg = background_counted(q1, Flow::new(1), stop.clone(), Duration::from_millis(200), got.clone());
     let mut f0 = Flow::new(0);
     assert!(f0.exchange(&mut q[0], 500, T) && f0.clean());
+    // The reset must come while pair 1 runs too: on a loaded machine its
+    // thread once had not received a frame by the end of pair 0's 500.
+    assert!(wait_for(T, || got.load(Ordering::Relaxed) > 0), "pair 1's flow never ran");
     // Reset under traffic.
     d.reset().unwrap();
     stop.store(true, Ordering::Relaxed);
