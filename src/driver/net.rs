@@ -323,18 +323,11 @@ impl QueuePair {
         // for writing up front (descriptors, avail slots) and the buffers
         // a few frames ahead, so the stores do not wait one line at a time.
         self.tx.q.prefetch_adds(max);
-        let ahead = |free: &VecDeque<u16>, k: usize| free.get(k).copied();
-        for k in 0..TX_PREFETCH_AHEAD {
-            if let Some(s) = ahead(&self.tx.free, k) {
-                crate::virtq::split::prefetch_lines(self.tx.slot_ptr(s), (hl + 64) as u32, true);
-            }
-        }
+        self.prefetch_tx(0..TX_PREFETCH_AHEAD);
         let mut n = 0;
         while n < max {
             let Some(slot) = self.tx.free.pop_front() else { break };
-            if let Some(s) = ahead(&self.tx.free, TX_PREFETCH_AHEAD - 1) {
-                crate::virtq::split::prefetch_lines(self.tx.slot_ptr(s), (hl + 64) as u32, true);
-            }
+            self.prefetch_tx(TX_PREFETCH_AHEAD - 1..TX_PREFETCH_AHEAD);
             // SAFETY: the slot is on the free list, so the device does not own
             // it (a device writing it anyway only corrupts bytes it was never
             // handed); the buffer is buf_size bytes inside the mapping.
@@ -412,42 +405,7 @@ impl QueuePair {
     /// `f`, reposting each buffer. Used entries with a length below the
     /// header or above the buffer are counted in `rx_errors` and skipped.
     pub fn rx_burst(&mut self, f: &mut dyn FnMut(&[u8]), max: usize) -> usize {
-        let mut delivered = 0;
-        let mut reposted = false;
-        self.prefetch_rx(0..RX_PREFETCH_AHEAD as u16);
-        for _ in 0..max {
-            self.prefetch_rx(RX_PREFETCH_AHEAD as u16..RX_PREFETCH_AHEAD as u16 + 1);
-            match self.rx.q.pop_used() {
-                Ok(None) => break,
-                Err(e) => {
-                    self.stats.rx_errors += 1;
-                    log::debug!("rx vq {}: {e}", self.rx.vq);
-                    break;
-                }
-                Ok(Some((token, len))) => {
-                    if token >= self.rx.q.size() as u64 {
-                        // Not one of our slots (raw test chain).
-                        self.stats.rx_errors += 1;
-                        continue;
-                    }
-                    let slot = token as u16;
-                    let len = len as usize;
-                    let hl = self.hdr_len;
-                    if len < hl || len > self.rx.buf_size {
-                        self.stats.rx_errors += 1;
-                    } else {
-                        // SAFETY: the device returned this slot, so the driver
-                        // owns it again; len <= buf_size keeps it in the buffer.
-                        let buf = unsafe { std::slice::from_raw_parts(self.rx.slot_ptr(slot), len) };
-                        f(&buf[hl..]);
-                        self.stats.rx_packets += 1;
-                        self.stats.rx_bytes += (len - hl) as u64;
-                        delivered += 1;
-                    }
-                    reposted |= self.post_rx_slot(slot);
-                }
-            }
-        }
+        let (delivered, _, reposted) = self.receive(f, max, false, true);
         self.publish_rx(reposted);
         delivered
     }
@@ -463,8 +421,28 @@ impl QueuePair {
     /// first lines are then prefetched; otherwise no frame is touched here,
     /// so its lines stay with the device that wrote them).
     pub fn fwd_burst(&mut self, f: &mut dyn FnMut(&[u8]), max: usize, forward: bool, reads: bool) -> (usize, usize) {
-        let mut reposted = self.take_back_tx().1;
-        let (mut got, mut sent) = (0, 0);
+        let back = self.take_back_tx().1;
+        let (got, sent, reposted) = self.receive(f, max, forward, reads);
+        if sent > 0 {
+            self.tx.q.publish();
+            if self.tx.q.needs_kick() && self.kick(self.tx.vq) {
+                self.stats.tx_kicks += 1;
+            }
+        }
+        self.publish_rx(back || reposted);
+        (got, sent)
+    }
+
+    /// The receive loop of [`Self::rx_burst`] and [`Self::fwd_burst`]: up
+    /// to `max` used RX entries, each good frame handed to `f`, then sent
+    /// back out from its buffer (`forward`, room in the TX ring) or its
+    /// buffer reposted. Entries with a length below the header or above
+    /// the buffer count in `rx_errors` (their buffers reposted), foreign
+    /// tokens too. With `reads`, the first lines of the buffers 8 entries
+    /// ahead are prefetched. Publishes nothing. Returns (frames handed
+    /// over, frames forwarded, whether a buffer was reposted).
+    fn receive(&mut self, f: &mut dyn FnMut(&[u8]), max: usize, forward: bool, reads: bool) -> (usize, usize, bool) {
+        let (mut got, mut sent, mut reposted) = (0, 0, false);
         let hl = self.hdr_len;
         let ahead = if reads { RX_PREFETCH_AHEAD as u16 } else { 0 };
         self.prefetch_rx(0..ahead);
@@ -508,14 +486,18 @@ impl QueuePair {
                 reposted |= self.post_rx_slot(slot);
             }
         }
-        if sent > 0 {
-            self.tx.q.publish();
-            if self.tx.q.needs_kick() && self.kick(self.tx.vq) {
-                self.stats.tx_kicks += 1;
-            }
+        (got, sent, reposted)
+    }
+
+    /// Request, for writing, the header and first frame bytes of the free
+    /// TX buffers `ks` places from the front (the next ones a burst fills).
+    /// A hint only.
+    #[inline]
+    fn prefetch_tx(&self, ks: std::ops::Range<usize>) {
+        for k in ks {
+            let Some(&s) = self.tx.free.get(k) else { break };
+            crate::mem::prefetch::lines(self.tx.slot_ptr(s), (self.hdr_len + 64) as u32, true);
         }
-        self.publish_rx(reposted);
-        (got, sent)
     }
 
     /// Request the first line (header, sequence number) of the RX buffers
@@ -526,9 +508,7 @@ impl QueuePair {
     fn prefetch_rx(&self, ks: std::ops::Range<u16>) {
         for k in ks {
             match self.rx.q.token_ahead(k) {
-                Some(t) if t < self.rx.q.size() as u64 => {
-                    crate::virtq::split::prefetch_lines(self.rx.slot_ptr(t as u16), 1, false)
-                }
+                Some(t) if t < self.rx.q.size() as u64 => crate::mem::prefetch::line(self.rx.slot_ptr(t as u16)),
                 _ => break,
             }
         }

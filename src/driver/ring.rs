@@ -314,14 +314,14 @@ impl DriverQueue {
             let p = self.ptr(16 * i as usize);
             if p as usize >> 6 != last_line {
                 last_line = p as usize >> 6;
-                crate::virtq::split::prefetch_lines(p, 16, true);
+                crate::mem::prefetch::lines(p, 16, true);
             }
             i = self.next[i as usize];
         }
         let first = self.layout.avail + 4 + 2 * self.slot(self.avail_shadow);
         let last = self.layout.avail + 4 + 2 * self.slot(self.avail_shadow.wrapping_add(n.max(1) as u16 - 1));
-        crate::virtq::split::prefetch_lines(self.ptr(first), 2, true);
-        crate::virtq::split::prefetch_lines(self.ptr(last), 2, true);
+        crate::mem::prefetch::lines(self.ptr(first), 2, true);
+        crate::mem::prefetch::lines(self.ptr(last), 2, true);
     }
 
     /// The token of the chain `k` places after the next one to come back,

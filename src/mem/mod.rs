@@ -2,8 +2,10 @@
 //!
 //! - [`qsbr`]: quiescent-state reclamation between poll threads and writers.
 //! - [`iotlb`]: address spaces, translation tables, miss resolution.
+//! - [`prefetch`]: cache-line prefetch hints.
 
 pub mod iotlb;
+pub mod prefetch;
 pub mod qsbr;
 #[cfg(all(test, not(loom)))]
 mod qsbr_stress;

@@ -313,40 +313,35 @@ impl<'a, 'g> Lookahead<'a, 'g> {
         self.n == self.next
     }
 
-    #[inline]
-    pub(super) fn is_full(&self) -> bool {
-        self.n as usize == LOOKAHEAD
-    }
-
     /// Add a chain whose buffer `ptr` was translated under the guard `'g`
-    /// (the caller checked `!is_full()`).
+    /// (the caller adds at most [`LOOKAHEAD`] after `clear`).
     #[inline]
     pub(super) fn push(&mut self, at: u16, head: u16, ptr: *mut u8, len: u32, writable: bool) {
         self.buf.0[self.n as usize] = MaybeUninit::new(Prewalked { at, head, writable, piece: Piece { ptr, len } });
         self.n += 1;
     }
 
+    /// The chain `d` places after the next one, if read ahead.
+    #[inline]
+    fn get(&self, d: usize) -> Option<Prewalked> {
+        let i = self.next as usize + d;
+        // SAFETY: entries below `n` were written by this Lookahead's `push`
+        // (`new` starts at 0); Prewalked is Copy.
+        (i < self.n as usize).then(|| unsafe { self.buf.0[i].assume_init() })
+    }
+
     /// The next chain, not taken yet.
     #[inline]
     pub(super) fn peek(&self) -> Option<Prewalked> {
-        if self.next == self.n {
-            return None;
-        }
-        // SAFETY: entries below `n` were written by this Lookahead's `push`
-        // (`new` starts at 0); Prewalked is Copy.
-        Some(unsafe { self.buf.0[self.next as usize].assume_init() })
+        self.get(0)
     }
 
     /// Ask for the first lines of the buffer of the chain `d` places after
     /// the next one (if read ahead): for writing when the device writes it.
     #[inline]
     pub fn prefetch(&self, d: usize) {
-        let i = self.next as usize + d;
-        if i < self.n as usize {
-            // SAFETY: entries below `n` were written by this Lookahead's
-            // `push`; Prewalked is Copy.
-            let p = unsafe { self.buf.0[i].assume_init() };
-            super::split::prefetch_lines(p.piece.ptr, p.piece.len, p.writable);
+        if let Some(p) = self.get(d) {
+            crate::mem::prefetch::lines(p.piece.ptr, p.piece.len, p.writable);
         }
     }
 

@@ -73,9 +73,9 @@ pub trait Ring: Send {
         self.pop_into(&mut chain, dir, space, guard)?;
         Ok(chain)
     }
-    /// Read ahead up to `max` of the next chains into `la`, their buffers'
-    /// lines requested (see [`SplitQueue::prewalk`]); a format without a
-    /// read-ahead leaves `la` empty and every chain is walked when taken.
+    /// Read ahead up to `max` of the next chains into `la` (see
+    /// [`SplitQueue::prewalk`]); a format without a read-ahead leaves `la`
+    /// empty and every chain is walked when taken.
     #[inline]
     fn prewalk<'g>(
         &self,

@@ -16,57 +16,13 @@
 
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
-use super::chain::{Chain, Direction, Lookahead};
+use super::chain::{Chain, Direction, Lookahead, LOOKAHEAD};
 use super::{Malformed, QueueError, RingFormat};
-use crate::mem::{Access, AddressSpace, ReadGuard, XlateError};
+use crate::mem::{prefetch, Access, AddressSpace, ReadGuard, XlateError};
 use crate::uapi::virtio::{
     avail_ring_size, desc_table_size, used_ring_size, vring_need_event, VringDesc, VRING_AVAIL_F_NO_INTERRUPT,
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
 };
-
-/// Ask for the cache line at `p` (a hint: it never faults or changes
-/// memory; the caller passes only translated guest addresses anyway).
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetch is a hint that does not access memory
-    // architecturally; SSE is part of x86_64.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
-/// Ask for the first two lines of a translated buffer (a small frame and
-/// its header): for writing (`prefetchw`, the line comes exclusive, so the
-/// copy does not take it shared first and then again to own it) when the
-/// device will write it.
-#[inline(always)]
-pub(crate) fn prefetch_lines(p: *mut u8, len: u32, write: bool) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
-        let second = len > 64;
-        // SAFETY: prefetches are hints that never fault or change memory;
-        // p + 64 stays inside the buffer when it is longer than 64 bytes.
-        unsafe {
-            if write {
-                _mm_prefetch::<_MM_HINT_ET0>(p as *const i8);
-                if second {
-                    _mm_prefetch::<_MM_HINT_ET0>(p.add(64) as *const i8);
-                }
-            } else {
-                _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
-                if second {
-                    _mm_prefetch::<_MM_HINT_T0>(p.add(64) as *const i8);
-                }
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, len, write);
-}
 
 /// Prefetch the first two lines (a small frame and its header) of the
 /// buffer a descriptor names, when it is a direct buffer that translates in
@@ -81,7 +37,7 @@ pub(super) fn prefetch_buffer(addr: u64, len: u32, flags: u16, space: &AddressSp
     let access = if write { Access::Write } else { Access::Read };
     let len = len.min(128);
     if let Ok(p) = space.load(guard).translate(addr, len as u64, access) {
-        prefetch_lines(p, len, write);
+        prefetch::lines(p, len, write);
     }
 }
 
@@ -430,7 +386,7 @@ impl SplitQueue {
             // request per line.
             let line = p as usize >> 6;
             if line != last_line {
-                prefetch(p);
+                prefetch::line(p);
                 last_line = line;
             }
         }
@@ -466,15 +422,15 @@ impl SplitQueue {
         prefetch_buffer(d.addr, d.len, d.flags, space, guard);
     }
 
-    /// Read ahead the next chains, up to `max` and [`super::chain::LOOKAHEAD`], into
+    /// Read ahead the next chains, up to `max` and [`LOOKAHEAD`], into
     /// `la`: as long as they are one-descriptor chains the walk would
     /// accept for `dir` (a direct buffer, no NEXT, of the right direction,
     /// non-empty, translating into one region of the current table). The
     /// first other chain ends the read-ahead; it and those after it are
     /// walked when taken, so every rule and every error stays the walk's.
     /// Nothing is consumed: [`Self::pop_prewalked`] takes them in order.
-    /// The buffers' first lines are prefetched (for writing, when the
-    /// device will write them).
+    /// Nothing is prefetched here: the burst asks for the buffers' lines a
+    /// few chains ahead of its copy (`Lookahead::prefetch`).
     ///
     /// Every avail entry and descriptor is read once, here; only entries
     /// below the avail index last loaded (Acquire) are read.
@@ -495,7 +451,7 @@ impl SplitQueue {
             // descriptor: the walk takes them.
             Direction::Both => return,
         };
-        let n = (self.avail_cache.wrapping_sub(self.last_avail) as usize).min(max);
+        let n = (self.avail_cache.wrapping_sub(self.last_avail) as usize).min(max).min(LOOKAHEAD);
         if n < 2 || self.ptrs.is_none() {
             // One chain gains nothing from being read ahead.
             return;
@@ -503,9 +459,6 @@ impl SplitQueue {
         let table = space.load(guard);
         let access = if want_write { Access::Write } else { Access::Read };
         for k in 0..n as u16 {
-            if la.is_full() {
-                break;
-            }
             let at = self.last_avail.wrapping_add(k);
             let head = self.avail_entry(at);
             let Ok(d) = self.desc(head) else { break };

@@ -55,17 +55,18 @@ impl PollThread {
             let mut src = tchain.reader();
             // Header and filter prefix in one fixed-size copy when the first
             // buffer holds both (the common case: one inlined copy instead of
-            // two calls); piece by piece otherwise.
+            // two calls; the kept pieces hold exactly the chain's readable
+            // bytes, so it then holds a whole prefix); piece by piece
+            // otherwise.
             let mut hdr = [0u8; HDR_LEN];
             let mut eth = [0u8; FILTER_PREFIX];
             let k = match src.read_array::<{ HDR_LEN + FILTER_PREFIX }>() {
-                Some(b) if len >= FILTER_PREFIX => {
+                Some(b) => {
                     hdr.copy_from_slice(&b[..HDR_LEN]);
                     eth.copy_from_slice(&b[HDR_LEN..]);
                     FILTER_PREFIX
                 }
-                _ => {
-                    src = tchain.reader();
+                None => {
                     src.read(&mut hdr);
                     src.read(&mut eth[..len.min(FILTER_PREFIX)])
                 }
