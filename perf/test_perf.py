@@ -172,6 +172,33 @@ class Report(unittest.TestCase):
         md = report.markdown(report.build(m, recs))
         self.assertIn("64 B forward end to end", md)
 
+    def test_pingfwd_rows_get_their_own_rtt_targets(self):
+        m = meta()
+        m["settings"]["scenarios"].append("pingfwd")
+        recs = records()
+        # pingfwd: p50 200 and 280 vs DPDK's pingpong at 350; floors 100, 200.
+        for rd, p50 in ((1, 200.0), (2, 280.0)):
+            recs.append(vrun(rd, "pingfwd", "split", mean_ns=300.0, p50_ns=p50))
+            recs.append(drun(rd, "pingfwd", rtt_ns=350.0))
+        rep = report.build(m, recs)
+        t = rep["targets"]["split/split"]
+        self.assertAlmostEqual(t["rtt_dpdk_fwd"]["ratio"], (200 / 350 + 280 / 350) / 2)
+        self.assertEqual(t["rtt_dpdk_fwd"]["verdict"], "met")
+        self.assertAlmostEqual(t["rtt_floor_fwd"]["ratio"], (2.0 + 1.4) / 2)
+        self.assertEqual(t["rtt_floor_fwd"]["verdict"], "met")
+        # The plain ping-pong keeps its own figures.
+        self.assertAlmostEqual(t["rtt_dpdk"]["ratio"], (250 / 350 + 500 / 350) / 2)
+        # The scenario row compares means, as the pingpong row does.
+        arm = rep["scenarios"]["pingfwd"]["arms"][0]
+        self.assertEqual(arm["vduse-net"]["median"], 300.0)
+        self.assertEqual(arm["figure_notes"]["dpdk"], "mean (1 / round trips per s)")
+        md = report.markdown(rep)
+        self.assertIn("ping-pong forwarded: RTT p50 <= 3x", md)
+        self.assertIn("| 240 ns | 150 ns (floor p50) | 1.70 (<= 3.0) | **met** |", md)
+        # Without the row the targets say so.
+        self.assertEqual(report.build(meta(), records())["targets"]["split/split"]["rtt_dpdk_fwd"]["verdict"],
+                         "no data")
+
     def test_lost_frames_or_failed_run_fail_clean(self):
         recs = records()
         recs.append(vrun(3, "loopback64", "split", mpps_rx=1.0, lost=2))

@@ -158,8 +158,50 @@ fn frames_in_many_pieces_come_back_whole_and_in_order(fmt: RingFormat) {
     rig.finish();
 }
 
+/// The reflector publishes its RX and TX used entries with one fence
+/// before it reads either queue's suppression state (`finish_pair`): each
+/// queue is interrupted exactly when its driver asked, never for the other.
+fn reflected_frames_interrupt_only_the_queue_that_asked(fmt: RingFormat) {
+    let t = Duration::from_secs(5);
+    let rig = Rig::new_fmt("e2e-irq", 1, fmt);
+    let mut d = rig.probe(driver_config_fmt(fmt));
+    let mut qs = d.take_pairs();
+    let q = &mut qs[0];
+    let (rx, tx) = (q.rx_vq(), q.tx_vq());
+    let irqs = || (rig.t.irq_count(rx), rig.t.irq_count(tx));
+    let mut f = Flow::new(0);
+    // Polled (the driver's default): no interrupt at all.
+    let (rx0, tx0) = irqs();
+    assert!(f.exchange(q, 20, t));
+    assert_eq!(irqs(), (rx0, tx0), "a polling driver was interrupted");
+    // RX interrupts on: one frame at a time, each delivery interrupts RX.
+    assert!(!q.raw_rx().enable_interrupts(), "nothing pending");
+    for i in 1..=10 {
+        assert!(f.exchange(q, 1, t));
+        assert!(wait_for(t, || irqs().0 == rx0 + i), "frame {i}: {:?}", irqs());
+    }
+    assert_eq!(irqs().1, tx0, "TX asked for nothing");
+    q.raw_rx().disable_interrupts();
+    // TX interrupts on instead: each completion interrupts TX only.
+    q.reclaim_tx();
+    assert!(!q.raw_tx().enable_interrupts(), "nothing pending");
+    for i in 1..=10 {
+        assert!(f.exchange(q, 1, t));
+        assert!(wait_for(t, || irqs().1 == tx0 + i), "frame {i}: {:?}", irqs());
+        q.reclaim_tx();
+    }
+    assert_eq!(irqs().0, rx0 + 10, "RX asked for nothing more");
+    assert!(f.clean(), "{f:?}");
+    let s = rig.stats().pairs[0];
+    assert_eq!(s.rx_frames, s.reflected, "every frame took the reflector's path: {s:?}");
+    drop(qs);
+    drop(d);
+    rig.finish();
+}
+
 both_formats!(
     a_million_mixed_frames_through_two_pairs,
     an_idle_device_wakes_on_each_kick,
     frames_in_many_pieces_come_back_whole_and_in_order,
+    reflected_frames_interrupt_only_the_queue_that_asked,
 );

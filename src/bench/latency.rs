@@ -252,6 +252,9 @@ pub struct LatencyOptions {
     pub burst: usize,
     /// A probe not back after this long is counted lost.
     pub probe_timeout: Duration,
+    /// testpmd's ping-pong: one frame goes round, sent back out from the
+    /// buffer it arrived in ([`run_forward`]). No background load.
+    pub forward: bool,
 }
 
 impl Default for LatencyOptions {
@@ -264,6 +267,7 @@ impl Default for LatencyOptions {
             load_pps: 0.0,
             burst: 32,
             probe_timeout: Duration::from_millis(200),
+            forward: false,
         }
     }
 }
@@ -305,6 +309,9 @@ pub struct LatencyReport {
 /// Measure round trips on `q` until the sample count, the duration or
 /// `stop`. Returns the report and the recorder (for .hgrm and the plot).
 pub fn run_pingpong(mut q: QueuePair, o: &LatencyOptions, stop: &AtomicBool) -> (LatencyReport, Recorder) {
+    if o.forward {
+        return run_forward(q, o, stop);
+    }
     let mut rec = Recorder::new();
     let mut rep = LatencyReport { load_pps: o.load_pps, ..Default::default() };
     let pair = q.index();
@@ -416,6 +423,126 @@ pub fn run_pingpong(mut q: QueuePair, o: &LatencyOptions, stop: &AtomicBool) -> 
     rep.integrity_errors = load.integrity_errors + bad_probes;
     rep.probes_late = late_probes;
     rep.duplicates_or_reordered = load.duplicates_or_reordered;
+    rep.threads = vec![cpu::current_thread("latency-0")];
+    rep.generator_busy_cycles = busy_cycles;
+    rep.generator_busy_frames = busy_frames;
+    rep.generator_cycles_per_frame = crate::dataplane::cycles::per_frame(busy_cycles, busy_frames);
+    rep.tsc_hz = crate::dataplane::cycles::hz();
+    rep.cycles_unit = crate::dataplane::cycles::UNIT;
+    (rep, rec)
+}
+
+/// Empty polls between two looks at the clock while the frame is out.
+const POLLS_PER_CLOCK_CHECK: u32 = 256;
+
+/// `latency --mode fwd`, the driver side of testpmd's ping-pong (`io`
+/// forwarding, one frame in flight): a single probe goes round and each
+/// arrival is sent back out from the buffer it arrived in, header and all,
+/// without being read, so its lines stay with the device that wrote them
+/// (testpmd's `io` side never touches a frame either). Every
+/// [`frame::SAMPLE`]-th arrival is checked in full. A round trip is the
+/// time from one arrival to the next on the cycle clock, read as the used
+/// entry is seen, before the frame is touched. A probe not back within the probe
+/// timeout is lost and ends the run (a late one would otherwise double the
+/// traffic); after the end the probe must come back once more.
+fn run_forward(mut q: QueuePair, o: &LatencyOptions, stop: &AtomicBool) -> (LatencyReport, Recorder) {
+    let mut rec = Recorder::new();
+    let mut rep = LatencyReport::default();
+    let start = Instant::now();
+    let warm_end = start + o.warmup;
+    let deadline = o.duration.map(|d| warm_end + d);
+    let want = o.samples.unwrap_or(u64::MAX);
+    let (mut busy_cycles, mut busy_frames) = (0u64, 0u64);
+    let (mut arrivals, mut bad) = (0u64, 0u64);
+    q.post_rx();
+    let size = o.sizes.of(0);
+    // Round trips on the cycle clock (a few ns to read, against the vDSO
+    // clock's tens); Instant for the warm-up, deadline and timeout only.
+    let ns_per_tick = 1e9 / crate::dataplane::cycles::hz();
+    let mut last_tick = crate::dataplane::cycles::now();
+    let sent = q.tx_burst(&mut |_, buf| frame::build(buf, size, PEER_MAC, DEVICE_MAC, PROBE_PAIR, 0), 1);
+    let mut out = sent == 1;
+    if !out {
+        rep.probes_lost += 1;
+    }
+    let mut window = None::<Instant>;
+    let mut idle = 0u32;
+    while out {
+        let t0 = crate::dataplane::cycles::now();
+        let mut at = None;
+        let (got, fwd) = q.fwd_burst(
+            &mut |f| {
+                // Timed before anything reads the frame.
+                at = Some(crate::dataplane::cycles::now());
+                if arrivals % frame::SAMPLE == 0 && frame::check(f) != (Check::Ok { pair: PROBE_PAIR, seq: 0 }) {
+                    bad += 1;
+                }
+                arrivals += 1;
+            },
+            1,
+            true,
+            false,
+        );
+        if got == 0 {
+            idle += 1;
+            if idle < POLLS_PER_CLOCK_CHECK {
+                continue;
+            }
+            idle = 0;
+            let now = Instant::now();
+            let since = crate::dataplane::cycles::now().wrapping_sub(last_tick) as f64 * ns_per_tick;
+            if since > o.probe_timeout.as_nanos() as f64 {
+                rep.probes_lost += 1;
+                out = false;
+            }
+            if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| now >= d) {
+                break;
+            }
+            continue;
+        }
+        busy_cycles += crate::dataplane::cycles::now().saturating_sub(t0);
+        busy_frames += fwd as u64;
+        let Some(tick) = at else { continue };
+        // After the frame went back out: off the round trip's path.
+        let t = Instant::now();
+        if t >= warm_end {
+            window.get_or_insert(t);
+            rec.record((tick.wrapping_sub(last_tick) as f64 * ns_per_tick) as u64);
+            rep.summary.samples += 1;
+        }
+        last_tick = tick;
+        // A failed forward reposts the buffer: the probe is gone.
+        if fwd == 0 {
+            rep.probes_lost += 1;
+            out = false;
+        }
+        if rep.summary.samples >= want || stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| t >= d) {
+            break;
+        }
+    }
+    let end = Instant::now();
+    // The probe still out must come back once more.
+    if out {
+        let until = end + o.probe_timeout;
+        let mut back = 0;
+        while back == 0 && Instant::now() < until {
+            back = q
+                .fwd_burst(
+                    &mut |f| bad += (frame::check(f) != (Check::Ok { pair: PROBE_PAIR, seq: 0 })) as u64,
+                    1,
+                    false,
+                    true,
+                )
+                .0;
+        }
+        rep.probes_lost += (back == 0) as u64;
+    }
+    if let Some(t0) = window {
+        rep.duration_s = end.saturating_duration_since(t0).as_secs_f64();
+    }
+    rep.summary = Summary { samples: rep.summary.samples, ..rec.summary() };
+    rep.lost = rep.probes_lost;
+    rep.integrity_errors = bad;
     rep.threads = vec![cpu::current_thread("latency-0")];
     rep.generator_busy_cycles = busy_cycles;
     rep.generator_busy_frames = busy_frames;

@@ -21,6 +21,12 @@ pub struct LatencyArgs {
     /// Background frames per second on the same queue pair while probing; 0 = plain ping-pong.
     #[arg(long, default_value_t = 0.0)]
     load: f64,
+    /// pingpong: each probe is built, timestamped and checked in full;
+    /// fwd: testpmd's ping-pong, one frame goes round and is sent back out
+    /// from the buffer it arrived in without being read (every 64th is
+    /// checked), a round trip being the time between two arrivals.
+    #[arg(long, value_enum, default_value_t = LatencyMode::Pingpong)]
+    mode: LatencyMode,
     /// Write HdrHistogram's percentile distribution (.hgrm, values in microseconds).
     #[arg(long, value_name = "FILE")]
     hgrm: Option<String>,
@@ -29,6 +35,12 @@ pub struct LatencyArgs {
     plot: Option<String>,
     #[command(flatten)]
     bench: BenchArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LatencyMode {
+    Pingpong,
+    Fwd,
 }
 
 pub fn run(a: LatencyArgs) -> CliResult {
@@ -42,6 +54,13 @@ pub fn run(a: LatencyArgs) -> CliResult {
     if !(a.load.is_finite() && a.load >= 0.0) {
         return Err(CliError(format!("--load {} must be a number of frames per second >= 0", a.load)));
     }
+    let forward = a.mode == LatencyMode::Fwd;
+    if forward && a.load > 0.0 {
+        return Err(CliError("--mode fwd keeps one frame in flight: it takes no --load".into()));
+    }
+    if forward && sizes.0.len() != 1 {
+        return Err(CliError(format!("--mode fwd sends one frame round: give one --size, not {}", b.size)));
+    }
     let samples = match (a.samples, duration) {
         (None, None) => Some(100_000),
         (s, _) => s,
@@ -54,6 +73,7 @@ pub fn run(a: LatencyArgs) -> CliResult {
         load_pps: a.load,
         burst: b.dev.burst,
         probe_timeout: Duration::from_millis(200),
+        forward,
     };
     // Open the output files first: a bad path should not cost a whole run.
     let mut hgrm = a.hgrm.as_deref().map(create).transpose()?;

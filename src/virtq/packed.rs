@@ -581,6 +581,20 @@ impl PackedQueue {
     /// asked to be interrupted for it.
     #[inline]
     pub fn publish_used(&mut self) -> bool {
+        if !self.publish_used_store() {
+            return false;
+        }
+        // Order the used flags store before reading the driver's event area
+        // (mirrors the driver's fence between writing it and re-checking).
+        fence(Ordering::SeqCst);
+        self.interrupt_wanted()
+    }
+
+    /// The store half of [`Self::publish_used`]: `true` when a batch was
+    /// published, in which case the caller must issue a SeqCst fence and
+    /// then ask [`Self::interrupt_wanted`].
+    #[inline]
+    pub fn publish_used_store(&mut self) -> bool {
         self.flush_batch();
         let Some((slot, flags)) = self.first.take() else {
             return false;
@@ -590,7 +604,7 @@ impl PackedQueue {
         self.flags_atomic(slot).store(flags.to_le(), Ordering::Release);
         self.since_signal += self.unpublished as u32;
         self.unpublished = 0;
-        self.needs_interrupt()
+        true
     }
 
     #[inline]
@@ -608,10 +622,10 @@ impl PackedQueue {
         (w as u16, (w >> 16) as u16)
     }
 
-    fn needs_interrupt(&mut self) -> bool {
-        // Order the used flags store before reading the driver's event area
-        // (mirrors the driver's fence between writing it and re-checking).
-        fence(Ordering::SeqCst);
+    /// Whether the driver asked to be interrupted for what was published
+    /// since the last answer. Only after [`Self::publish_used_store`]
+    /// returned `true` and a SeqCst fence after it (see the module docs).
+    pub fn interrupt_wanted(&mut self) -> bool {
         let (off_wrap, flags) = self.read_event(self.ptrs().driver);
         let n = std::mem::take(&mut self.since_signal);
         match flags {

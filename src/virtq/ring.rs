@@ -62,6 +62,12 @@ pub trait Ring: Send {
     /// Prefetch the next chain's first buffer (a hint; see
     /// [`SplitQueue::prefetch_next`]).
     fn prefetch_next(&self, space: &AddressSpace, guard: &ReadGuard<'_>);
+    /// Ask for the line the driver writes when it makes the next chain
+    /// available (split: the next avail entry; a hint, nothing on packed
+    /// rings, whose poll reads that line anyway). See
+    /// [`SplitQueue::prefetch_avail`].
+    #[inline]
+    fn prefetch_avail(&self) {}
     /// [`Ring::pop_into`] returning a new chain (slow path, tests).
     fn pop<'g>(
         &mut self,
@@ -106,6 +112,12 @@ pub trait Ring: Send {
     fn push_used(&mut self, head: Head, len: u32);
     /// Publish what was pushed, once per burst; whether to interrupt.
     fn publish_used(&mut self) -> bool;
+    /// `publish_used` in two halves, so that one fence serves two queues:
+    /// the stores (`true`: something was published) ...
+    fn publish_used_store(&mut self) -> bool;
+    /// ... and, only after that returned `true` and a SeqCst fence
+    /// followed it, the interrupt decision.
+    fn interrupt_wanted(&mut self) -> bool;
     fn disable_notifications(&mut self);
     /// Re-enable kicks; `true` when work arrived meanwhile.
     fn enable_notifications(&mut self) -> Result<bool, QueueError>;
@@ -149,6 +161,10 @@ impl Ring for SplitQueue {
         SplitQueue::prefetch_next(self, space, guard)
     }
     #[inline]
+    fn prefetch_avail(&self) {
+        SplitQueue::prefetch_avail(self)
+    }
+    #[inline]
     fn prewalk<'g>(
         &self,
         la: &mut Lookahead<'_, 'g>,
@@ -173,6 +189,14 @@ impl Ring for SplitQueue {
     #[inline]
     fn publish_used(&mut self) -> bool {
         SplitQueue::publish_used(self)
+    }
+    #[inline]
+    fn publish_used_store(&mut self) -> bool {
+        SplitQueue::publish_used_store(self)
+    }
+    #[inline]
+    fn interrupt_wanted(&mut self) -> bool {
+        SplitQueue::interrupt_wanted(self)
     }
     #[inline]
     fn disable_notifications(&mut self) {
@@ -237,6 +261,14 @@ impl Ring for PackedQueue {
     #[inline]
     fn publish_used(&mut self) -> bool {
         PackedQueue::publish_used(self)
+    }
+    #[inline]
+    fn publish_used_store(&mut self) -> bool {
+        PackedQueue::publish_used_store(self)
+    }
+    #[inline]
+    fn interrupt_wanted(&mut self) -> bool {
+        PackedQueue::interrupt_wanted(self)
     }
     #[inline]
     fn disable_notifications(&mut self) {
@@ -324,6 +356,12 @@ impl Ring for VirtQueue {
     }
     fn publish_used(&mut self) -> bool {
         either!(self, q => Ring::publish_used(q))
+    }
+    fn publish_used_store(&mut self) -> bool {
+        either!(self, q => Ring::publish_used_store(q))
+    }
+    fn interrupt_wanted(&mut self) -> bool {
+        either!(self, q => Ring::interrupt_wanted(q))
     }
     fn disable_notifications(&mut self) {
         either!(self, q => Ring::disable_notifications(q))

@@ -422,6 +422,19 @@ impl SplitQueue {
         prefetch_buffer(d.addr, d.len, d.flags, space, guard);
     }
 
+    /// Ask for the line of the next avail entry, the one the driver writes
+    /// with the next chain it makes available (with the one before it,
+    /// mostly in the same line). Polling only `avail.idx` finds a new
+    /// chain one miss before its entry can be read; a poll that also asks
+    /// for this line has both on their way at once. A hint only; nothing
+    /// before the rings are mapped.
+    #[inline]
+    pub fn prefetch_avail(&self) {
+        if let Some(p) = &self.ptrs {
+            prefetch::line(p.avail.wrapping_add(4 + 2 * self.slot(self.last_avail)));
+        }
+    }
+
     /// Read ahead the next chains, up to `max` and [`LOOKAHEAD`], into
     /// `la`: as long as they are one-descriptor chains the walk would
     /// accept for `dir` (a direct buffer, no NEXT, of the right direction,
@@ -561,6 +574,21 @@ impl SplitQueue {
     /// the driver asked to be interrupted for them.
     #[inline]
     pub fn publish_used(&mut self) -> bool {
+        if !self.publish_used_store() {
+            return false;
+        }
+        // Order our used.idx store before reading the driver's suppression
+        // state (mirrors the driver's fence between its flag write and its
+        // used.idx read).
+        fence(Ordering::SeqCst);
+        self.interrupt_wanted()
+    }
+
+    /// The store half of [`Self::publish_used`]: `true` when new used
+    /// elements were published, in which case the caller must issue a
+    /// SeqCst fence and then ask [`Self::interrupt_wanted`].
+    #[inline]
+    pub fn publish_used_store(&mut self) -> bool {
         self.flush_batch();
         if self.used_idx == self.published_used {
             return false;
@@ -568,14 +596,15 @@ impl SplitQueue {
         // Release: used elements and buffer writes before the index.
         self.used_idx_atomic().store(self.used_idx, Ordering::Release);
         self.published_used = self.used_idx;
-        self.needs_interrupt()
+        true
     }
 
-    fn needs_interrupt(&mut self) -> bool {
-        // Order our used.idx store before reading the driver's suppression
-        // state (mirrors the driver's fence between its flag write and its
-        // used.idx read).
-        fence(Ordering::SeqCst);
+    /// Whether the driver asked to be interrupted for what was published
+    /// since the last answer. Only after [`Self::publish_used_store`]
+    /// returned `true` and a SeqCst fence after it: without the fence the
+    /// suppression state could be read before our used.idx store is
+    /// visible, and a driver re-enabling interrupts would miss both.
+    pub fn interrupt_wanted(&mut self) -> bool {
         let old = self.signalled_used;
         let new = self.used_idx;
         self.signalled_used = new;
