@@ -3,7 +3,8 @@
 //! The thread owns its two queues, its port and its counters; nothing here
 //! takes a lock or makes a syscall per packet. A burst is: one Acquire load
 //! of avail.idx, up to `burst` chains, one Release store of used.idx, and
-//! an interrupt only if the driver asked for one. Between bursts the thread
+//! (every few bursts, or at the next idle poll) an interrupt if the driver
+//! asked for one. Between bursts the thread
 //! announces a QSBR quiescent state, which is what lets the slow path swap
 //! translation tables under it.
 //!
@@ -12,8 +13,9 @@
 //!   commands, adaptive idle (sleep on kicks), and supervision (a panic
 //!   stops the pair, not the process; a reset restarts it).
 //! - `burst`: one burst on one queue: taking chains, completing them,
-//!   publishing used entries once, the interrupt decision, counters, and
-//!   failing the queue when the driver broke it.
+//!   publishing used entries once, the interrupt decision (put off for a
+//!   few bursts, made on idle polls), counters, and failing the queue when
+//!   the driver broke it.
 //! - `tx`: driver TX -> port. **Where a TX frame is copied out of guest
 //!   memory** (into a port slot).
 //! - `rx`: port -> driver RX (a port frame copied into guest memory).
@@ -71,11 +73,21 @@ struct Queue {
     log: crate::persist::PositionSlot,
     /// Where a burst reads chains ahead (see [`crate::virtq::chain::Lookahead`]).
     ahead: crate::virtq::chain::LookaheadBuf,
+    /// Bursts published since the last interrupt decision (see `burst`).
+    undecided: u8,
 }
 
 impl Queue {
     fn new(vq: u32) -> Self {
-        Queue { vq, q: None, enabled: false, failed: false, log: Default::default(), ahead: Default::default() }
+        Queue {
+            vq,
+            q: None,
+            enabled: false,
+            failed: false,
+            log: Default::default(),
+            ahead: Default::default(),
+            undecided: 0,
+        }
     }
     fn with_log(vq: u32, log: Option<&Arc<crate::persist::StateLog>>) -> Self {
         Queue { log: crate::persist::PositionSlot::new(log, vq), ..Queue::new(vq) }
@@ -147,6 +159,9 @@ pub struct PollThread {
     handoff: Handoff,
     /// Between Start and Stop (the pair may be inactive meanwhile).
     started: bool,
+    /// Busy iterations since a queue was left with an interrupt decision
+    /// to make (see `burst`).
+    undecided_polls: u8,
 }
 
 #[cfg(test)]

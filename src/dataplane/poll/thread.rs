@@ -23,7 +23,7 @@ use super::super::cycles::{self, BusyClock};
 use super::super::mailbox::{Ack, Command};
 use super::super::stats::bump;
 use super::super::{rx_vq, tx_vq, IdlePolicy, IDLE_SLEEP};
-use super::burst::fail_queue;
+use super::burst::{fail_queue, IRQ_DECIDE_EVERY};
 use super::{PollSetup, PollThread, Queue};
 use crate::mem::{AddressSpace, ReadGuard, Reader};
 use crate::virtq::{PackedQueue, QueueConfig, Ring, RingFormat, SplitQueue, VirtQueue};
@@ -60,6 +60,7 @@ impl PollThread {
             offloads: super::offload::Offloads::new(),
             handoff: setup.handoff,
             started: false,
+            undecided_polls: 0,
         };
         (t, setup.reader)
     }
@@ -169,6 +170,8 @@ impl PollThread {
             // seen at the next iteration, or wakes `wait` through the eventfd
             // that `MailboxTx::post` writes after queueing it.
             if !self.mailbox.is_empty() {
+                // Commands may unmap or reset the rings: decide first.
+                self.settle_interrupts(reader);
                 while let Ok((cmd, reply)) = self.mailbox.try_recv() {
                     if let Flow::Exit = self.handle(cmd, &reply, reader) {
                         return;
@@ -176,6 +179,7 @@ impl PollThread {
                 }
             }
             if !self.active() {
+                self.settle_interrupts(reader);
                 reader.offline();
                 if self.forwards() {
                     // A pair the driver does not use: its port's frames go
@@ -206,12 +210,22 @@ impl PollThread {
             // One QSBR quiescent state per burst: one load, no fence (a
             // store only when a writer asked for a grace period).
             reader.quiescent();
+            if work > 0 && (self.rx.undecided | self.tx.undecided) != 0 {
+                // Busy: interrupt decisions wait a few iterations (see
+                // `burst`), counted in the busy cycles.
+                self.undecided_polls += 1;
+                if self.undecided_polls >= IRQ_DECIDE_EVERY {
+                    self.settle_interrupts(reader);
+                }
+            }
             // testpmd's --record-core-cycles: only iterations that moved frames.
             self.busy.end(t0, frames, &self.stats);
             if work > 0 {
                 idle_polls = 0;
                 continue;
             }
+            // Idle: the interrupt decisions the last bursts put off.
+            self.settle_interrupts(reader);
             match self.idle {
                 IdlePolicy::Busy => std::hint::spin_loop(),
                 IdlePolicy::Adaptive { spins } => {
@@ -227,6 +241,34 @@ impl PollThread {
                         std::thread::yield_now();
                     }
                 }
+            }
+        }
+    }
+
+    /// Make the interrupt decisions that bursts put off (see `burst`): one
+    /// fence, then each queue with an undecided publish reads the driver's
+    /// suppression state. A queue whose rings no longer map has nothing to
+    /// decide (its next burst fails it, or a reset forgets it).
+    fn settle_interrupts(&mut self, reader: &mut Reader) {
+        if self.rx.undecided == 0 && self.tx.undecided == 0 {
+            return;
+        }
+        self.undecided_polls = 0;
+        // Our used index stores before the reads below (see
+        // `Ring::publish_used`).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let g = reader.read();
+        for queue in [&mut self.rx, &mut self.tx] {
+            if std::mem::take(&mut queue.undecided) == 0 {
+                continue;
+            }
+            let Some(q) = queue.q.as_mut() else { continue };
+            if queue.failed || q.refresh(&self.space, &g).is_err() {
+                continue;
+            }
+            if q.interrupt_wanted() {
+                bump(&self.stats.irqs, 1);
+                let _ = self.device.inject_vq_irq(queue.vq);
             }
         }
     }
