@@ -380,12 +380,13 @@ pub fn run_pingpong(mut q: QueuePair, o: &LatencyOptions, stop: &AtomicBool) -> 
         let expect = probe_seq;
         let mut back = None;
         let got = q.rx_burst(
-            &mut |f| match frame::check(f) {
-                Check::Ok { pair: PROBE_PAIR, seq } if seq == expect => back = Some(Instant::now()),
+            // Timed when the frame is seen, before it is checked.
+            &mut |f| match (Instant::now(), frame::check(f)) {
+                (t, Check::Ok { pair: PROBE_PAIR, seq }) if seq == expect => back = Some(t),
                 // Back after its timeout: already counted lost.
-                Check::Ok { pair: PROBE_PAIR, seq } if seq < expect => late_probes += 1,
-                Check::Ok { pair: PROBE_PAIR, .. } => bad_probes += 1,
-                c => load.checked(c, f.len()),
+                (_, Check::Ok { pair: PROBE_PAIR, seq }) if seq < expect => late_probes += 1,
+                (_, Check::Ok { pair: PROBE_PAIR, .. }) => bad_probes += 1,
+                (_, c) => load.checked(c, f.len()),
             },
             burst,
         );
