@@ -501,6 +501,23 @@ impl ChainWriter<'_> {
         n - left
     }
 
+    /// [`Self::write`] of a fixed-size local when the current piece has
+    /// room for all of it (one copy the compiler inlines, not a memmove
+    /// call per piece); `false`, nothing written, otherwise.
+    #[inline]
+    pub fn write_array<const N: usize>(&mut self, data: &[u8; N]) -> bool {
+        let Some(&p) = self.pieces.get(self.at) else { return false };
+        if p.len() - self.off < N {
+            return false;
+        }
+        // SAFETY: as in `write`: `p` is valid for `p.len` device-writable
+        // bytes while the chain's guard lives, and off + N <= p.len; `data`
+        // is a local.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p.ptr.add(self.off), N) };
+        self.advance(N);
+        true
+    }
+
     /// Copy `data` (a local or a port slot, never guest memory: no
     /// reference over guest memory exists) into the next writable bytes;
     /// returns bytes copied, fewer when the kept pieces end.

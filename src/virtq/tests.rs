@@ -329,6 +329,44 @@ fn chain_pieces_gather_and_scatter() {
     assert_eq!(c.write_at(69, &[5, 5]), 1);
 }
 
+/// The fixed-size fast paths take a copy only when the current piece holds
+/// all of it, and then do what the piece-by-piece calls do.
+#[test]
+fn fixed_size_reads_and_writes_stay_inside_one_piece() {
+    let mut r = rig(16);
+    let pattern: Vec<u8> = (1..=100u8).collect();
+    r.mem.write(BUF, &pattern);
+    r.mem.write(BUF + 256, &[0u8; 64]);
+    r.mem.write(BUF + 2 * 256, &[0u8; 64]);
+    r.drv.add_chain(&[(buf(0), 20, false), (buf(1), 16, true), (buf(2), 30, true)], 3).unwrap();
+    r.drv.publish();
+    let space = r.iotlb.space(0).unwrap().clone();
+    let mut reader = r.iotlb.qsbr().register();
+    let g = reader.read();
+    r.dev.refresh(&space, &g).unwrap();
+    let head = r.dev.pop_head().unwrap();
+    let c = r.dev.read_chain(head, Direction::Both, &space, &g).unwrap();
+    let mut rd = c.reader();
+    assert_eq!(rd.read_array::<12>(), Some(std::array::from_fn(|i| i as u8 + 1)));
+    // 8 bytes left in the only readable piece: 9 do not fit, nothing consumed.
+    assert_eq!(rd.read_array::<9>(), None);
+    assert_eq!(rd.read_array::<8>(), Some(std::array::from_fn(|i| i as u8 + 13)));
+    assert_eq!(rd.read_array::<1>(), None, "the readable part is used up");
+    let mut w = c.writer();
+    assert!(w.write_array(&[7u8; 10]));
+    // 6 bytes left in the first writable piece: 7 do not fit, nothing written.
+    assert!(!w.write_array(&[8u8; 7]));
+    assert_eq!(w.written(), 10);
+    assert!(w.write_array(&[8u8; 6]));
+    assert!(w.write_array(&[9u8; 30]), "the second piece, whole");
+    assert!(!w.write_array(&[1u8; 1]), "the writable part is used up");
+    let mut b = [0u8; 32];
+    r.mem.read(BUF + 256, &mut b[..17]);
+    assert_eq!(&b[..17], &[[7u8; 10].as_slice(), &[8; 6], &[0]].concat()[..]);
+    r.mem.read(BUF + 2 * 256, &mut b[..31]);
+    assert_eq!(&b[..31], &[[9u8; 30].as_slice(), &[0]].concat()[..]);
+}
+
 /// Regression (issue 8 fix 4): a TX buffer and an RX buffer the driver
 /// points at overlapping memory. The chain-to-chain copy is a memmove: the
 /// result is what a copy through a bounce buffer gives. (The old code used

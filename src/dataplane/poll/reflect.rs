@@ -106,8 +106,15 @@ impl PollThread {
                 rb.complete(rchain.head(), 0);
                 rb.tally.rx_dropped_small += 1;
             } else {
-                dst.write(&RX_HDR);
-                dst.write(&eth[..k]);
+                // Header and prefix in one fixed-size copy when both are
+                // whole and the first RX buffer holds them.
+                let mut head = [0u8; HDR_LEN + FILTER_PREFIX];
+                head[..HDR_LEN].copy_from_slice(&RX_HDR);
+                head[HDR_LEN..].copy_from_slice(&eth);
+                if k < FILTER_PREFIX || !dst.write_array(&head) {
+                    dst.write(&RX_HDR);
+                    dst.write(&eth[..k]);
+                }
                 src.copy_to(&mut dst, len - k);
                 rb.complete(rchain.head(), out as u32);
                 rb.tally.rx_frames += 1;
