@@ -32,7 +32,7 @@
 
 use std::sync::atomic::{fence, AtomicU16, AtomicU32, Ordering};
 
-use super::chain::{indirect_entries, Builder, Chain, Direction};
+use super::chain::{indirect_entries, Builder, Chain, Direction, Lookahead, LOOKAHEAD};
 use super::split::{Head, QueueConfig};
 use super::{Malformed, QueueError};
 use crate::mem::{Access, AddressSpace, ReadGuard, XlateError};
@@ -502,6 +502,79 @@ impl PackedQueue {
         self.avail_cache = self.avail_cache.saturating_sub(1);
         b.finish(Head::new(id, slots));
         Ok(())
+    }
+
+    /// Read ahead the next chains, up to `max` and [`LOOKAHEAD`], into
+    /// `la` (what [`crate::virtq::SplitQueue::prewalk`] does for split
+    /// rings): as long as each is one descriptor the walk would accept for
+    /// `dir` (available with the expected wrap counter, no NEXT or
+    /// INDIRECT, the right direction, non-empty, a buffer id in range, one
+    /// region of the current table, a slot the device does not hold). The
+    /// first other chain ends the read-ahead; it and those after it are
+    /// walked when taken, so every rule and every error stays the walk's.
+    /// Nothing is consumed: [`Self::pop_prewalked`] takes them in order.
+    /// Each descriptor is read once, its flags with Acquire first.
+    #[inline]
+    pub fn prewalk<'g>(
+        &self,
+        la: &mut Lookahead<'_, 'g>,
+        max: usize,
+        dir: Direction,
+        space: &AddressSpace,
+        guard: &'g ReadGuard<'_>,
+    ) {
+        la.clear();
+        let want_write = match dir {
+            Direction::DeviceReads => false,
+            Direction::DeviceWrites => true,
+            Direction::Both => return,
+        };
+        let n = (self.avail_cache as usize).min(max).min(LOOKAHEAD).min(self.room() as usize);
+        if n < 2 || self.ptrs.is_none() {
+            // One chain gains nothing from being read ahead.
+            return;
+        }
+        let size = self.cfg.size;
+        let table = space.load(guard);
+        let access = if want_write { Access::Write } else { Access::Read };
+        let mut pos = self.avail;
+        for _ in 0..n {
+            let d = self.read_desc(pos.idx);
+            let writable = d.flags & VRING_DESC_F_WRITE != 0;
+            if !is_avail(d.flags, pos.wrap)
+                || d.flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT) != 0
+                || writable != want_write
+                || d.len == 0
+                || d.id >= size
+            {
+                break;
+            }
+            let Ok(p) = table.translate(d.addr, d.len as u64, access) else { break };
+            la.push(pos.encode(), d.id, p, d.len, writable);
+            pos.advance(1, size);
+        }
+    }
+
+    /// Take the next chain from `la` if it was read ahead at the ring's
+    /// current position (one slot, its buffer id); a read-ahead that no
+    /// longer starts there (a rewind) is dropped and the walk takes over.
+    #[inline]
+    pub fn pop_prewalked<'g>(&mut self, la: &mut Lookahead<'_, 'g>, chain: &mut Chain<'g>) -> bool {
+        match la.peek() {
+            Some(p) if p.at == self.avail.encode() => {
+                chain.fill_single(&p, Head::new(p.head, 1));
+                la.advance();
+                self.avail.advance(1, self.cfg.size);
+                self.in_flight += 1;
+                self.avail_cache = self.avail_cache.saturating_sub(1);
+                true
+            }
+            Some(_) => {
+                la.clear();
+                false
+            }
+            None => false,
+        }
     }
 
     /// Give back the last `chains` chains taken, `slots` slots in all, none

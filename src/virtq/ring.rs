@@ -80,7 +80,7 @@ pub trait Ring: Send {
         Ok(chain)
     }
     /// Read ahead up to `max` of the next chains into `la` (see
-    /// [`SplitQueue::prewalk`]); a format without a read-ahead leaves `la`
+    /// [`SplitQueue::prewalk`], [`PackedQueue::prewalk`]); a ring without a read-ahead leaves `la`
     /// empty and every chain is walked when taken.
     #[inline]
     fn prewalk<'g>(
@@ -257,6 +257,21 @@ impl Ring for PackedQueue {
     #[inline]
     fn prefetch_next(&self, space: &AddressSpace, guard: &ReadGuard<'_>) {
         PackedQueue::prefetch_next(self, space, guard)
+    }
+    #[inline]
+    fn prewalk<'g>(
+        &self,
+        la: &mut Lookahead<'_, 'g>,
+        max: usize,
+        dir: Direction,
+        space: &AddressSpace,
+        guard: &'g ReadGuard<'_>,
+    ) {
+        PackedQueue::prewalk(self, la, max, dir, space, guard)
+    }
+    #[inline]
+    fn pop_prewalked<'g>(&mut self, la: &mut Lookahead<'_, 'g>, chain: &mut Chain<'g>) -> bool {
+        PackedQueue::pop_prewalked(self, la, chain)
     }
     #[inline]
     fn publish_used(&mut self) -> bool {

@@ -8,7 +8,7 @@
 //! A burst is generic over the ring format ([`Ring`]): the poll thread
 //! picks the format once per iteration and every call below is static.
 //!
-//! [`Burst::prewalk`] reads the burst's chains ahead (split rings): their
+//! [`Burst::prewalk`] reads the burst's chains ahead (split and packed rings): their
 //! descriptors read and buffers translated before the first frame is
 //! copied, buffer lines requested [`PREFETCH_AHEAD`] chains ahead of the
 //! copy, and `pop_into` then takes them without walking again. Measured in
