@@ -9,6 +9,8 @@
 //!   direction needs and holds the file's bytes there; the canary page
 //!   mapped only in ASID 1 is never reached or written;
 //! - the direction rules and the totals, as for the split walker;
+//! - chains are taken by the walk, or (half the time) through the burst
+//!   read-ahead (`prewalk`, `pop_prewalked`), under the same oracles;
 //! - a chain the walker accepts is exactly what a plain re-walk of the ring
 //!   snapshot finds from the device's position: every slot available for
 //!   its wrap counter, NEXT to the end or an indirect descriptor, the buffer
@@ -30,7 +32,8 @@ use vduse_net::uapi::virtio::{
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_PACKED_DESC_F_AVAIL, VRING_PACKED_DESC_F_USED,
 };
 use vduse_net::virtq::packed::{avail_bits, is_avail, used_bits};
-use vduse_net::virtq::{Direction, PackedQueue, QueueConfig, RingFormat, RingPos};
+use vduse_net::virtq::chain::{Lookahead, LookaheadBuf};
+use vduse_net::virtq::{Chain, Direction, PackedQueue, QueueConfig, RingFormat, RingPos};
 use vduse_net_fuzz::{PatternMemory, Region, Regions};
 
 /// Ring memory: descriptor ring, the two event areas, indirect tables.
@@ -306,7 +309,22 @@ fn run(data: &[u8]) -> ArbResult<()> {
         }
         let before = q.avail_pos();
         let expected = expected_chain(ring, before, size);
-        let c = match q.pop_chain(dir, &rig.space, &g) {
+        // Half the time through the read-ahead the packet paths use: the
+        // same oracles hold for a chain it hands out.
+        let mut ahead = LookaheadBuf::default();
+        let taken = if dir != Direction::Both && u.ratio(1, 2)? {
+            let mut la = Lookahead::new(&mut ahead);
+            q.prewalk(&mut la, n as usize, dir, &rig.space, &g);
+            let mut c = Chain::empty();
+            if q.pop_prewalked(&mut la, &mut c) {
+                Ok(c)
+            } else {
+                q.pop_chain(dir, &rig.space, &g)
+            }
+        } else {
+            q.pop_chain(dir, &rig.space, &g)
+        };
+        let c = match taken {
             Ok(c) => c,
             Err(_) => {
                 assert_eq!(q.avail_pos(), before, "a refused chain moved the avail position");
