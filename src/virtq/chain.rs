@@ -245,6 +245,18 @@ impl<'g> Chain<'g> {
 /// Chains one [`Lookahead`] holds: a burst's worth.
 pub const LOOKAHEAD: usize = 32;
 
+/// What a read-ahead for `dir` takes: one-descriptor chains whose buffer is
+/// writable (`true`, with the access to translate it for) or readable;
+/// nothing for command chains (readable, then writable: never one
+/// descriptor), which the walk takes.
+pub(super) fn prewalk_kind(dir: Direction) -> Option<(bool, Access)> {
+    match dir {
+        Direction::DeviceReads => Some((false, Access::Read)),
+        Direction::DeviceWrites => Some((true, Access::Write)),
+        Direction::Both => None,
+    }
+}
+
 /// A one-descriptor chain read ahead of its turn by a ring's pre-walk
 /// (`SplitQueue::prewalk`): its ring position, head, and its one buffer,
 /// already checked (direction, head in range, no NEXT or INDIRECT, length

@@ -32,7 +32,7 @@
 
 use std::sync::atomic::{fence, AtomicU16, AtomicU32, Ordering};
 
-use super::chain::{indirect_entries, Builder, Chain, Direction, Lookahead, LOOKAHEAD};
+use super::chain::{indirect_entries, prewalk_kind, Builder, Chain, Direction, Lookahead, LOOKAHEAD};
 use super::split::{Head, QueueConfig};
 use super::{Malformed, QueueError};
 use crate::mem::{Access, AddressSpace, ReadGuard, XlateError};
@@ -524,11 +524,7 @@ impl PackedQueue {
         guard: &'g ReadGuard<'_>,
     ) {
         la.clear();
-        let want_write = match dir {
-            Direction::DeviceReads => false,
-            Direction::DeviceWrites => true,
-            Direction::Both => return,
-        };
+        let Some((want_write, access)) = prewalk_kind(dir) else { return };
         let n = (self.avail_cache as usize).min(max).min(LOOKAHEAD).min(self.room() as usize);
         if n < 2 || self.ptrs.is_none() {
             // One chain gains nothing from being read ahead.
@@ -536,7 +532,6 @@ impl PackedQueue {
         }
         let size = self.cfg.size;
         let table = space.load(guard);
-        let access = if want_write { Access::Write } else { Access::Read };
         let mut pos = self.avail;
         for _ in 0..n {
             let d = self.read_desc(pos.idx);
@@ -652,15 +647,10 @@ impl PackedQueue {
 
     /// Make the batch visible, once per burst. Returns whether the driver
     /// asked to be interrupted for it.
+    /// (`publish_used_store`, a SeqCst fence, `interrupt_wanted`).
     #[inline]
     pub fn publish_used(&mut self) -> bool {
-        if !self.publish_used_store() {
-            return false;
-        }
-        // Order the used flags store before reading the driver's event area
-        // (mirrors the driver's fence between writing it and re-checking).
-        fence(Ordering::SeqCst);
-        self.interrupt_wanted()
+        super::Ring::publish_used(self)
     }
 
     /// The store half of [`Self::publish_used`]: `true` when a batch was

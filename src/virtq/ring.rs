@@ -111,7 +111,17 @@ pub trait Ring: Send {
     /// one used entry, written at the end of the run or at `publish_used`.
     fn push_used(&mut self, head: Head, len: u32);
     /// Publish what was pushed, once per burst; whether to interrupt.
-    fn publish_used(&mut self) -> bool;
+    #[inline]
+    fn publish_used(&mut self) -> bool {
+        if !self.publish_used_store() {
+            return false;
+        }
+        // Order our used index (split) or flags (packed) store before the
+        // read of the driver's suppression state (mirrors the driver's
+        // fence between writing that state and re-checking the ring).
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.interrupt_wanted()
+    }
     /// `publish_used` in two halves, so that one fence serves two queues:
     /// the stores (`true`: something was published) ...
     fn publish_used_store(&mut self) -> bool;
@@ -185,10 +195,6 @@ impl Ring for SplitQueue {
     #[inline]
     fn push_used(&mut self, head: Head, len: u32) {
         SplitQueue::push_used(self, head, len)
-    }
-    #[inline]
-    fn publish_used(&mut self) -> bool {
-        SplitQueue::publish_used(self)
     }
     #[inline]
     fn publish_used_store(&mut self) -> bool {
@@ -272,10 +278,6 @@ impl Ring for PackedQueue {
     #[inline]
     fn pop_prewalked<'g>(&mut self, la: &mut Lookahead<'_, 'g>, chain: &mut Chain<'g>) -> bool {
         PackedQueue::pop_prewalked(self, la, chain)
-    }
-    #[inline]
-    fn publish_used(&mut self) -> bool {
-        PackedQueue::publish_used(self)
     }
     #[inline]
     fn publish_used_store(&mut self) -> bool {

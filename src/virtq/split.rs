@@ -16,7 +16,7 @@
 
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
-use super::chain::{Chain, Direction, Lookahead, LOOKAHEAD};
+use super::chain::{prewalk_kind, Chain, Direction, Lookahead, LOOKAHEAD};
 use super::{Malformed, QueueError, RingFormat};
 use crate::mem::{prefetch, Access, AddressSpace, ReadGuard, XlateError};
 use crate::uapi::virtio::{
@@ -457,20 +457,13 @@ impl SplitQueue {
         guard: &'g ReadGuard<'_>,
     ) {
         la.clear();
-        let want_write = match dir {
-            Direction::DeviceReads => false,
-            Direction::DeviceWrites => true,
-            // Command chains (readable, then writable) are never one
-            // descriptor: the walk takes them.
-            Direction::Both => return,
-        };
+        let Some((want_write, access)) = prewalk_kind(dir) else { return };
         let n = (self.avail_cache.wrapping_sub(self.last_avail) as usize).min(max).min(LOOKAHEAD);
         if n < 2 || self.ptrs.is_none() {
             // One chain gains nothing from being read ahead.
             return;
         }
         let table = space.load(guard);
-        let access = if want_write { Access::Write } else { Access::Read };
         for k in 0..n as u16 {
             let at = self.last_avail.wrapping_add(k);
             let head = self.avail_entry(at);
@@ -572,16 +565,10 @@ impl SplitQueue {
 
     /// Make pushed used elements visible, once per burst. Returns whether
     /// the driver asked to be interrupted for them.
+    /// (`publish_used_store`, a SeqCst fence, `interrupt_wanted`).
     #[inline]
     pub fn publish_used(&mut self) -> bool {
-        if !self.publish_used_store() {
-            return false;
-        }
-        // Order our used.idx store before reading the driver's suppression
-        // state (mirrors the driver's fence between its flag write and its
-        // used.idx read).
-        fence(Ordering::SeqCst);
-        self.interrupt_wanted()
+        super::Ring::publish_used(self)
     }
 
     /// The store half of [`Self::publish_used`]: `true` when new used
