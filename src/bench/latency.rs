@@ -306,6 +306,18 @@ pub struct LatencyReport {
     pub cycles_unit: &'static str,
 }
 
+impl LatencyReport {
+    /// This thread's CPU time and busy cycles, and the cycle clock.
+    fn generator_side(&mut self, busy_cycles: u64, busy_frames: u64) {
+        self.threads = vec![cpu::current_thread("latency-0")];
+        self.generator_busy_cycles = busy_cycles;
+        self.generator_busy_frames = busy_frames;
+        self.generator_cycles_per_frame = crate::dataplane::cycles::per_frame(busy_cycles, busy_frames);
+        self.tsc_hz = crate::dataplane::cycles::hz();
+        self.cycles_unit = crate::dataplane::cycles::UNIT;
+    }
+}
+
 /// Measure round trips on `q` until the sample count, the duration or
 /// `stop`. Returns the report and the recorder (for .hgrm and the plot).
 pub fn run_pingpong(mut q: QueuePair, o: &LatencyOptions, stop: &AtomicBool) -> (LatencyReport, Recorder) {
@@ -424,12 +436,7 @@ pub fn run_pingpong(mut q: QueuePair, o: &LatencyOptions, stop: &AtomicBool) -> 
     rep.integrity_errors = load.integrity_errors + bad_probes;
     rep.probes_late = late_probes;
     rep.duplicates_or_reordered = load.duplicates_or_reordered;
-    rep.threads = vec![cpu::current_thread("latency-0")];
-    rep.generator_busy_cycles = busy_cycles;
-    rep.generator_busy_frames = busy_frames;
-    rep.generator_cycles_per_frame = crate::dataplane::cycles::per_frame(busy_cycles, busy_frames);
-    rep.tsc_hz = crate::dataplane::cycles::hz();
-    rep.cycles_unit = crate::dataplane::cycles::UNIT;
+    rep.generator_side(busy_cycles, busy_frames);
     (rep, rec)
 }
 
@@ -544,12 +551,7 @@ fn run_forward(mut q: QueuePair, o: &LatencyOptions, stop: &AtomicBool) -> (Late
     rep.summary = Summary { samples: rep.summary.samples, ..rec.summary() };
     rep.lost = rep.probes_lost;
     rep.integrity_errors = bad;
-    rep.threads = vec![cpu::current_thread("latency-0")];
-    rep.generator_busy_cycles = busy_cycles;
-    rep.generator_busy_frames = busy_frames;
-    rep.generator_cycles_per_frame = crate::dataplane::cycles::per_frame(busy_cycles, busy_frames);
-    rep.tsc_hz = crate::dataplane::cycles::hz();
-    rep.cycles_unit = crate::dataplane::cycles::UNIT;
+    rep.generator_side(busy_cycles, busy_frames);
     (rep, rec)
 }
 

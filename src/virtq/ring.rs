@@ -371,9 +371,6 @@ impl Ring for VirtQueue {
     fn push_used(&mut self, head: Head, len: u32) {
         either!(self, q => Ring::push_used(q, head, len))
     }
-    fn publish_used(&mut self) -> bool {
-        either!(self, q => Ring::publish_used(q))
-    }
     fn publish_used_store(&mut self) -> bool {
         either!(self, q => Ring::publish_used_store(q))
     }

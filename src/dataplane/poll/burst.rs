@@ -51,8 +51,8 @@ pub(super) const IRQ_DECIDE_EVERY: u8 = 8;
 
 pub(super) struct Burst<'a, 'g, R: Ring> {
     ring: &'a mut R,
-    /// Bursts published since the queue's last interrupt decision.
-    undecided: &'a mut u8,
+    /// Something was published since the queue's last interrupt decision.
+    undecided: &'a mut bool,
     /// Chains read ahead by [`Burst::prewalk`], taken first by `pop_into`.
     ahead: Lookahead<'a, 'g>,
     vq: u32,
@@ -210,7 +210,7 @@ impl<'a, 'g, R: Ring> Burst<'a, 'g, R> {
     #[inline]
     fn publish(&mut self) {
         if self.ring.publish_used_store() {
-            *self.undecided = self.undecided.saturating_add(1);
+            *self.undecided = true;
         }
     }
 

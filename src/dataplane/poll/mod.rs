@@ -73,8 +73,9 @@ struct Queue {
     log: crate::persist::PositionSlot,
     /// Where a burst reads chains ahead (see [`crate::virtq::chain::Lookahead`]).
     ahead: crate::virtq::chain::LookaheadBuf,
-    /// Bursts published since the last interrupt decision (see `burst`).
-    undecided: u8,
+    /// Something was published since the last interrupt decision (see
+    /// `burst`).
+    undecided: bool,
 }
 
 impl Queue {
@@ -86,7 +87,7 @@ impl Queue {
             failed: false,
             log: Default::default(),
             ahead: Default::default(),
-            undecided: 0,
+            undecided: false,
         }
     }
     fn with_log(vq: u32, log: Option<&Arc<crate::persist::StateLog>>) -> Self {

@@ -210,7 +210,7 @@ impl PollThread {
             // One QSBR quiescent state per burst: one load, no fence (a
             // store only when a writer asked for a grace period).
             reader.quiescent();
-            if work > 0 && (self.rx.undecided | self.tx.undecided) != 0 {
+            if work > 0 && (self.rx.undecided || self.tx.undecided) {
                 // Busy: interrupt decisions wait a few iterations (see
                 // `burst`), counted in the busy cycles.
                 self.undecided_polls += 1;
@@ -250,7 +250,7 @@ impl PollThread {
     /// suppression state. A queue whose rings no longer map has nothing to
     /// decide (its next burst fails it, or a reset forgets it).
     fn settle_interrupts(&mut self, reader: &mut Reader) {
-        if self.rx.undecided == 0 && self.tx.undecided == 0 {
+        if !self.rx.undecided && !self.tx.undecided {
             return;
         }
         self.undecided_polls = 0;
@@ -259,7 +259,7 @@ impl PollThread {
         std::sync::atomic::fence(Ordering::SeqCst);
         let g = reader.read();
         for queue in [&mut self.rx, &mut self.tx] {
-            if std::mem::take(&mut queue.undecided) == 0 {
+            if !std::mem::take(&mut queue.undecided) {
                 continue;
             }
             let Some(q) = queue.q.as_mut() else { continue };
