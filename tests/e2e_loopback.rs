@@ -207,9 +207,146 @@ fn reflected_frames_interrupt_only_the_queue_that_asked(fmt: RingFormat) {
     rig.finish();
 }
 
+/// The reflector copies chains of one buffer on both sides straight from
+/// buffer to buffer and walks every other shape (`reflect` module docs).
+/// Each way a frame can go: RX buffers too small for it (counted, the
+/// frame is lost and nothing else), one RX buffer left and not read ahead
+/// (a TX buffer into a walked RX chain), frames shorter than the header
+/// and filter prefix in single TX buffers (walked; one too short for an
+/// Ethernet header is filtered), and ordinary ones around them.
+fn every_chain_shape_takes_its_path(fmt: RingFormat) {
+    use vduse_net::bench::frame::{self, Check};
+
+    let t = Duration::from_secs(5);
+    let rig = Rig::new_fmt("e2e-shapes", 1, fmt);
+    let mut d = rig.probe(driver_config_fmt(fmt));
+    let mut qs = d.take_pairs();
+    let q = &mut qs[0];
+    let hl = q.hdr_len();
+    let size = q.ring_size();
+    let stats = || rig.stats().pairs[0];
+
+    // 1. RX buffers of 64 bytes from now on; a lap of small frames
+    // replaces every posted buffer with one.
+    q.set_rx_buffer_len(hl + 64);
+    let mut f = Flow::new(0);
+    f.sizes = vec![40];
+    assert!(f.exchange(q, size as u64 + 10, t), "{f:?}");
+    // Two frames too long for them: dropped and counted, and only they.
+    let before = stats();
+    f.sizes = vec![100];
+    assert_eq!(f.send(q, 2), 2);
+    assert!(wait_for(t, || stats().rx_dropped_small == before.rx_dropped_small + 2), "{:?}", stats());
+    f.sizes = vec![40];
+    assert!(f.exchange(q, 10, t), "{f:?}");
+    assert_eq!((f.lost, f.corrupt, f.dup_or_reordered), (2, 0, 0), "{f:?}");
+
+    // 2. One RX buffer left: take every used RX entry but one without
+    // reposting, then send three frames at once. The TX buffers are read
+    // ahead, the one RX buffer is not (one chain is never read ahead): the
+    // first frame goes from its TX buffer into the walked RX chain, the
+    // other two wait for buffers.
+    let fill = size as usize - 1;
+    let (mut sent, mut taken) = (0, 0);
+    let end = Instant::now() + t;
+    while taken < fill {
+        assert!(Instant::now() < end, "the device used {taken} RX buffers");
+        if sent < fill {
+            sent += f.send(q, (fill - sent).min(32));
+        }
+        while let Ok(Some(_)) = q.raw_rx().pop_used() {
+            taken += 1;
+        }
+    }
+    assert_eq!(taken, fill, "no more than the frames sent");
+    let before = stats();
+    let seq = f.next_tx;
+    q.reclaim_tx();
+    assert_eq!(f.send(q, 3), 3);
+    let got = (|| {
+        let end = Instant::now() + t;
+        loop {
+            if let Ok(Some(u)) = q.raw_rx().pop_used() {
+                return u;
+            }
+            assert!(Instant::now() < end, "the frame for the last RX buffer came back");
+            std::thread::yield_now();
+        }
+    })();
+    let (slot, len) = (got.0 as u16, got.1 as usize);
+    let mut buf = vec![0u8; len];
+    q.memory().read(q.rx_slot_offset(slot), &mut buf);
+    match frame::check(&buf[hl..]) {
+        Check::Ok { seq: s, pair: 0 } => assert_eq!(s, seq, "the first of the three"),
+        other => panic!("the frame in the walked RX chain: {other:?}"),
+    }
+    assert_eq!((&buf[hl..hl + 6], &buf[hl + 6..hl + 12]), (&DEV_MAC[..], &PEER_MAC[..]), "MACs swapped");
+    assert!(wait_for(t, || stats().reflected == before.reflected + 1), "{:?}", stats());
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(stats().reflected, before.reflected + 1, "the other two wait for RX buffers");
+    drop(qs);
+    drop(d);
+    let s = rig.finish().pairs[0];
+    assert_eq!((s.queue_errors, s.tx_dropped, s.chain_overflow), (0, 0, 0), "{s:?}");
+}
+
+/// Frames shorter than the header and the filter's prefix, in single TX
+/// buffers read ahead with an ordinary frame: walked, each delivered whole
+/// with its MACs swapped, one too short for an Ethernet header filtered.
+fn frames_shorter_than_the_prefix_come_back_whole(fmt: RingFormat) {
+    let t = Duration::from_secs(5);
+    let rig = Rig::new_fmt("e2e-short", 1, fmt);
+    let mut d = rig.probe(driver_config_fmt(fmt));
+    let mut qs = d.take_pairs();
+    let q = &mut qs[0];
+    let hl = q.hdr_len();
+    let mut f = Flow::new(0);
+    assert!(f.exchange(q, 10, t));
+    // Every TX chain back, so the raw chains' buffer ids (packed) are free.
+    q.reclaim_tx();
+    assert_eq!(q.tx_free(), q.ring_size() as usize);
+    let eth = |tail: &[u8]| [&PEER_MAC[..], &DEV_MAC[..], tail].concat();
+    let frames: Vec<Vec<u8>> = vec![
+        eth(&[0x08, 0x00]),                  // an Ethernet header alone (14)
+        eth(&[0x88, 0xb5, 1, 2, 3]),         // 17: one short of the prefix
+        vec![1, 2, 3, 4, 5],                 // no Ethernet header: filtered
+        eth(&(0..46u8).collect::<Vec<_>>()), // an ordinary 58-byte frame
+    ];
+    let mem = q.memory().clone();
+    let base = 40u16;
+    for (i, fr) in frames.iter().enumerate() {
+        let slot = q.ring_size() - 1 - i as u16;
+        let mut bytes = vec![0u8; hl];
+        bytes.extend_from_slice(fr);
+        mem.write(q.tx_slot_offset(slot), &bytes);
+        let (id, iova) = (base + i as u16, q.tx_slot_iova(slot));
+        q.raw_tx().push_raw_chain(id, &[(iova, bytes.len() as u32, 0)], id).unwrap();
+    }
+    let before = rig.stats().pairs[0];
+    q.raw_tx().publish();
+    q.kick_tx().unwrap();
+    let mut got = Vec::new();
+    let end = Instant::now() + t;
+    while got.len() < 3 && Instant::now() < end {
+        q.post_rx();
+        q.rx_burst(&mut |fr| got.push(fr.to_vec()), 8);
+    }
+    let swapped = |fr: &[u8]| [&fr[6..12], &fr[..6], &fr[12..]].concat();
+    assert_eq!(got, vec![swapped(&frames[0]), swapped(&frames[1]), swapped(&frames[3])]);
+    let s = rig.stats().pairs[0];
+    assert_eq!(s.reflected - before.reflected, 3, "{s:?}");
+    assert_eq!(s.rx_filtered - before.rx_filtered, 1, "{s:?}");
+    drop(qs);
+    drop(d);
+    let s = rig.finish().pairs[0];
+    assert_eq!((s.queue_errors, s.tx_dropped, s.chain_overflow), (0, 0, 0), "{s:?}");
+}
+
 both_formats!(
     a_million_mixed_frames_through_two_pairs,
     an_idle_device_wakes_on_each_kick,
     frames_in_many_pieces_come_back_whole_and_in_order,
     reflected_frames_interrupt_only_the_queue_that_asked,
+    every_chain_shape_takes_its_path,
+    frames_shorter_than_the_prefix_come_back_whole,
 );

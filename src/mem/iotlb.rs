@@ -42,6 +42,41 @@ pub enum XlateError {
     Retry { asid: u32 },
 }
 
+/// Translations of one access in a row under one table (a burst's
+/// buffers, which a driver carves from one or a few regions): the region
+/// the last one hit is tried first, two compares instead of a search and
+/// a permission check (the region allowed this access already). Anything
+/// else is [`Table::translate`], with its errors.
+pub struct Near<'t> {
+    table: &'t Table,
+    access: Access,
+    last: Option<&'t Mapping>,
+}
+
+impl<'t> Near<'t> {
+    #[inline]
+    pub fn new(table: &'t Table, access: Access) -> Self {
+        Near { table, access, last: None }
+    }
+
+    /// [`Table::translate`] of `[iova, iova + len)` for this access.
+    #[inline]
+    pub fn translate(&mut self, iova: u64, len: u64) -> Result<*mut u8, XlateError> {
+        if let Some(m) = self.last {
+            let end = iova.wrapping_add(len.saturating_sub(1));
+            // No wrap (end >= iova) and inside [start, last].
+            if iova >= m.start && end >= iova && end <= m.last {
+                // SAFETY: start <= iova <= last: the offset lies inside the
+                // mapping whose base is `host`, which allows `access`.
+                return Ok(unsafe { m.host.add((iova - m.start) as usize) });
+            }
+        }
+        let (p, m) = self.table.translate_in(iova, len, self.access)?;
+        self.last = Some(m);
+        Ok(p)
+    }
+}
+
 /// One mmap'd region `[start, last]` of an address space.
 pub struct Mapping {
     start: u64,
@@ -159,6 +194,12 @@ impl Table {
     /// `len == 0` checks only that `iova` is mapped.
     #[inline]
     pub fn translate(&self, iova: u64, len: u64, access: Access) -> Result<*mut u8, XlateError> {
+        self.translate_in(iova, len, access).map(|(p, _)| p)
+    }
+
+    /// [`Self::translate`], and the region it lies in.
+    #[inline]
+    fn translate_in(&self, iova: u64, len: u64, access: Access) -> Result<(*mut u8, &Mapping), XlateError> {
         let end = iova.checked_add(len.saturating_sub(1)).ok_or(XlateError::Overflow { iova, len })?;
         let m = self.find(iova).ok_or(XlateError::Unmapped { asid: self.asid, iova })?;
         if !m.allows(access) {
@@ -169,7 +210,7 @@ impl Table {
         }
         // SAFETY: start <= iova <= last, so the offset lies inside the
         // mapping whose base is `host`.
-        Ok(unsafe { m.host.add((iova - m.start) as usize) })
+        Ok((unsafe { m.host.add((iova - m.start) as usize) }, m))
     }
 
     /// Visit the host pieces of `[iova, iova + len)`, which may span several

@@ -12,5 +12,5 @@ mod qsbr_stress;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use iotlb::{Access, AddressSpace, Iotlb, Mapping, RegionSource, Table, XlateError};
+pub use iotlb::{Access, AddressSpace, Iotlb, Mapping, Near, RegionSource, Table, XlateError};
 pub use qsbr::{Qsbr, ReadGuard, Reader};

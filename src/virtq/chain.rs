@@ -263,11 +263,10 @@ pub(super) fn prewalk_kind(dir: Direction) -> Option<(bool, Access)> {
 /// non-zero) and translated.
 #[derive(Clone, Copy, Debug)]
 pub struct Prewalked {
+    piece: Piece,
     /// The ring position the chain was read at (split: the avail index).
-    pub(super) at: u16,
-    pub(super) head: u16,
-    pub(super) writable: bool,
-    pub(super) piece: Piece,
+    at: u16,
+    head: u16,
 }
 
 /// Storage for a [`Lookahead`], kept with its queue so a burst does not
@@ -297,6 +296,8 @@ pub struct Lookahead<'a, 'g> {
     buf: &'a mut LookaheadBuf,
     n: u8,
     next: u8,
+    /// The buffers are device-writable (one read-ahead takes one kind).
+    writable: bool,
     _guard: PhantomData<&'g ReadGuard<'g>>,
 }
 
@@ -304,7 +305,7 @@ impl<'a, 'g> Lookahead<'a, 'g> {
     /// An empty read-ahead over `buf` (what it held before is forgotten).
     #[inline]
     pub fn new(buf: &'a mut LookaheadBuf) -> Self {
-        Lookahead { buf, n: 0, next: 0, _guard: PhantomData }
+        Lookahead { buf, n: 0, next: 0, writable: false, _guard: PhantomData }
     }
 
     /// Forget every chain not taken yet.
@@ -312,6 +313,15 @@ impl<'a, 'g> Lookahead<'a, 'g> {
     pub fn clear(&mut self) {
         self.n = 0;
         self.next = 0;
+    }
+
+    /// Start a read-ahead of device-writable buffers (`writable`) or of
+    /// device-readable ones: [`Self::clear`], and the kind every `push`
+    /// until the next start is of.
+    #[inline]
+    pub(super) fn start(&mut self, writable: bool) {
+        self.clear();
+        self.writable = writable;
     }
 
     /// Chains read ahead and not taken yet.
@@ -325,27 +335,36 @@ impl<'a, 'g> Lookahead<'a, 'g> {
         self.n == self.next
     }
 
-    /// Add a chain whose buffer `ptr` was translated under the guard `'g`
-    /// (the caller adds at most [`LOOKAHEAD`] after `clear`).
+    /// Add a chain whose buffer `ptr` (of the kind `start` named) was
+    /// translated under the guard `'g` (the caller adds at most
+    /// [`LOOKAHEAD`] after `start`).
     #[inline]
-    pub(super) fn push(&mut self, at: u16, head: u16, ptr: *mut u8, len: u32, writable: bool) {
-        self.buf.0[self.n as usize] = MaybeUninit::new(Prewalked { at, head, writable, piece: Piece { ptr, len } });
+    pub(super) fn push(&mut self, at: u16, head: u16, ptr: *mut u8, len: u32) {
+        self.buf.0[self.n as usize] = MaybeUninit::new(Prewalked { at, head, piece: Piece { ptr, len } });
         self.n += 1;
     }
 
     /// The chain `d` places after the next one, if read ahead.
     #[inline]
-    fn get(&self, d: usize) -> Option<Prewalked> {
+    fn get(&self, d: usize) -> Option<&Prewalked> {
         let i = self.next as usize + d;
         // SAFETY: entries below `n` were written by this Lookahead's `push`
-        // (`new` starts at 0); Prewalked is Copy.
-        (i < self.n as usize).then(|| unsafe { self.buf.0[i].assume_init() })
+        // (`new` and `start` start at 0).
+        (i < self.n as usize).then(|| unsafe { self.buf.0[i].assume_init_ref() })
     }
 
-    /// The next chain, not taken yet.
+    /// Take the next chain if it was read at ring position `at` (the ring's
+    /// next): `None` when none is left, and, emptied, when it is stale (the
+    /// ring moved without it).
     #[inline]
-    pub(super) fn peek(&self) -> Option<Prewalked> {
-        self.get(0)
+    pub(super) fn pop_at(&mut self, at: u16) -> Option<Single<'g>> {
+        let p = *self.get(0)?;
+        if p.at != at {
+            self.clear();
+            return None;
+        }
+        self.next += 1;
+        Some(Single::new(&p, self.writable))
     }
 
     /// Ask for the first lines of the buffer of the chain `d` places after
@@ -353,32 +372,121 @@ impl<'a, 'g> Lookahead<'a, 'g> {
     #[inline]
     pub fn prefetch(&self, d: usize) {
         if let Some(p) = self.get(d) {
-            crate::mem::prefetch::lines(p.piece.ptr, p.piece.len, p.writable);
+            crate::mem::prefetch::lines(p.piece.ptr, p.piece.len, self.writable);
         }
-    }
-
-    /// Take the chain `peek` returned.
-    #[inline]
-    pub(super) fn advance(&mut self) {
-        self.next += 1;
     }
 }
 
 impl<'g> Chain<'g> {
-    /// Fill this chain from a pre-walked one: the same chain the walk would
-    /// have made of it (one piece, totals, a head marked readable-only or
-    /// not). The want, if any, is consumed as a walk would.
+    /// Fill this chain from a chain of one buffer taken from a read-ahead:
+    /// the same chain the walk would have made of it (one piece, totals,
+    /// the head). The want, if any, is consumed as a walk would.
     #[inline]
-    pub(super) fn fill_single(&mut self, p: &Prewalked, head: Head) {
-        self.pieces[0] = MaybeUninit::new(p.piece);
+    pub fn fill_single(&mut self, s: &Single<'g>) {
+        self.pieces[0] = MaybeUninit::new(s.piece);
         self.n = 1;
-        self.n_readable = if p.writable { 0 } else { 1 };
+        self.n_readable = !s.writable as u8;
         self.readable_complete = true;
         self.writable_complete = true;
-        (self.readable, self.writable) = if p.writable { (0, p.piece.len) } else { (p.piece.len, 0) };
+        (self.readable, self.writable) = if s.writable { (0, s.piece.len) } else { (s.piece.len, 0) };
         self.descriptors = 1;
         self.want = u32::MAX;
-        self.head = head.with_readable_only(!p.writable);
+        self.head = s.head;
+    }
+}
+
+/// A chain of one buffer (one descriptor, neither chained nor indirect),
+/// taken from a read-ahead as it is: what a driver posts for nearly every
+/// frame. A path that finds one copies straight from or into its buffer,
+/// without filling a [`Chain`] and its cursors. Its buffer was translated
+/// and checked for the access of its kind (device-readable or
+/// device-writable) like a chain's pieces, and is valid while the read
+/// guard `'g` lives.
+#[derive(Clone, Copy)]
+pub struct Single<'g> {
+    head: Head,
+    piece: Piece,
+    writable: bool,
+    _guard: PhantomData<&'g ReadGuard<'g>>,
+}
+
+impl<'g> Single<'g> {
+    /// The chain of `p`, read ahead under the guard `'g`, of one
+    /// descriptor.
+    #[inline]
+    fn new(p: &Prewalked, writable: bool) -> Self {
+        let head = Head::new(p.head, 1).with_readable_only(!writable);
+        Single { head, piece: p.piece, writable, _guard: PhantomData }
+    }
+
+    /// The head to complete the chain with.
+    #[inline]
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    /// Bytes in the buffer: the chain's readable total for a
+    /// device-readable one, its writable total otherwise.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.piece.len()
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.piece.is_empty()
+    }
+
+    /// The first `N` bytes of a device-readable buffer that holds them,
+    /// as a local; `None` otherwise.
+    #[inline]
+    pub fn read_array<const N: usize>(&self) -> Option<[u8; N]> {
+        if self.writable || self.piece.len() < N {
+            return None;
+        }
+        let mut out = [0u8; N];
+        // SAFETY: the piece is valid for `len` readable bytes while the
+        // guard `'g` lives (a translation checked for reading), and N <=
+        // len. memmove into a local, no reference over guest memory.
+        unsafe { std::ptr::copy(self.piece.ptr, out.as_mut_ptr(), N) };
+        Some(out)
+    }
+
+    /// Write `data` at the start of a device-writable buffer that has room
+    /// for it; `false`, nothing written, otherwise.
+    #[inline]
+    pub fn write_array<const N: usize>(&self, data: &[u8; N]) -> bool {
+        if !self.writable || self.piece.len() < N {
+            return false;
+        }
+        // SAFETY: the piece is valid for `len` device-writable bytes while
+        // the guard lives, and N <= len; `data` is a local.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.piece.ptr, N) };
+        true
+    }
+
+    /// Copy bytes `[at, at + n)` of this device-readable buffer to the same
+    /// offsets of the device-writable `to`; `false`, nothing copied, when
+    /// either does not hold them or is of the other kind.
+    #[inline]
+    pub fn copy_to(&self, to: &Single<'_>, at: usize, n: usize) -> bool {
+        let end = at.saturating_add(n);
+        if self.writable || !to.writable || end > self.piece.len() || end > to.piece.len() {
+            return false;
+        }
+        // SAFETY: both pieces are valid for their `len` bytes (readable,
+        // writable) while their guards live, and at + n <= both. The driver
+        // may point both at the same memory: ptr::copy is memmove.
+        unsafe { std::ptr::copy(self.piece.ptr.add(at), to.piece.ptr.add(at), n) };
+        true
+    }
+
+    /// A cursor over a device-readable buffer (empty for a writable one),
+    /// to copy into a [`Chain`].
+    #[inline]
+    pub fn reader(&self) -> ChainReader<'_> {
+        let pieces = if self.writable { &[][..] } else { std::slice::from_ref(&self.piece) };
+        ChainReader { pieces, at: 0, off: 0 }
     }
 }
 

@@ -24,7 +24,9 @@ pub mod split;
 #[cfg(all(test, not(loom)))]
 mod tests;
 
-pub use chain::{Chain, ChainReader, ChainWriter, Direction, Piece, MAX_INDIRECT_LEN, MAX_PIECES, MAX_READABLE_PIECES};
+pub use chain::{
+    Chain, ChainReader, ChainWriter, Direction, Piece, Single, MAX_INDIRECT_LEN, MAX_PIECES, MAX_READABLE_PIECES,
+};
 pub use packed::{PackedQueue, RingPos};
 pub use ring::{Ring, RingFormat, VirtQueue};
 pub use split::{Head, QueueConfig, SplitQueue};

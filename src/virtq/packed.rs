@@ -32,10 +32,10 @@
 
 use std::sync::atomic::{fence, AtomicU16, AtomicU32, Ordering};
 
-use super::chain::{indirect_entries, prewalk_kind, Builder, Chain, Direction, Lookahead, LOOKAHEAD};
+use super::chain::{indirect_entries, prewalk_kind, Builder, Chain, Direction, Lookahead, Single, LOOKAHEAD};
 use super::split::{Head, QueueConfig};
 use super::{Malformed, QueueError};
-use crate::mem::{Access, AddressSpace, ReadGuard, XlateError};
+use crate::mem::{Access, AddressSpace, Near, ReadGuard, XlateError};
 use crate::uapi::virtio::{
     packed_ring_size, vring_need_event, PackedDesc, PACKED_EVENT_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE, VRING_PACKED_DESC_F_AVAIL, VRING_PACKED_DESC_F_USED, VRING_PACKED_EVENT_FLAG_DESC,
@@ -525,13 +525,14 @@ impl PackedQueue {
     ) {
         la.clear();
         let Some((want_write, access)) = prewalk_kind(dir) else { return };
+        la.start(want_write);
         let n = (self.avail_cache as usize).min(max).min(LOOKAHEAD).min(self.room() as usize);
         if n < 2 || self.ptrs.is_none() {
             // One chain gains nothing from being read ahead.
             return;
         }
         let size = self.cfg.size;
-        let table = space.load(guard);
+        let mut near = Near::new(space.load(guard), access);
         let mut pos = self.avail;
         for _ in 0..n {
             let d = self.read_desc(pos.idx);
@@ -544,8 +545,8 @@ impl PackedQueue {
             {
                 break;
             }
-            let Ok(p) = table.translate(d.addr, d.len as u64, access) else { break };
-            la.push(pos.encode(), d.id, p, d.len, writable);
+            let Ok(p) = near.translate(d.addr, d.len as u64) else { break };
+            la.push(pos.encode(), d.id, p, d.len);
             pos.advance(1, size);
         }
     }
@@ -554,22 +555,12 @@ impl PackedQueue {
     /// current position (one slot, its buffer id); a read-ahead that no
     /// longer starts there (a rewind) is dropped and the walk takes over.
     #[inline]
-    pub fn pop_prewalked<'g>(&mut self, la: &mut Lookahead<'_, 'g>, chain: &mut Chain<'g>) -> bool {
-        match la.peek() {
-            Some(p) if p.at == self.avail.encode() => {
-                chain.fill_single(&p, Head::new(p.head, 1));
-                la.advance();
-                self.avail.advance(1, self.cfg.size);
-                self.in_flight += 1;
-                self.avail_cache = self.avail_cache.saturating_sub(1);
-                true
-            }
-            Some(_) => {
-                la.clear();
-                false
-            }
-            None => false,
-        }
+    pub fn pop_prewalked<'g>(&mut self, la: &mut Lookahead<'_, 'g>) -> Option<Single<'g>> {
+        let s = la.pop_at(self.avail.encode())?;
+        self.avail.advance(1, self.cfg.size);
+        self.in_flight += 1;
+        self.avail_cache = self.avail_cache.saturating_sub(1);
+        Some(s)
     }
 
     /// Give back the last `chains` chains taken, `slots` slots in all, none

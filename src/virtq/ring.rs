@@ -10,7 +10,7 @@
 //! every call: fine for the slow path (control queue, lifecycle), not used
 //! per chain on the fast path.
 
-use super::chain::{Chain, Direction, Lookahead};
+use super::chain::{Chain, Direction, Lookahead, Single};
 use super::packed::PackedQueue;
 use super::split::{Head, QueueConfig, SplitQueue};
 use super::QueueError;
@@ -96,9 +96,9 @@ pub trait Ring: Send {
     /// Take the next chain from `la` if it is this ring's next one (see
     /// [`SplitQueue::pop_prewalked`]).
     #[inline]
-    fn pop_prewalked<'g>(&mut self, la: &mut Lookahead<'_, 'g>, _chain: &mut Chain<'g>) -> bool {
+    fn pop_prewalked<'g>(&mut self, la: &mut Lookahead<'_, 'g>) -> Option<Single<'g>> {
         la.clear();
-        false
+        None
     }
     /// Give back the chains taken last (`heads`, most recent pops, none
     /// completed): the next pops take them again. MRG_RXBUF uses it when a
@@ -186,8 +186,8 @@ impl Ring for SplitQueue {
         SplitQueue::prewalk(self, la, max, dir, space, guard)
     }
     #[inline]
-    fn pop_prewalked<'g>(&mut self, la: &mut Lookahead<'_, 'g>, chain: &mut Chain<'g>) -> bool {
-        SplitQueue::pop_prewalked(self, la, chain)
+    fn pop_prewalked<'g>(&mut self, la: &mut Lookahead<'_, 'g>) -> Option<Single<'g>> {
+        SplitQueue::pop_prewalked(self, la)
     }
     fn rewind(&mut self, heads: &[Head]) {
         SplitQueue::rewind(self, heads.len() as u16)
@@ -276,8 +276,8 @@ impl Ring for PackedQueue {
         PackedQueue::prewalk(self, la, max, dir, space, guard)
     }
     #[inline]
-    fn pop_prewalked<'g>(&mut self, la: &mut Lookahead<'_, 'g>, chain: &mut Chain<'g>) -> bool {
-        PackedQueue::pop_prewalked(self, la, chain)
+    fn pop_prewalked<'g>(&mut self, la: &mut Lookahead<'_, 'g>) -> Option<Single<'g>> {
+        PackedQueue::pop_prewalked(self, la)
     }
     #[inline]
     fn publish_used_store(&mut self) -> bool {

@@ -16,9 +16,9 @@
 
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
-use super::chain::{prewalk_kind, Chain, Direction, Lookahead, LOOKAHEAD};
+use super::chain::{prewalk_kind, Direction, Lookahead, Single, LOOKAHEAD};
 use super::{Malformed, QueueError, RingFormat};
-use crate::mem::{prefetch, Access, AddressSpace, ReadGuard, XlateError};
+use crate::mem::{prefetch, Access, AddressSpace, Near, ReadGuard, XlateError};
 use crate::uapi::virtio::{
     avail_ring_size, desc_table_size, used_ring_size, vring_need_event, VringDesc, VRING_AVAIL_F_NO_INTERRUPT,
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
@@ -458,12 +458,13 @@ impl SplitQueue {
     ) {
         la.clear();
         let Some((want_write, access)) = prewalk_kind(dir) else { return };
+        la.start(want_write);
         let n = (self.avail_cache.wrapping_sub(self.last_avail) as usize).min(max).min(LOOKAHEAD);
         if n < 2 || self.ptrs.is_none() {
             // One chain gains nothing from being read ahead.
             return;
         }
-        let table = space.load(guard);
+        let mut near = Near::new(space.load(guard), access);
         for k in 0..n as u16 {
             let at = self.last_avail.wrapping_add(k);
             let head = self.avail_entry(at);
@@ -472,29 +473,19 @@ impl SplitQueue {
             if d.flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT) != 0 || writable != want_write || d.len == 0 {
                 break;
             }
-            let Ok(p) = table.translate(d.addr, d.len as u64, access) else { break };
-            la.push(at, head, p, d.len, writable);
+            let Ok(p) = near.translate(d.addr, d.len as u64) else { break };
+            la.push(at, head, p, d.len);
         }
     }
 
-    /// Take the next chain `la` read ahead, into `chain`, if it is the
-    /// chain this ring would pop next; `false` (and `la` emptied) when it
-    /// holds none or is stale (the ring moved without it).
+    /// Take the next chain `la` read ahead, if it is the chain this ring
+    /// would pop next; `None` (and `la` emptied) when it holds none or is
+    /// stale (the ring moved without it).
     #[inline]
-    pub fn pop_prewalked<'g>(&mut self, la: &mut Lookahead<'_, 'g>, chain: &mut Chain<'g>) -> bool {
-        match la.peek() {
-            Some(p) if p.at == self.last_avail => {
-                chain.fill_single(&p, Head::new(p.head, 1));
-                la.advance();
-                self.last_avail = self.last_avail.wrapping_add(1);
-                true
-            }
-            Some(_) => {
-                la.clear();
-                false
-            }
-            None => false,
-        }
+    pub fn pop_prewalked<'g>(&mut self, la: &mut Lookahead<'_, 'g>) -> Option<Single<'g>> {
+        let s = la.pop_at(self.last_avail)?;
+        self.last_avail = self.last_avail.wrapping_add(1);
+        Some(s)
     }
 
     /// Give back the last `chains` heads taken and not completed: the next

@@ -367,6 +367,72 @@ fn fixed_size_reads_and_writes_stay_inside_one_piece() {
     assert_eq!(&b[..31], &[[9u8; 30].as_slice(), &[0]].concat()[..]);
 }
 
+/// A chain of one buffer taken from a read-ahead as it is ([`Single`]):
+/// reads only from a device-readable buffer, writes only into a
+/// device-writable one, each only inside the buffer; the head is the one
+/// the walk gives; and a chain filled from it is the walked chain.
+#[test]
+fn single_buffers_copy_only_inside_and_only_their_way() {
+    let mut r = rig(16);
+    let pattern: Vec<u8> = (1..=100u8).collect();
+    r.mem.write(BUF, &pattern);
+    r.mem.write(BUF + 256, &[0u8; 64]);
+    // Two of each kind: one chain alone is not read ahead.
+    r.drv.add_chain(&[(buf(0), 40, false)], 1).unwrap();
+    r.drv.add_chain(&[(buf(2), 10, false)], 2).unwrap();
+    r.drv.add_chain(&[(buf(1), 32, true)], 3).unwrap();
+    r.drv.add_chain(&[(buf(3), 8, true)], 4).unwrap();
+    r.drv.publish();
+    let space = r.iotlb.space(0).unwrap().clone();
+    let mut reader = r.iotlb.qsbr().register();
+    let g = reader.read();
+    r.dev.refresh(&space, &g).unwrap();
+    assert_eq!(r.dev.pending().unwrap(), 4);
+    let mut lb = chain::LookaheadBuf::default();
+    let mut la = chain::Lookahead::new(&mut lb);
+    r.dev.prewalk(&mut la, 4, Direction::DeviceReads, &space, &g);
+    assert_eq!(la.len(), 2, "the read-ahead stops at the first writable chain");
+    let t = r.dev.pop_prewalked(&mut la).expect("the first readable chain");
+    assert!(r.dev.pop_prewalked(&mut la).is_some());
+    assert!(r.dev.pop_prewalked(&mut la).is_none());
+    let mut lb2 = chain::LookaheadBuf::default();
+    let mut la = chain::Lookahead::new(&mut lb2);
+    r.dev.prewalk(&mut la, 4, Direction::DeviceWrites, &space, &g);
+    let w = r.dev.pop_prewalked(&mut la).expect("the first writable chain");
+    assert_eq!((t.len(), w.len()), (40, 32));
+    assert!(t.head().readable_only() && !w.head().readable_only());
+    // Reads: a readable buffer that holds them.
+    assert_eq!(t.read_array::<40>(), Some(std::array::from_fn(|i| i as u8 + 1)));
+    assert_eq!(t.read_array::<41>(), None, "past the buffer");
+    assert_eq!(w.read_array::<4>(), None, "a device-writable buffer is not read");
+    // Writes: a writable buffer that has room.
+    assert!(!t.write_array(&[9u8; 4]), "a device-readable buffer is not written");
+    assert!(!w.write_array(&[9u8; 33]), "past the buffer");
+    assert!(w.write_array(&[9u8; 4]));
+    // Copies: readable to writable, the same offsets, inside both.
+    assert!(!t.copy_to(&w, 30, 3), "past the writable buffer");
+    assert!(!t.copy_to(&w, 38, 3), "past the readable buffer");
+    assert!(!w.copy_to(&t, 4, 4), "the wrong way round");
+    assert!(t.copy_to(&w, 4, 28));
+    let mut got = [0u8; 33];
+    r.mem.read(BUF + 256, &mut got);
+    let want: Vec<u8> = [&[9u8; 4][..], &pattern[4..32], &[0]].concat();
+    assert_eq!(&got[..], &want[..], "nothing outside the buffer changed");
+    // A reader over it reads what a walked chain's reader reads.
+    let mut rd = t.reader();
+    assert_eq!(rd.remaining(), 40);
+    let mut b = [0u8; 40];
+    assert_eq!(rd.read(&mut b), 40);
+    assert_eq!(&b[..], &pattern[..40]);
+    assert_eq!(w.reader().remaining(), 0, "no reader over a writable buffer");
+    // Filled into a chain: the walked chain.
+    let mut c = Chain::empty();
+    c.fill_single(&t);
+    assert_eq!((c.readable_len(), c.writable_len(), c.head()), (40, 0, t.head()));
+    c.fill_single(&w);
+    assert_eq!((c.readable_len(), c.writable_len(), c.head()), (0, 32, w.head()));
+}
+
 /// Regression (issue 8 fix 4): a TX buffer and an RX buffer the driver
 /// points at overlapping memory. The chain-to-chain copy is a memmove: the
 /// result is what a copy through a bounce buffer gives. (The old code used
@@ -1546,7 +1612,8 @@ proptest! {
             }
             let ta = a.dev.pop_head().and_then(|h| a.dev.read_chain_into(&mut ca, h, dir, &sa, &ga).map(|_| &ca));
             let ta = taken(ta, base_a);
-            let tb = if b.dev.pop_prewalked(&mut la, &mut cb) {
+            let tb = if let Some(single) = b.dev.pop_prewalked(&mut la) {
+                cb.fill_single(&single);
                 taken(Ok(&cb), base_b)
             } else {
                 taken(b.dev.pop_head().and_then(|h| b.dev.read_chain_into(&mut cb, h, dir, &sb, &gb).map(|_| &cb)), base_b)
@@ -1655,7 +1722,8 @@ proptest! {
                 }
             }
             let ta = taken(a.dev.pop_chain_into(&mut ca, dir, &sa, &ga).map(|_| &ca), base_a);
-            let tb = if b.dev.pop_prewalked(&mut la, &mut cb) {
+            let tb = if let Some(single) = b.dev.pop_prewalked(&mut la) {
+                cb.fill_single(&single);
                 taken(Ok(&cb), base_b)
             } else {
                 taken(b.dev.pop_chain_into(&mut cb, dir, &sb, &gb).map(|_| &cb), base_b)

@@ -36,7 +36,7 @@ use crate::mem::{AddressSpace, ReadGuard};
 use crate::persist::fault::Stage;
 use crate::vduse::VduseDevice;
 use crate::virtq::chain::Lookahead;
-use crate::virtq::{Chain, Direction, Head, QueueError, Ring};
+use crate::virtq::{Chain, Direction, Head, QueueError, Ring, Single};
 
 /// How many chains ahead of the one being copied a burst's read-ahead
 /// requests buffer lines. Measured in 64 B loopback device cycles per
@@ -99,6 +99,13 @@ impl<'a, 'g, R: Ring> Burst<'a, 'g, R> {
         }
     }
 
+    /// Nothing went wrong so far: a burst that took no chain then has
+    /// nothing to publish, log or count, and may be dropped unfinished.
+    #[inline]
+    pub fn untroubled(&self) -> bool {
+        self.error.is_none()
+    }
+
     /// Take the next chain and read its pieces into `chain` (one chain per
     /// path, refilled: no copy of the piece list per frame). `false` when
     /// the driver broke the queue (the burst ends, `finish` stops the
@@ -114,8 +121,8 @@ impl<'a, 'g, R: Ring> Burst<'a, 'g, R> {
         if self.error.is_some() {
             return false;
         }
-        if self.ring.pop_prewalked(&mut self.ahead, chain) {
-            self.ahead.prefetch(PREFETCH_AHEAD - 1);
+        if let Some(s) = self.pop_single() {
+            chain.fill_single(&s);
             return true;
         }
         match self.ring.pop_into(chain, dir, space, g) {
@@ -125,6 +132,20 @@ impl<'a, 'g, R: Ring> Burst<'a, 'g, R> {
                 false
             }
         }
+    }
+
+    /// Take the next chain as it was read ahead, one buffer (see
+    /// [`Single`]), if [`Burst::prewalk`] read it; `None` otherwise, and
+    /// then `pop_into` walks it (nothing is taken). The burst asks for the
+    /// buffer [`PREFETCH_AHEAD`] chains further on.
+    #[inline]
+    pub fn pop_single(&mut self) -> Option<Single<'g>> {
+        if self.error.is_some() {
+            return None;
+        }
+        let s = self.ring.pop_prewalked(&mut self.ahead)?;
+        self.ahead.prefetch(PREFETCH_AHEAD - 1);
+        Some(s)
     }
 
     /// Read ahead up to `max` of the chains the burst will take (see

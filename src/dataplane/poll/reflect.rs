@@ -1,19 +1,92 @@
 //! The reflector's fast path: each TX chain is copied straight into an RX
 //! chain (one copy instead of two through a port slot). Every guest value
-//! is read once: the avail slots by `Burst::pop_into`, the Ethernet header into
-//! a local (the MAC swap and the RX filter decide on that local, and the
-//! local is what is delivered), the rest chain to chain.
+//! is read once: the avail slots by `Burst::prewalk`/`pop_into`, the
+//! Ethernet header into a local (the MAC swap and the RX filter decide on
+//! that local, and the local is what is delivered), the rest buffer to
+//! buffer.
+//!
+//! Chains of one buffer on both sides, read ahead (what drivers post for
+//! nearly every frame), are copied buffer to buffer ([`Single`]) without
+//! filling a [`Chain`] and its cursors (`reflect_single`). Measured in 64 B
+//! forwarding: the poll thread's instructions per frame (callgrind) 757 ->
+//! 547, device cycles per frame 0.78x (interleaved, 10 rounds). Any other
+//! chain takes the general path (`reflect_chain`).
 
 use super::burst::Burst;
 use super::{PollThread, RX_HDR};
 use crate::backend::meta::VNET_HDR_LEN;
 use crate::backend::{mac_swap, FrameMeta, SLOT_SIZE};
-use crate::mem::ReadGuard;
+use crate::mem::{AddressSpace, ReadGuard};
+use crate::net::filter::RxFilter;
 use crate::net::hdr::HDR_LEN;
-use crate::virtq::{Chain, Direction, Ring};
+use crate::virtq::{Chain, Direction, Ring, Single};
 
 /// Bytes of a frame the filter may look at: Ethernet header + a VLAN TCI.
 const FILTER_PREFIX: usize = 18;
+
+/// The driver's header and the frame's first bytes, read as one local.
+const PREFIX: usize = HDR_LEN + FILTER_PREFIX;
+
+/// Why the reflector does not deliver a frame (each has its counter).
+enum Refused {
+    /// The driver's header asks for work a reflector does not do.
+    Offloaded,
+    /// The RX filter does not take it.
+    Filtered,
+}
+
+/// Decide on a frame from the driver's header and its first `eth.len()`
+/// bytes (at most [`FILTER_PREFIX`]), swapping MACs first when asked.
+#[inline]
+fn judge(hdr: &[u8], eth: &mut [u8], swap: bool, filter: &RxFilter) -> Result<(), Refused> {
+    let mut v = [0u8; VNET_HDR_LEN];
+    v.copy_from_slice(&hdr[..VNET_HDR_LEN]);
+    if FrameMeta::parse(&v).is_offloaded() {
+        // A reflector's RX side takes plain frames only.
+        return Err(Refused::Offloaded);
+    }
+    if swap {
+        mac_swap(eth);
+    }
+    if !filter.accepts(eth) {
+        return Err(Refused::Filtered);
+    }
+    Ok(())
+}
+
+/// What one frame's pass left for the loop.
+enum Next {
+    Frame,
+    /// Out of RX buffers, or the RX ring broke: the burst ends.
+    Stop,
+}
+
+/// The TX frame's length if the port path would take it too (header and
+/// at least one byte, at most a slot), `None` (counted, completed) if not.
+#[inline]
+fn frame_len<R: Ring>(tb: &mut Burst<'_, '_, R>, t: crate::virtq::Head, total: usize, complete: bool) -> Option<usize> {
+    if total <= HDR_LEN || total - HDR_LEN > SLOT_SIZE || !complete {
+        // What the port path would drop too.
+        tb.tally.tx_dropped += 1;
+        tb.tally.chain_overflow += !complete as u64;
+        tb.complete(t, 0);
+        return None;
+    }
+    let len = total - HDR_LEN;
+    tb.tally.tx_frames += 1;
+    tb.tally.tx_bytes += len as u64;
+    Some(len)
+}
+
+/// Count a refused frame and give its TX chain back.
+#[inline]
+fn refused<R: Ring>(tb: &mut Burst<'_, '_, R>, rb: &mut Burst<'_, '_, R>, t: crate::virtq::Head, why: Refused) {
+    match why {
+        Refused::Offloaded => tb.tally.tx_offload_dropped += 1,
+        Refused::Filtered => rb.tally.rx_filtered += 1,
+    }
+    tb.complete(t, 0);
+}
 
 impl PollThread {
     /// Runs only while the port holds no frames (so order is kept) and both
@@ -31,6 +104,11 @@ impl PollThread {
         // instead of one miss after it, then another for RX.
         tb.prefetch_avail();
         rb.prefetch_avail();
+        if n == 0 && tb.untroubled() && rb.untroubled() {
+            // An idle poll: nothing taken, nothing to finish (the counters
+            // and the position log stay as they are).
+            return 0;
+        }
         // Nothing to send: the RX avail index (a line the driver writes) is
         // not read.
         let mut avail = if n > 0 { rb.pending() } else { 0 };
@@ -41,90 +119,179 @@ impl PollThread {
         let mut done = 0;
         let (mut tchain, mut rchain) = (Chain::empty(), Chain::empty());
         while done < n && avail > 0 {
-            if !tb.pop_into(&mut tchain, Direction::DeviceReads, space, g) {
-                break;
-            }
-            // The next TX frame's lines travel while this one is copied.
-            tb.prefetch_next(space, g);
-            done += 1;
-            let total = tchain.readable_len() as usize;
-            if total <= HDR_LEN || total - HDR_LEN > SLOT_SIZE || !tchain.readable_complete() {
-                // What the port path would drop too.
-                tb.tally.tx_dropped += 1;
-                tb.tally.chain_overflow += !tchain.readable_complete() as u64;
-                tb.complete(tchain.head(), 0);
-                continue;
-            }
-            let len = total - HDR_LEN;
-            tb.tally.tx_frames += 1;
-            tb.tally.tx_bytes += len as u64;
-            let mut src = tchain.reader();
-            // Header and filter prefix in one fixed-size copy when the first
-            // buffer holds both (the common case: one inlined copy instead of
-            // two calls; the kept pieces hold exactly the chain's readable
-            // bytes, so it then holds a whole prefix); piece by piece
-            // otherwise.
-            let mut hdr = [0u8; HDR_LEN];
-            let mut eth = [0u8; FILTER_PREFIX];
-            let k = match src.read_array::<{ HDR_LEN + FILTER_PREFIX }>() {
-                Some(b) => {
-                    hdr.copy_from_slice(&b[..HDR_LEN]);
-                    eth.copy_from_slice(&b[HDR_LEN..]);
-                    FILTER_PREFIX
+            let next = match tb.pop_single() {
+                Some(t) => {
+                    done += 1;
+                    match t.read_array::<PREFIX>() {
+                        Some(b) => {
+                            reflect_single(t, b, &mut tb, &mut rb, &mut rchain, &mut avail, swap, filter, space, g)
+                        }
+                        // Shorter than the prefix: the general path.
+                        None => {
+                            tchain.fill_single(&t);
+                            reflect_chain(&tchain, &mut tb, &mut rb, &mut rchain, &mut avail, swap, filter, space, g)
+                        }
+                    }
                 }
                 None => {
-                    src.read(&mut hdr);
-                    src.read(&mut eth[..len.min(FILTER_PREFIX)])
+                    if !tb.pop_into(&mut tchain, Direction::DeviceReads, space, g) {
+                        break;
+                    }
+                    // The next TX frame's lines travel while this one is
+                    // copied.
+                    tb.prefetch_next(space, g);
+                    done += 1;
+                    reflect_chain(&tchain, &mut tb, &mut rb, &mut rchain, &mut avail, swap, filter, space, g)
                 }
             };
-            let mut v = [0u8; VNET_HDR_LEN];
-            v.copy_from_slice(&hdr[..VNET_HDR_LEN]);
-            if FrameMeta::parse(&v).is_offloaded() {
-                // A reflector's RX side takes plain frames only.
-                tb.tally.tx_offload_dropped += 1;
-                tb.complete(tchain.head(), 0);
-                continue;
-            }
-            if swap {
-                mac_swap(&mut eth[..k]);
-            }
-            if !filter.accepts(&eth[..k]) {
-                rb.tally.rx_filtered += 1;
-                tb.complete(tchain.head(), 0);
-                continue;
-            }
-            rchain.want_writable((HDR_LEN + len) as u32);
-            if !rb.pop_into(&mut rchain, Direction::DeviceWrites, space, g) {
-                tb.complete(tchain.head(), 0);
+            if let Next::Stop = next {
                 break;
             }
-            rb.prefetch_next(space, g);
-            avail -= 1;
-            let mut dst = rchain.writer();
-            let out = HDR_LEN + len;
-            if dst.remaining() < out {
-                rb.complete(rchain.head(), 0);
-                rb.tally.rx_dropped_small += 1;
-            } else {
-                // Header and prefix in one fixed-size copy when both are
-                // whole and the first RX buffer holds them.
-                let mut head = [0u8; HDR_LEN + FILTER_PREFIX];
-                head[..HDR_LEN].copy_from_slice(&RX_HDR);
-                head[HDR_LEN..].copy_from_slice(&eth);
-                if k < FILTER_PREFIX || !dst.write_array(&head) {
-                    dst.write(&RX_HDR);
-                    dst.write(&eth[..k]);
-                }
-                src.copy_to(&mut dst, len - k);
-                rb.complete(rchain.head(), out as u32);
-                rb.tally.rx_frames += 1;
-                rb.tally.rx_bytes += len as u64;
-                rb.tally.reflected += 1;
-            }
-            tb.complete(tchain.head(), 0);
         }
         // RX first: the driver waits on those used entries.
         Burst::finish_pair(rb, tb, &**device, stats);
         done
     }
+}
+
+/// One frame from a TX chain of one buffer that holds the header and the
+/// filter's prefix (`b`, read from it): into an RX chain of one buffer if
+/// the next one is, through [`reflect_into`] otherwise.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn reflect_single<'g, R: Ring>(
+    t: Single<'g>,
+    mut b: [u8; PREFIX],
+    tb: &mut Burst<'_, 'g, R>,
+    rb: &mut Burst<'_, 'g, R>,
+    rchain: &mut Chain<'g>,
+    avail: &mut usize,
+    swap: bool,
+    filter: &RxFilter,
+    space: &AddressSpace,
+    g: &'g ReadGuard<'_>,
+) -> Next {
+    let Some(len) = frame_len(tb, t.head(), t.len(), true) else { return Next::Frame };
+    let (hdr, eth) = b.split_at_mut(HDR_LEN);
+    if let Err(why) = judge(hdr, eth, swap, filter) {
+        refused(tb, rb, t.head(), why);
+        return Next::Frame;
+    }
+    let out = HDR_LEN + len;
+    // The device's header over the driver's; the frame's prefix as judged.
+    b[..HDR_LEN].copy_from_slice(&RX_HDR);
+    match rb.pop_single() {
+        Some(r) => {
+            *avail -= 1;
+            if r.len() < out {
+                rb.complete(r.head(), 0);
+                rb.tally.rx_dropped_small += 1;
+            } else {
+                // Both hold `out` bytes: neither can fail.
+                r.write_array(&b);
+                t.copy_to(&r, PREFIX, out - PREFIX);
+                delivered(rb, r.head(), out);
+            }
+            tb.complete(t.head(), 0);
+            Next::Frame
+        }
+        None => {
+            let mut src = t.reader();
+            src.skip(PREFIX);
+            reflect_into(&b, PREFIX, out, src, t.head(), tb, rb, rchain, avail, space, g)
+        }
+    }
+}
+
+/// One frame from a TX chain of any shape (the general path).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn reflect_chain<'g, R: Ring>(
+    tchain: &Chain<'g>,
+    tb: &mut Burst<'_, 'g, R>,
+    rb: &mut Burst<'_, 'g, R>,
+    rchain: &mut Chain<'g>,
+    avail: &mut usize,
+    swap: bool,
+    filter: &RxFilter,
+    space: &AddressSpace,
+    g: &'g ReadGuard<'_>,
+) -> Next {
+    let total = tchain.readable_len() as usize;
+    let Some(len) = frame_len(tb, tchain.head(), total, tchain.readable_complete()) else { return Next::Frame };
+    let mut src = tchain.reader();
+    // Header and filter prefix in one fixed-size copy when the first
+    // buffer holds both (one inlined copy instead of two calls; the kept
+    // pieces hold exactly the chain's readable bytes, so it then holds a
+    // whole prefix); piece by piece otherwise.
+    let mut b = [0u8; PREFIX];
+    let k = match src.read_array::<PREFIX>() {
+        Some(a) => {
+            b = a;
+            PREFIX
+        }
+        None => {
+            src.read(&mut b[..HDR_LEN]);
+            HDR_LEN + src.read(&mut b[HDR_LEN..HDR_LEN + len.min(FILTER_PREFIX)])
+        }
+    };
+    let (hdr, eth) = b.split_at_mut(HDR_LEN);
+    if let Err(why) = judge(hdr, &mut eth[..k - HDR_LEN], swap, filter) {
+        refused(tb, rb, tchain.head(), why);
+        return Next::Frame;
+    }
+    b[..HDR_LEN].copy_from_slice(&RX_HDR);
+    reflect_into(&b, k, HDR_LEN + len, src, tchain.head(), tb, rb, rchain, avail, space, g)
+}
+
+/// Deliver a judged frame of `out` bytes into the next RX chain, walked:
+/// `b[..k]` is the device's header and the frame's first bytes, `src` the
+/// rest of it.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn reflect_into<'g, R: Ring>(
+    b: &[u8; PREFIX],
+    k: usize,
+    out: usize,
+    mut src: crate::virtq::ChainReader<'_>,
+    t: crate::virtq::Head,
+    tb: &mut Burst<'_, 'g, R>,
+    rb: &mut Burst<'_, 'g, R>,
+    rchain: &mut Chain<'g>,
+    avail: &mut usize,
+    space: &AddressSpace,
+    g: &'g ReadGuard<'_>,
+) -> Next {
+    rchain.want_writable(out as u32);
+    if !rb.pop_into(rchain, Direction::DeviceWrites, space, g) {
+        tb.complete(t, 0);
+        return Next::Stop;
+    }
+    rb.prefetch_next(space, g);
+    *avail -= 1;
+    let mut dst = rchain.writer();
+    if dst.remaining() < out {
+        rb.complete(rchain.head(), 0);
+        rb.tally.rx_dropped_small += 1;
+    } else {
+        // Header and prefix in one fixed-size copy when both are whole and
+        // the first RX buffer holds them.
+        if k < PREFIX || !dst.write_array(b) {
+            dst.write(&b[..k]);
+        }
+        src.copy_to(&mut dst, out - k);
+        delivered(rb, rchain.head(), out);
+    }
+    tb.complete(t, 0);
+    Next::Frame
+}
+
+/// Count a delivered frame of `out` bytes (header included) and complete
+/// its RX chain.
+#[inline]
+fn delivered<R: Ring>(rb: &mut Burst<'_, '_, R>, r: crate::virtq::Head, out: usize) {
+    rb.complete(r, out as u32);
+    rb.tally.rx_frames += 1;
+    rb.tally.rx_bytes += (out - HDR_LEN) as u64;
+    rb.tally.reflected += 1;
 }
