@@ -267,10 +267,17 @@ impl DriverQueue {
 
     /// Queue a chain; visible to the device only after [`Self::publish`].
     /// `segments` are `(iova, len, device_writable)`. Returns the head.
+    #[inline]
     pub fn add_chain(&mut self, segments: &[Segment], token: u64) -> Result<u16, RingError> {
         if let [(addr, len, writable)] = *segments {
             return self.add_one(addr, len, writable, token);
         }
+        self.add_walk(segments, token)
+    }
+
+    /// [`Self::add_chain`] of several buffers (or none).
+    #[inline(never)]
+    fn add_walk(&mut self, segments: &[Segment], token: u64) -> Result<u16, RingError> {
         if segments.is_empty() {
             return Err(RingError::EmptyChain);
         }
@@ -402,6 +409,7 @@ impl DriverQueue {
     /// used index moves on by the run. The id must be one of the chains the
     /// device may complete now (published, in flight, within the used
     /// index), or it is an error, as a bad id is without IN_ORDER.
+    #[inline]
     pub fn pop_used(&mut self) -> Result<Option<(u64, u32)>, RingError> {
         if self.batch_left > 0 {
             return self.pop_batched().map(Some);
@@ -436,18 +444,8 @@ impl DriverQueue {
             (u32::from_le(std::ptr::read_volatile(p)), u32::from_le(std::ptr::read_volatile(p.add(1))))
         };
         if self.in_order && id < self.size as u32 {
-            // The chains the entry may complete: published, not taken back,
-            // and within the used index, in the order they were made
-            // available (the private copy, not the shared ring).
-            let window = ahead.min(self.published.wrapping_sub(self.last_used)).min(self.size);
-            let run = (0..window).find(|&i| {
-                let at = self.slot(self.last_used.wrapping_add(i));
-                self.avail_heads[at] as u32 == id && self.tokens[id as usize].is_some()
-            });
-            if let Some(i) = run {
-                self.batch_left = i + 1;
-                self.batch_len = len;
-                return self.pop_batched().map(Some);
+            if let Some(r) = self.start_run(id, len, ahead) {
+                return r.map(Some);
             }
         }
         // The entry is consumed even when bad, so a broken device produces
@@ -468,6 +466,23 @@ impl DriverQueue {
         }
         self.free_chain(id as u16);
         Ok(Some((token, len)))
+    }
+
+    /// IN_ORDER: the run of chains the used entry `id` may complete
+    /// (published, not taken back, and within the used index, in the order
+    /// they were made available: the private copy, not the shared ring),
+    /// and its first chain; `None` if `id` completes none. Out of line:
+    /// `pop_used` stays small enough to inline.
+    #[inline(never)]
+    fn start_run(&mut self, id: u32, len: u32, ahead: u16) -> Option<Result<(u64, u32), RingError>> {
+        let window = ahead.min(self.published.wrapping_sub(self.last_used)).min(self.size);
+        let i = (0..window).find(|&i| {
+            let at = self.slot(self.last_used.wrapping_add(i));
+            self.avail_heads[at] as u32 == id && self.tokens[id as usize].is_some()
+        })?;
+        self.batch_left = i + 1;
+        self.batch_len = len;
+        Some(self.pop_batched())
     }
 
     /// The next chain of an IN_ORDER run: the oldest one not taken back.
@@ -497,6 +512,7 @@ impl DriverQueue {
     /// run: the links stay `x -> x + 1` (mod size), and descriptors are
     /// used in table order as the spec asks of the driver (§2.7.5.1:
     /// `next` is x + 1, 0 after the last).
+    #[inline]
     fn free_chain(&mut self, head: u16) {
         let n = self.chain_len[head as usize];
         if self.in_order {
@@ -522,6 +538,7 @@ impl DriverQueue {
         self.num_free += n;
     }
 
+    #[inline]
     fn update_used_event(&self) {
         if self.event_idx && self.irq_enabled {
             // Relaxed: the device reads used_event after its own full fence
