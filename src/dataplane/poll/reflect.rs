@@ -7,10 +7,10 @@
 //!
 //! Chains of one buffer on both sides, read ahead (what drivers post for
 //! nearly every frame), are copied buffer to buffer ([`Single`]) without
-//! filling a [`Chain`] and its cursors (`reflect_single`). Measured in 64 B
+//! filling a [`Chain`] and its cursors (`Pass::single`). Measured in 64 B
 //! forwarding: the poll thread's instructions per frame (callgrind) 757 ->
 //! 547, device cycles per frame 0.78x (interleaved, 10 rounds). Any other
-//! chain takes the general path (`reflect_chain`).
+//! chain takes the general path (`Pass::chain`).
 
 use super::burst::Burst;
 use super::{PollThread, RX_HDR};
@@ -19,7 +19,7 @@ use crate::backend::{mac_swap, FrameMeta, SLOT_SIZE};
 use crate::mem::{AddressSpace, ReadGuard};
 use crate::net::filter::RxFilter;
 use crate::net::hdr::HDR_LEN;
-use crate::virtq::{Chain, Direction, Ring, Single};
+use crate::virtq::{Chain, ChainReader, Direction, Head, Ring, Single};
 
 /// Bytes of a frame the filter may look at: Ethernet header + a VLAN TCI.
 const FILTER_PREFIX: usize = 18;
@@ -64,7 +64,7 @@ enum Next {
 /// The TX frame's length if the port path would take it too (header and
 /// at least one byte, at most a slot), `None` (counted, completed) if not.
 #[inline]
-fn frame_len<R: Ring>(tb: &mut Burst<'_, '_, R>, t: crate::virtq::Head, total: usize, complete: bool) -> Option<usize> {
+fn frame_len<R: Ring>(tb: &mut Burst<'_, '_, R>, t: Head, total: usize, complete: bool) -> Option<usize> {
     if total <= HDR_LEN || total - HDR_LEN > SLOT_SIZE || !complete {
         // What the port path would drop too.
         tb.tally.tx_dropped += 1;
@@ -80,7 +80,7 @@ fn frame_len<R: Ring>(tb: &mut Burst<'_, '_, R>, t: crate::virtq::Head, total: u
 
 /// Count a refused frame and give its TX chain back.
 #[inline]
-fn refused<R: Ring>(tb: &mut Burst<'_, '_, R>, rb: &mut Burst<'_, '_, R>, t: crate::virtq::Head, why: Refused) {
+fn refused<R: Ring>(tb: &mut Burst<'_, '_, R>, rb: &mut Burst<'_, '_, R>, t: Head, why: Refused) {
     match why {
         Refused::Offloaded => tb.tally.tx_offload_dropped += 1,
         Refused::Filtered => rb.tally.rx_filtered += 1,
@@ -111,37 +111,36 @@ impl PollThread {
         }
         // Nothing to send: the RX avail index (a line the driver writes) is
         // not read.
-        let mut avail = if n > 0 { rb.pending() } else { 0 };
+        let avail = if n > 0 { rb.pending() } else { 0 };
         if n > 0 && avail > 0 {
             tb.prewalk(n, Direction::DeviceReads, space, g);
             rb.prewalk(n.min(avail), Direction::DeviceWrites, space, g);
         }
         let mut done = 0;
-        let (mut tchain, mut rchain) = (Chain::empty(), Chain::empty());
-        while done < n && avail > 0 {
-            let next = match tb.pop_single() {
+        let mut tchain = Chain::empty();
+        let mut p = Pass { tb, rb, rchain: Chain::empty(), avail, swap, filter, space, g };
+        while done < n && p.avail > 0 {
+            let next = match p.tb.pop_single() {
                 Some(t) => {
                     done += 1;
                     match t.read_array::<PREFIX>() {
-                        Some(b) => {
-                            reflect_single(t, b, &mut tb, &mut rb, &mut rchain, &mut avail, swap, filter, space, g)
-                        }
+                        Some(b) => p.single(t, b),
                         // Shorter than the prefix: the general path.
                         None => {
                             tchain.fill_single(&t);
-                            reflect_chain(&tchain, &mut tb, &mut rb, &mut rchain, &mut avail, swap, filter, space, g)
+                            p.chain(&tchain)
                         }
                     }
                 }
                 None => {
-                    if !tb.pop_into(&mut tchain, Direction::DeviceReads, space, g) {
+                    if !p.tb.pop_into(&mut tchain, Direction::DeviceReads, space, g) {
                         break;
                     }
                     // The next TX frame's lines travel while this one is
                     // copied.
-                    tb.prefetch_next(space, g);
+                    p.tb.prefetch_next(space, g);
                     done += 1;
-                    reflect_chain(&tchain, &mut tb, &mut rb, &mut rchain, &mut avail, swap, filter, space, g)
+                    p.chain(&tchain)
                 }
             };
             if let Next::Stop = next {
@@ -149,147 +148,130 @@ impl PollThread {
             }
         }
         // RX first: the driver waits on those used entries.
-        Burst::finish_pair(rb, tb, &**device, stats);
+        Burst::finish_pair(p.rb, p.tb, &**device, stats);
         done
     }
 }
 
-/// One frame from a TX chain of one buffer that holds the header and the
-/// filter's prefix (`b`, read from it): into an RX chain of one buffer if
-/// the next one is, through [`reflect_into`] otherwise.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn reflect_single<'g, R: Ring>(
-    t: Single<'g>,
-    mut b: [u8; PREFIX],
-    tb: &mut Burst<'_, 'g, R>,
-    rb: &mut Burst<'_, 'g, R>,
-    rchain: &mut Chain<'g>,
-    avail: &mut usize,
+/// One pass of the reflector: its two bursts and what each frame needs.
+struct Pass<'a, 'b, 'g, R: Ring> {
+    tb: Burst<'a, 'g, R>,
+    rb: Burst<'a, 'g, R>,
+    /// Refilled for each RX chain walked (see `Burst::pop_into`).
+    rchain: Chain<'g>,
+    /// RX chains the driver made available and this pass has not taken.
+    avail: usize,
     swap: bool,
-    filter: &RxFilter,
-    space: &AddressSpace,
-    g: &'g ReadGuard<'_>,
-) -> Next {
-    let Some(len) = frame_len(tb, t.head(), t.len(), true) else { return Next::Frame };
-    let (hdr, eth) = b.split_at_mut(HDR_LEN);
-    if let Err(why) = judge(hdr, eth, swap, filter) {
-        refused(tb, rb, t.head(), why);
-        return Next::Frame;
-    }
-    let out = HDR_LEN + len;
-    // The device's header over the driver's; the frame's prefix as judged.
-    b[..HDR_LEN].copy_from_slice(&RX_HDR);
-    match rb.pop_single() {
-        Some(r) => {
-            *avail -= 1;
-            if r.len() < out {
-                rb.complete(r.head(), 0);
-                rb.tally.rx_dropped_small += 1;
-            } else {
-                // Both hold `out` bytes: neither can fail.
-                r.write_array(&b);
-                t.copy_to(&r, PREFIX, out - PREFIX);
-                delivered(rb, r.head(), out);
+    filter: &'b RxFilter,
+    space: &'b AddressSpace,
+    g: &'g ReadGuard<'b>,
+}
+
+impl<'g, R: Ring> Pass<'_, '_, 'g, R> {
+    /// One frame from a TX chain of one buffer that holds the header and
+    /// the filter's prefix (`b`, read from it): into an RX chain of one
+    /// buffer if the next one is, through [`Self::deliver_walked`] otherwise.
+    #[inline]
+    fn single(&mut self, t: Single<'g>, mut b: [u8; PREFIX]) -> Next {
+        let Some(len) = frame_len(&mut self.tb, t.head(), t.len(), true) else { return Next::Frame };
+        let (hdr, eth) = b.split_at_mut(HDR_LEN);
+        if let Err(why) = judge(hdr, eth, self.swap, self.filter) {
+            refused(&mut self.tb, &mut self.rb, t.head(), why);
+            return Next::Frame;
+        }
+        let out = HDR_LEN + len;
+        // The device's header over the driver's; the frame's prefix as judged.
+        b[..HDR_LEN].copy_from_slice(&RX_HDR);
+        match self.rb.pop_single() {
+            Some(r) => {
+                self.avail -= 1;
+                if r.len() < out {
+                    self.rb.complete(r.head(), 0);
+                    self.rb.tally.rx_dropped_small += 1;
+                } else {
+                    // Both hold `out` bytes: neither can fail.
+                    r.write_array(&b);
+                    t.copy_to(&r, PREFIX, out - PREFIX);
+                    delivered(&mut self.rb, r.head(), out);
+                }
+                self.tb.complete(t.head(), 0);
+                Next::Frame
             }
-            tb.complete(t.head(), 0);
-            Next::Frame
-        }
-        None => {
-            let mut src = t.reader();
-            src.skip(PREFIX);
-            reflect_into(&b, PREFIX, out, src, t.head(), tb, rb, rchain, avail, space, g)
+            None => {
+                let mut src = t.reader();
+                src.skip(PREFIX);
+                self.deliver_walked(&b, PREFIX, out, src, t.head())
+            }
         }
     }
-}
 
-/// One frame from a TX chain of any shape (the general path).
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn reflect_chain<'g, R: Ring>(
-    tchain: &Chain<'g>,
-    tb: &mut Burst<'_, 'g, R>,
-    rb: &mut Burst<'_, 'g, R>,
-    rchain: &mut Chain<'g>,
-    avail: &mut usize,
-    swap: bool,
-    filter: &RxFilter,
-    space: &AddressSpace,
-    g: &'g ReadGuard<'_>,
-) -> Next {
-    let total = tchain.readable_len() as usize;
-    let Some(len) = frame_len(tb, tchain.head(), total, tchain.readable_complete()) else { return Next::Frame };
-    let mut src = tchain.reader();
-    // Header and filter prefix in one fixed-size copy when the first
-    // buffer holds both (one inlined copy instead of two calls; the kept
-    // pieces hold exactly the chain's readable bytes, so it then holds a
-    // whole prefix); piece by piece otherwise.
-    let mut b = [0u8; PREFIX];
-    let k = match src.read_array::<PREFIX>() {
-        Some(a) => {
-            b = a;
-            PREFIX
+    /// One frame from a TX chain of any shape (the general path).
+    #[inline]
+    fn chain(&mut self, tchain: &Chain<'g>) -> Next {
+        let total = tchain.readable_len() as usize;
+        let Some(len) = frame_len(&mut self.tb, tchain.head(), total, tchain.readable_complete()) else {
+            return Next::Frame;
+        };
+        let mut src = tchain.reader();
+        // Header and filter prefix in one fixed-size copy when the first
+        // buffer holds both (one inlined copy instead of two calls; the kept
+        // pieces hold exactly the chain's readable bytes, so it then holds a
+        // whole prefix); piece by piece otherwise.
+        let mut b = [0u8; PREFIX];
+        let k = match src.read_array::<PREFIX>() {
+            Some(a) => {
+                b = a;
+                PREFIX
+            }
+            None => {
+                src.read(&mut b[..HDR_LEN]);
+                HDR_LEN + src.read(&mut b[HDR_LEN..HDR_LEN + len.min(FILTER_PREFIX)])
+            }
+        };
+        let (hdr, eth) = b.split_at_mut(HDR_LEN);
+        if let Err(why) = judge(hdr, &mut eth[..k - HDR_LEN], self.swap, self.filter) {
+            refused(&mut self.tb, &mut self.rb, tchain.head(), why);
+            return Next::Frame;
         }
-        None => {
-            src.read(&mut b[..HDR_LEN]);
-            HDR_LEN + src.read(&mut b[HDR_LEN..HDR_LEN + len.min(FILTER_PREFIX)])
-        }
-    };
-    let (hdr, eth) = b.split_at_mut(HDR_LEN);
-    if let Err(why) = judge(hdr, &mut eth[..k - HDR_LEN], swap, filter) {
-        refused(tb, rb, tchain.head(), why);
-        return Next::Frame;
+        b[..HDR_LEN].copy_from_slice(&RX_HDR);
+        self.deliver_walked(&b, k, HDR_LEN + len, src, tchain.head())
     }
-    b[..HDR_LEN].copy_from_slice(&RX_HDR);
-    reflect_into(&b, k, HDR_LEN + len, src, tchain.head(), tb, rb, rchain, avail, space, g)
-}
 
-/// Deliver a judged frame of `out` bytes into the next RX chain, walked:
-/// `b[..k]` is the device's header and the frame's first bytes, `src` the
-/// rest of it.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn reflect_into<'g, R: Ring>(
-    b: &[u8; PREFIX],
-    k: usize,
-    out: usize,
-    mut src: crate::virtq::ChainReader<'_>,
-    t: crate::virtq::Head,
-    tb: &mut Burst<'_, 'g, R>,
-    rb: &mut Burst<'_, 'g, R>,
-    rchain: &mut Chain<'g>,
-    avail: &mut usize,
-    space: &AddressSpace,
-    g: &'g ReadGuard<'_>,
-) -> Next {
-    rchain.want_writable(out as u32);
-    if !rb.pop_into(rchain, Direction::DeviceWrites, space, g) {
+    /// Deliver a judged frame of `out` bytes into the next RX chain,
+    /// walked: `b[..k]` is the device's header and the frame's first
+    /// bytes, `src` the rest of it, `t` its TX chain.
+    #[inline]
+    fn deliver_walked(&mut self, b: &[u8; PREFIX], k: usize, out: usize, mut src: ChainReader<'_>, t: Head) -> Next {
+        let Pass { tb, rb, rchain, .. } = self;
+        rchain.want_writable(out as u32);
+        if !rb.pop_into(rchain, Direction::DeviceWrites, self.space, self.g) {
+            tb.complete(t, 0);
+            return Next::Stop;
+        }
+        rb.prefetch_next(self.space, self.g);
+        self.avail -= 1;
+        let mut dst = rchain.writer();
+        if dst.remaining() < out {
+            rb.complete(rchain.head(), 0);
+            rb.tally.rx_dropped_small += 1;
+        } else {
+            // Header and prefix in one fixed-size copy when both are whole
+            // and the first RX buffer holds them.
+            if k < PREFIX || !dst.write_array(b) {
+                dst.write(&b[..k]);
+            }
+            src.copy_to(&mut dst, out - k);
+            delivered(rb, rchain.head(), out);
+        }
         tb.complete(t, 0);
-        return Next::Stop;
+        Next::Frame
     }
-    rb.prefetch_next(space, g);
-    *avail -= 1;
-    let mut dst = rchain.writer();
-    if dst.remaining() < out {
-        rb.complete(rchain.head(), 0);
-        rb.tally.rx_dropped_small += 1;
-    } else {
-        // Header and prefix in one fixed-size copy when both are whole and
-        // the first RX buffer holds them.
-        if k < PREFIX || !dst.write_array(b) {
-            dst.write(&b[..k]);
-        }
-        src.copy_to(&mut dst, out - k);
-        delivered(rb, rchain.head(), out);
-    }
-    tb.complete(t, 0);
-    Next::Frame
 }
 
 /// Count a delivered frame of `out` bytes (header included) and complete
 /// its RX chain.
 #[inline]
-fn delivered<R: Ring>(rb: &mut Burst<'_, '_, R>, r: crate::virtq::Head, out: usize) {
+fn delivered<R: Ring>(rb: &mut Burst<'_, '_, R>, r: Head, out: usize) {
     rb.complete(r, out as u32);
     rb.tally.rx_frames += 1;
     rb.tally.rx_bytes += (out - HDR_LEN) as u64;

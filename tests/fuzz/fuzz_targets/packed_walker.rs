@@ -315,8 +315,9 @@ fn run(data: &[u8]) -> ArbResult<()> {
         let taken = if dir != Direction::Both && u.ratio(1, 2)? {
             let mut la = Lookahead::new(&mut ahead);
             q.prewalk(&mut la, n as usize, dir, &rig.space, &g);
-            let mut c = Chain::empty();
-            if q.pop_prewalked(&mut la, &mut c) {
+            if let Some(single) = q.pop_prewalked(&mut la) {
+                let mut c = Chain::empty();
+                c.fill_single(&single);
                 Ok(c)
             } else {
                 q.pop_chain(dir, &rig.space, &g)
