@@ -299,14 +299,8 @@ impl DriverQueue {
             }
         }
         // i is the chain's tail; the free list continues after it.
-        self.free_head = self.next[i as usize];
-        self.num_free -= segments.len() as u16;
-        self.chain_len[head as usize] = segments.len() as u16;
-        self.writable_len[head as usize] = segments.iter().filter(|s| s.2).fold(0u32, |a, s| a.saturating_add(s.1));
-        self.tokens[head as usize] = Some(token);
-        self.store_avail_entry(self.avail_shadow, head);
-        self.avail_shadow = self.avail_shadow.wrapping_add(1);
-        Ok(head)
+        let writable = segments.iter().filter(|s| s.2).fold(0u32, |a, s| a.saturating_add(s.1));
+        Ok(self.make_available(head, i, segments.len() as u16, writable, token))
     }
 
     /// [`Self::add_chain`] of one buffer (nearly every chain a driver
@@ -319,14 +313,23 @@ impl DriverQueue {
         let head = self.free_head;
         let flags = if writable { VRING_DESC_F_WRITE } else { 0 };
         self.store_desc(head, VringDesc { addr, len, flags, next: 0 });
-        self.free_head = self.next[head as usize];
-        self.num_free -= 1;
-        self.chain_len[head as usize] = 1;
-        self.writable_len[head as usize] = if writable { len } else { 0 };
+        Ok(self.make_available(head, head, 1, if writable { len } else { 0 }, token))
+    }
+
+    /// The bookkeeping of both adds, once the chain `head..=tail` of `n`
+    /// descriptors is written: the free list goes on after `tail`, the
+    /// chain's length, writable bytes and token are kept, and `head` goes
+    /// into the next avail slot (unpublished). Returns `head`.
+    #[inline]
+    fn make_available(&mut self, head: u16, tail: u16, n: u16, writable_len: u32, token: u64) -> u16 {
+        self.free_head = self.next[tail as usize];
+        self.num_free -= n;
+        self.chain_len[head as usize] = n;
+        self.writable_len[head as usize] = writable_len;
         self.tokens[head as usize] = Some(token);
         self.store_avail_entry(self.avail_shadow, head);
         self.avail_shadow = self.avail_shadow.wrapping_add(1);
-        Ok(head)
+        head
     }
 
     /// Ask for the lines the next `n` one-descriptor [`Self::add_chain`]s

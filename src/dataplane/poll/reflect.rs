@@ -189,9 +189,10 @@ impl<'g, R: Ring> Pass<'_, '_, 'g, R> {
                     self.rb.complete(r.head(), 0);
                     self.rb.tally.rx_dropped_small += 1;
                 } else {
-                    // Both hold `out` bytes: neither can fail.
-                    r.write_array(&b);
-                    t.copy_to(&r, PREFIX, out - PREFIX);
+                    // Both hold `out` >= PREFIX bytes and are of their
+                    // kinds: neither can fail.
+                    let copied = r.write_array(&b) && t.copy_to(&r, PREFIX, out - PREFIX);
+                    debug_assert!(copied, "a one-buffer copy the checks above allowed failed");
                     delivered(&mut self.rb, r.head(), out);
                 }
                 self.tb.complete(t.head(), 0);
